@@ -1,0 +1,50 @@
+"""``labelfix info DATA``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from labelfix.cli.options import data_options, read_from_options
+
+
+@click.command()
+@click.argument("data", type=click.Path())
+@data_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--verify", is_flag=True, help="Decode every image to find truncated or corrupt files (slow).")
+@click.option("--no-files", is_flag=True, help="Do not look for the image files at all.")
+def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_files):
+    """What is in a dataset: images, classes, positives / negatives / unknown per class,
+    imbalance ratios and missing image files."""
+    from labelfix.info import dataset_info
+
+    ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)
+    summary = dataset_info(ls, check_files=not no_files, verify=verify)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2, default=int))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    d = summary.to_dict()
+    con.print(f"[bold]{data}[/bold] ({ls.source.get('format')}): {d['num_images']} images, {d['num_classes']} classes")
+    con.print(
+        f"cells: {d['positives']} positive, {d['negatives']} negative, {d['unknown']} unknown; "
+        f"CLS_Imb {d['cls_imb']:.2f}, PN_Imb {d['pn_imb']:.2f}"
+    )
+    table = Table("class", "category_id", "positives", "negatives", "unknown")
+    for r in summary.per_class.itertuples():
+        table.add_row(str(r.name), str(r.category_id), str(r.positives), str(r.negatives), str(r.unknown))
+    con.print(table)
+    if summary.classes_without_positives:
+        con.print(f"[yellow]{len(summary.classes_without_positives)} classes have no positives:[/yellow] "
+                  + ", ".join(summary.classes_without_positives[:20]))
+    if not no_files:
+        con.print(f"missing image files: {len(summary.missing_files)}"
+                  + (f" (first: {summary.missing_files[0]})" if summary.missing_files else ""))
+    if summary.corrupt_files is not None:
+        con.print(f"corrupt image files: {len(summary.corrupt_files)}"
+                  + (f" (first: {summary.corrupt_files[0]})" if summary.corrupt_files else ""))

@@ -1,0 +1,33 @@
+"""``labelfix noise DATA --kind K --rate R --out NOISY.json``."""
+
+from __future__ import annotations
+
+import click
+
+from labelfix.cli.options import data_options, read_from_options
+from labelfix.data.noise import KINDS
+
+
+@click.command()
+@click.argument("data", type=click.Path())
+@data_options
+@click.option("--kind", type=click.Choice(KINDS), required=True, help="Noise protocol (methods.md).")
+@click.option("--rate", type=click.FloatRange(0, 1), default=None,
+              help="Noise rate (required except for single-positive).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Noisy COCO JSON to write; <out>.changes.csv gets the true label of every changed cell.")
+def noise(data, fmt, images, unlabeled, class_descriptions, kind, rate, seed, out):
+    """Inject benchmark label noise into a clean dataset (seeded)."""
+    from labelfix.data.noise import write_noisy_coco
+    from labelfix.errors import LabelfixError
+
+    if kind == "single-positive" and rate is not None:
+        raise LabelfixError("--rate does not apply to single-positive noise")
+    if kind != "single-positive" and rate is None:
+        raise LabelfixError(f"--rate is required for {kind} noise")
+    ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)
+    out, changes_path, changes = write_noisy_coco(ls, kind, rate, seed, out)
+    known = int((ls.labels != -1).sum())
+    click.echo(f"{kind} noise: {len(changes)} of {ls.num_images * ls.num_classes} cells changed "
+               f"({known} known before); wrote {out} and {changes_path}")

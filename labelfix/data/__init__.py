@@ -1,0 +1,2 @@
+"""Torch-side data: the Dataset over a LabelSet, timm transforms, the demo data and
+benchmark noise injection."""

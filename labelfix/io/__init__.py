@@ -1,0 +1,81 @@
+"""Readers and writers. ``read_labels`` is the one entry point for user label files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labelfix.errors import LabelfixError
+
+FORMATS = ("coco", "csv-wide", "csv-long", "openimages", "run")
+
+
+def detect_format(path: Path) -> str:
+    """Guess the label format from the file: ``.json`` is COCO, a folder with
+    ``labels.npy`` is a labelfix run, a CSV is Open Images / long / wide by its header."""
+    if path.is_dir():
+        if (path / "labels.npy").exists():
+            return "run"
+        raise LabelfixError(f"{path}: a folder that is not a labelfix run directory (no labels.npy)")
+    if not path.exists():
+        raise LabelfixError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "coco"
+    if suffix in (".csv", ".txt"):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = {h.strip() for h in fh.readline().strip().split(",")}
+        if {"ImageID", "LabelName", "Confidence"} <= header:
+            return "openimages"
+        if {"label", "value"} <= header:
+            return "csv-long"
+        return "csv-wide"
+    raise LabelfixError(f"{path}: cannot tell the label format from the extension '{suffix}'; pass --format")
+
+
+def read_labels(
+    path: str | Path,
+    format: str | None = None,
+    images: str | Path | None = None,
+    unlabeled: str | None = None,
+    class_descriptions: str | Path | None = None,
+):
+    """Read user labels into a :class:`labelfix.labels.LabelSet`.
+
+    Args:
+        path: COCO/LVIS JSON, CSV (wide or long), Open Images verified labels CSV, or a
+            labelfix run directory.
+        format: one of :data:`FORMATS`; detected from the file when None.
+        images: image root folder (default: the label file's folder).
+        unlabeled: COCO only: ``"negative"`` or ``"unknown"`` for unmentioned classes.
+        class_descriptions: Open Images class-description CSV.
+    """
+    from labelfix.labels import LabelSet
+
+    path = Path(path)
+    fmt = format or detect_format(path)
+    if unlabeled is not None and fmt != "coco":
+        raise LabelfixError(f"{path}: --unlabeled applies to COCO files only (format is {fmt})")
+    if class_descriptions is not None and fmt != "openimages":
+        raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is {fmt})")
+    if fmt == "coco":
+        from labelfix.io.coco import read_coco
+
+        return read_coco(path, images=images, unlabeled=unlabeled)
+    if fmt == "csv-wide":
+        from labelfix.io.csv import read_csv_wide
+
+        return read_csv_wide(path, images=images)
+    if fmt == "csv-long":
+        from labelfix.io.csv import read_csv_long
+
+        return read_csv_long(path, images=images)
+    if fmt == "openimages":
+        from labelfix.io.openimages import read_openimages
+
+        return read_openimages(path, images=images, class_descriptions=class_descriptions)
+    if fmt == "run":
+        ls = LabelSet.load(path)
+        if images is not None:
+            ls.image_root = Path(images).resolve()
+        return ls
+    raise LabelfixError(f"{path}: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

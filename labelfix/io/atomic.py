@@ -1,0 +1,111 @@
+"""Atomic file writing: every file labelfix writes goes through here.
+
+A file is written under a temporary name in the destination folder, flushed and
+fsync'ed, then renamed over the final name, so an interrupted command leaves either
+the old file or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import numpy as np
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
+
+    Use it for writers that want a file name (``torch.save``, ``onnx.save``, matplotlib).
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """``open()`` that writes to a temporary file and renames it into place on success."""
+    if not any(m in mode for m in "wx"):
+        raise ValueError("atomic_open is for writing")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode.replace("x", "w"), **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=indent, ensure_ascii=False)
+        fh.write("\n")
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save ``array`` as ``.npy`` atomically (readable with ``np.load(mmap_mode='r')``)."""
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def write_csv(path: str | os.PathLike, frame, **kwargs: Any) -> None:
+    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        frame.to_csv(fh, **kwargs)
+
+
+@contextlib.contextmanager
+def atomic_memmap(path: str | os.PathLike, shape: tuple[int, ...], dtype, fill=None) -> Iterator[np.memmap]:
+    """Create a ``.npy`` memmap under a temporary name, yield it for filling in place,
+    flush and rename it into place when the block exits without error.
+
+    For arrays too large to hold in memory (N x K per-cell statistics).
+    """
+    with atomic_path(path) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        if fill is not None:
+            arr[...] = fill
+        yield arr
+        arr.flush()
+        del arr

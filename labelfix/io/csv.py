@@ -1,0 +1,112 @@
+"""CSV label readers.
+
+- wide: a ``file_name`` column (optional ``image_id``, ``width``, ``height``) and one column
+  per class with values ``1`` (positive), ``0`` (negative) or empty (unknown);
+- long: columns ``file_name``, ``label``, ``value`` (``1`` or ``0``); an (image, class)
+  pair without a row is unknown.
+Classes get category ids 1..K in column order (wide) or in sorted name order (long).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from labelfix.errors import LabelfixError
+from labelfix.io.paths import check_file_name, default_image_root
+from labelfix.labels import NEG, POS, UNK, LabelSet
+
+IMAGE_META = ("file_name", "image_id", "width", "height")
+_VALUES = {"1": POS, "1.0": POS, "0": NEG, "0.0": NEG, "": UNK}
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV as strings with one-line errors."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise LabelfixError(f"{path}: file not found") from None
+    except pd.errors.EmptyDataError:
+        raise LabelfixError(f"{path}: empty CSV file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise LabelfixError(f"{path}: cannot parse CSV: {str(e).splitlines()[0]}") from None
+
+
+def _image_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    names = [check_file_name(f, f"{path}: row {i + 2}") for i, f in enumerate(table["file_name"])]
+    frame = pd.DataFrame({"file_name": names})
+    if "image_id" in table:
+        try:
+            frame["image_id"] = table["image_id"].astype(np.int64).to_numpy()
+        except ValueError:
+            bad = next(i for i, v in enumerate(table["image_id"]) if not v.strip().lstrip("-").isdigit())
+            raise LabelfixError(f"{path}: row {bad + 2}: image_id {table['image_id'].iat[bad]!r} is not an integer") from None
+    else:
+        frame["image_id"] = np.arange(1, len(frame) + 1, dtype=np.int64)
+    for col in ("width", "height"):
+        vals = pd.to_numeric(table[col], errors="coerce") if col in table else pd.Series(np.zeros(len(frame)))
+        frame[col] = vals.fillna(0).astype(np.int64).to_numpy()
+    dup = frame["image_id"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise LabelfixError(f"{path}: row {i + 2}: duplicate image_id {frame['image_id'].iat[i]}")
+    return frame[["image_id", "file_name", "width", "height"]]
+
+
+def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSet:
+    path = Path(path)
+    table = read_table(path)
+    if "file_name" not in table:
+        raise LabelfixError(f"{path}: missing column 'file_name'")
+    class_cols = [c for c in table.columns if c not in IMAGE_META]
+    if not class_cols:
+        raise LabelfixError(f"{path}: no class columns (every column besides {', '.join(IMAGE_META)} is a class)")
+    dup = table["file_name"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise LabelfixError(f"{path}: row {i + 2}: duplicate file_name {table['file_name'].iat[i]!r}")
+    frame = _image_frame(table, path)
+    values = table[class_cols].apply(lambda s: s.str.strip())
+    coded = values.apply(lambda s: s.map(_VALUES))
+    bad = coded.isna().to_numpy()
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise LabelfixError(
+            f"{path}: row {r + 2}, column {class_cols[c]!r}: value {values.iat[r, c]!r} is not 1, 0 or empty"
+        )
+    labels = coded.to_numpy(np.int8)
+    classes = pd.DataFrame({"name": class_cols, "category_id": np.arange(1, len(class_cols) + 1, dtype=np.int64)})
+    source = {"path": str(path.resolve()), "format": "csv-wide"}
+    return LabelSet(labels, frame, classes, default_image_root(path, images), source)
+
+
+def read_csv_long(path: str | Path, images: str | Path | None = None) -> LabelSet:
+    path = Path(path)
+    table = read_table(path)
+    for col in ("file_name", "label", "value"):
+        if col not in table:
+            raise LabelfixError(f"{path}: missing column '{col}'")
+    value = table["value"].str.strip().map(_VALUES)
+    bad = value.isna() | (value == UNK)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise LabelfixError(f"{path}: row {i + 2}: value {table['value'].iat[i]!r} is not 1 or 0")
+    if (table["label"].str.strip() == "").any():
+        i = int(np.flatnonzero((table["label"].str.strip() == "").to_numpy())[0])
+        raise LabelfixError(f"{path}: row {i + 2}: empty label")
+    img_table = table.drop_duplicates("file_name").reset_index(drop=True)
+    frame = _image_frame(img_table, path)
+    names = sorted(table["label"].str.strip().unique())
+    rows = pd.Series(np.arange(len(frame)), index=img_table["file_name"]).loc[table["file_name"]].to_numpy()
+    cols = pd.Series(np.arange(len(names)), index=names).loc[table["label"].str.strip()].to_numpy()
+    pair = pd.Series(rows * len(names) + cols)
+    if pair.duplicated().any():
+        i = int(np.flatnonzero(pair.duplicated().to_numpy())[0])
+        raise LabelfixError(f"{path}: row {i + 2}: second value for ({table['file_name'].iat[i]}, {table['label'].iat[i]})")
+    labels = np.full((len(frame), len(names)), UNK, np.int8)
+    labels[rows, cols] = value.to_numpy(np.int8)
+    classes = pd.DataFrame({"name": names, "category_id": np.arange(1, len(names) + 1, dtype=np.int64)})
+    source = {"path": str(path.resolve()), "format": "csv-long"}
+    return LabelSet(labels, frame, classes, default_image_root(path, images), source)

@@ -1,0 +1,157 @@
+"""The tri-state label matrix and its image / class records: the one type every
+command passes around.
+
+Conventions: N images, K classes; ``labels`` is ``np.int8`` (N, K) with
+``POS = 1``, ``NEG = 0``, ``UNK = -1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from labelfix.errors import LabelfixError
+from labelfix.io import atomic
+
+POS, NEG, UNK = 1, 0, -1
+STATE_NAMES = {POS: "1", NEG: "0", UNK: "unknown"}
+
+IMAGE_COLUMNS = ["image_id", "file_name", "width", "height"]
+CLASS_COLUMNS = ["name", "category_id"]
+
+
+@dataclass
+class LabelSet:
+    """Given labels of a partially labeled multi-label dataset.
+
+    Attributes:
+        labels: int8 array (N, K), 1 positive / 0 negative / -1 unknown. May be a
+            read-only memmap.
+        images: DataFrame with columns ``image_id`` (int64), ``file_name`` (str),
+            ``width``, ``height`` (int64, 0 when unknown), row i = row i of ``labels``.
+        classes: DataFrame with columns ``name`` (str) and ``category_id`` (int64), row k =
+            column k of ``labels``.
+        image_root: folder that relative ``file_name`` values are resolved against.
+        source: where the labels came from (path, format, options, fingerprint).
+    """
+
+    labels: np.ndarray
+    images: pd.DataFrame
+    classes: pd.DataFrame
+    image_root: Path | None = None
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.images = self.images.reset_index(drop=True)
+        self.classes = self.classes.reset_index(drop=True)
+        n, k = len(self.images), len(self.classes)
+        if self.labels.shape != (n, k):
+            raise ValueError(f"labels shape {self.labels.shape} != ({n}, {k})")
+        if self.labels.dtype != np.int8:
+            raise ValueError(f"labels must be int8, got {self.labels.dtype}")
+
+    # -- shape ---------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.shape[1])
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classes["name"].astype(str).tolist()
+
+    def image_path(self, i: int) -> Path:
+        """Absolute path of image ``i`` (``file_name`` resolved against ``image_root``)."""
+        p = Path(str(self.images.at[i, "file_name"]))
+        if p.is_absolute() or self.image_root is None:
+            return p
+        return self.image_root / p
+
+    # -- statistics ------------------------------------------------------------
+    def counts(self, chunk_rows: int = 65536) -> pd.DataFrame:
+        """Per-class positives / negatives / unknown counts (chunked, memmap friendly)."""
+        k = self.num_classes
+        pos = np.zeros(k, np.int64)
+        neg = np.zeros(k, np.int64)
+        for s in range(0, self.num_images, chunk_rows):
+            block = np.asarray(self.labels[s : s + chunk_rows])
+            pos += (block == POS).sum(0)
+            neg += (block == NEG).sum(0)
+        out = self.classes.copy()
+        out["positives"] = pos
+        out["negatives"] = neg
+        out["unknown"] = self.num_images - pos - neg
+        return out
+
+    def subset(self, rows: np.ndarray) -> "LabelSet":
+        """A new LabelSet with the given image rows (labels copied into memory)."""
+        rows = np.asarray(rows)
+        return LabelSet(
+            np.ascontiguousarray(self.labels[rows]),
+            self.images.iloc[rows].reset_index(drop=True),
+            self.classes.copy(),
+            self.image_root,
+            dict(self.source),
+        )
+
+    def fingerprint(self, chunk_rows: int = 65536) -> str:
+        """sha256 over the label matrix, image ids / file names and class records."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.classes.astype(str).values.tolist()).encode())
+        h.update(pd.util.hash_pandas_object(self.images[["image_id", "file_name"]], index=False).values.tobytes())
+        for s in range(0, self.num_images, chunk_rows):
+            h.update(np.ascontiguousarray(self.labels[s : s + chunk_rows]).tobytes())
+        return h.hexdigest()
+
+    # -- persistence ---------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write ``classes.json``, ``images.csv``, ``labels.npy`` and ``source.json``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(
+            d / "classes.json",
+            [{"name": str(r.name), "category_id": int(r.category_id)} for r in self.classes.itertuples()],
+        )
+        atomic.write_csv(d / "images.csv", self.images[IMAGE_COLUMNS])
+        with atomic.atomic_memmap(d / "labels.npy", self.labels.shape, np.int8) as arr:
+            for s in range(0, self.num_images, 65536):
+                arr[s : s + 65536] = self.labels[s : s + 65536]
+        src = dict(self.source)
+        src["image_root"] = str(self.image_root) if self.image_root is not None else None
+        atomic.write_json(d / "source.json", src)
+
+    @classmethod
+    def load(cls, directory: str | Path, mmap: bool = True) -> "LabelSet":
+        """Read a LabelSet written by :meth:`save` (labels memory-mapped read-only)."""
+        d = Path(directory)
+        try:
+            classes = pd.DataFrame(json.loads((d / "classes.json").read_text()), columns=CLASS_COLUMNS)
+            images = pd.read_csv(d / "images.csv", dtype={"file_name": str}, keep_default_na=False)
+            labels = np.load(d / "labels.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+            source = json.loads((d / "source.json").read_text())
+        except FileNotFoundError as e:
+            raise LabelfixError(f"{d}: not a labelfix run directory (missing {Path(e.filename).name})") from None
+        except (ValueError, json.JSONDecodeError) as e:
+            raise LabelfixError(f"{d}: corrupt run directory: {e}") from None
+        classes["category_id"] = classes["category_id"].astype(np.int64)
+        root = source.get("image_root")
+        return cls(labels, images, classes, Path(root) if root else None, source)
+
+
+def imbalance(counts: pd.DataFrame) -> dict[str, float]:
+    """CLS_Imb = max_k N_k / min_k N_k over classes with positives, and
+    PN_Imb = sum negatives / sum positives (methods.md, "Imbalance")."""
+    pos = counts["positives"].to_numpy()
+    nz = pos[pos > 0]
+    cls_imb = float(nz.max() / nz.min()) if len(nz) else float("nan")
+    total_pos = int(pos.sum())
+    pn = float(counts["negatives"].sum() / total_pos) if total_pos else float("inf")
+    return {"cls_imb": cls_imb, "pn_imb": pn}

@@ -1,0 +1,25 @@
+"""Shared fixtures. Tests run on the CPU with tiny models and images."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict:
+    """A small demo dataset (digit mosaics, COCO) shared by the whole session."""
+    from labelfix.data.demo import make_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    return make_demo(out, n_train=160, n_test=80, size=48, seed=0)
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path

@@ -1,0 +1,132 @@
+"""Bad input: one clear error line naming the file and record, exit code 2, no traceback;
+or a documented skip with a count."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from labelfix.cli import main
+
+GOOD = {
+    "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+    "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    "annotations": [{"id": 1, "image_id": 1, "category_id": 1}, {"id": 2, "image_id": 2, "category_id": 2}],
+}
+
+
+def mutate(fn):
+    d = copy.deepcopy(GOOD)
+    fn(d)
+    return json.dumps(d)
+
+
+COCO_CASES = {
+    "invalid-json": ('{"images": [', "invalid JSON at line 1"),
+    "not-an-object": ("[1, 2]", "expected a JSON object"),
+    "missing-images": (mutate(lambda d: d.pop("images")), "missing top-level key 'images'"),
+    "missing-categories": (mutate(lambda d: d.pop("categories")), "missing top-level key 'categories'"),
+    "empty-categories": (mutate(lambda d: d.update(categories=[])), "'categories' is empty"),
+    "duplicate-image-id": (mutate(lambda d: d["images"].append({"id": 1, "file_name": "c.png"})), "images[2]: duplicate image id 1"),
+    "duplicate-category-id": (mutate(lambda d: d["categories"].append({"id": 2, "name": "x"})), "categories[2]: duplicate category id 2"),
+    "unknown-image-id": (mutate(lambda d: d["annotations"].append({"image_id": 9, "category_id": 1})), "annotations[2]: unknown image_id 9"),
+    "unknown-category-id": (mutate(lambda d: d["annotations"].append({"image_id": 1, "category_id": 5})), "annotations[2]: unknown category_id 5"),
+    "string-image-id": (mutate(lambda d: d["images"][0].update(id="1")), "images[0]: 'id' must be an integer"),
+    "bool-category-id": (mutate(lambda d: d["annotations"][0].update(category_id=True)), "annotations[0]: 'category_id' must be an integer"),
+    "float-image-id": (mutate(lambda d: d["images"][1].update(id=2.5)), "images[1]: 'id' must be an integer"),
+    "missing-file-name": (mutate(lambda d: d["images"][0].pop("file_name")), "images[0]: missing key 'file_name'"),
+    "annotation-missing-category": (mutate(lambda d: d["annotations"][0].pop("category_id")), "annotations[0]: missing key 'category_id'"),
+    "path-escape": (mutate(lambda d: d["images"][0].update(file_name="../../etc/passwd")), "escapes the image root"),
+    "absolute-path": (mutate(lambda d: d["images"][0].update(file_name="/etc/passwd")), "is an absolute path"),
+    "windows-path": (mutate(lambda d: d["images"][0].update(file_name="C:\\x\\a.png")), "is an absolute path"),
+    "lvis-unknown-neg": (mutate(lambda d: d["images"][0].update(neg_category_ids=[7])), "'neg_category_ids' names unknown category id 7"),
+    "annotations-not-list": (mutate(lambda d: d.update(annotations={})), "'annotations' must be a list"),
+}
+
+
+def run(*args):
+    res = CliRunner().invoke(main, list(args))
+    return res
+
+
+def assert_one_line_error(res, must_contain: str, file_name: str):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith("error: ") and file_name in lines[0], lines[0]
+    assert must_contain in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("case", sorted(COCO_CASES))
+def test_bad_coco(tmp_path, case):
+    text, msg = COCO_CASES[case]
+    p = tmp_path / f"{case}.json"
+    p.write_text(text)
+    before = p.read_bytes()
+    assert_one_line_error(run("info", str(p)), msg, p.name)
+    assert p.read_bytes() == before
+
+
+CSV_CASES = {
+    "wide-bad-value": ("file_name,cat\na.png,yes\n", "row 2, column 'cat': value 'yes' is not 1, 0 or empty"),
+    "wide-no-file-name": ("image,cat\na.png,1\n", "missing column 'file_name'"),
+    "wide-no-classes": ("file_name,image_id\na.png,1\n", "no class columns"),
+    "wide-duplicate-file": ("file_name,cat\na.png,1\na.png,0\n", "row 3: duplicate file_name"),
+    "wide-bad-image-id": ("file_name,image_id,cat\na.png,x1,1\n", "row 2: image_id 'x1' is not an integer"),
+    "long-bad-value": ("file_name,label,value\na.png,cat,2\n", "row 2: value '2' is not 1 or 0"),
+    "long-duplicate-pair": ("file_name,label,value\na.png,cat,1\na.png,cat,0\n", "row 3: second value"),
+    "long-path-escape": ("file_name,label,value\n../a.png,cat,1\n", "escapes the image root"),
+    "openimages-bad-confidence": ("ImageID,LabelName,Confidence\nimg1,/m/01,0.5\n", "row 2: Confidence '0.5' is not 1 or 0"),
+    "empty-file": ("", "empty CSV file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_CASES))
+def test_bad_csv(tmp_path, case):
+    text, msg = CSV_CASES[case]
+    p = tmp_path / f"{case}.csv"
+    p.write_text(text)
+    assert_one_line_error(run("info", str(p)), msg, p.name)
+
+
+def test_missing_label_file(tmp_path):
+    assert_one_line_error(run("info", str(tmp_path / "nope.json")), "file not found", "nope.json")
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "latin.json"
+    p.write_bytes(b'{"images": "\xff\xfe"}')
+    assert_one_line_error(run("info", str(p)), "not UTF-8", p.name)
+
+
+def test_openimages_unknown_class(tmp_path):
+    p = tmp_path / "oi.csv"
+    p.write_text("ImageID,LabelName,Confidence\nimg1,/m/09,1\n")
+    d = tmp_path / "desc.csv"
+    d.write_text("/m/01,Cat\n")
+    assert_one_line_error(run("info", str(p), "--classes", str(d)), "LabelName '/m/09' is not in", p.name)
+
+
+def test_skips_are_counted(tmp_path):
+    """Missing and truncated images and classes without positives are reported with
+    counts (documented skips), not errors."""
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    full = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(full[: len(full) // 2])
+    d = copy.deepcopy(GOOD)
+    d["images"][1]["file_name"] = "missing.png"
+    d["images"].append({"id": 3, "file_name": "trunc.png"})
+    d["categories"].append({"id": 3, "name": "never"})
+    p = tmp_path / "l.json"
+    p.write_text(json.dumps(d))
+    res = run("info", str(p), "--json", "--verify")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["missing_files"] == ["missing.png"]
+    assert out["corrupt_files"] == ["trunc.png"]
+    assert out["classes_without_positives"] == ["never"]

@@ -1,0 +1,82 @@
+"""The torch Dataset: decoding rules (EXIF, modes), labels with unknowns, the index,
+and skipping of undecodable images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from labelfix.data.dataset import PartialLabelDataset, collate_skip
+from labelfix.data.image import load_rgb
+from labelfix.data.transforms import create_transforms
+from labelfix.labels import LabelSet
+
+
+def test_exif_orientation(tmp_path):
+    im = Image.new("RGB", (20, 10), "white")
+    im.paste((255, 0, 0), (0, 0, 5, 10))  # red strip on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    out = load_rgb(tmp_path / "r.jpg")
+    assert out.size == (10, 20)
+    arr = np.asarray(out)
+    assert arr[0, 5, 0] > 200 and arr[0, 5, 1] < 60  # the red strip is now on top
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (6, 4), 128),
+        lambda: Image.new("P", (6, 4), 3),
+        lambda: Image.new("RGBA", (6, 4), (10, 20, 30, 128)),
+        lambda: Image.new("LA", (6, 4), (100, 255)),
+        lambda: Image.fromarray(np.full((4, 6), 65535, np.uint16)),
+    ],
+    ids=["gray", "palette", "rgba", "la", "16bit"],
+)
+def test_modes_become_rgb(tmp_path, make):
+    im = make()
+    im.save(tmp_path / "x.png")
+    out = load_rgb(tmp_path / "x.png")
+    assert out.mode == "RGB" and out.size == (6, 4)
+    if im.mode == "I;16" or im.mode.startswith("I"):
+        assert np.asarray(out).max() == 255  # 16-bit full scale -> 8-bit full scale
+
+
+def test_dataset_items_and_skip(tmp_path):
+    Image.new("RGB", (16, 16), "blue").save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    ls = LabelSet(
+        np.array([[1, -1, 0], [0, 1, -1], [1, 1, 1]], np.int8),
+        pd.DataFrame({"image_id": [1, 2, 3], "file_name": ["a.png", "bad.png", "gone.png"], "width": 0, "height": 0}),
+        pd.DataFrame({"name": ["x", "y", "z"], "category_id": [1, 2, 3]}),
+        tmp_path,
+    )
+    tf = create_transforms(8, (0.5,) * 3, (0.5,) * 3, train=False)
+    ds = PartialLabelDataset(ls, tf, indices=[2, 0, 1])
+    img, lab, idx = ds[1]
+    assert img.shape == (3, 8, 8) and idx == 0
+    assert lab.dtype == torch.int8 and lab.tolist() == [1, -1, 0]
+    images, labels, indices, failed = collate_skip([ds[i] for i in range(3)])
+    assert images.shape == (1, 3, 8, 8)
+    assert indices.tolist() == [0] and sorted(failed.tolist()) == [1, 2]
+    assert labels.tolist() == [[1, -1, 0]]
+
+
+def test_eval_transform_squashes_not_crops():
+    im = Image.new("RGB", (40, 10), "black")
+    im.paste((255, 255, 255), (35, 0, 40, 10))  # white strip at the right edge
+    tf = create_transforms(8, (0, 0, 0), (1, 1, 1), train=False)
+    x = tf(im)
+    assert x.shape == (3, 8, 8)
+    assert x[:, :, -1].mean() > 0.5  # a center crop would have cut the strip away
+
+
+def test_train_transform_randaugment_shapes():
+    tf = create_transforms(16, (0.5,) * 3, (0.5,) * 3, train=True, randaugment=True)
+    x = tf(Image.new("RGB", (30, 20), "green"))
+    assert x.shape == (3, 16, 16)

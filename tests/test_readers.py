@@ -1,0 +1,136 @@
+"""Round trips and label-state semantics of every reader."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelfix.io import detect_format, read_labels
+from labelfix.io.coco_write import labelset_to_coco, rewrite_coco, write_coco
+from labelfix.labels import NEG, POS, UNK, LabelSet
+
+
+def coco_dict():
+    return {
+        "images": [
+            {"id": 10, "file_name": "a.jpg", "width": 4, "height": 3},
+            {"id": 11, "file_name": "sub/b.jpg"},
+            {"id": 12, "file_name": "c.jpg"},
+        ],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 1, "name": "dog"}, {"id": 7, "name": "bird"}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 3, "bbox": [0, 0, 1, 1]},
+            {"id": 2, "image_id": 10, "category_id": 3, "bbox": [1, 1, 1, 1]},
+            {"id": 3, "image_id": 11, "category_id": 7},
+        ],
+    }
+
+
+def test_coco_exhaustive_and_unknown(tmp_path):
+    p = tmp_path / "l.json"
+    p.write_text(json.dumps(coco_dict()))
+    ls = read_labels(p)
+    # classes are ordered by category id
+    assert ls.class_names == ["dog", "cat", "bird"]
+    assert ls.classes["category_id"].tolist() == [1, 3, 7]
+    expected = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]], np.int8)
+    np.testing.assert_array_equal(ls.labels, expected)
+    assert ls.images["width"].tolist() == [4, 0, 0]
+    assert ls.image_path(1) == tmp_path / "sub" / "b.jpg"
+    unk = read_labels(p, unlabeled="unknown")
+    np.testing.assert_array_equal(unk.labels, np.where(expected == 1, POS, UNK))
+
+
+def test_coco_lvis_semantics(tmp_path):
+    d = coco_dict()
+    d["images"][0]["neg_category_ids"] = [1]
+    d["images"][1]["not_exhaustive_category_ids"] = [7]
+    d["images"][2]["neg_category_ids"] = [1, 3, 7]
+    p = tmp_path / "lvis.json"
+    p.write_text(json.dumps(d))
+    ls = read_labels(p)
+    assert ls.source["lvis"] and ls.source["unlabeled"] == "unknown"
+    np.testing.assert_array_equal(
+        ls.labels,
+        np.array([[NEG, POS, UNK], [UNK, UNK, POS], [NEG, NEG, NEG]], np.int8),
+    )
+
+
+def test_coco_rewrite_round_trip(tmp_path):
+    """Any new matrix written by rewrite_coco reads back exactly, keeping untouched annotations."""
+    d = coco_dict()
+    p = tmp_path / "l.json"
+    p.write_text(json.dumps(d))
+    ls = read_labels(p)
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        new = rng.choice(np.array([POS, NEG, UNK], np.int8), size=ls.labels.shape)
+        if trial % 2:
+            new[new == UNK] = NEG
+        out = tmp_path / f"out{trial}.json"
+        write_coco(out, rewrite_coco(d, ls, new))
+        back = read_labels(out)
+        np.testing.assert_array_equal(back.labels, new)
+        data = json.loads(out.read_text())
+        kept = [a for a in data["annotations"] if "labelfix" not in a]
+        for a in kept:
+            assert a in d["annotations"]  # untouched annotations identical
+        assert data["categories"] == d["categories"]
+
+
+def test_csv_wide_round_trip(tmp_path):
+    p = tmp_path / "w.csv"
+    p.write_text("file_name,cat,dog\nx.png,1,\ny.png,0,1\nz.png,,0\n")
+    ls = read_labels(p)
+    assert detect_format(p) == "csv-wide"
+    assert ls.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(ls.labels, np.array([[1, -1], [0, 1], [-1, 0]], np.int8))
+    back = tmp_path / "back.json"
+    write_coco(back, labelset_to_coco(ls))
+    np.testing.assert_array_equal(read_labels(back).labels, ls.labels)
+
+
+def test_csv_long_round_trip(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_text("file_name,label,value\nx.png,dog,1\nx.png,cat,0\ny.png,cat,1\n")
+    ls = read_labels(p)
+    assert detect_format(p) == "csv-long"
+    assert ls.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(ls.labels, np.array([[0, 1], [1, -1]], np.int8))
+
+
+def test_openimages(tmp_path):
+    labels = tmp_path / "oi.csv"
+    labels.write_text(
+        "ImageID,Source,LabelName,Confidence\nimg1,verification,/m/01,1\nimg1,verification,/m/02,0\nimg2,crowd,/m/03,1\n"
+    )
+    desc = tmp_path / "desc.csv"
+    desc.write_text("/m/01,Cat\n/m/02,Dog\n/m/03,Bird\n/m/04,Fish\n")
+    ls = read_labels(labels, class_descriptions=desc)
+    assert detect_format(labels) == "openimages"
+    assert ls.class_names == ["Cat", "Dog", "Bird", "Fish"]
+    assert ls.images["file_name"].tolist() == ["img1.jpg", "img2.jpg"]
+    np.testing.assert_array_equal(ls.labels, np.array([[1, 0, -1, -1], [-1, -1, 1, -1]], np.int8))
+    desc.write_text("LabelName,DisplayName\n/m/01,Cat\n/m/02,Dog\n/m/03,Bird\n")
+    assert read_labels(labels, class_descriptions=desc).num_classes == 3
+
+
+def test_labelset_save_load(tmp_path):
+    ls = LabelSet(
+        np.array([[1, -1], [0, 1]], np.int8),
+        pd.DataFrame({"image_id": [5, 6], "file_name": ["a b.png", "c,d.png"], "width": [0, 2], "height": [0, 3]}),
+        pd.DataFrame({"name": ["x", "y"], "category_id": [2, 9]}),
+        tmp_path,
+        {"format": "test"},
+    )
+    ls.save(tmp_path / "run")
+    back = read_labels(tmp_path / "run")
+    np.testing.assert_array_equal(back.labels, ls.labels)
+    assert back.images["file_name"].tolist() == ["a b.png", "c,d.png"]
+    assert back.classes["category_id"].tolist() == [2, 9]
+    assert back.fingerprint() == ls.fingerprint()
+    with pytest.raises(ValueError):
+        LabelSet(np.zeros((2, 2), np.int64), ls.images, ls.classes)
