@@ -1,0 +1,116 @@
+"""The run directory: what ``labelfix train`` writes and every later command reads.
+
+Layout and file formats: docs/internals.md ("Run directory"). :func:`load_run` is the
+Python entry point (``labelfix.load_run``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from labelfix.errors import LabelfixError
+from labelfix.labels import LabelSet
+
+CORRECTIONS_COLUMNS = [
+    "image_id", "file_name", "class", "category_id", "given", "suggested",
+    "action", "state", "score", "p_clean", "probability",
+]
+
+
+class Run:
+    """A labelfix run directory (read side). Arrays are opened memory-mapped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise LabelfixError(f"{self.path}: run directory not found")
+        if not (self.path / "labels.npy").exists():
+            raise LabelfixError(f"{self.path}: not a labelfix run directory (no labels.npy; run `labelfix train` first)")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @cached_property
+    def labelset(self) -> LabelSet:
+        """The given labels of all N images (memory-mapped)."""
+        return LabelSet.load(self.path)
+
+    @cached_property
+    def config(self) -> dict:
+        import yaml
+
+        p = self.path / "config.yaml"
+        if not p.exists():
+            return {}
+        try:
+            return yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise LabelfixError(f"{p}: corrupt config: {str(e).splitlines()[0]}") from None
+
+    @property
+    def split(self) -> np.ndarray:
+        """int8 (N,): 0 train, 1 held-out validation (all 0 when the file is absent)."""
+        p = self.path / "split.npy"
+        if p.exists():
+            return np.load(p, mmap_mode="r")
+        return np.zeros(self.labelset.num_images, np.int8)
+
+    def _array(self, folder: str, name: str, required: bool) -> np.ndarray | None:
+        p = self.path / folder / f"{name}.npy"
+        if not p.exists():
+            if required:
+                raise LabelfixError(f"{p}: missing; {'run `labelfix train`' if folder == 'stats' else 'run `labelfix clean`'} first")
+            return None
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise LabelfixError(f"{p}: unreadable array: {e}") from None
+        n, k = self.labelset.labels.shape
+        if arr.shape != (n, k):
+            raise LabelfixError(f"{p}: shape {arr.shape} does not match the labels ({n}, {k})")
+        return arr
+
+    def stat(self, name: str, required: bool = True) -> np.ndarray | None:
+        """A per-cell statistic written by training: ``logits``, ``loss_mean``,
+        ``two_view``, ``role_logits`` (float (N, K), memory-mapped)."""
+        return self._array("stats", name, required)
+
+    def cell(self, name: str, required: bool = True) -> np.ndarray | None:
+        """A per-cell output of clean: ``p_clean``, ``score``, ``state``, ``suggested``."""
+        return self._array("cells", name, required)
+
+    @property
+    def stats_state(self) -> dict:
+        p = self.path / "stats" / "state.json"
+        if not p.exists():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise LabelfixError(f"{p}: corrupt JSON") from None
+
+    def checkpoint(self, which: str = "best") -> Path:
+        p = self.path / "checkpoints" / f"{which}.pt"
+        if not p.exists():
+            alt = self.path / "checkpoints" / "last.pt"
+            if which == "best" and alt.exists():
+                return alt
+            raise LabelfixError(f"{p}: checkpoint not found")
+        return p
+
+    def corrections(self) -> pd.DataFrame:
+        """``corrections.csv`` written by ``labelfix clean`` (schema in product.md)."""
+        p = self.path / "corrections.csv"
+        if not p.exists():
+            raise LabelfixError(f"{p}: missing; run `labelfix clean {self.path}` first")
+        return pd.read_csv(p, dtype={"given": str, "file_name": str}, keep_default_na=False)
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory written by ``labelfix train`` (and ``labelfix clean``)."""
+    return Run(path)
