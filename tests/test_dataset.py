@@ -80,3 +80,15 @@ def test_train_transform_randaugment_shapes():
     tf = create_transforms(16, (0.5,) * 3, (0.5,) * 3, train=True, randaugment=True)
     x = tf(Image.new("RGB", (30, 20), "green"))
     assert x.shape == (3, 16, 16)
+
+
+def test_randaugment_survives_every_magnitude():
+    """timm's 0-bit posterize at the top magnitude crashes on current Pillow; ours must not."""
+    torch.manual_seed(0)
+    import random
+
+    random.seed(0)
+    tf = create_transforms(16, (0.5,) * 3, (0.5,) * 3, train=True, randaugment=True)
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    for _ in range(400):
+        assert tf(im).shape == (3, 16, 16)

@@ -12,9 +12,20 @@ from __future__ import annotations
 from typing import Sequence
 
 from timm.data import create_transform
+from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS, rand_augment_transform
+from torchvision import transforms as T
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"
+# timm's PosterizeIncreasing keeps 0 bits at the top magnitude, which Pillow >= 12
+# rejects; the original-paper variant keeps 4-8 bits.
+RAND_OPS = [op if op != "PosterizeIncreasing" else "PosterizeOriginal" for op in _RAND_INCREASING_TRANSFORMS]
 TRAIN_SCALE = (0.7, 1.0)
+
+
+def make_randaugment(img_size: int, mean: Sequence[float]):
+    """timm's RandAugment (m9, mstd 0.5, increasing ops) without the 0-bit posterize."""
+    hparams = {"translate_const": int(img_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean)}
+    return rand_augment_transform(RANDAUGMENT, hparams, transforms=RAND_OPS)
 
 
 def create_transforms(
@@ -37,7 +48,7 @@ def create_transforms(
             crop_pct=1.0,
             crop_mode="squash",
         )
-    return create_transform(
+    primary, secondary, final = create_transform(
         input_size=img_size,
         is_training=True,
         mean=tuple(mean),
@@ -46,5 +57,8 @@ def create_transforms(
         scale=TRAIN_SCALE,
         hflip=0.5,
         color_jitter=None,
-        auto_augment=RANDAUGMENT if randaugment else None,
+        auto_augment=None,
+        separate=True,
     )
+    middle = [make_randaugment(img_size, mean)] if randaugment else list(secondary.transforms)
+    return T.Compose([*primary.transforms, *middle, *final.transforms])

@@ -1,0 +1,284 @@
+# BalanceMix (Song, Kim & Lee, AAAI 2024), "Label-wise management" used as a label
+# cleaner: label-wise loss GMMs -> p_clean, re-labeling by delta, per-cell issue scores
+# and the list of suggested corrections (labelfix; cleanlab-style entry point).
+"""``find_label_issues``: unknown-aware label issues of a multi-label matrix."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from labelfix.cleaning import gmm as _gmm
+from labelfix.cleaning import scores as _scores
+from labelfix.cleaning.states import (AMBIGUOUS, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
+                                      default_delta)
+from labelfix.errors import LabelfixError
+from labelfix.io.atomic import atomic_memmap
+from labelfix.labels import STATE_NAMES as GIVEN_NAMES
+from labelfix.labels import UNK
+
+CELL_ARRAYS = {"p_clean": np.float32, "score": np.float32, "state": np.int8, "suggested": np.int8}
+CORRECTION_COLUMNS = ["image_index", "class_index", "given", "suggested", "action", "state", "score",
+                      "p_clean", "probability"]
+
+
+@dataclass
+class LabelIssues:
+    """Result of :func:`find_label_issues`. Per-cell arrays are (N, K) (memmaps when
+    written to a directory).
+
+    Attributes:
+        p_clean: float32, GMM posterior that the given label is clean (NaN on unknown cells).
+        score: float32 in [0, 1], issue score (higher = given label more likely wrong, or
+            unknown cell more likely positive).
+        state: int8, CLEAN 0 / RELABELED 1 / AMBIGUOUS 2 / ESTIMATED 3.
+        suggested: int8, suggested label: the given one for clean cells, the re-labeled
+            value, the rounded model estimate for ambiguous cells; for unknown cells 1 / 0
+            when the estimate passes the estimate threshold / its complement, else -1.
+        corrections: DataFrame, one row per suggested change, sorted by score (desc);
+            columns ``CORRECTION_COLUMNS``.
+        gmms: the fitted label-wise mixtures (group shape (K, 2)).
+        delta: re-labeling threshold used; estimate_threshold: threshold for unknown cells.
+    """
+
+    p_clean: np.ndarray
+    score: np.ndarray
+    state: np.ndarray
+    suggested: np.ndarray
+    corrections: pd.DataFrame
+    gmms: _gmm.GMMFit
+    delta: float
+    estimate_threshold: float
+    settings: dict = field(default_factory=dict)
+
+
+class _LazyProbs:
+    """Row-sliceable view applying sigmoid to logits chunk by chunk."""
+
+    def __init__(self, logits):
+        self.base, self.shape = logits, tuple(logits.shape)
+
+    def __getitem__(self, rows):
+        return _scores.sigmoid(self.base[rows])
+
+
+class _LazyBCE:
+    """Row-sliceable BCE losses of probs against the given labels (unknown -> against 0)."""
+
+    def __init__(self, probs, given, logits: bool):
+        self.probs, self.given, self.logits, self.shape = probs, given, logits, tuple(given.shape)
+
+    def __getitem__(self, rows):
+        return _scores.bce_losses(self.probs[rows], self.given[rows], logits=self.logits)
+
+
+def _check_shape(name, arr, shape):
+    if arr is not None and tuple(arr.shape) != tuple(shape):
+        raise LabelfixError(f"{name}: shape {tuple(arr.shape)}: does not match given {tuple(shape)}")
+
+
+def _suggest_block(given, state, target, probs, two_view, estimates, est_thr):
+    g = np.asarray(given)
+    c = _scores._finite_or(two_view, probs)
+    sug = target.copy()
+    amb = state == AMBIGUOUS
+    sug[amb] = (c[amb] > 0.5).astype(np.int8)
+    unk = g == UNK
+    q = _scores.unknown_estimate(probs, two_view, estimates)
+    with np.errstate(invalid="ignore"):
+        sug[unk & (q > est_thr)] = 1
+        sug[unk & (q < 1.0 - est_thr)] = 0
+    sug[unk & ~((q > est_thr) | (q < 1.0 - est_thr))] = UNK
+    return sug
+
+
+def find_label_issues(
+    given,
+    probs,
+    losses=None,
+    two_view=None,
+    estimates=None,
+    *,
+    clean_threshold: float = 0.5,
+    relabel_threshold: float | None = None,
+    estimate_threshold: float | None = None,
+    max_suggestions: int | None = None,
+    classes: Sequence[str] | None = None,
+    scorer: str = _scores.DEFAULT_SCORER,
+    probs_are_logits: bool = False,
+    gmm_options: dict | None = None,
+    monotone: bool = True,
+    out_dir: str | Path | None = None,
+    chunk_rows: int | None = None,
+    device: str = "cpu",
+) -> LabelIssues:
+    """Find wrong and missing labels in a partially labeled multi-label matrix.
+
+    Unlike ``cleanlab.multilabel_classification.filter.find_label_issues`` this handles
+    unknown cells (-1): they are not fitted, never called wrong, and are suggested as
+    additions when the model estimate is confident.
+
+    Method (docs/cleaning.md): per class k and given label z in {1, 0} a 2-component GMM
+    on the min-max normalised per-cell losses (BalanceMix label-wise management,
+    DivideMix settings); p_clean = posterior of the lower-loss component. Known cells
+    with p_clean > ``clean_threshold`` are clean; the others are re-labeled when the
+    two-view probability c (``two_view`` where finite, else ``probs``) is > delta (-> 1)
+    or < 1 - delta (-> 0), else ambiguous.
+
+    Args:
+        given: int8 (N, K) given labels, 1 / 0 / -1 (unknown). May be a memmap.
+        probs: float (N, K) predicted probabilities (or logits with
+            ``probs_are_logits=True``), ideally out-of-sample.
+        losses: float (N, K) per-cell losses for the GMMs (e.g. the mean BCE over
+            epochs); None -> BCE of ``probs`` against ``given`` (unknown -> against 0).
+        two_view: float (N, K) BalanceMix two-view mean probability, NaN where not
+            computed; None -> ``probs`` is used for re-labeling.
+        estimates: float (N, K) estimated P(positive) for unknown cells (e.g. ROLE's
+            label estimator); None -> two_view / probs.
+        clean_threshold: p_clean above which a known cell is clean (0.5).
+        relabel_threshold: delta; None -> :func:`default_delta` (0.55 single-positive,
+            else 0.975).
+        estimate_threshold: an unknown cell is suggested positive when its estimate
+            exceeds it; None -> delta.
+        max_suggestions: keep only the top-scoring corrections.
+        classes: class names; adds a ``class`` column to ``corrections``.
+        scorer: issue score rule (``labelfix.cleaning.scores.list_scorers()``).
+        gmm_options: keyword options of :func:`labelfix.cleaning.gmm.fit_label_gmms`
+            (max_iter, tol, reg_covar, em, bins, min_cells).
+        monotone: p_clean never increases with the loss (see ``posterior_values``).
+        out_dir: when given, the per-cell arrays are written there as ``p_clean.npy``,
+            ``score.npy``, ``state.npy``, ``suggested.npy`` (atomic memmaps, filled chunk
+            by chunk) and returned as read-only memmaps.
+        chunk_rows: rows per chunk (default about 2M cells).
+        device: torch device for the GMM arithmetic.
+
+    Returns:
+        LabelIssues (per-cell arrays, ``corrections`` DataFrame with columns
+        image_index, class_index, given ("1" / "0" / "unknown"), suggested (1 / 0),
+        action ("add" / "remove"), state ("re-labeled" / "ambiguous" / "estimated"),
+        score, p_clean, probability; sorted by score, highest first).
+
+    Examples:
+        >>> issues = find_label_issues(labels, probs)                    # doctest: +SKIP
+        >>> issues.corrections.head()                                    # doctest: +SKIP
+    """
+    if len(getattr(given, "shape", ())) != 2:
+        raise LabelfixError(f"given: shape {getattr(given, 'shape', None)}: must be (N, K)")
+    shape = tuple(given.shape)
+    N, K = shape
+    for name, arr in (("probs", probs), ("losses", losses), ("two_view", two_view), ("estimates", estimates)):
+        _check_shape(name, arr, shape)
+    if classes is not None and len(classes) != K:
+        raise LabelfixError(f"classes: {len(classes)} names: given has {K} columns")
+    if not 0.0 <= clean_threshold < 1.0:
+        raise LabelfixError(f"clean_threshold: {clean_threshold}: must be in [0, 1)")
+    score_fn = _scores.get_scorer(scorer)
+    rows = chunk_rows or _gmm.default_chunk_rows(K)
+    delta = float(relabel_threshold) if relabel_threshold is not None else default_delta(given, chunk_rows=rows)
+    if not 0.5 <= delta < 1.0:
+        raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")
+    est_thr = float(estimate_threshold) if estimate_threshold is not None else delta
+    if not 0.5 <= est_thr < 1.0:
+        raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
+
+    loss_src = losses if losses is not None else _LazyBCE(probs, given, probs_are_logits)
+    prob_src = _LazyProbs(probs) if probs_are_logits else probs
+    fit = _gmm.fit_label_gmms(loss_src, given, chunk_rows=rows, device=device, **(gmm_options or {}))
+
+    cand = {c: [] for c in ("i", "k", "g", "s", "st", "score", "p", "prob")}
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            out_dir = Path(out_dir)
+            outs = {n: stack.enter_context(atomic_memmap(out_dir / f"{n}.npy", shape, dt))
+                    for n, dt in CELL_ARRAYS.items()}
+        else:
+            outs = {n: np.empty(shape, dt) for n, dt in CELL_ARRAYS.items()}
+        for a in range(0, N, rows):
+            b = min(N, a + rows)
+            g = np.asarray(given[a:b])
+            pr = np.asarray(prob_src[a:b], dtype=np.float32)
+            tv = None if two_view is None else np.asarray(two_view[a:b], dtype=np.float32)
+            es = None if estimates is None else np.asarray(estimates[a:b], dtype=np.float32)
+            ls = None if losses is None else np.asarray(losses[a:b], dtype=np.float32)
+            pc = _gmm.clean_posterior_rows(loss_src, given, fit, a, b, monotone=monotone, device=device)
+            relabel_c = _scores._finite_or(tv, pr)
+            st, tg, _ = assign_states_block(g, pc, relabel_c, clean_threshold=clean_threshold, delta=delta)
+            sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls if ls is not None else loss_src[a:b],
+                          estimates=es)
+            sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
+            outs["p_clean"][a:b], outs["score"][a:b], outs["state"][a:b], outs["suggested"][a:b] = pc, sc, st, sg
+            change = ((g != UNK) & (sg != g) & (sg != UNK)) | ((g == UNK) & (sg == 1))
+            ii, kk = np.nonzero(change)
+            if ii.size:
+                cand["i"].append(ii + a)
+                cand["k"].append(kk)
+                cand["g"].append(g[ii, kk])
+                cand["s"].append(sg[ii, kk])
+                cand["st"].append(st[ii, kk])
+                cand["score"].append(sc[ii, kk])
+                cand["p"].append(pc[ii, kk])
+                cand["prob"].append(pr[ii, kk])
+        arrays = outs
+    if out_dir is not None:
+        arrays = {n: np.load(out_dir / f"{n}.npy", mmap_mode="r") for n in CELL_ARRAYS}
+
+    corrections = _corrections_frame(cand, max_suggestions, classes)
+    return LabelIssues(
+        p_clean=arrays["p_clean"], score=arrays["score"], state=arrays["state"], suggested=arrays["suggested"],
+        corrections=corrections, gmms=fit, delta=delta, estimate_threshold=est_thr,
+        settings=dict(clean_threshold=clean_threshold, scorer=scorer, monotone=monotone,
+                      gmm=dict(fit.settings)),
+    )
+
+
+def _corrections_frame(cand: dict, max_suggestions: int | None, classes) -> pd.DataFrame:
+    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in cand.items()}
+    order = np.lexsort((cat["k"], cat["i"], -cat["score"].astype(np.float64)))
+    if max_suggestions is not None:
+        order = order[: max(0, int(max_suggestions))]
+    g = cat["g"][order].astype(np.int64)
+    s = cat["s"][order].astype(np.int64)
+    frame = pd.DataFrame({
+        "image_index": cat["i"][order].astype(np.int64),
+        "class_index": cat["k"][order].astype(np.int64),
+        "given": pd.Series([GIVEN_NAMES[int(v)] for v in g], dtype=object),
+        "suggested": s,
+        "action": pd.Series(np.where(s == 1, "add", "remove"), dtype=object),
+        "state": pd.Series([STATE_NAMES[int(v)] for v in cat["st"][order]], dtype=object),
+        "score": cat["score"][order].astype(np.float32),
+        "p_clean": cat["p"][order].astype(np.float32),
+        "probability": cat["prob"][order].astype(np.float32),
+    }, columns=CORRECTION_COLUMNS)
+    if classes is not None:
+        names = np.asarray(list(classes), dtype=object)
+        frame.insert(2, "class", names[frame["class_index"].to_numpy()] if len(frame) else
+                     pd.Series([], dtype=object))
+    return frame.reset_index(drop=True)
+
+
+def write_cell_arrays(directory: str | Path, issues: LabelIssues, *, chunk_rows: int | None = None) -> dict:
+    """Write the per-cell arrays of ``issues`` to ``directory`` (``p_clean.npy``,
+    ``score.npy``, ``state.npy``, ``suggested.npy``) via atomic memmaps, chunk by chunk.
+    Returns {name: path}."""
+    directory = Path(directory)
+    paths = {}
+    for name, dt in CELL_ARRAYS.items():
+        src = getattr(issues, name)
+        n, k = src.shape
+        rows = chunk_rows or _gmm.default_chunk_rows(k)
+        path = directory / f"{name}.npy"
+        with atomic_memmap(path, (n, k), dt) as mm:
+            for a in range(0, n, rows):
+                mm[a:a + rows] = src[a:a + rows]
+        paths[name] = path
+    return paths
+
+
+# ESTIMATED / RELABELED re-exported for callers filtering ``state``
+__all__ = ["LabelIssues", "find_label_issues", "write_cell_arrays", "CELL_ARRAYS", "CORRECTION_COLUMNS",
+           "RELABELED", "AMBIGUOUS", "ESTIMATED"]

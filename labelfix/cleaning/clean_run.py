@@ -1,0 +1,140 @@
+"""``labelfix clean`` on a run directory: read the per-cell statistics that training
+recorded, run label-wise management (:func:`labelfix.cleaning.find_label_issues`),
+write the per-cell arrays, ``corrections.csv`` and the report.
+
+What the run knows and how it is used (docs/cleaning.md):
+- ``stats/logits.npy``: the model's probabilities (last evaluation pass, no augmentation);
+- ``stats/loss_mean.npy``: per-cell loss averaged over epochs -> the GMMs' input
+  (falls back to the BCE of the last pass);
+- ``stats/two_view.npy``: BalanceMix's two-view probability -> re-labeling;
+- ``stats/role_logits.npy``: ROLE's label estimator -> estimates for unknown cells.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from labelfix.cleaning.api import LabelIssues, find_label_issues
+from labelfix.cleaning.scores import sigmoid
+from labelfix.errors import LabelfixError
+from labelfix.io import atomic
+from labelfix.run import CORRECTIONS_COLUMNS, Run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CleanResult:
+    issues: LabelIssues
+    corrections: pd.DataFrame  # product.md schema
+    notes: list[str]
+    report: Path | None
+
+
+class _Sigmoid:
+    """Row-sliceable sigmoid view over a (memmapped) logit array."""
+
+    def __init__(self, logits):
+        self.base, self.shape = logits, tuple(logits.shape)
+
+    def __getitem__(self, rows):
+        return sigmoid(np.asarray(self.base[rows], dtype=np.float32))
+
+
+def _stats_notes(run: Run) -> list[str]:
+    state = run.stats_state
+    notes = []
+    if not state:
+        notes.append("stats/state.json is missing: the statistics may come from an interrupted training run")
+    elif not state.get("complete", False):
+        notes.append(
+            f"training did not finish: using the statistics of epoch {state.get('last_epoch', '?')} "
+            f"({state.get('epochs_recorded', '?')} epochs recorded); `labelfix train --resume` continues it"
+        )
+    return notes
+
+
+def corrections_table(run: Run, corrections: pd.DataFrame) -> pd.DataFrame:
+    """Turn the API's (image_index, class_index) rows into product.md's schema."""
+    ls = run.labelset
+    i = corrections["image_index"].to_numpy()
+    k = corrections["class_index"].to_numpy()
+    out = pd.DataFrame(
+        {
+            "image_id": ls.images["image_id"].to_numpy()[i],
+            "file_name": ls.images["file_name"].to_numpy()[i],
+            "class": ls.classes["name"].to_numpy()[k],
+            "category_id": ls.classes["category_id"].to_numpy()[k],
+        }
+    )
+    for col in CORRECTIONS_COLUMNS[4:]:
+        out[col] = corrections[col].to_numpy()
+    for col in ("score", "p_clean", "probability"):
+        out[col] = out[col].astype(np.float64).round(6)
+    return out[CORRECTIONS_COLUMNS]
+
+
+def clean_run(
+    run: Run | str | Path,
+    *,
+    clean_threshold: float = 0.5,
+    relabel_threshold: float | None = None,
+    max_suggestions: int | None = None,
+    classes: Sequence[str] | None = None,
+    report: bool = True,
+    device: str = "cpu",
+) -> CleanResult:
+    """Score every cell of a run and write ``cells/*.npy``, ``corrections.csv`` and
+    ``report/`` into it.
+
+    Args:
+        run: the run directory.
+        clean_threshold: p_clean above which a known cell is clean.
+        relabel_threshold: delta of the two-view re-labeling (None: 0.975, or 0.55 in the
+            single-positive setting).
+        max_suggestions: keep the top suggestions only (after the class filter).
+        classes: restrict the suggestions to these class names.
+        report: write ``report/index.html`` and its plots.
+    """
+    run = run if isinstance(run, Run) else Run(run)
+    ls = run.labelset
+    notes = _stats_notes(run)
+    logits = run.stat("logits")
+    losses = run.stat("loss_mean", required=False)
+    two_view = run.stat("two_view", required=False)
+    role = run.stat("role_logits", required=False)
+    if classes:
+        unknown = sorted(set(classes) - set(ls.class_names))
+        if unknown:
+            raise LabelfixError(f"{run.path}: --classes: unknown class names {', '.join(unknown)}")
+    issues = find_label_issues(
+        ls.labels,
+        _Sigmoid(logits),
+        losses=losses,
+        two_view=two_view,
+        estimates=None if role is None else _Sigmoid(role),
+        clean_threshold=clean_threshold,
+        relabel_threshold=relabel_threshold,
+        out_dir=run.path / "cells",
+        device=device,
+    )
+    notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
+    table = corrections_table(run, issues.corrections)
+    if classes:
+        table = table[table["class"].isin(set(classes))]
+    if max_suggestions is not None:
+        table = table.head(max_suggestions)
+    table = table.reset_index(drop=True)
+    atomic.write_csv(run.path / "corrections.csv", table)
+    report_path = None
+    if report:
+        from labelfix.cleaning.report import write_report
+
+        report_path = write_report(run, issues, table, notes, losses=losses, probs=_Sigmoid(logits))
+    return CleanResult(issues, table, notes, report_path)

@@ -1,0 +1,141 @@
+# Issue scores for label cleaning (labelfix). The GMM posterior p_G is BalanceMix's
+# label-wise management (Song, Kim & Lee, AAAI 2024); the disagreement score |y - p| is
+# the self-confidence of confident learning (Northcutt et al., JAIR 2021, cleanlab's
+# "self_confidence" rank), here per cell; the combination is labelfix's.
+"""Per-cell issue scores in [0, 1]: higher = more likely that the given label is wrong
+(known cells) or that the unknown cell is positive.
+
+Every scorer has the same signature and is array-in / array-out on one block of rows
+(so callers apply it chunk by chunk to memory-mapped inputs)::
+
+    scorer(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None)
+        -> float32 array, same shape as ``given``
+
+For unknown cells every scorer returns the positive-estimate ``q_unknown``: the label
+estimates (e.g. ROLE's estimator) when given, else the two-view probability where
+finite, else the model probability.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from labelfix.errors import LabelfixError
+from labelfix.labels import UNK
+
+BCE_EPS = 1e-7
+
+Scorer = Callable[..., np.ndarray]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str):
+    def deco(fn: Scorer) -> Scorer:
+        _SCORERS[name] = fn
+        return fn
+    return deco
+
+
+def get_scorer(name: str) -> Scorer:
+    try:
+        return _SCORERS[name]
+    except KeyError:
+        raise LabelfixError(f"score: {name!r}: unknown scoring rule (choose from {', '.join(list_scorers())})") from None
+
+
+def list_scorers() -> list[str]:
+    return sorted(_SCORERS)
+
+
+def sigmoid(logits) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def bce_losses(probs, given, *, logits: bool = False) -> np.ndarray:
+    """Per-cell BCE against the given label, unknown cells against 0 (float32).
+
+    ``probs`` are probabilities clipped to [1e-7, 1 - 1e-7] (maximum loss 16.1), or with
+    ``logits=True`` logits (exact softplus form, no clipping)."""
+    y = (np.asarray(given) == 1).astype(np.float32)
+    if logits:
+        z = np.asarray(probs, dtype=np.float32)
+        # softplus(z) - y z, computed stably
+        return (np.maximum(z, 0) - y * z + np.log1p(np.exp(-np.abs(z)))).astype(np.float32)
+    p = np.clip(np.asarray(probs, dtype=np.float32), BCE_EPS, 1 - BCE_EPS)
+    return (-(y * np.log(p) + (1 - y) * np.log1p(-p))).astype(np.float32)
+
+
+def _known(given):
+    g = np.asarray(given)
+    return g, g != UNK, (g == 1).astype(np.float32)
+
+
+def _finite_or(a, fallback):
+    if a is None:
+        return np.asarray(fallback, dtype=np.float32)
+    a = np.asarray(a, dtype=np.float32)
+    return np.where(np.isfinite(a), a, fallback).astype(np.float32)
+
+
+def unknown_estimate(probs, two_view=None, estimates=None) -> np.ndarray:
+    """q_unknown: estimates if given, else two-view where finite, else probs (float32)."""
+    q = _finite_or(two_view, probs)
+    return _finite_or(estimates, q) if estimates is not None else q
+
+
+def _finish(g, known, known_score, probs, two_view, estimates) -> np.ndarray:
+    q = unknown_estimate(probs, two_view, estimates)
+    out = np.where(known, known_score, q)
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+@register_scorer("gmm")
+def score_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None) -> np.ndarray:
+    """Known cells: 1 - p_clean (the GMM's noisy-component posterior)."""
+    if p_clean is None:
+        raise LabelfixError("score: gmm: needs p_clean")
+    g, known, _ = _known(given)
+    return _finish(g, known, 1.0 - _finite_or(p_clean, 1.0), probs, two_view, estimates)
+
+
+@register_scorer("disagreement")
+def score_disagreement(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None) -> np.ndarray:
+    """Known cells: |y - p|, one minus the model's probability of the given label."""
+    g, known, y = _known(given)
+    return _finish(g, known, np.abs(y - np.asarray(probs, dtype=np.float32)), probs, two_view, estimates)
+
+
+@register_scorer("two_view")
+def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None) -> np.ndarray:
+    """Known cells: |y - c| with the two-view mean probability c where finite, else p."""
+    g, known, y = _known(given)
+    c = _finite_or(two_view, probs)
+    return _finish(g, known, np.abs(y - c), probs, two_view, estimates)
+
+
+@register_scorer("loss")
+def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None) -> np.ndarray:
+    """Known cells: 1 - exp(-mean BCE). For one epoch this is |y - p|; for a mean over
+    epochs, one minus the geometric mean of the probability given to the label."""
+    if losses is None:
+        raise LabelfixError("score: loss: needs losses")
+    g, known, _ = _known(given)
+    return _finish(g, known, -np.expm1(-np.asarray(losses, dtype=np.float32)), probs, two_view, estimates)
+
+
+@register_scorer("combined")
+def score_combined(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None) -> np.ndarray:
+    """Default. Known cells: mean of the GMM noisy posterior 1 - p_clean and the
+    disagreement |y - c| (c = two-view probability where finite, else p). p_clean ranks
+    cells within a (class, label) group but saturates at 0 / 1; the disagreement breaks
+    those ties and is comparable across classes. Without p_clean: the disagreement."""
+    g, known, y = _known(given)
+    dis = np.abs(y - _finite_or(two_view, probs))
+    s = dis if p_clean is None else 0.5 * (1.0 - _finite_or(p_clean, 1.0)) + 0.5 * dis
+    return _finish(g, known, s, probs, two_view, estimates)
+
+
+DEFAULT_SCORER = "combined"

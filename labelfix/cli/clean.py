@@ -1,0 +1,35 @@
+"""``labelfix clean RUN``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--clean-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="p_clean (GMM posterior of the low-loss component) above which a known cell is clean.")
+@click.option("--relabel-threshold", type=click.FloatRange(0.5, 1, max_open=True), default=None,
+              help="delta: a non-clean cell whose two-view probability is > delta becomes 1, < 1-delta becomes 0 "
+                   "[default: 0.975, 0.55 for single-positive data].")
+@click.option("--max-suggestions", type=click.IntRange(min=0), default=None, help="Keep only the top suggestions.")
+@click.option("--classes", default=None, help="Comma-separated class names to suggest corrections for.")
+@click.option("--no-report", is_flag=True, help="Skip the HTML report and plots.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the GMM fits (cpu, cuda).")
+def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, no_report, device):
+    """Label-wise management of a trained run: per-class GMMs (clean / re-labeled /
+    ambiguous), estimates for unknown cells, ranked corrections in RUN/corrections.csv,
+    per-cell arrays in RUN/cells/ and a report in RUN/report/."""
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.io.lock import run_lock
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    with run_lock(run, "clean"):
+        res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
+                        max_suggestions=max_suggestions, classes=names, report=not no_report, device=device)
+    for note in res.notes:
+        click.echo(f"note: {note}", err=True)
+    c = res.corrections
+    click.echo(f"{len(c)} suggested corrections ({int((c['action'] == 'add').sum())} add, "
+               f"{int((c['action'] == 'remove').sum())} remove) -> {res.issues.p_clean.shape[0]} images scored; "
+               f"wrote {run}/corrections.csv" + (f" and {res.report}" if res.report else ""))

@@ -1,0 +1,82 @@
+"""Partial-label losses behind one interface and a name registry.
+
+Every loss is an ``nn.Module`` with
+``forward(logits, target, known, weight=None, index=None) -> scalar``
+(shapes and reduction: ``labelfix.losses.bce``; user docs: docs/losses_and_mixing.md).
+
+Example::
+
+    loss = create_loss("an-ls")
+    target, known = split_labels(batch_labels)   # int8 (B, K) 1/0/-1
+    loss(logits, target, known).backward()
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from torch import nn
+
+from labelfix.errors import LabelfixError
+from labelfix.losses.asl import AsymmetricLoss
+from labelfix.losses.bce import AssumeNegativeLoss, MaskedBCELoss, WeakAssumeNegativeLoss, split_labels
+from labelfix.losses.large_loss import LargeLossLoss
+from labelfix.losses.spl import ExpectedPositiveLoss, RoleLoss, estimate_kappa
+
+__all__ = [
+    "AssumeNegativeLoss", "AsymmetricLoss", "ExpectedPositiveLoss", "LargeLossLoss", "MaskedBCELoss",
+    "RoleLoss", "WeakAssumeNegativeLoss", "create_loss", "estimate_kappa", "list_losses", "register_loss",
+    "split_labels",
+]
+
+# name -> (factory, fixed keyword arguments the name implies)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
+
+
+def register_loss(name: str, factory: Callable[..., nn.Module], **fixed) -> None:
+    """Register ``factory`` under ``name``; ``fixed`` kwargs are implied by the name and
+    cannot be overridden by ``create_loss`` callers."""
+    if name in _REGISTRY:
+        raise LabelfixError(f"loss {name!r}: already registered")
+    _REGISTRY[name] = (factory, dict(fixed))
+
+
+register_loss("bce", MaskedBCELoss)
+register_loss("an", AssumeNegativeLoss, label_smoothing=0.0)
+register_loss("an-ls", AssumeNegativeLoss, label_smoothing=0.1)
+register_loss("wan", WeakAssumeNegativeLoss)
+register_loss("asl", AsymmetricLoss)
+register_loss("epr", ExpectedPositiveLoss)
+register_loss("role", RoleLoss)
+register_loss("ll-r", LargeLossLoss, mode="reject")
+register_loss("ll-ct", LargeLossLoss, mode="correct")
+
+
+def list_losses() -> list[str]:
+    """Registered loss names, in registration order."""
+    return list(_REGISTRY)
+
+
+def create_loss(name: str, **kwargs) -> nn.Module:
+    """Build the loss registered as ``name`` with the given keyword arguments.
+
+    Raises ``LabelfixError`` for an unknown name, an argument the loss does not take,
+    or an argument fixed by the name (e.g. ``label_smoothing`` for "an-ls").
+    """
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise LabelfixError(f"loss {name!r}: unknown; choose one of {', '.join(_REGISTRY)}")
+    factory, fixed = _REGISTRY[key]
+    clash = sorted(set(kwargs) & set(fixed))
+    if clash:
+        raise LabelfixError(f"loss {name!r}: {', '.join(clash)}: fixed by the loss name")
+    accepted = inspect.signature(factory).parameters
+    extra = sorted(set(kwargs) - set(accepted))
+    if extra:
+        raise LabelfixError(f"loss {name!r}: {', '.join(extra)}: not an option of this loss "
+                            f"(options: {', '.join(p for p in accepted if p not in fixed) or 'none'})")
+    try:
+        return factory(**fixed, **kwargs)
+    except TypeError as err:  # a required argument is missing
+        raise LabelfixError(f"loss {name!r}: {err}") from None

@@ -1,0 +1,147 @@
+"""Label states, issue scores and find_label_issues."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelfix.cleaning import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, assign_states, default_delta,
+                               find_label_issues, list_scorers, get_scorer, write_cell_arrays)
+from labelfix.cleaning.api import CORRECTION_COLUMNS
+from labelfix.cleaning.scores import bce_losses
+from labelfix.errors import LabelfixError
+
+
+def test_assign_states_hand_computed():
+    given = np.array([[1, 0, -1, 1, 0, 1]], np.int8)
+    p = np.array([[0.9, 0.2, np.nan, 0.3, 0.1, np.nan]], np.float32)
+    c = np.array([[0.1, 0.99, 0.9, 0.5, 0.01, 0.5]], np.float32)
+    state, target, weight = assign_states(given, p, c, delta=0.975)
+    assert state.tolist() == [[CLEAN, RELABELED, ESTIMATED, AMBIGUOUS, RELABELED, CLEAN]]
+    assert target.tolist() == [[1, 1, -1, 1, 0, 1]]
+    np.testing.assert_allclose(weight, [[1, 1, 0, 0.3, 1, 1]])
+    state2, target2, _ = assign_states(given, p, None)
+    assert state2.tolist() == [[CLEAN, AMBIGUOUS, ESTIMATED, AMBIGUOUS, AMBIGUOUS, CLEAN]]
+    assert (target2 == given).all()
+    # chunked = whole
+    rng = np.random.default_rng(0)
+    g = rng.integers(-1, 2, (53, 7)).astype(np.int8)
+    pp, cc = rng.random((53, 7)).astype(np.float32), rng.random((53, 7)).astype(np.float32)
+    a = assign_states(g, pp, cc, delta=0.55)
+    b = assign_states(g, pp, cc, delta=0.55, chunk_rows=5)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(LabelfixError):
+        assign_states(g, pp, cc, delta=0.3)
+
+
+def test_default_delta():
+    multi = np.array([[1, 1, 0], [0, 1, 0]], np.int8)
+    single = np.array([[1, -1, -1], [-1, -1, 1], [-1, -1, -1]], np.int8)
+    assert default_delta(multi) == 0.975
+    assert default_delta(single, chunk_rows=1) == 0.55
+    assert default_delta(np.array([[1, 1, -1, -1, -1]], np.int8)) == 0.975
+
+
+def test_scorers_hand_computed():
+    given = np.array([[1, 0, -1]], np.int8)
+    probs = np.array([[0.2, 0.3, 0.8]], np.float32)
+    p_clean = np.array([[0.4, 1.0, np.nan]], np.float32)
+    tv = np.array([[np.nan, 0.9, 0.6]], np.float32)
+    losses = bce_losses(probs, given)
+    np.testing.assert_allclose(losses, [[-np.log(0.2), -np.log(0.7), -np.log(0.2)]], rtol=1e-6)
+    kw = dict(probs=probs, p_clean=p_clean, two_view=tv, losses=losses)
+    np.testing.assert_allclose(get_scorer("gmm")(given, **kw), [[0.6, 0.0, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("disagreement")(given, **kw), [[0.8, 0.3, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("two_view")(given, **kw), [[0.8, 0.9, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("loss")(given, **kw), [[0.8, 0.3, 0.6]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("combined")(given, **kw), [[0.7, 0.45, 0.6]], atol=1e-6)
+    est = np.array([[0.0, 0.0, 0.95]], np.float32)
+    assert get_scorer("combined")(given, **kw, estimates=est)[0, 2] == pytest.approx(0.95)
+    # logits form equals the probability form
+    logits = np.array([[-3.0, 0.5, 2.0]], np.float32)
+    np.testing.assert_allclose(bce_losses(logits, given, logits=True),
+                               bce_losses(1 / (1 + np.exp(-logits)), given), rtol=1e-5)
+    assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined"}
+    with pytest.raises(LabelfixError):
+        get_scorer("nope")
+
+
+def _noisy(seed=0, n=1500, k=4):
+    rng = np.random.default_rng(seed)
+    true = (rng.random((n, k)) < 0.3).astype(np.int8)
+    probs = np.where(true == 1, rng.beta(20, 2, (n, k)), rng.beta(2, 20, (n, k))).astype(np.float32)
+    given = true.copy()
+    flip = rng.random((n, k)) < 0.05
+    given[flip] = 1 - given[flip]
+    given[rng.random((n, k)) < 0.2] = -1
+    return true, given, probs
+
+
+def test_find_label_issues_synthetic_noise():
+    true, given, probs = _noisy()
+    iss = find_label_issues(given, probs, classes=["a", "b", "c", "d"])
+    wrong = (given != true) & (given != -1)
+    # clearly separated noisy cells get low p_clean, clean ones high
+    assert np.nanmax(iss.p_clean[wrong]) < 0.5
+    assert np.mean(iss.p_clean[(given == true)] > 0.5) > 0.99
+    assert np.isnan(iss.p_clean[given == -1]).all()
+    c = iss.corrections
+    assert list(c.columns) == CORRECTION_COLUMNS[:2] + ["class"] + CORRECTION_COLUMNS[2:]
+    assert (np.diff(c.score.to_numpy()) <= 0).all()
+    known = c[c.given != "unknown"]
+    hit = wrong[known.image_index, known.class_index]
+    assert hit.sum() == wrong.sum() and hit.mean() > 0.97    # every flip found, few false alarms
+    assert ((known.given == "1") == (known.action == "remove")).all()
+    assert (known.suggested == 1 - known.given.astype(int)).all()
+    unk = c[c.given == "unknown"]
+    assert (unk.action == "add").all() and (unk.state == "estimated").all()
+    assert (true[unk.image_index, unk.class_index] == 1).all() and (unk.probability > iss.delta).all()
+    assert iss.state[given == -1].tolist() == [ESTIMATED] * int((given == -1).sum())
+    top = find_label_issues(given, probs, max_suggestions=5)
+    pd.testing.assert_frame_equal(top.corrections, c.drop(columns="class").head(5))
+
+
+def test_find_label_issues_logits_memmap_out_dir(tmp_path):
+    true, given, probs = _noisy(seed=1, n=300, k=3)
+    logits = np.log(probs) - np.log1p(-probs)
+    np.save(tmp_path / "g.npy", given)
+    np.save(tmp_path / "z.npy", logits.astype(np.float32))
+    g = np.load(tmp_path / "g.npy", mmap_mode="r")
+    z = np.load(tmp_path / "z.npy", mmap_mode="r")
+    a = find_label_issues(g, z, probs_are_logits=True, out_dir=tmp_path / "cells", chunk_rows=17)
+    b = find_label_issues(given, probs)
+    assert isinstance(a.score, np.memmap) and sorted(p.name for p in (tmp_path / "cells").iterdir()) == [
+        "p_clean.npy", "score.npy", "state.npy", "suggested.npy"]
+    np.testing.assert_allclose(a.score, b.score, atol=1e-5)
+    np.testing.assert_array_equal(a.state, b.state)
+    assert len(a.corrections) == len(b.corrections)
+    paths = write_cell_arrays(tmp_path / "copy", b, chunk_rows=7)
+    np.testing.assert_array_equal(np.load(paths["suggested"]), b.suggested)
+
+
+def test_degenerate_inputs_no_crash():
+    rng = np.random.default_rng(5)
+    n, k = 200, 4
+    given = (rng.random((n, k)) < 0.3).astype(np.int8)
+    given[:, 0] = 0          # zero positives
+    given[:, 1] = -1         # all unknown
+    probs = rng.random((n, k)).astype(np.float32)
+    losses = bce_losses(probs, given)
+    losses[:3, 2] = np.nan
+    iss = find_label_issues(given, probs, losses=losses)
+    assert iss.gmms.reason[0, 1] == "empty" and (iss.gmms.reason[1] == "empty").all()
+    assert np.isnan(iss.p_clean[:, 1]).all() and (iss.state[:, 1] == ESTIMATED).all()
+    assert (iss.p_clean[:3, 2] == 1).all() and iss.gmms.n_nonfinite[2].sum() == 3
+    assert np.isfinite(iss.score).all() and ((iss.score >= 0) & (iss.score <= 1)).all()
+    empty = find_label_issues(np.full((5, 2), -1, np.int8), np.full((5, 2), 0.5, np.float32))
+    assert len(empty.corrections) == 0 and list(empty.corrections.columns) == CORRECTION_COLUMNS
+
+
+def test_bad_input():
+    given = np.zeros((4, 2), np.int8)
+    with pytest.raises(LabelfixError, match="probs"):
+        find_label_issues(given, np.zeros((4, 3)))
+    with pytest.raises(LabelfixError, match="classes"):
+        find_label_issues(given, np.zeros((4, 2)), classes=["a"])
+    with pytest.raises(LabelfixError, match="relabel_threshold"):
+        find_label_issues(given, np.zeros((4, 2)), relabel_threshold=0.2)
