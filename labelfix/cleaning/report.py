@@ -83,7 +83,7 @@ def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, lo
     # suggestions per class and action
     counts = corrections.groupby(["class", "action"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=["add", "remove"], fill_value=0)
-    top = counts.sum(1).sort_values(ascending=False).index[:40]
+    top = counts.sum(axis=1).sort_values(ascending=False).index[:40]
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(top) + 2), 3.5))
     if len(top):
         counts.loc[top].plot.bar(ax=ax, stacked=True, color=["tab:green", "tab:red"])
@@ -118,7 +118,7 @@ def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, lo
 
     # per-class loss histograms with the fitted GMMs
     fit = issues.gmms
-    chosen = list(counts.sum(1).sort_values(ascending=False).index[:MAX_CLASS_PLOTS]) or names[:MAX_CLASS_PLOTS]
+    chosen = list(counts.sum(axis=1).sort_values(ascending=False).index[:MAX_CLASS_PLOTS]) or names[:MAX_CLASS_PLOTS]
     cols = 4
     nrows = int(np.ceil(len(chosen) / cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), squeeze=False)
