@@ -1,0 +1,46 @@
+"""``labelfix predict MODEL.onnx IMAGES...``: onnxruntime inference, no torch import."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write all columns (file, labels, one probability per class) to a .csv or "
+                   ".parquet file [default: print file,labels as CSV].")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Decision threshold on probabilities [default: the model's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: float | None,
+            batch_size: int) -> None:
+    """Predict the labels of IMAGES (files or folders, searched recursively) with a
+    MODEL exported by `labelfix export onnx`. Unreadable images are skipped."""
+    from labelfix.errors import LabelfixError
+    from labelfix.export.predict import collect_images, predict as run_predict
+    from labelfix.io.atomic import atomic_path, write_csv
+
+    if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
+        raise LabelfixError(f"{out}: --out must end in .csv or .parquet")
+    files = collect_images(images)
+    if not files:
+        raise LabelfixError(f"{', '.join(map(str, images))}: no images found")
+    df = run_predict(model, files, batch_size=batch_size, threshold=threshold)
+    skipped = df.attrs.get("skipped", [])
+    if out is None:
+        df[["file", "labels"]].to_csv(sys.stdout, index=False)
+    elif out.suffix.lower() == ".csv":
+        write_csv(out, df)
+    else:
+        try:
+            with atomic_path(out) as tmp:
+                df.to_parquet(tmp, index=False)
+        except ImportError as err:
+            raise LabelfixError(f"{out}: writing parquet needs pyarrow ({err})") from err
+    click.echo(f"predicted {len(df)} image(s)" + (f", skipped {len(skipped)} unreadable" if skipped else "")
+               + (f"; wrote {out}" if out is not None else ""), err=True)

@@ -1,0 +1,258 @@
+"""Multi-label inference with onnxruntime on a model written by ``labelfix export onnx``.
+
+Torch-free by contract: nothing on this module's import path may import torch or timm
+(``tests/test_onnx.py`` runs it with ``import torch`` made to fail). It reads the
+model's metadata (class names, input size, normalisation, evaluation resize,
+threshold), decodes images with PIL (EXIF orientation applied, converted to RGB),
+preprocesses them exactly as timm's evaluation transform does, runs batches and
+returns one row per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from labelfix.errors import LabelfixError
+
+__all__ = ["ModelInfo", "open_session", "load_image", "preprocess", "collect_images",
+           "sigmoid", "predict", "IMAGE_EXTENSIONS"]
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``labelfix export onnx`` stores in the model's ``metadata_props``."""
+
+    class_names: list[str]
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    threshold: float
+    interpolation: str
+    crop_mode: str
+    labelfix_version: str
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str) -> "ModelInfo":
+        missing = [k for k in ("class_names", "img_size", "mean", "std") if k not in meta]
+        if missing:
+            raise LabelfixError(
+                f"{source}: metadata: missing {', '.join(missing)} (not written by labelfix export onnx)"
+            )
+        try:
+            return cls(
+                class_names=[str(c) for c in json.loads(meta["class_names"])],
+                img_size=int(meta["img_size"]),
+                mean=tuple(float(v) for v in json.loads(meta["mean"])),
+                std=tuple(float(v) for v in json.loads(meta["std"])),
+                threshold=float(meta.get("threshold", 0.5)),
+                interpolation=meta.get("interpolation", "bilinear"),
+                crop_mode=meta.get("crop_mode", "squash"),
+                labelfix_version=meta.get("labelfix_version", "unknown"),
+            )
+        except (ValueError, TypeError) as err:
+            raise LabelfixError(f"{source}: metadata: unreadable value ({err})") from err
+
+
+def open_session(model_path: str | os.PathLike, providers: Sequence[str] | None = None):
+    """An onnxruntime session (CUDA when available, else CPU) and the model's ModelInfo."""
+    import onnxruntime as ort
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise LabelfixError(f"{path}: model file not found")
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        session = ort.InferenceSession(str(path), providers=list(providers))
+    except Exception as err:  # onnxruntime raises its own exception types for bad files
+        raise LabelfixError(f"{path}: not a readable ONNX model ({str(err).strip().splitlines()[0]})") from err
+    info = ModelInfo.from_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
+    if info.interpolation not in _INTERPOLATION or info.crop_mode not in ("squash", "center"):
+        raise LabelfixError(f"{path}: metadata: unknown resize {info.interpolation}/{info.crop_mode}")
+    return session, info
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image as 8-bit RGB: EXIF orientation applied; 16-bit grayscale scaled
+    to 8 bits (>> 8); palette images through RGBA; alpha dropped."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            arr = np.asarray(img, dtype=np.int64)
+            img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
+        elif img.mode == "P":
+            img = img.convert("RGBA")
+        return img.convert("RGB")
+
+
+def preprocess(
+    img: Image.Image, *, img_size: int, mean: Sequence[float], std: Sequence[float],
+    interpolation: str = "bilinear", crop_mode: str = "squash",
+) -> np.ndarray:
+    """RGB PIL image -> float32 (3, S, S), the numerics of timm's
+    ``create_transform(input_size=S, is_training=False, crop_pct=1.0, crop_mode=...,
+    interpolation=..., mean=..., std=...)``.
+
+    ``squash``: resize to (S, S). ``center``: resize the shorter side to S (the longer
+    to ``int(S * long / short)``), then a centred S x S crop (torchvision's rounding).
+    Then ``x / 255``, ``(x - mean) / std`` per channel, all in float32.
+    """
+    resample = _INTERPOLATION[interpolation]
+    s = int(img_size)
+    w, h = img.size
+    if crop_mode == "squash":
+        if (w, h) != (s, s):
+            img = img.resize((s, s), resample)
+    elif crop_mode == "center":
+        if w <= h:
+            size = (s, int(s * h / w))
+        else:
+            size = (int(s * w / h), s)
+        if size != (w, h):
+            img = img.resize(size, resample)
+        w, h = img.size
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        img = img.crop((left, top, left + s, top + s))
+    else:
+        raise ValueError(f"crop_mode must be 'squash' or 'center', got {crop_mode!r}")
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, plus every image (by extension, see ``IMAGE_EXTENSIONS``) under
+    the given folders, recursively and sorted. Missing paths raise LabelfixError."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise LabelfixError(f"{p}: no such file or directory")
+    return out
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _load_one(path: Path, info: ModelInfo) -> np.ndarray | str:
+    """Preprocessed image, or the reason it could not be read."""
+    try:
+        img = load_image(path)
+        return preprocess(img, img_size=info.img_size, mean=info.mean, std=info.std,
+                          interpolation=info.interpolation, crop_mode=info.crop_mode)
+    except Exception as err:  # decoders raise many types for corrupt or foreign files
+        return f"{type(err).__name__}: {err}"
+
+
+def predict(
+    model_path: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 32,
+    threshold: float | None = None,
+    num_workers: int = 4,
+    progress: bool = True,
+    providers: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Predict labels for image files with an exported labelfix ONNX model.
+
+    Args:
+        model_path: ``.onnx`` file from ``labelfix export onnx``.
+        images: image file paths (use ``collect_images`` to expand folders).
+        batch_size: images per onnxruntime call.
+        threshold: decision threshold on probabilities (default: the model's metadata).
+        num_workers: threads decoding and resizing images while the model runs.
+        progress: show a progress bar on stderr.
+        providers: onnxruntime providers (default: CUDA when available, else CPU).
+
+    Returns:
+        DataFrame, one row per readable image, in input order: ``file`` (str, as
+        given), ``labels`` (names with probability >= threshold, joined with ``;``),
+        then one float32 probability column per class (sigmoid of the logit), named
+        by the class. Unreadable images are skipped with a warning;
+        ``df.attrs["skipped"]`` lists ``(file, reason)`` pairs.
+    """
+    if batch_size < 1:
+        raise LabelfixError(f"--batch-size: {batch_size}: must be at least 1")
+    session, info = open_session(model_path, providers)
+    thr = info.threshold if threshold is None else float(threshold)
+    if not 0.0 <= thr <= 1.0:
+        raise LabelfixError(f"--threshold: {thr}: must be in [0, 1]")
+    clash = {"file", "labels"} & set(info.class_names)
+    if clash:
+        raise LabelfixError(f"{model_path}: class names {sorted(clash)} clash with the output columns")
+    inp = session.get_inputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    files = [Path(p) for p in images]
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    kept: list[str] = []
+    probs: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.console import Console
+
+    bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), disable=not progress, transient=False)
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, bar:
+        task = bar.add_task("predict", total=len(files))
+
+        def submit(batch: list[Path]) -> list[Future]:
+            return [pool.submit(_load_one, f, info) for f in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for i, batch in enumerate(batches):
+            results = [f.result() for f in pending]
+            pending = submit(batches[i + 1]) if i + 1 < len(batches) else []  # decode ahead
+            arrays = []
+            for f, r in zip(batch, results):
+                if isinstance(r, str):
+                    skipped.append((str(f), r))
+                else:
+                    kept.append(str(f))
+                    arrays.append(r)
+            if arrays:
+                logits = session.run(None, {inp.name: np.stack(arrays).astype(dtype, copy=False)})[0]
+                probs.append(sigmoid(logits.astype(np.float32)))
+            bar.update(task, advance=len(batch))
+
+    k = len(info.class_names)
+    p = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
+    names = np.asarray(info.class_names, dtype=object)
+    labels = [";".join(names[row >= thr]) for row in p]
+    df = pd.concat(
+        [pd.DataFrame({"file": kept, "labels": labels}),
+         pd.DataFrame(p.astype(np.float32), columns=info.class_names)],
+        axis=1,
+    )
+    df.attrs["skipped"] = skipped
+    df.attrs["threshold"] = thr
+    if skipped:
+        _logger.warning("skipped %d unreadable image(s), first: %s (%s)", len(skipped), *skipped[0])
+    return df
