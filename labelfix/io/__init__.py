@@ -6,7 +6,7 @@ from pathlib import Path
 
 from labelfix.errors import LabelfixError
 
-FORMATS = ("coco", "csv-wide", "csv-long", "openimages", "run")
+FORMATS = ("coco", "csv-wide", "csv-long", "openimages", "run", "fiftyone")
 
 
 def detect_format(path: Path) -> str:
@@ -42,15 +42,23 @@ def read_labels(
     """Read user labels into a :class:`labelfix.labels.LabelSet`.
 
     Args:
-        path: COCO/LVIS JSON, CSV (wide or long), Open Images verified labels CSV, or a
-            labelfix run directory.
+        path: COCO/LVIS JSON, CSV (wide or long), Open Images verified labels CSV, a
+            labelfix run directory, or ``fiftyone://DATASET[/FIELD]``.
         format: one of :data:`FORMATS`; detected from the file when None.
         images: image root folder (default: the label file's folder).
-        unlabeled: COCO only: ``"negative"`` or ``"unknown"`` for unmentioned classes.
+        unlabeled: COCO and FiftyOne only: ``"negative"`` or ``"unknown"`` for unmentioned classes.
         class_descriptions: Open Images class-description CSV.
     """
     from labelfix.labels import LabelSet
 
+    if str(path).startswith("fiftyone://") or format == "fiftyone":
+        # a FiftyOne dataset, fiftyone://DATASET[/FIELD] (labelfix.io.fiftyone)
+        from labelfix.io.fiftyone import read_fiftyone
+
+        if class_descriptions is not None:
+            raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is fiftyone)")
+        uri = str(path) if str(path).startswith("fiftyone://") else f"fiftyone://{path}"
+        return read_fiftyone(uri, images=images, unlabeled=unlabeled)
     path = Path(path)
     fmt = format or detect_format(path)
     if unlabeled is not None and fmt != "coco":

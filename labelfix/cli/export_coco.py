@@ -1,0 +1,43 @@
+"""``labelfix export coco RUN --out cleaned.json``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The cleaned COCO JSON to write.")
+@click.option("--decisions", type=click.Choice(["accepted", "all", "min-score"]), default="accepted",
+              show_default=True,
+              help="accepted: accepted suggestions only; all: every suggestion not rejected; "
+                   "min-score: accepted ones plus undecided ones with score >= --min-score.")
+@click.option("--min-score", type=float, default=None, help="Score threshold for --decisions min-score.")
+@click.option("--from", "source", type=click.Choice(["fiftyone", "csv"]), default=None,
+              help="Where decisions come from: the review dataset, or the 'accept' column of "
+                   "RUN/corrections.csv (default: fiftyone when `labelfix review` ran on RUN, else csv).")
+@click.option("--name", default=None, help="Review dataset name (default: the one `labelfix review` used).")
+@click.option("--changes", "change_log", type=click.Path(dir_okay=False), default=None,
+              help="Change log CSV (default: <out>.changes.csv next to --out).")
+def coco(run, out, decisions, min_score, source, name, change_log):
+    """Apply the reviewed corrections of RUN to the original COCO JSON: removed labels
+    lose their annotations and become verified negatives (neg_category_ids), added
+    labels get an image-level annotation marked "labelfix": "added". Everything else is
+    kept as it was."""
+    from labelfix.errors import LabelfixError
+    from labelfix.export.coco import export_cleaned_coco
+
+    if decisions == "min-score":
+        if min_score is None:
+            raise LabelfixError("--decisions min-score needs --min-score X")
+        decisions = ("min-score", min_score)
+    elif min_score is not None:
+        raise LabelfixError("--min-score applies to --decisions min-score only")
+    r = export_cleaned_coco(run, out, decisions=decisions, source=source, dataset_name=name,
+                            change_log_path=change_log)
+    if r.converted:
+        click.echo("note: the run's labels did not come from a COCO file; they were converted to COCO "
+                   "(image-level annotations) before applying the changes")
+    click.echo(f"{r.out}: {r.changes} changes applied ({r.additions} additions, {r.removals} removals; "
+               f"decisions from {r.source})")
+    click.echo(f"change log: {r.change_log}")

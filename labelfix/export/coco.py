@@ -1,0 +1,230 @@
+"""``labelfix export coco``: apply the reviewed corrections to the user's COCO JSON.
+
+Rules of the output file (product.md, "Cleaned COCO JSON") are those of
+:func:`labelfix.io.coco_write.rewrite_coco`. This module only decides WHICH suggested
+changes are applied:
+
+- decisions come from the review dataset in FiftyOne (label tags ``accepted`` /
+  ``rejected`` on ``suggestions``), or, without FiftyOne, from an ``accept`` column
+  added to RUN/corrections.csv by hand (``1/true/yes`` accept, ``0/false/no`` reject,
+  empty = undecided; case-insensitive);
+- ``decisions="accepted"``: the accepted suggestions only;
+  ``decisions="all"``: every suggestion that is not rejected;
+  ``decisions=("min-score", x)``: the accepted ones plus the undecided ones with
+  ``score >= x``. A rejected suggestion is never applied.
+
+Next to the cleaned file a change log (CSV, one row per applied change: image_id,
+file_name, class, category_id, old, new, action, score) is written. Inputs are never
+modified; outputs are written atomically and are byte-identical for identical inputs.
+Label sources that are not COCO are converted with
+:func:`labelfix.io.coco_write.labelset_to_coco` first (``ExportResult.converted``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from labelfix.errors import LabelfixError
+from labelfix.io import atomic
+from labelfix.labels import STATE_NAMES
+from labelfix.run import Run, load_run
+
+SOURCES = ("fiftyone", "csv")
+MODES = ("accepted", "all", "min-score")
+CHANGE_LOG_COLUMNS = ["image_id", "file_name", "class", "category_id", "old", "new", "action", "score"]
+_TRUE = {"1", "true", "yes", "y"}
+_FALSE = {"0", "false", "no", "n"}
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    change_log: Path
+    changes: int
+    additions: int
+    removals: int
+    source: str
+    converted: bool
+
+
+def parse_decisions(decisions) -> tuple[str, float | None]:
+    """``"accepted"`` / ``"all"`` / ``("min-score", x)`` -> ``(mode, min_score)``."""
+    if isinstance(decisions, str) and decisions in ("accepted", "all"):
+        return decisions, None
+    if isinstance(decisions, (tuple, list)) and len(decisions) == 2 and decisions[0] == "min-score":
+        try:
+            x = float(decisions[1])
+        except (TypeError, ValueError):
+            raise LabelfixError(f"min-score must be a number, got {decisions[1]!r}") from None
+        if not np.isfinite(x):
+            raise LabelfixError(f"min-score must be finite, got {x}")
+        return "min-score", x
+    raise LabelfixError(f"decisions must be 'accepted', 'all' or ('min-score', x), got {decisions!r}")
+
+
+def parse_accept(values: pd.Series, where: str) -> pd.Series:
+    """The ``accept`` column -> ``"accepted"`` / ``"rejected"`` / ``""``."""
+    out = []
+    for i, v in enumerate(values.astype(str).str.strip().str.lower()):
+        if v in _TRUE:
+            out.append("accepted")
+        elif v in _FALSE:
+            out.append("rejected")
+        elif v in ("", "nan"):
+            out.append("")
+        else:
+            raise LabelfixError(f"{where}: row {i + 2}: accept must be 1/0/true/false/yes/no or empty, got {v!r}")
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+def decisions_from_csv(run: Run) -> pd.DataFrame:
+    """corrections.csv with ``row``, ``col`` and ``decision`` (from its ``accept`` column;
+    every suggestion undecided when the column is absent)."""
+    from labelfix.review.dataset import suggestion_rows
+
+    frame = suggestion_rows(run)
+    if "accept" in frame.columns:
+        frame["decision"] = parse_accept(frame["accept"], str(run.path / "corrections.csv"))
+    else:
+        frame["decision"] = ""
+    return frame
+
+
+def decisions_from_fiftyone(run: Run, dataset_name: str | None = None) -> pd.DataFrame:
+    """The review dataset's suggestions with their decisions, with ``row`` / ``col``."""
+    from labelfix.review.dataset import load_review_dataset
+    from labelfix.review.decisions import decisions_frame
+
+    ds = load_review_dataset(run, dataset_name)
+    frame = decisions_frame(ds)
+    ls = run.labelset
+    row_of = pd.Series(np.arange(ls.num_images), index=ls.images["image_id"].to_numpy())
+    col_of = pd.Series(np.arange(ls.num_classes), index=ls.classes["category_id"].to_numpy())
+    bad = ~frame["image_id"].isin(row_of.index) | ~frame["category_id"].isin(col_of.index)
+    if bad.any():
+        r = frame[bad].iloc[0]
+        raise LabelfixError(
+            f"dataset {ds.name!r}: suggestion for image {r.image_id}, category {r.category_id} is not in the run "
+            f"{run.path}; re-run `labelfix review {run.path}`"
+        )
+    frame["row"] = row_of.loc[frame["image_id"].to_numpy()].to_numpy()
+    frame["col"] = col_of.loc[frame["category_id"].to_numpy()].to_numpy()
+    return frame
+
+
+def select_changes(frame: pd.DataFrame, decisions) -> pd.DataFrame:
+    """The suggestions to apply under ``decisions`` (see module docstring)."""
+    mode, x = parse_decisions(decisions)
+    dec = frame["decision"]
+    if mode == "accepted":
+        keep = dec == "accepted"
+    elif mode == "all":
+        keep = dec != "rejected"
+    else:
+        keep = (dec == "accepted") | ((dec == "") & (frame["score"].astype(float) >= x))
+    return frame[keep.to_numpy()]
+
+
+def change_log(changes: pd.DataFrame, labels) -> pd.DataFrame:
+    """One row per change that alters a cell: CHANGE_LOG_COLUMNS, sorted by score
+    (highest first), then image_id, category_id. ``old`` / ``new`` use 1 / 0 / unknown."""
+    rows = changes["row"].to_numpy(np.int64)
+    cols = changes["col"].to_numpy(np.int64)
+    old = np.asarray(labels[rows, cols], np.int8) if len(rows) else np.zeros(0, np.int8)
+    new = np.where(changes["action"].to_numpy() == "add", 1, 0).astype(np.int8)
+    log = pd.DataFrame(
+        {
+            "image_id": changes["image_id"].to_numpy(np.int64),
+            "file_name": changes["file_name"].astype(str).to_numpy(),
+            "class": changes["class"].astype(str).to_numpy(),
+            "category_id": changes["category_id"].to_numpy(np.int64),
+            "old": [STATE_NAMES[int(v)] for v in old],
+            "new": [STATE_NAMES[int(v)] for v in new],
+            "action": changes["action"].to_numpy(),
+            "score": changes["score"].astype(float).to_numpy(),
+            "row": rows,
+            "col": cols,
+        }
+    )
+    log = log[old != new]
+    return log.sort_values(["score", "image_id", "category_id"], ascending=[False, True, True],
+                           kind="stable").reset_index(drop=True)
+
+
+def export_cleaned_coco(
+    run: Run | str | Path,
+    out: str | Path,
+    *,
+    decisions="accepted",
+    source: str | None = None,
+    dataset_name: str | None = None,
+    change_log_path: str | Path | None = None,
+) -> ExportResult:
+    """Write the cleaned COCO JSON of ``run`` to ``out`` and its change log.
+
+    Args:
+        run: the run directory.
+        out: the cleaned COCO JSON to write (must not be the source file).
+        decisions: ``"accepted"``, ``"all"`` or ``("min-score", x)``.
+        source: ``"fiftyone"`` or ``"csv"``; default: ``"fiftyone"`` when the run has been
+            reviewed (RUN/review.json exists), else ``"csv"``.
+        dataset_name: the review dataset (default: the one recorded by ``labelfix review``).
+        change_log_path: default ``<out without .json>.changes.csv``.
+    """
+    from labelfix.io.coco_write import rewrite_coco, source_coco, with_image_root, write_coco
+    from labelfix.review.dataset import REVIEW_FILE
+
+    run = run if isinstance(run, Run) else load_run(run)
+    out = Path(out)
+    log_path = Path(change_log_path) if change_log_path else out.with_name(
+        (out.name[:-5] if out.name.endswith(".json") else out.name) + ".changes.csv"
+    )
+    ls = run.labelset
+    src_path = ls.source.get("path")
+    for p in (out, log_path):
+        if src_path and p.resolve() == Path(src_path).resolve():
+            raise LabelfixError(f"{p}: refusing to overwrite the input labels; choose another --out")
+    if out.resolve() == log_path.resolve():
+        raise LabelfixError(f"{out}: the change log would overwrite the cleaned file")
+    if source is None:
+        source = "fiftyone" if (run.path / REVIEW_FILE).exists() else "csv"
+    if source not in SOURCES:
+        raise LabelfixError(f"source must be one of {SOURCES}, got {source!r}")
+    parse_decisions(decisions)  # fail before any work
+
+    frame = decisions_from_fiftyone(run, dataset_name) if source == "fiftyone" else decisions_from_csv(run)
+    log = change_log(select_changes(frame, decisions), ls.labels)
+
+    converted = not (ls.source.get("format") == "coco" and src_path)
+    data = source_coco(ls)
+    _check_same_records(data, ls, src_path or str(run.path))
+    new = np.array(ls.labels, dtype=np.int8)  # dense copy, N x K bytes
+    new[log["row"].to_numpy(np.int64), log["col"].to_numpy(np.int64)] = np.where(log["new"] == "1", 1, 0)
+    cleaned = rewrite_coco(data, ls, new)
+    if ls.image_root is not None and ls.image_root.resolve() != out.resolve().parent:
+        cleaned = with_image_root(cleaned, ls)
+    write_coco(out, cleaned)
+    atomic.write_csv(log_path, log[CHANGE_LOG_COLUMNS])
+    return ExportResult(
+        out=out,
+        change_log=log_path,
+        changes=int(len(log)),
+        additions=int((log["action"] == "add").sum()),
+        removals=int((log["action"] == "remove").sum()),
+        source=source,
+        converted=converted,
+    )
+
+
+def _check_same_records(data: dict, ls, where: str) -> None:
+    """The source file must still hold exactly the run's images and categories."""
+    img = {int(im["id"]) for im in data.get("images", [])}
+    cat = {int(c["id"]) for c in data.get("categories", [])}
+    if img != set(ls.images["image_id"].astype(np.int64).tolist()):
+        raise LabelfixError(f"{where}: its images no longer match the run's images (the file changed after training)")
+    if cat != set(ls.classes["category_id"].astype(np.int64).tolist()):
+        raise LabelfixError(f"{where}: its categories no longer match the run's classes (the file changed after training)")

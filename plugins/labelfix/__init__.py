@@ -1,0 +1,162 @@
+"""labelfix FiftyOne plugin: accept / reject suggestions and export cleaned COCO.
+
+Thin operators over :mod:`labelfix.review.decisions` and :mod:`labelfix.export.coco`.
+The review dataset records its run directory in ``dataset.info["labelfix_run"]``.
+
+Targets of accept / reject (param ``target``):
+- ``selected_labels``: the suggestions selected in the App (labels of other fields are
+  ignored);
+- ``selected_samples``: every suggestion of the selected samples that is visible in the
+  current view;
+- ``view``: every suggestion visible in the current view (e.g. the ``to_review`` saved
+  view filtered further in the sidebar).
+The default is the first of these that is not empty.
+"""
+
+from __future__ import annotations
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+TARGETS = ("selected_labels", "selected_samples", "view")
+TARGET_LABELS = {
+    "selected_labels": "Selected suggestions",
+    "selected_samples": "Suggestions of the selected samples",
+    "view": "All suggestions in the current view",
+}
+
+
+def _default_target(ctx) -> str:
+    if any(s.get("field") == "suggestions" for s in ctx.selected_labels or []):
+        return "selected_labels"
+    if ctx.selected:
+        return "selected_samples"
+    return "view"
+
+
+def _target_input(ctx, inputs) -> None:
+    choices = types.RadioGroup()
+    for name in TARGETS:
+        choices.add_choice(name, label=TARGET_LABELS[name])
+    inputs.enum("target", choices.values(), label="Apply to", default=_default_target(ctx), view=choices)
+
+
+def _decide(ctx, decision: str) -> dict:
+    from labelfix.review import decisions
+
+    target = ctx.params.get("target") or _default_target(ctx)
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if target == "selected_labels":
+        ids = [s["label_id"] for s in ctx.selected_labels or [] if s.get("field") == "suggestions"]
+        count = decisions.set_decision(ctx.dataset, decision, label_ids=ids) if ids else 0
+    elif target == "selected_samples":
+        ids = list(ctx.selected or [])
+        count = decisions.set_decision(ctx.view.select(ids), decision) if ids else 0
+    else:
+        count = decisions.set_decision(ctx.view, decision)
+    if count and ctx.dataset.info.get("labelfix_run"):
+        decisions.sync_decisions(ctx.dataset)
+    if count:
+        ctx.ops.reload_dataset()
+    return {"count": count, "decision": decision, "target": target}
+
+
+class AcceptSuggestions(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="accept_suggestions",
+            label="labelfix: accept suggestions",
+            description="Tag the targeted labelfix suggestions 'accepted'",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _target_input(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="labelfix: accept suggestions"))
+
+    def execute(self, ctx):
+        return _decide(ctx, "accepted")
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("count", label="Suggestions accepted")
+        return types.Property(outputs)
+
+
+class RejectSuggestions(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="reject_suggestions",
+            label="labelfix: reject suggestions",
+            description="Tag the targeted labelfix suggestions 'rejected'",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _target_input(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="labelfix: reject suggestions"))
+
+    def execute(self, ctx):
+        return _decide(ctx, "rejected")
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("count", label="Suggestions rejected")
+        return types.Property(outputs)
+
+
+class ExportCleanedCoco(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="export_cleaned_coco",
+            label="labelfix: export cleaned COCO",
+            description="Apply the accepted suggestions to the original COCO JSON",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        import os
+
+        inputs = types.Object()
+        run = ctx.dataset.info.get("labelfix_run") or ""
+        inputs.str("run", label="Run directory", required=True, default=run)
+        inputs.str("out", label="Output COCO JSON", required=True,
+                   default=os.path.join(run, "cleaned.json") if run else None)
+        choices = types.RadioGroup()
+        choices.add_choice("accepted", label="Accepted suggestions only")
+        choices.add_choice("all", label="Every suggestion that is not rejected")
+        choices.add_choice("min-score", label="Accepted, plus undecided ones with score >= min score")
+        inputs.enum("decisions", choices.values(), label="Apply", default="accepted", view=choices)
+        if ctx.params.get("decisions") == "min-score":
+            inputs.float("min_score", label="Min score", required=True, default=0.5)
+        return types.Property(inputs, view=types.View(label="labelfix: export cleaned COCO"))
+
+    def execute(self, ctx):
+        from labelfix.export.coco import export_cleaned_coco
+
+        mode = ctx.params.get("decisions") or "accepted"
+        decisions = ("min-score", float(ctx.params.get("min_score", 0.5))) if mode == "min-score" else mode
+        result = export_cleaned_coco(
+            ctx.params["run"], ctx.params["out"], decisions=decisions, source="fiftyone",
+            dataset_name=ctx.dataset.name,
+        )
+        return {"out": str(result.out), "change_log": str(result.change_log), "changes": result.changes}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("out", label="Cleaned COCO JSON")
+        outputs.str("change_log", label="Change log")
+        outputs.int("changes", label="Changes applied")
+        return types.Property(outputs)
+
+
+def register(p):
+    p.register(AcceptSuggestions)
+    p.register(RejectSuggestions)
+    p.register(ExportCleanedCoco)

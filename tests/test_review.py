@@ -1,0 +1,300 @@
+"""``labelfix review``: the FiftyOne review dataset, decisions, the plugin's operators and
+the FiftyOne label reader, on a real embedded MongoDB (one database per test session)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_export_coco import make_run
+
+from labelfix.labels import NEG, POS, LabelSet
+
+pytestmark = pytest.mark.fiftyone
+
+
+@pytest.fixture(scope="session")
+def fo(tmp_path_factory):
+    """fiftyone imported with its database in a fresh temporary folder."""
+    if "fiftyone" not in sys.modules:
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(tmp_path_factory.mktemp("fiftyone_db"))
+        os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+        os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+        os.environ.pop("FIFTYONE_PLUGINS_DIR", None)
+        from labelfix.review import enable_plugin
+
+        enable_plugin()
+    import fiftyone
+
+    return fiftyone
+
+
+def unique(prefix: str = "lf-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def review(fo, demo_data, tmp_path):
+    """(run_dir, dataset, summary) for a fresh run and dataset."""
+    from labelfix.review.dataset import build_review_dataset
+
+    run_dir = make_run(demo_data, tmp_path / "run")
+    name = unique()
+    ds, summary = build_review_dataset(run_dir, name)
+    yield run_dir, ds, summary
+    if fo.dataset_exists(name):
+        fo.load_dataset(name).delete()
+
+
+def _labels(sample_field) -> list[str]:
+    return [c.label for c in (sample_field.classifications if sample_field else [])]
+
+
+def test_fields_and_views(fo, review):
+    run_dir, ds, s = review
+    ls = LabelSet.load(run_dir)
+    corr = pd.read_csv(run_dir / "corrections.csv", dtype={"given": str})
+    logits = np.load(run_dir / "stats" / "logits.npy").astype(np.float32)
+    assert (s.samples, s.suggestions, s.additions, s.removals) == (40, 12, 6, 6)
+    assert (s.accepted, s.rejected, s.to_review) == (0, 0, 12)
+    assert len(ds) == 40 and ds.persistent
+    assert ds.info["labelfix_run"] == str(run_dir.resolve())
+    assert not ds.has_sample_field("negatives")  # plain COCO: negatives are implicit
+
+    row_of = {int(i): r for r, i in enumerate(ls.images["image_id"])}
+    names = ls.class_names
+    for sample in ds:
+        r = row_of[sample.image_id]
+        assert sample.filepath == str(ls.image_path(r).resolve())
+        assert sorted(_labels(sample.ground_truth)) == sorted(names[k] for k in np.flatnonzero(ls.labels[r] == POS))
+        preds = {c.label: c for c in sample.predictions.classifications}
+        assert len(preds) == 10
+        for k, name in enumerate(names):
+            assert preds[name].confidence == pytest.approx(1 / (1 + np.exp(-logits[r, k])), rel=1e-6)
+            assert preds[name].logit == pytest.approx(logits[r, k])
+        np.testing.assert_allclose(sample.predictions.logits, logits[r])
+        mine = corr[corr["image_id"] == sample.image_id]
+        sug = sample.suggestions.classifications
+        assert sorted((c.label, c.action) for c in sug) == sorted(zip(mine["class"], mine["action"]))
+        assert sample.issue_score == pytest.approx(mine["score"].max() if len(mine) else 0.0)
+        for c in sug:
+            rec = mine[mine["class"] == c.label].iloc[0]
+            assert c.confidence == pytest.approx(rec.score)
+            assert (c.state, c.given, c.suggested, c.category_id) == (rec.state, rec.given, rec.suggested, rec.category_id)
+            assert names[c.class_index] == c.label
+            assert c.p_clean == pytest.approx(0.1)
+
+    assert set(ds.list_saved_views()) >= {"additions", "removals", "to_review"}
+    for view_name, action in (("additions", "add"), ("removals", "remove")):
+        view = ds.load_saved_view(view_name)
+        assert sorted(view.values("suggestions.classifications.action", unwind=True)) == [action] * 6
+        scores = view.values("issue_score")
+        assert scores == sorted(scores, reverse=True) and len(scores) == corr[corr.action == action].image_id.nunique()
+    assert ds.load_saved_view("to_review").count("suggestions.classifications") == 12
+
+
+def test_negatives_field_and_reader(fo, demo_data, tmp_path):
+    """LVIS-style data: explicit negatives; the FiftyOne reader gives the run's labels back."""
+    from labelfix.io import read_labels
+    from labelfix.review.dataset import build_review_dataset
+
+    run_dir = make_run(demo_data, tmp_path / "run", lvis=True, seed=2)
+    ls = LabelSet.load(run_dir)
+    ds, _ = build_review_dataset(run_dir, unique())
+    try:
+        row_of = {int(i): r for r, i in enumerate(ls.images["image_id"])}
+        for sample in ds:
+            r = row_of[sample.image_id]
+            assert sorted(_labels(sample.negatives)) == sorted(
+                ls.class_names[k] for k in np.flatnonzero(ls.labels[r] == NEG))
+        back = read_labels(f"fiftyone://{ds.name}/ground_truth")
+        assert back.source["format"] == "fiftyone" and back.source["unlabeled"] == "unknown"
+        order = np.array([row_of[i] for i in back.images["image_id"]])
+        np.testing.assert_array_equal(np.asarray(back.labels), np.asarray(ls.labels)[order])
+        assert back.class_names == ls.class_names
+        # every image resolves to the same file
+        assert all(back.image_path(j) == ls.image_path(order[j]).resolve() for j in range(len(order)))
+        # without the negatives field and --unlabeled negative: exhaustive
+        from labelfix.io.fiftyone import read_fiftyone
+
+        ex = read_fiftyone(f"fiftyone://{ds.name}", negatives_field=None)
+        np.testing.assert_array_equal(np.asarray(ex.labels), np.where(np.asarray(ls.labels)[order] == POS, POS, NEG))
+    finally:
+        ds.delete()
+
+
+def test_reader_errors(fo):
+    from labelfix.errors import LabelfixError
+    from labelfix.io import read_labels
+
+    with pytest.raises(LabelfixError, match="not found"):
+        read_labels(f"fiftyone://{unique('missing')}")
+    ds = fo.Dataset(unique())
+    ds.add_sample(fo.Sample(filepath="/tmp/a.png", det=fo.Detections(detections=[])))
+    try:
+        with pytest.raises(LabelfixError, match="is not a Classification"):
+            read_labels(f"fiftyone://{ds.name}/det")
+        with pytest.raises(LabelfixError, match="has no field 'nope'"):
+            read_labels(f"fiftyone://{ds.name}/nope")
+    finally:
+        ds.delete()
+
+
+def test_rerun_is_idempotent_and_keeps_decisions(fo, review):
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import accept, decisions_frame, read_decisions_csv, reject
+
+    run_dir, ds, _ = review
+    before = decisions_frame(ds)
+    ds2, s2 = build_review_dataset(run_dir, ds.name)
+    pd.testing.assert_frame_equal(decisions_frame(ds2), before)  # same ids, values, order
+    assert len(ds2) == 40 and s2.suggestions == 12
+
+    frame = decisions_frame(ds)
+    acc = frame.iloc[[0, 2]]
+    rej = frame.iloc[[1]]
+    assert accept(ds, label_ids=acc["label_id"]) == 2
+    assert reject(ds, label_ids=rej["label_id"]) == 1
+    # a new clean: one accepted suggestion disappears, scores change, a new one appears
+    corr = pd.read_csv(run_dir / "corrections.csv", dtype=str, keep_default_na=False)
+    gone = (corr["image_id"].astype(int) == acc.iloc[1].image_id) & (corr["class"] == acc.iloc[1]["class"])
+    corr = corr[~gone].copy()
+    corr["score"] = (corr["score"].astype(float) * 0.5).round(4).astype(str)
+    ls = LabelSet.load(run_dir)
+    have = set(zip(corr["image_id"].astype(int), corr["class"]))
+    r, k = next((r, k) for r in range(40) for k in range(10)
+                if ls.labels[r, k] == NEG and (int(ls.images.at[r, "image_id"]), ls.class_names[k]) not in have)
+    new = {"image_id": int(ls.images.at[r, "image_id"]), "file_name": ls.images.at[r, "file_name"],
+           "class": ls.class_names[k], "category_id": int(ls.classes.at[k, "category_id"]), "given": "0",
+           "suggested": 1, "action": "add", "state": "re-labeled", "score": 0.99, "p_clean": 0.05,
+           "probability": 0.97}
+    corr = pd.concat([pd.DataFrame([new]), corr], ignore_index=True)
+    corr.to_csv(run_dir / "corrections.csv", index=False)
+
+    ds3, s3 = build_review_dataset(run_dir, ds.name)
+    after = decisions_frame(ds3)
+    assert len(after) == 12 and (s3.accepted, s3.rejected, s3.to_review) == (1, 1, 10)
+    key = lambda f: dict(zip(zip(f.image_id, f["class"]), f.decision))  # noqa: E731
+    got = key(after)
+    assert got[(acc.iloc[0].image_id, acc.iloc[0]["class"])] == "accepted"
+    assert got[(rej.iloc[0].image_id, rej.iloc[0]["class"])] == "rejected"
+    assert got[(new["image_id"], new["class"])] == ""
+    assert after.iloc[0]["score"] == pytest.approx(0.99)
+    # the kept suggestions keep their label ids
+    ids = dict(zip(zip(before.image_id, before["class"]), before.label_id))
+    assert all(ids[kk] == lid for kk, lid in zip(zip(after.image_id, after["class"]), after.label_id) if kk in ids)
+    # RUN/decisions.csv mirrors the dataset
+    csv = read_decisions_csv(run_dir)
+    assert key(csv) == got
+
+    # a dataset created afresh restores the decisions from decisions.csv
+    name = ds.name
+    ds3.delete()
+    ds4, s4 = build_review_dataset(run_dir, name)
+    assert key(decisions_frame(ds4)) == got and s4.restored_decisions == 2
+
+
+def test_other_run_same_name_is_refused(fo, review, demo_data, tmp_path):
+    from labelfix.errors import LabelfixError
+    from labelfix.review.dataset import build_review_dataset
+
+    _, ds, _ = review
+    other = make_run(demo_data, tmp_path / "other")
+    with pytest.raises(LabelfixError, match="belongs to another run"):
+        build_review_dataset(other, ds.name)
+
+
+def test_operators_change_exactly_the_targets(fo, review):
+    import fiftyone.operators as foo
+
+    from labelfix.review.decisions import decisions_frame
+
+    run_dir, ds, _ = review
+    uri = "@labelfix/review/accept_suggestions"
+    rej_uri = "@labelfix/review/reject_suggestions"
+    frame = decisions_frame(ds)
+
+    # selected labels
+    picked = frame.iloc[[0, 3]]
+    sel = [{"label_id": r.label_id, "sample_id": r.sample_id, "field": "suggestions"} for r in picked.itertuples()]
+    res = foo.execute_operator(uri, ctx=dict(dataset=ds, selected_labels=sel, params={"target": "selected_labels"}))
+    assert res.result["count"] == 2
+    f = decisions_frame(ds)
+    assert set(f.loc[f.decision == "accepted", "label_id"]) == set(picked.label_id)
+    assert (f.decision != "").sum() == 2
+
+    # selected samples, restricted by the current view (the removals saved view)
+    removals = ds.load_saved_view("removals")
+    samples = removals.values("id")[:2]
+    res = foo.execute_operator(rej_uri, ctx=dict(dataset=ds, view=removals, selected=samples,
+                                                 params={"target": "selected_samples"}))
+    expected = set(f[(f.sample_id.isin(samples)) & (f.action == "remove")].label_id)
+    assert res.result["count"] == len(expected) > 0
+    f = decisions_frame(ds)
+    assert set(f.loc[f.decision == "rejected", "label_id"]) == expected
+    assert set(f.loc[f.decision == "accepted", "label_id"]) == set(picked.label_id) - expected
+
+    # the whole current view: reject every addition; accepted ones lose 'accepted'
+    additions = ds.load_saved_view("additions")
+    res = foo.execute_operator(rej_uri, ctx=dict(dataset=ds, view=additions, params={"target": "view"}))
+    assert res.result["count"] == 6
+    f = decisions_frame(ds)
+    assert set(f.loc[f.action == "add", "decision"]) == {"rejected"}
+    assert set(f.loc[f.decision == "rejected", "label_id"]) == expected | set(f.loc[f.action == "add", "label_id"])
+    tags = ds.values("suggestions.classifications.tags", unwind=True)
+    assert not any("accepted" in t and "rejected" in t for t in tags)
+    # decisions.csv synced by the operators
+    csv = pd.read_csv(run_dir / "decisions.csv", keep_default_na=False)
+    assert (csv.decision == "rejected").sum() == (f.decision == "rejected").sum()
+
+
+def test_export_from_fiftyone_and_operator(fo, review, tmp_path):
+    import fiftyone.operators as foo
+
+    from labelfix.export.coco import export_cleaned_coco
+    from labelfix.io.coco import read_coco
+    from labelfix.review.decisions import accept, decisions_frame, reject
+
+    run_dir, ds, _ = review
+    f = decisions_frame(ds)
+    accept(ds, label_ids=f.label_id.iloc[:3])
+    reject(ds, label_ids=f.label_id.iloc[3:5])
+    out = tmp_path / "cleaned.json"
+    res = export_cleaned_coco(run_dir, out)  # review.json exists -> decisions from FiftyOne
+    assert res.source == "fiftyone" and res.changes == 3
+    ls = LabelSet.load(run_dir)
+    expect = np.array(ls.labels)
+    row = {int(i): r for r, i in enumerate(ls.images["image_id"])}
+    for rec in f.iloc[:3].itertuples():
+        expect[row[rec.image_id], rec.class_index] = rec.suggested
+    np.testing.assert_array_equal(np.asarray(read_coco(out).labels), expect)
+
+    res = export_cleaned_coco(run_dir, tmp_path / "all.json", decisions="all")
+    assert res.changes == 10  # 12 suggestions minus 2 rejected
+
+    out2 = tmp_path / "op.json"
+    r = foo.execute_operator("@labelfix/review/export_cleaned_coco",
+                             ctx=dict(dataset=ds, params={"run": str(run_dir), "out": str(out2), "decisions": "accepted"}))
+    assert r.result["changes"] == 3
+    assert out2.read_bytes() == out.read_bytes()
+
+
+def test_cli_review(fo, demo_data, tmp_path):
+    from labelfix.cli import main
+
+    run_dir = make_run(demo_data, tmp_path / "run")
+    name = unique()
+    r = CliRunner().invoke(main, ["review", str(run_dir), "--name", name])
+    try:
+        assert r.exit_code == 0, r.output
+        assert f"dataset {name}: 40 samples, 12 suggestions (6 additions, 6 removals)" in r.output
+        assert "0 accepted, 0 rejected, 12 to review" in r.output
+    finally:
+        fo.load_dataset(name).delete()
+    r = CliRunner().invoke(main, ["review", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "run directory not found" in r.output
