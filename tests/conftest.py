@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Any FiftyOne use in the tests (and their subprocesses) gets a throw-away database,
+# never the user's ~/.fiftyone.
+os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix="labelfix-test-fodb-")
+os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,23 @@
 """Batched 1-D two-component Gaussian mixtures fitted by EM for many groups at once.
 
 The data never has to be in memory as a whole: every pass reads the cells chunk by
-chunk and accumulates float64 sufficient statistics per group (count, sum x, sum x^2,
-and the responsibility-weighted sums of the E-step), so (N, K) loss matrices that only
-exist as memory-mapped ``.npy`` files can be fitted.
+chunk, so (N, K) loss matrices that only exist as memory-mapped ``.npy`` files can be
+fitted.
 
 Passes over the data (see docs/cleaning.md):
 
 1. count / min / max / non-finite count per group;
-2. a ``bins``-bin histogram of the min-max normalised values per group (count, sum x,
-   sum x^2 per bin), used for the deterministic initialisation (exact 1-D 2-means on the
-   histogram = Otsu threshold) and, with ``em="histogram"``, for the EM itself;
-3. ``em="exact"`` only: one pass per EM iteration (at most ``max_iter``).
+2. a ``bins``-bin count histogram of the min-max normalised values per group, used for
+   the deterministic initialisation (exact 1-D 2-means on the histogram = Otsu
+   threshold) and, with ``em="histogram"``, for the EM itself (each cell represented by
+   its bin centre, Sheppard's h^2/12 added to the second moment);
+3. ``em="exact"`` only: one pass per EM iteration (at most ``max_iter``), accumulating
+   float64 responsibility-weighted sums per group; equals sklearn.
+
+For (N, K) label matrices (:func:`fit_label_gmms`) passes 1-2 run in numpy directly on
+the raw chunks (float32 arithmetic, masks applied through +-inf bit patterns and a
+multiply-by-0 of the bin index, one ``np.bincount`` per chunk), and the EM on the small
+(2K, bins) histogram in numpy float64. Generic groups (:func:`fit_gmm_chunks`) use torch.
 
 Groups are identified by an integer id in ``[0, G)``. For an (N, K) label matrix the
 group of a known cell (i, k) with given label z is ``2 * k + z`` (so group arrays reshape
@@ -121,13 +127,15 @@ class GMMFit:
 
 
 # --------------------------------------------------------------------------- helpers
-def _quad_coeffs(means: torch.Tensor, vars_: torch.Tensor, weights: torch.Tensor):
+def _quad_coeffs(means, vars_, weights):
     """a_c(x) = log w_c + log N(x; mu_c, v_c) = alpha_c x^2 + beta_c x + gamma_c.
 
-    Returns alpha, beta, gamma, each (G, 2)."""
+    means, vars_, weights: (G, 2) torch tensors or numpy arrays.
+    Returns alpha, beta, gamma, each (G, 2), of the same kind."""
+    log = torch.log if isinstance(means, torch.Tensor) else np.log
     alpha = -0.5 / vars_
     beta = means / vars_
-    gamma = torch.log(weights) - 0.5 * (_LOG_2PI + torch.log(vars_)) - 0.5 * means**2 / vars_
+    gamma = log(weights) - 0.5 * (_LOG_2PI + log(vars_)) - 0.5 * means**2 / vars_
     return alpha, beta, gamma
 
 
@@ -146,42 +154,51 @@ def _finite(values: torch.Tensor, gid: torch.Tensor):
     return values[ok], gid[ok]
 
 
-def _otsu_init(cnt: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, reg_covar: float):
+def _otsu_init(cnt: np.ndarray, s1: np.ndarray, s2: np.ndarray, reg_covar: float):
     """Exact 1-D 2-means on per-group histograms: split between bins at the threshold that
     minimises the within-cluster sum of squares, then the clusters' weight / mean /
     variance (+ reg_covar), as sklearn's k-means initialisation computes them.
 
-    cnt, s1, s2: (G, B) per-bin count, sum x, sum x^2. Returns means, vars, weights (G, 2).
+    cnt, s1, s2: float64 (G, B) per-bin count, sum x, sum x^2.
+    Returns means, vars, weights, float64 (G, 2).
     """
-    n = cnt.sum(1, keepdim=True)
-    c_l = torch.cumsum(cnt, 1)[:, :-1]
-    m_l = torch.cumsum(s1, 1)[:, :-1]
-    q_l = torch.cumsum(s2, 1)[:, :-1]
-    c_r = n - c_l
-    m_r = s1.sum(1, keepdim=True) - m_l
-    q_r = s2.sum(1, keepdim=True) - q_l
+    c_l = np.cumsum(cnt, 1)[:, :-1]
+    m_l = np.cumsum(s1, 1)[:, :-1]
+    q_l = np.cumsum(s2, 1)[:, :-1]
+    c_r = cnt.sum(1, keepdims=True) - c_l
+    m_r = s1.sum(1, keepdims=True) - m_l
+    q_r = s2.sum(1, keepdims=True) - q_l
     valid = (c_l > 0) & (c_r > 0)
-    between = torch.where(valid, m_l**2 / c_l.clamp_min(1) + m_r**2 / c_r.clamp_min(1),
-                          torch.full_like(m_l, -math.inf))
-    t = between.argmax(1, keepdim=True)
-    cl, ml, ql = c_l.gather(1, t), m_l.gather(1, t), q_l.gather(1, t)
-    cr, mr, qr = c_r.gather(1, t), m_r.gather(1, t), q_r.gather(1, t)
-    cnt2 = torch.cat([cl, cr], 1).clamp_min(1) + _EPS10
-    mean = torch.cat([ml, mr], 1) / cnt2
-    var = (torch.cat([ql, qr], 1) / cnt2 - mean**2).clamp_min(0) + reg_covar
-    w = cnt2 / cnt2.sum(1, keepdim=True)
+    between = np.where(valid, m_l**2 / np.maximum(c_l, 1) + m_r**2 / np.maximum(c_r, 1), -np.inf)
+    t = between.argmax(1)[:, None]
+    pick = lambda left, right: np.concatenate(  # noqa: E731
+        [np.take_along_axis(left, t, 1), np.take_along_axis(right, t, 1)], 1)
+    cnt2 = np.maximum(pick(c_l, c_r), 1) + _EPS10
+    mean = pick(m_l, m_r) / cnt2
+    var = np.maximum(pick(q_l, q_r) / cnt2 - mean**2, 0) + reg_covar
+    w = cnt2 / cnt2.sum(1, keepdims=True)
     return mean, var, w
 
 
 def _m_step(n, s1, s2, r_n, r_s1, r_s2, reg_covar):
-    """Component-0 responsibility sums (r_n, r_s1, r_s2) and group totals -> new params."""
-    nk = torch.stack([r_n, n - r_n], 1).clamp_min(0) + _EPS10
-    mk = torch.stack([r_s1, s1 - r_s1], 1)
-    qk = torch.stack([r_s2, s2 - r_s2], 1)
+    """Component-0 responsibility sums (r_n, r_s1, r_s2) and group totals, float64 (G,)
+    -> new means, vars, weights (G, 2)."""
+    nk = np.maximum(np.stack([r_n, n - r_n], 1), 0) + _EPS10
+    mk = np.stack([r_s1, s1 - r_s1], 1)
+    qk = np.stack([r_s2, s2 - r_s2], 1)
     means = mk / nk
-    vars_ = (qk / nk - means**2).clamp_min(0) + reg_covar
-    weights = nk / nk.sum(1, keepdim=True)
+    vars_ = np.maximum(qk / nk - means**2, 0) + reg_covar
+    weights = nk / nk.sum(1, keepdims=True)
     return means, vars_, weights
+
+
+def _sigmoid_softplus(d: np.ndarray):
+    """(sigmoid(d), softplus(d)) with one exp and one log, stable for any d."""
+    e = np.exp(-np.abs(d))
+    inv = 1.0 / (1.0 + e)
+    r = np.where(d >= 0, inv, e * inv)
+    sp = np.maximum(d, 0) + np.log1p(e)
+    return r, sp
 
 
 # --------------------------------------------------------------------------- statistics
@@ -317,23 +334,27 @@ def _label_stats(losses, given, N: int, K: int, B: int, rows: int) -> _Stats:
             np.maximum(hi, c_hi, out=hi)
     lo, hi = lo.T.ravel(), hi.T.ravel()   # group 2k + z
 
-    # pass 2: slot index v = off_g + 1 + x B (off_g = g (B + 2)); slot off_g + 0 catches
-    # rounding below 0, off_g + B + 1 the value x = 1; slot G (B + 2) collects the cells
-    # not fitted (unknown, non-finite).
+    # pass 2: slot index v = 1 + g S + 1 + x B (S = B + 2 slots per group): slot 1 + g S
+    # catches rounding below x = 0, slot 1 + g S + B + 1 the value x = 1; slot 0 collects
+    # the cells not fitted (unknown, non-finite): their index is multiplied by 0 after the
+    # float -> int conversion, so NaN / inf / garbage there never matters.
     S = B + 2
-    dump = G * S
+    size = G * S + 1
     lo0, scale = _scales(lo, hi)
     A = B * scale
-    C = np.arange(G) * S + 1.0 - lo0 * A
-    # float32 index arithmetic is accurate to < 1/4 bin while |v| and |l A| < 2^20
+    C = np.arange(G) * S + 2.0 - lo0 * A
+    # float32 index arithmetic is accurate to < 1/4 bin while |l A| and |v| < 2^20
     big = float(np.max(np.abs(lo0) * A + np.abs(C), initial=0.0)) + B
-    counts = np.zeros(dump + 1, dtype=np.int64)
+    counts = np.zeros(size, dtype=np.int64)
+    buf = np.empty(0, dtype=np.intp)
     for a, b in _row_chunks(N, rows):
         L, Z = _read_label_chunk(losses, given, a, b)
         dt = np.float64 if (L.dtype == np.float64 or big >= 2.0 ** 20) else np.float32
         L = L.astype(dt, copy=False)
         A0, dA = A[0::2].astype(dt), (A[1::2] - A[0::2]).astype(dt)
         C0, dC = C[0::2].astype(dt), (C[1::2] - C[0::2]).astype(dt)
+        if buf.size < L.size:
+            buf = np.empty(L.size, dtype=np.intp)
         for s, e in _sub_chunks(b - a, K):
             l, z = L[s:e], Z[s:e]
             m1 = (z == 1).view(np.uint8)
@@ -346,10 +367,12 @@ def _label_stats(losses, given, N: int, K: int, B: int, rows: int) -> _Stats:
             fitted = z >= 0
             if (a + s, a + e) in flagged:
                 fitted &= np.isfinite(l)
-            np.fmax(v, _minus_inf_where(fitted, dt), out=v)  # not fitted (NaN too) -> +inf
-            np.minimum(v, dump, out=v)
-            counts += np.bincount(v.astype(np.intp).ravel(), minlength=dump + 1)
-    h = counts[:dump].reshape(G, S).astype(np.float64)
+            iv = buf[s * K:e * K].reshape(e - s, K)
+            with np.errstate(invalid="ignore"):
+                np.copyto(iv, v, casting="unsafe")
+            np.multiply(iv, fitted, out=iv)
+        counts += np.bincount(buf[:L.size], minlength=size)
+    h = counts[1:].reshape(G, S).astype(np.float64)
     n = h.sum(1)
     hist = h[:, 1:B + 1].copy()
     hist[:, 0] += h[:, 0]
@@ -374,93 +397,88 @@ def _fit_from_stats(st: _Stats, stream, *, max_iter, tol, reg_covar, em, min_cel
     reason[_constant(st.lo, st.hi)] = REASON_CONSTANT
     reason[st.n < min_cells] = REASON_TOO_FEW
     reason[st.n == 0] = REASON_EMPTY
-    degenerate_np = reason != REASON_FITTED
-    degenerate = torch.as_tensor(degenerate_np, device=dev)
-    lo0_np, scale_np = _scales(st.lo, st.hi)
-    lo0, scale = torch.as_tensor(lo0_np, **f64), torch.as_tensor(scale_np, **f64)
+    degenerate = reason != REASON_FITTED
+    lo0, scale = _scales(st.lo, st.hi)
+    lo0_t, scale_t = torch.as_tensor(lo0, **f64), torch.as_tensor(scale, **f64)
 
     # histogram moments at the bin centres c_j; the within-bin variance h^2 / 12 of a
-    # uniform bin is added to sum x^2 (Sheppard's correction)
+    # uniform bin is added to sum x^2 (Sheppard's correction). All on the small (G, B)
+    # histogram, in numpy float64.
     h = 1.0 / B
-    c = (torch.arange(B, **f64) + 0.5) * h
-    cnt = torch.as_tensor(st.hist, **f64)
+    c = (np.arange(B) + 0.5) * h
+    cnt = np.asarray(st.hist, dtype=np.float64)
     hs1 = cnt * c
     hs2 = cnt * (c * c + h * h / 12.0)
     n = cnt.sum(1)
     if em == "histogram":
         s1, s2 = hs1.sum(1), hs2.sum(1)
     else:
-        s1 = torch.zeros(G, **f64)
-        s2 = torch.zeros(G, **f64)
+        s1, s2 = np.zeros(G), np.zeros(G)
 
     means, vars_, weights = _otsu_init(cnt, hs1, hs2, reg_covar)
-    init = (means.clone(), vars_.clone(), weights.clone())
+    init = (means.copy(), vars_.copy(), weights.copy())
 
     active = ~degenerate
-    n_iter = torch.zeros(G, dtype=torch.long, device=dev)
-    converged = torch.zeros(G, dtype=torch.bool, device=dev)
-    prev_lb = torch.full((G,), -math.inf, **f64)
-    lower_bound = torch.full((G,), math.nan, **f64)
-    n_safe = n.clamp_min(1)
+    n_iter = np.zeros(G, dtype=np.int64)
+    converged = np.zeros(G, dtype=bool)
+    prev_lb = np.full(G, -np.inf)
+    lower_bound = np.full(G, np.nan)
+    n_safe = np.maximum(n, 1)
     c2 = c * c
 
     for it in range(max_iter):
-        if not bool(active.any()):
+        if not active.any():
             break
-        alpha, beta, gamma = _quad_coeffs(means, vars_, weights)
+        idx = np.flatnonzero(active)
+        alpha, beta, gamma = _quad_coeffs(means[idx], vars_[idx], weights[idx])
         A = alpha[:, 0] - alpha[:, 1]
         Bq = beta[:, 0] - beta[:, 1]
         C = gamma[:, 0] - gamma[:, 1]
         if em == "exact":
-            r_n = torch.zeros(G, **f64)
-            r_s1 = torch.zeros(G, **f64)
-            r_s2 = torch.zeros(G, **f64)
-            sp = torch.zeros(G, **f64)
+            sums = torch.zeros(6, G, **f64)  # r, r x, r x^2, softplus, x, x^2
+            At, Bt, Ct = (torch.zeros(G, **f64).index_copy_(0, torch.as_tensor(idx, device=dev),
+                                                            torch.as_tensor(q, **f64)) for q in (A, Bq, C))
             for values, gid in stream():
                 v, g = _finite(values, gid)
-                x = _normalise(v, g, lo0, scale)
+                x = _normalise(v, g, lo0_t, scale_t)
                 x2 = x * x
                 if it == 0:
-                    s1 += _segment_sum(g, x, G)
-                    s2 += _segment_sum(g, x2, G)
-                d = A[g] * x2 + Bq[g] * x + C[g]
+                    sums[4] += _segment_sum(g, x, G)
+                    sums[5] += _segment_sum(g, x2, G)
+                d = At[g] * x2 + Bt[g] * x + Ct[g]
                 r = torch.sigmoid(d)
-                r_n += _segment_sum(g, r, G)
-                r_s1 += _segment_sum(g, r * x, G)
-                r_s2 += _segment_sum(g, r * x2, G)
-                sp += _segment_sum(g, torch.nn.functional.softplus(d), G)
+                sums[0] += _segment_sum(g, r, G)
+                sums[1] += _segment_sum(g, r * x, G)
+                sums[2] += _segment_sum(g, r * x2, G)
+                sums[3] += _segment_sum(g, torch.nn.functional.softplus(d), G)
+            sums = sums.cpu().numpy()
+            if it == 0:
+                s1, s2 = sums[4], sums[5]
+            r_n, r_s1, r_s2, sp = (q[idx] for q in sums[:4])
         else:
             d = A[:, None] * c2 + Bq[:, None] * c + C[:, None]
-            r = torch.sigmoid(d)
-            r_n = (r * cnt).sum(1)
-            r_s1 = (r * hs1).sum(1)
-            r_s2 = (r * hs2).sum(1)
-            sp = (torch.nn.functional.softplus(d) * cnt).sum(1)
+            r, spd = _sigmoid_softplus(d)
+            rc = r * cnt[idx]
+            r_n = rc.sum(1)
+            r_s1 = rc @ c
+            r_s2 = rc @ (c2 + h * h / 12.0)
+            sp = (spd * cnt[idx]).sum(1)
         # log p(x) = a_1(x) + softplus(a_0(x) - a_1(x)); sum of a_1 from the moments
-        ll = (alpha[:, 1] * s2 + beta[:, 1] * s1 + gamma[:, 1] * n + sp) / n_safe
-        new_means, new_vars, new_weights = _m_step(n, s1, s2, r_n, r_s1, r_s2, reg_covar)
-        upd = active[:, None]
-        means = torch.where(upd, new_means, means)
-        vars_ = torch.where(upd, new_vars, vars_)
-        weights = torch.where(upd, new_weights, weights)
-        lower_bound = torch.where(active, ll, lower_bound)
-        n_iter += active.long()
-        done = active & ((ll - prev_lb).abs() < tol)
-        converged |= done
-        prev_lb = torch.where(active, ll, prev_lb)
-        active &= ~done
+        ll = (alpha[:, 1] * s2[idx] + beta[:, 1] * s1[idx] + gamma[:, 1] * n[idx] + sp) / n_safe[idx]
+        means[idx], vars_[idx], weights[idx] = _m_step(n[idx], s1[idx], s2[idx], r_n, r_s1, r_s2, reg_covar)
+        lower_bound[idx] = ll
+        n_iter[idx] += 1
+        done = np.abs(ll - prev_lb[idx]) < tol
+        converged[idx[done]] = True
+        prev_lb[idx] = ll
+        active[idx[done]] = False
 
     # component 0 = lower mean
-    swap = means[:, 0] > means[:, 1]
+    swap = (means[:, 0] > means[:, 1])[:, None]
 
-    def order(t):
-        return torch.where(swap[:, None], t.flip(1), t)
-    means, vars_, weights = order(means), order(vars_), order(weights)
-    init = tuple(order(t) for t in init)
-
-    def out(t):
-        a = t.detach().cpu().numpy().astype(np.float64)
-        a[degenerate_np] = np.nan
+    def out(a):
+        a = np.where(swap, a[:, ::-1], a).astype(np.float64) if a.ndim == 2 else a.astype(np.float64)
+        a[degenerate] = np.nan
         return a
 
     lo_np, hi_np = st.lo.astype(np.float64), st.hi.astype(np.float64)
@@ -471,8 +489,8 @@ def _fit_from_stats(st: _Stats, stream, *, max_iter, tol, reg_covar, em, min_cel
         init_means=out(init[0]), init_vars=out(init[1]), init_weights=out(init[2]),
         lo=lo_np, hi=hi_np,
         n_cells=st.n.astype(np.int64), n_nonfinite=st.n_bad.astype(np.int64),
-        degenerate=degenerate_np, reason=reason.astype(str),
-        n_iter=n_iter.cpu().numpy().astype(np.int64), converged=converged.cpu().numpy(),
+        degenerate=degenerate, reason=reason.astype(str),
+        n_iter=n_iter, converged=converged,
         lower_bound=out(lower_bound),
         settings=dict(max_iter=max_iter, tol=tol, reg_covar=reg_covar, em=em, bins=B,
                       min_cells=min_cells),
@@ -629,6 +647,8 @@ def fit_label_gmms(
         given: int8 (N, K), 1 / 0 / -1; unknown cells (-1) are not fitted.
         em: "histogram" (default) or "exact", see :func:`fit_gmm_chunks`.
         chunk_rows: rows read per chunk (default: about 2M cells per chunk).
+        device: torch device for the exact EM passes (``em="exact"``); passes 1-2 and
+            the histogram EM run in numpy on the CPU.
         Other options: see :func:`fit_gmm_chunks`.
 
     Returns:

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="labelfix-demo", show_default=True,
-              help="Folder for the generated data and the run.")
+              help="Folder for the generated data, the run and the exports.")
 @click.option("--noise", "noise_kind", type=click.Choice(["mislabel", "flip", "single-positive", "missing"]),
-              default="mislabel", show_default=True)
-@click.option("--rate", type=float, default=0.4, show_default=True)
+              default="mislabel", show_default=True, help="Noise injected into the clean demo labels.")
+@click.option("--rate", type=click.FloatRange(0, 1), default=0.4, show_default=True,
+              help="Noise rate (not used by single-positive).")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out, noise_kind, rate, seed):
-    """Generate the demo data, inject noise and show what is in it."""
+@click.option("--no-review", is_flag=True, help="Skip the FiftyOne step (no MongoDB needed).")
+def demo(out, noise_kind, rate, epochs, seed, no_review):
+    """Generate the demo data, inject noise, train, clean, review, export COCO and ONNX,
+    and predict with onnxruntime."""
+    from labelfix.demo import run_demo
 
-    from labelfix.data.demo import make_demo
-    from labelfix.data.noise import write_noisy_coco
-    from labelfix.info import dataset_info
-    from labelfix.io import read_labels
-
-    out = Path(out)
-    paths = make_demo(out / "data", seed=seed)
-    clean = read_labels(paths["train"])
-    noisy_path, changes_path, changes = write_noisy_coco(
-        clean, noise_kind, None if noise_kind == "single-positive" else rate, seed, out / "data" / f"train_{noise_kind}.json"
-    )
-    click.echo(f"demo data: {paths['train']} (clean), {paths['test']} (clean test split)")
-    click.echo(f"noisy labels: {noisy_path} ({len(changes)} cells changed, truth in {changes_path})")
-    summary = dataset_info(read_labels(noisy_path)).to_dict()
-    click.echo(
-        f"{summary['num_images']} images, {summary['num_classes']} classes, {summary['positives']} positives, "
-        f"{summary['negatives']} negatives, {summary['unknown']} unknown; "
-        f"CLS_Imb {summary['cls_imb']:.2f}, PN_Imb {summary['pn_imb']:.2f}, missing files {len(summary['missing_files'])}"
-    )
+    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, review=not no_review, log=click.echo)

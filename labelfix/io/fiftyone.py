@@ -26,6 +26,8 @@ import pandas as pd
 from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS, UNK, LabelSet
 
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # see labelfix/review/__init__.py
+
 SCHEME = "fiftyone://"
 DEFAULT_FIELD = "ground_truth"
 DEFAULT_NEGATIVES = "negatives"

@@ -20,6 +20,10 @@ from pathlib import Path
 
 from labelfix.errors import LabelfixError
 
+# The MongoDB that the [mongo] extra ships (6.0) is supported but triggers FiftyOne's
+# "oldest supported version" notice on every import; a user's own setting still wins.
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
 PLUGIN_NAME = "@labelfix/review"
 
 _LAZY = {
