@@ -30,9 +30,12 @@ def run_demo(
     seed: int = 0,
     epochs: int = 12,
     review: bool = True,
+    n_train: int = 1200,
+    n_test: int = 400,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run the whole flow into ``out``; returns a dict of the key numbers."""
+    """Run the whole flow into ``out``; returns a dict of the key numbers
+    (``n_train`` / ``n_test`` shrink the data for quick checks)."""
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.demo import make_demo
     from labelfix.data.noise import write_noisy_coco
@@ -46,7 +49,7 @@ def run_demo(
 
     out = Path(out)
     t0 = time.perf_counter()
-    paths = make_demo(out / "data", seed=seed)
+    paths = make_demo(out / "data", n_train=n_train, n_test=n_test, seed=seed)
     clean = read_labels(paths["train"])
     noisy_path, _, changes = write_noisy_coco(
         clean, noise, None if noise == "single-positive" else rate, seed, out / "data" / f"train_{noise}.json"
@@ -95,4 +98,7 @@ def run_demo(
     log(f"[6/6] export onnx -> {model}; predicted {len(preds)} test images with onnxruntime "
         f"(first: {preds.iloc[0]['file']} -> {preds.iloc[0]['labels'] or '(none)'})")
     log(f"done in {time.perf_counter() - t0:.0f}s")
-    return {"errors_before": before, "errors_after": after, "suggestions": len(c), "run": run}
+    return {
+        "errors_before": before, "errors_after": after, "suggestions": len(c), "run": run,
+        "cleaned": cleaned_path, "model": model, "predictions": preds,
+    }

@@ -1,0 +1,129 @@
+"""``labelfix train DATA --out RUN``: parse options, call ``labelfix.train.train``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from labelfix.train.config import CLASS_GROUPS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
+
+# option name -> click declaration; the default shown comes from TrainConfig
+_D = TrainConfig()
+
+
+def _opt(*decls, **kw):
+    return click.option(*decls, default=None, **kw)
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(), required=False)
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory to write (required).")
+@_opt("--format", "format", type=click.Choice(["coco", "csv-wide", "csv-long", "openimages", "run"]),
+      help="Label file format [default: detected from the file].")
+@_opt("--images", type=click.Path(file_okay=False), help="Image folder [default: the label file's folder].")
+@_opt("--unlabeled", type=click.Choice(["negative", "unknown"]),
+      help="COCO only: classes not annotated on an image are negative (COCO is exhaustive) or unknown "
+           "[default: negative].")
+@_opt("--classes", "class_descriptions", type=click.Path(dir_okay=False),
+      help="Open Images class-description CSV (LabelName,DisplayName).")
+@_opt("--val", type=click.Path(), help="Validation label file (same classes, same format).")
+@_opt("--val-split", type=float, help=f"Hold out this fraction of DATA for validation [default: {_D.val_split}].")
+@_opt("--backbone", help=f"timm model name [default: {_D.backbone}].")
+@_opt("--head", type=click.Choice(["linear", "q2l", "mldecoder"]), help=f"Classifier head [default: {_D.head}].")
+@_opt("--pretrained/--no-pretrained", help="Start from timm hub weights (needs network) [default: no].")
+@_opt("--weights", type=click.Path(dir_okay=False), help="Start from an offline weights file.")
+@_opt("--img-size", type=int, help=f"Input size in pixels [default: {_D.img_size}].")
+@_opt("--loss", help=f"bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct [default: {_D.loss}].")
+@_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
+@_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")
+@_opt("--mix-prob", type=float, help=f"Probability of mixing a sample (LogicMix) or a batch (mixup) "
+                                     f"[default: {_D.mix_prob}].")
+@_opt("--mixup-alpha", type=float, help=f"Beta(a, a) of mixup [default: {_D.mixup_alpha}].")
+@_opt("--randaugment/--no-randaugment", help="RandAugment on training images [default: on].")
+@_opt("--balancemix-warmup", type=int, help=f"Epochs before BalanceMix's label management starts "
+                                            f"[default: {_D.balancemix_warmup}].")
+@_opt("--balancemix-delta", type=float, help="Re-labeling threshold delta [default: 0.55 for single-positive "
+                                             "labels, else 0.975].")
+@_opt("--balancemix-clean-threshold", type=float, help=f"A cell is clean when p_G > this "
+                                                       f"[default: {_D.balancemix_clean_threshold}].")
+@_opt("--epochs", type=int, help=f"Epochs [default: {_D.epochs}].")
+@_opt("--batch-size", type=int, help=f"Images per step per process [default: {_D.batch_size}].")
+@_opt("--lr", type=float, help=f"Peak learning rate [default: {_D.lr}].")
+@_opt("--weight-decay", type=float, help=f"Weight decay (not on biases / norms) [default: {_D.weight_decay}].")
+@_opt("--optimizer", type=click.Choice(OPTIMIZERS), help=f"[default: {_D.optimizer}].")
+@_opt("--momentum", type=float, help=f"SGD momentum (Nesterov) [default: {_D.momentum}].")
+@_opt("--schedule", type=click.Choice(SCHEDULES), help=f"LR schedule after warm-up [default: {_D.schedule}].")
+@_opt("--warmup-epochs", type=float, help=f"Linear LR warm-up length [default: {_D.warmup_epochs}].")
+@_opt("--warmup-lr-ratio", type=float, help=f"Warm-up starts at lr x this [default: {_D.warmup_lr_ratio}].")
+@_opt("--min-lr-ratio", type=float, help=f"Schedule ends at lr x this [default: {_D.min_lr_ratio}].")
+@_opt("--accum-steps", type=int, help=f"Gradient accumulation steps [default: {_D.accum_steps}].")
+@_opt("--clip-grad", type=float, help="Clip the gradient norm to this value [default: off].")
+@_opt("--amp/--no-amp", help="Mixed precision (bf16 where supported, else fp16) [default: on with CUDA, off on CPU].")
+@_opt("--channels-last/--no-channels-last", help="channels_last memory format on CUDA [default: on].")
+@_opt("--ema/--no-ema", help="Keep an EMA of the weights (timm ModelEmaV3) [default: off].")
+@_opt("--ema-decay", type=float, help=f"EMA decay [default: {_D.ema_decay}].")
+@_opt("--class-groups", type=click.Choice(CLASS_GROUPS),
+      help=f"How mAP's many/medium/few class groups are cut [default: {_D.class_groups}].")
+@_opt("--workers", type=int, help=f"Data-loading processes [default: {_D.workers}].")
+@_opt("--seed", type=int, help=f"Random seed [default: {_D.seed}].")
+@_opt("--device", help=f"auto, cpu, cuda, cuda:1 ... [default: {_D.device}].")
+@click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from checkpoints/last.pt.")
+@_opt("--progress/--no-progress", help="Show a progress bar [default: on].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML file of options (names as above, '-' or '_'); flags given on the command line win.")
+def train(data, config_file, **flags):
+    """Train a model on DATA's labels as they are and record per-cell statistics.
+
+    DATA is a COCO JSON (LVIS fields honoured), a wide/long CSV, Open Images verified
+    labels, or a labelfix run directory. Writes RUN (see docs/training.md): config.yaml,
+    the label set, split.npy, checkpoints/last.pt and best.pt, metrics.csv, stats/.
+    Ctrl-C stops cleanly; --resume continues exactly where the last epoch ended.
+    """
+    import yaml
+
+    from labelfix.errors import LabelfixError
+    from labelfix.train import TrainingInterrupted
+    from labelfix.train import train as run_training
+
+    values = load_config_file(config_file) if config_file else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "loss_kwargs" in given:
+        try:
+            parsed = yaml.safe_load(given["loss_kwargs"])
+        except yaml.YAMLError as err:
+            raise LabelfixError(f"--loss-kwargs: not valid YAML: {err}") from None
+        if not isinstance(parsed, dict):
+            raise LabelfixError("--loss-kwargs: expected a mapping such as '{gamma_neg: 2}'")
+        given["loss_kwargs"] = parsed
+    values.update(given)
+    if data is not None:
+        values["data"] = data
+    if values.get("resume") and values.get("out") and not values.get("data"):
+        from labelfix.train.config import read_run_config
+
+        values = {**read_run_config(values["out"]).to_dict(), **values}
+    elif values.get("resume") and values.get("out"):
+        from pathlib import Path
+
+        from labelfix.train.config import read_run_config
+
+        if (Path(values["out"]) / "config.yaml").exists():
+            values = {**read_run_config(values["out"]).to_dict(), **values}
+    if not values.get("data"):
+        raise click.UsageError("missing DATA (argument or 'data:' in --config)")
+    if not values.get("out"):
+        raise click.UsageError("missing --out RUN")
+    cfg = TrainConfig.from_dict(values, source=config_file or "options")
+    try:
+        summary = run_training(cfg)
+    except TrainingInterrupted as err:
+        click.echo(f"stopped: {err}", err=True)
+        sys.exit(130)
+    last = summary["metrics"][-1] if summary["metrics"] else {}
+    msg = f"done: {summary['epochs']} epochs in {summary['out']}"
+    if "val_map" in last:
+        msg += f"; last validation mAP {last['val_map']:.2f}"
+    if summary["skipped"]:
+        msg += f"; {summary['skipped']} image(s) skipped (skipped_images.csv)"
+    click.echo(msg)

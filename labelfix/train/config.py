@@ -1,0 +1,210 @@
+"""Every option of ``labelfix train`` in one dataclass.
+
+``TrainConfig`` is the single source of truth: the CLI builds one from flags (and an
+optional ``--config FILE.yaml``, flags win), the engine reads only this object, and the
+run directory's ``config.yaml`` stores it (plus versions and the dataset fingerprint) so
+that ``--resume`` and later commands see exactly what was run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labelfix.errors import LabelfixError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle", "constant")
+MIXES = ("none", "mixup", "logicmix", "balancemix")
+UNLABELED = ("negative", "unknown")
+CLASS_GROUPS = ("scaled", "tertile")
+
+
+@dataclass
+class TrainConfig:
+    """Resolved options of one training run (see docs/training.md for each one)."""
+
+    # data
+    data: str = ""
+    out: str = ""
+    format: str | None = None
+    images: str | None = None
+    unlabeled: str | None = None
+    class_descriptions: str | None = None
+    val: str | None = None
+    val_split: float = 0.0
+    # model
+    backbone: str = "resnet50"
+    head: str = "linear"
+    pretrained: bool = False
+    weights: str | None = None
+    img_size: int = 224
+    # objective
+    loss: str = "bce"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    mix: str = "logicmix"
+    mix_prob: float = 0.5
+    mixup_alpha: float = 0.8
+    randaugment: bool = True
+    balancemix_warmup: int = 10
+    balancemix_delta: float | None = None
+    balancemix_clean_threshold: float = 0.5
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    warmup_lr_ratio: float = 0.01
+    min_lr_ratio: float = 0.01
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    amp: bool | None = None
+    channels_last: bool = True
+    ema: bool = False
+    ema_decay: float = 0.9998
+    # statistics / evaluation
+    class_groups: str = "scaled"
+    # runtime
+    workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``LabelfixError`` on an impossible option; return self."""
+
+        def bad(name: str, what: str) -> None:
+            raise LabelfixError(f"train: --{name.replace('_', '-')}: {what}")
+
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "mix": MIXES,
+            "unlabeled": UNLABELED,
+            "class_groups": CLASS_GROUPS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) is None and name == "unlabeled":
+                continue
+            if getattr(self, name) not in allowed:
+                bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not self.data:
+            bad("data", "no dataset given")
+        if not self.out:
+            bad("out", "no run directory given")
+        if not 0.0 <= self.val_split < 1.0:
+            bad("val_split", f"{self.val_split} is not in [0, 1)")
+        if self.val and self.val_split:
+            bad("val_split", "give either --val FILE or --val-split, not both")
+        for name in ("epochs", "batch_size", "accum_steps", "img_size"):
+            if getattr(self, name) < 1:
+                bad(name, f"{getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            bad("lr", f"{self.lr} must be > 0")
+        if self.warmup_epochs < 0:
+            bad("warmup_epochs", "must be >= 0")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            bad("mix_prob", f"{self.mix_prob} is not in [0, 1]")
+        if self.workers < 0:
+            bad("workers", "must be >= 0")
+        if self.balancemix_delta is not None and not 0.5 <= self.balancemix_delta < 1.0:
+            bad("balancemix_delta", "must be in [0.5, 1)")
+        if not 0.0 < self.balancemix_clean_threshold < 1.0:
+            bad("balancemix_clean_threshold", "must be in (0, 1)")
+        if self.balancemix_warmup < 0:
+            bad("balancemix_warmup", "must be >= 0")
+        if self.loss == "role" and self.mix != "none":
+            bad("mix", "--loss role needs --mix none (its label table has one row per image; "
+                       "a mixed image has no single row)")
+        return self
+
+    # ------------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a mapping; unknown keys are an error (typos must not be ignored)."""
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise LabelfixError(f"{source}: unknown option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``--config FILE.yaml``: a mapping of option names (``_`` or ``-``) to values.
+
+    A ``config.yaml`` written by a run is accepted too (its ``train:`` section is used).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise LabelfixError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise LabelfixError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LabelfixError(f"{path}: top level: expected a mapping of option names to values")
+    if isinstance(data.get("train"), dict):
+        data = data["train"]
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(out) - names)
+    if unknown:
+        raise LabelfixError(f"{path}: unknown option(s): {', '.join(unknown)}")
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers."""
+    import numpy
+    import sklearn
+    import timm
+    import torch
+
+    try:
+        from importlib.metadata import version
+
+        lf = version("labelfix")
+    except Exception:  # not installed (running from a checkout)
+        lf = "unknown"
+    return {
+        "labelfix": lf,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "timm": str(timm.__version__),
+        "numpy": str(numpy.__version__),
+        "scikit-learn": str(sklearn.__version__),
+    }
+
+
+def run_config_document(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str:
+    """The text of ``RUN/config.yaml``: ``train`` (all options), ``versions``, ``dataset``."""
+    doc = {
+        "train": cfg.to_dict(),
+        "versions": package_versions(),
+        "dataset": {"fingerprint": fingerprint, **(extra or {})},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The ``TrainConfig`` stored in ``RUN/config.yaml``."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise LabelfixError(f"{path}: missing; is {run_dir} a labelfix run directory?")
+    return TrainConfig.from_dict(load_config_file(path), source=str(path))

@@ -1,0 +1,33 @@
+"""The whole flow (`labelfix demo`) on a shrunken demo dataset: every step runs and
+hands the next one what it needs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from labelfix.io import read_labels
+from labelfix.run import load_run
+
+
+@pytest.mark.slow
+@pytest.mark.fiftyone
+def test_demo_flow_end_to_end(tmp_path):
+    from labelfix.demo import run_demo
+
+    lines = []
+    res = run_demo(tmp_path / "demo", epochs=2, n_train=96, n_test=48, log=lines.append)
+    assert [ln[:5] for ln in lines[:6]] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
+    run = load_run(res["run"])
+    corr = run.corrections()
+    assert len(corr) == res["suggestions"]
+    # the cleaned file differs from the noisy one exactly by the accepted suggestions
+    noisy = read_labels(tmp_path / "demo" / "data" / "train_mislabel.json")
+    cleaned = read_labels(res["cleaned"])
+    assert int((np.asarray(noisy.labels) != np.asarray(cleaned.labels)).sum()) == len(corr)
+    meta = json.loads((tmp_path / "demo" / "run" / "review.json").read_text())
+    assert meta  # review step recorded its FiftyOne dataset
+    preds = res["predictions"]
+    assert len(preds) == 48 and "labels" in preds.columns

@@ -1,0 +1,336 @@
+"""labelfix train: run-directory files, exact resume, config round trip, failure modes,
+and the engine's small pure functions (sampler, schedule, mAP)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from sklearn.metrics import average_precision_score
+
+from labelfix.errors import LabelfixError
+from labelfix.train import TrainConfig, train
+from labelfix.train.engine import Trainer, lr_factor
+from labelfix.train.metrics import class_groups, map_report, per_class_ap
+from labelfix.train.sampler import EpochBatchSampler, ShardSampler
+from labelfix.train.stats import cell_bce
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded on the shared 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    from labelfix.data.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("tiny"), n_train=32, n_test=16, size=32, seed=1)
+
+
+def cfg_for(tiny, out, **kw) -> TrainConfig:
+    base = dict(data=str(tiny["train"]), out=str(out), backbone="test_resnet", img_size=32, epochs=2,
+                batch_size=8, workers=0, progress=False, lr=1e-3, warmup_epochs=0.5, mix="none",
+                randaugment=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def quiet(_line):
+    pass
+
+
+class Stop(Exception):
+    pass
+
+
+class StopAt:
+    """Simulates a kill: raises after (epoch, step) without letting the engine clean up."""
+
+    def __init__(self, epoch, step):
+        self.at = (epoch, step)
+
+    def on_step(self, trainer, epoch, step):
+        if (epoch, step) == self.at:
+            raise Stop
+
+
+class Snapshot:
+    """Copies stats/ after every epoch (to check the running mean by hand)."""
+
+    def __init__(self):
+        self.logits, self.loss_mean = [], []
+
+    def on_epoch_end(self, trainer, epoch, row):
+        self.logits.append(np.load(trainer.out / "stats" / "logits.npy").astype(np.float32))
+        self.loss_mean.append(np.load(trainer.out / "stats" / "loss_mean.npy"))
+
+
+def test_run_writes_every_file(tiny, tmp_path):
+    from labelfix.models import load_checkpoint, model_from_checkpoint
+
+    snap = Snapshot()
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, loss="role", ema=True, val_split=0.25), callbacks=[snap], log=quiet)
+    for name in ("config.yaml", "classes.json", "images.csv", "labels.npy", "source.json", "split.npy",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "metrics.csv", "stats/logits.npy",
+                 "stats/loss_mean.npy", "stats/role_logits.npy", "stats/state.json"):
+        assert (out / name).is_file(), name
+    labels = np.load(out / "labels.npy")
+    n, k = labels.shape
+    split = np.load(out / "split.npy")
+    assert split.dtype == np.int8 and split.sum() == 8
+    logits = np.load(out / "stats" / "logits.npy")
+    assert logits.dtype == np.float16 and logits.shape == (n, k) and np.isfinite(logits).all()
+    role = np.load(out / "stats" / "role_logits.npy")
+    assert role.dtype == np.float16 and role.shape == (n, k)
+    # loss_mean is the mean over epochs of the BCE against the given label
+    np.testing.assert_allclose(snap.loss_mean[0], cell_bce(snap.logits[0], labels), rtol=1e-6)
+    expect = (cell_bce(snap.logits[0], labels) + cell_bce(snap.logits[1], labels)) / 2
+    np.testing.assert_allclose(snap.loss_mean[1], expect, rtol=1e-5, atol=1e-6)
+    assert json.loads((out / "stats" / "state.json").read_text()) == {
+        "epochs_recorded": 2, "last_epoch": 1, "complete": True}
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    for col in ("train_loss", "val_map", "val_map_many", "val_map_medium", "val_map_few", "val_map_ema",
+                "lr", "seconds"):
+        assert col in metrics.columns, col
+    # validation mAP is computed from the stats pass on the held-out rows
+    val = split == 1
+    assert metrics["val_map"].iloc[-1] == pytest.approx(
+        map_report(logits[val].astype(np.float32), labels[val], np.zeros(k))["map"], rel=1e-6)
+    doc = yaml.safe_load((out / "config.yaml").read_text())
+    assert doc["train"]["loss"] == "role" and doc["versions"]["torch"] == torch.__version__
+    assert len(doc["dataset"]["fingerprint"]) == 64
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")   # weights_only=True inside
+    for key in ("model", "ema", "optimizer", "scheduler", "epoch", "global_step", "rng", "sampler",
+                "model_config", "classes", "run_fingerprint"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * 3
+    assert len(ckpt["optimizer"]["param_groups"]) == 3           # decay, no-decay, ROLE table
+    assert ckpt["optimizer"]["param_groups"][2]["initial_lr"] == pytest.approx(10 * 1e-3)
+    model = model_from_checkpoint(ckpt)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, k)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_run(a: Path, b: Path):
+    ca, cb = _weights(a / "checkpoints" / "last.pt"), _weights(b / "checkpoints" / "last.pt")
+    assert ca["global_step"] == cb["global_step"]
+    for key, value in ca["model"].items():
+        assert torch.equal(value, cb["model"][key]), key
+    for name in ("logits.npy", "loss_mean.npy"):
+        np.testing.assert_array_equal(np.load(a / "stats" / name), np.load(b / "stats" / name))
+    ma, mb = pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv")
+    np.testing.assert_array_equal(ma["train_loss"].to_numpy(), mb["train_loss"].to_numpy())
+    np.testing.assert_array_equal(ma["stats_loss"].to_numpy(), mb["stats_loss"].to_numpy())
+
+
+def test_resume_after_kill_equals_uninterrupted(tiny, tmp_path):
+    kw = dict(mix="logicmix", randaugment=True, loss="an-ls", accum_steps=2, epochs=3)
+    ref = tmp_path / "ref"
+    train(cfg_for(tiny, ref, **kw), log=quiet)
+    run = tmp_path / "run"
+    with pytest.raises(Stop):   # killed in the middle of epoch 2
+        train(cfg_for(tiny, run, **kw), callbacks=[StopAt(1, 2)], log=quiet)
+    assert _weights(run / "checkpoints" / "last.pt")["epoch"] == 1
+    train(cfg_for(tiny, run, resume=True, **kw), log=quiet)
+    _assert_same_run(ref, run)
+
+
+def test_resume_after_kill_during_statistics(tiny, tmp_path, monkeypatch):
+    """Killed after the checkpoint but while the stats pass ran: the epoch is finalized on
+    resume and counted once in loss_mean."""
+    ref = tmp_path / "ref"
+    train(cfg_for(tiny, ref), log=quiet)
+    run = tmp_path / "run"
+    original = Trainer._finalize_epoch
+
+    def dying(self, epoch, info, record_mean):
+        if epoch == 0:
+            original(self, epoch, info, record_mean)
+            # simulate a kill after loss_mean was updated but before "complete"
+            from labelfix.train.stats import write_state
+
+            write_state(self.out / "stats", 1, 0, complete=False)
+            raise Stop
+        return original(self, epoch, info, record_mean)
+
+    monkeypatch.setattr(Trainer, "_finalize_epoch", dying)
+    with pytest.raises(Stop):
+        train(cfg_for(tiny, run), log=quiet)
+    monkeypatch.setattr(Trainer, "_finalize_epoch", original)
+    train(cfg_for(tiny, run, resume=True), log=quiet)
+    _assert_same_run(ref, run)
+
+
+def test_config_file_round_trip(tiny, tmp_path):
+    from labelfix.cli import main
+    from labelfix.train.config import read_run_config
+
+    conf = tmp_path / "opts.yaml"
+    conf.write_text(yaml.safe_dump({"backbone": "test_resnet", "img-size": 32, "epochs": 5, "batch_size": 8,
+                                    "workers": 0, "mix": "none", "lr": 0.01, "loss_kwargs": {}}))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(out), "--config", str(conf),
+                                    "--epochs", "1", "--no-progress", "--no-randaugment"])
+    assert res.exit_code == 0, res.output
+    saved = read_run_config(out)
+    assert saved.epochs == 1 and saved.lr == 0.01 and saved.img_size == 32 and saved.randaugment is False
+    # the run's config.yaml is itself a valid --config file giving the same options
+    again = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text())["train"])
+    assert again == saved
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(tmp_path / "x"),
+                                    "--config", str(bad)])
+    assert res.exit_code == 2 and "unknown option(s): epochz" in res.output
+
+
+def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, epochs=1), log=quiet)
+    with pytest.raises(LabelfixError, match="already holds a run"):
+        train(cfg_for(tiny, out, epochs=1), log=quiet)
+    with pytest.raises(LabelfixError, match="--lr"):
+        train(cfg_for(tiny, out, epochs=2, lr=0.5, resume=True), log=quiet)
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):
+    original = Trainer._compute_loss
+
+    def poisoned(self, *args):
+        loss, b = original(self, *args)
+        return (loss * float("nan") if self.epoch == 1 else loss), b
+
+    monkeypatch.setattr(Trainer, "_compute_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(LabelfixError, match=r"epoch 2 step 1: the loss is nan.*epoch 1"):
+        train(cfg_for(tiny, out), log=quiet)
+    assert _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_ctrl_c_stops_with_resume_hint(tiny, tmp_path):
+    from labelfix.train import TrainingInterrupted
+
+    class CtrlC:
+        def on_step(self, trainer, epoch, step):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match=r"epoch 2; checkpoints/last.pt holds epoch 1.*--resume"):
+        train(cfg_for(tiny, out), callbacks=[CtrlC()], log=quiet)
+    assert _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(Path(tiny["images"]), data / "images")
+    coco = json.loads(Path(tiny["train"]).read_text())
+    (data / "train.json").write_text(json.dumps(coco))
+    bad = coco["images"][3]["file_name"]
+    (data / bad).write_bytes(b"not an image")
+    lines = []
+    res = train(cfg_for(tiny, tmp_path / "run", data=str(data / "train.json"), epochs=1), log=lines.append)
+    assert res["skipped"] == 1
+    skipped = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
+    assert skipped["file_name"].tolist() == [bad]
+    logits = np.load(tmp_path / "run" / "stats" / "logits.npy")
+    assert np.isnan(logits[3]).all() and np.isfinite(np.delete(logits, 3, axis=0)).all()
+    assert any("skipped" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- pure parts
+def test_sampler_shards_one_global_permutation():
+    idx = np.arange(100, 150)
+    one = EpochBatchSampler(idx, 8, seed=3)
+    ranks = [EpochBatchSampler(idx, 4, seed=3, world_size=2, rank=r) for r in range(2)]
+    for s in (one, *ranks):
+        s.set_epoch(2)
+    assert len(one) == len(ranks[0]) == 50 // 8
+    for b1, b0, b_1 in zip(one, *ranks):
+        assert b1 == b0 + b_1     # same keys (index and augmentation seed), split by rank
+    e2 = [k.index for b in one for k in b]
+    one.set_epoch(3)
+    assert e2 != [k.index for b in one for k in b]
+    assert len(set(e2)) == len(e2)
+
+
+def test_minority_sampler_state_round_trip():
+    idx = np.arange(20)
+    w = np.zeros(20)
+    w[[2, 5]] = [1.0, 3.0]
+    s = EpochBatchSampler(idx, 4, seed=0, minority=True)
+    s.set_minority_weights(w)
+    s.set_epoch(4)
+    batches = list(s)
+    assert all(len(b) == 8 and [k.slot for k in b] == [0] * 4 + [1] * 4 for b in batches)
+    drawn = [k.index for b in batches for k in b[4:]]
+    assert set(drawn) <= {2, 5}
+    t = EpochBatchSampler(idx, 4, seed=0, minority=True)
+    t.load_state_dict(s.state_dict())
+    assert list(t) == batches
+
+
+def test_shard_sampler_covers_every_index_once():
+    rows = np.arange(11)
+    seen = []
+    for r in range(2):
+        s = ShardSampler(rows, 4, world_size=2, rank=r)
+        for step, batch in enumerate(s):
+            seen += [k.index for k in batch[: s.valid_count(step)[r]]]
+    assert sorted(seen) == list(range(11))
+
+
+def test_lr_schedule_values():
+    assert lr_factor(0, 10, 2, "cosine", 0.1, 0.0) == pytest.approx(0.1)
+    assert lr_factor(1, 10, 2, "cosine", 0.1, 0.0) == pytest.approx(0.55)
+    assert lr_factor(2, 10, 2, "cosine", 0.1, 0.0) == pytest.approx(1.0)
+    assert lr_factor(9, 10, 2, "cosine", 0.1, 0.0) == pytest.approx(0.0, abs=1e-12)
+    mid = 2 + 7 / 2
+    assert lr_factor(mid, 10, 2, "cosine", 0.1, 0.0) == pytest.approx(0.5)
+    assert lr_factor(9, 10, 2, "onecycle", 0.1, 0.05) == pytest.approx(0.05)
+    assert lr_factor(5, 10, 2, "constant") == 1.0
+
+
+def test_map_on_known_cells_matches_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(-1, 2, size=(40, 3)).astype(np.int8)
+    labels[:, 2] = -1
+    labels[0, 2], labels[1, 2] = 1, 1          # class 2: positives only -> no AP
+    scores = rng.normal(size=(40, 3))
+    ap = per_class_ap(scores, labels)
+    for k in range(2):
+        m = labels[:, k] >= 0
+        assert ap[k] == pytest.approx(average_precision_score(labels[m, k], scores[m, k]))
+    assert math.isnan(ap[2])
+    rep = map_report(scores, labels, np.array([0, 2, 1]))
+    assert rep["map"] == pytest.approx(100 * ap[:2].mean())
+    assert rep["map_many"] == pytest.approx(100 * ap[0]) and rep["map_few"] == pytest.approx(100 * ap[1])
+    assert math.isnan(rep["map_medium"])
+
+
+def test_class_groups_scaled_and_tertile():
+    # 117,266 images -> COCO's own cuts: > 10,000 many, 1,000-10,000 medium, < 1,000 few
+    g = class_groups(np.array([20000, 10000, 1000, 999]), 117_266, "scaled")
+    assert g.tolist() == [0, 1, 1, 2]
+    g = class_groups(np.array([200, 100, 10, 9]), 1172.66, "scaled")
+    assert g.tolist() == [0, 1, 1, 2]
+    assert class_groups(np.array([5, 50, 1, 20, 3, 9]), 100, "tertile").tolist() == [1, 0, 2, 0, 2, 1]
