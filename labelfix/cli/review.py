@@ -19,9 +19,11 @@ def review(run, name, max_predictions, launch, port, address):
     persistent FiftyOne dataset (decisions already made are kept) and optionally open
     the App. Accept or reject suggestions with the label tags 'accepted' / 'rejected'
     or the labelfix plugin's operators (press ` in the App and search "labelfix")."""
+    from labelfix.io.lock import run_lock
     from labelfix.review.dataset import build_review_dataset
 
-    ds, s = build_review_dataset(run, name, max_predictions=max_predictions)
+    with run_lock(run, "review"):
+        ds, s = build_review_dataset(run, name, max_predictions=max_predictions)
     click.echo(f"dataset {s.name}: {s.samples} samples, {s.suggestions} suggestions "
                f"({s.additions} additions, {s.removals} removals)")
     click.echo(f"decisions: {s.accepted} accepted, {s.rejected} rejected, {s.to_review} to review"

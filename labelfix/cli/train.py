@@ -116,7 +116,8 @@ def train(data, config_file, **flags):
         raise click.UsageError("missing --out RUN")
     cfg = TrainConfig.from_dict(values, source=config_file or "options")
     try:
-        summary = run_training(cfg)
+        with _rank0_lock(cfg.out):
+            summary = run_training(cfg)
     except TrainingInterrupted as err:
         click.echo(f"stopped: {err}", err=True)
         sys.exit(130)
@@ -127,3 +128,18 @@ def train(data, config_file, **flags):
     if summary["skipped"]:
         msg += f"; {summary['skipped']} image(s) skipped (skipped_images.csv)"
     click.echo(msg)
+
+
+def _rank0_lock(out: str):
+    """The run-directory lock, held by the first process only (under torchrun every rank
+    runs this command and they share the run directory)."""
+    import contextlib
+    import os
+    from pathlib import Path
+
+    from labelfix.io.lock import run_lock
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return run_lock(out, "train")
