@@ -31,11 +31,13 @@ from labelfix.labels import NEG, POS, UNK, LabelSet
 UNLABELED_CHOICES = ("negative", "unknown")
 
 
-def load_json(path: Path) -> dict:
+def load_json(path: Path, object_hook=None) -> dict:
     """Read a JSON object with one-line errors for missing, unreadable or invalid files."""
     try:
         with open(path, "rb") as fh:
-            data = json.load(fh)
+            data = json.load(fh, object_hook=object_hook)
+    except RecursionError:
+        raise LabelfixError(f"{path}: invalid JSON: nested too deeply") from None
     except FileNotFoundError:
         raise LabelfixError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -49,11 +51,25 @@ def load_json(path: Path) -> dict:
     return data
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _int_id(value: object, where: str, key: str) -> int:
     # bool is an int subclass in Python; a JSON true/false is not an id.
     if isinstance(value, bool) or not isinstance(value, int):
         raise LabelfixError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise LabelfixError(f"{where}: '{key}' {value} does not fit in a 64-bit integer")
     return value
+
+
+def _size(value: object, where: str, key: str) -> int:
+    """``width`` / ``height``: a non-negative number (0 / null / absent = unknown)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 2**31):
+        raise LabelfixError(f"{where}: '{key}' must be a non-negative number, got {value!r}")
+    return int(value)
 
 
 def _records(data: dict, key: str, path: Path, required: bool = True) -> list:
@@ -65,59 +81,185 @@ def _records(data: dict, key: str, path: Path, required: bool = True) -> list:
     if not isinstance(value, list):
         raise LabelfixError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
     for i, rec in enumerate(value):
-        if not isinstance(rec, dict):
+        if not isinstance(rec, (dict, _Ann, _Img)):
             raise LabelfixError(f"{path}: {key}[{i}]: expected an object, got {type(rec).__name__}")
     return value
 
 
-def _validate(data: dict, path: Path) -> None:
+_MISSING = object()
+
+
+class _Ann(tuple):
+    """An annotation slimmed while parsing: ``(image_id, category_id)`` (boxes and
+    polygons, which the reader does not use, are dropped as soon as they are parsed)."""
+
+    __slots__ = ()
+
+
+class _Img(tuple):
+    """An image record slimmed while parsing: ``(id, file_name, width, height,
+    neg_category_ids, not_exhaustive_category_ids)``, ``_MISSING`` for absent keys."""
+
+    __slots__ = ()
+
+
+def _slim(d: dict):
+    """``json`` object hook: annotation and image records become small tuples, so a
+    million-image file does not keep a dict per record alive (other objects unchanged)."""
+    if "image_id" in d and "category_id" in d and "file_name" not in d and "name" not in d:
+        return _Ann((d["image_id"], d["category_id"]))
+    if "id" in d and "file_name" in d and "name" not in d and "image_id" not in d:
+        g = d.get
+        return _Img((d["id"], d["file_name"], g("width"), g("height"),
+                     g("neg_category_ids", _MISSING), g("not_exhaustive_category_ids", _MISSING)))
+    return d
+
+
+def load_coco_records(path: Path) -> dict:
+    """:func:`load_json` for the reader: the same one-line errors, with slimmed
+    annotation / image records (see :func:`_slim`)."""
+    return load_json(path, object_hook=_slim)
+
+
+def _image_tuple(rec, where: str) -> tuple:
+    if isinstance(rec, _Img):
+        return rec
+    if isinstance(rec, _Ann):  # slimmed as an annotation: it has no file_name
+        raise LabelfixError(f"{where}: missing key 'file_name'")
+    for key in ("id", "file_name"):  # a dict reaches here only when a key is missing
+        if key not in rec:
+            raise LabelfixError(f"{where}: missing key '{key}'")
+    g = rec.get
+    return (rec["id"], rec["file_name"], g("width"), g("height"), g("neg_category_ids", _MISSING),
+            g("not_exhaustive_category_ids", _MISSING))
+
+
+def _ann_tuple(rec, where: str) -> tuple:
+    if isinstance(rec, _Ann):
+        return rec
+    if isinstance(rec, _Img):
+        raise LabelfixError(f"{where}: missing key 'image_id'")
+    for key in ("image_id", "category_id"):
+        if key not in rec:
+            raise LabelfixError(f"{where}: missing key '{key}'")
+    return rec["image_id"], rec["category_id"]
+
+
+def _first_dup(ids: np.ndarray) -> int | None:
+    """Index of the first element of ``ids`` equal to an earlier one, or None."""
+    if len(ids) < 2:
+        return None
+    order = np.argsort(ids, kind="stable")
+    same = ids[order[1:]] == ids[order[:-1]]
+    return int(order[1:][same].min()) if same.any() else None
+
+
+def _lookup(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``values`` in ``sorted_ids`` and a mask of values found there."""
+    pos = np.searchsorted(sorted_ids, values)
+    pos = np.minimum(pos, max(len(sorted_ids) - 1, 0))
+    found = sorted_ids[pos] == values if len(sorted_ids) else np.zeros(len(values), bool)
+    return pos, found
+
+
+class _Parsed:
+    """The validated content of a COCO file as arrays (see :func:`_validate`)."""
+
+    def __init__(self, cats, cat_order, img_ids, file_names, widths, heights, lvis, neg_rows, neg_cols,
+                 ann_rows, ann_cols):
+        self.cats, self.cat_order = cats, cat_order
+        self.img_ids, self.file_names, self.widths, self.heights = img_ids, file_names, widths, heights
+        self.lvis, self.neg_rows, self.neg_cols, self.ann_rows, self.ann_cols = lvis, neg_rows, neg_cols, ann_rows, ann_cols
+
+
+def _validate(data: dict, path: Path) -> _Parsed:
+    """Check the records and return them as arrays: categories sorted by id; image ids,
+    file names and sizes in file order; (row, column) pairs of verified negatives
+    (LVIS ``neg_category_ids``) and of annotations."""
     images = _records(data, "images", path)
     cats = _records(data, "categories", path)
     anns = _records(data, "annotations", path, required=False)
     if not cats:
         raise LabelfixError(f"{path}: 'categories' is empty; at least one class is needed")
-    seen: set[int] = set()
+    cat_ids = np.empty(len(cats), np.int64)
+    names = []
     for i, c in enumerate(cats):
         where = f"{path}: categories[{i}]"
+        if not isinstance(c, dict):
+            raise LabelfixError(f"{where}: missing key 'name'")
         for key in ("id", "name"):
             if key not in c:
                 raise LabelfixError(f"{where}: missing key '{key}'")
-        cid = _int_id(c["id"], where, "id")
-        if cid in seen:
-            raise LabelfixError(f"{where}: duplicate category id {cid}")
+        cat_ids[i] = _int_id(c["id"], where, "id")
         if not isinstance(c["name"], str) or not c["name"]:
             raise LabelfixError(f"{where}: 'name' must be a non-empty string")
-        seen.add(cid)
-    cat_ids = seen
-    seen = set()
-    for i, im in enumerate(images):
+        names.append(c["name"])
+    dup = _first_dup(cat_ids)
+    if dup is not None:
+        raise LabelfixError(f"{path}: categories[{dup}]: duplicate category id {cat_ids[dup]}")
+    cat_order = np.argsort(cat_ids, kind="stable")
+    sorted_cats = cat_ids[cat_order]
+
+    n = len(images)
+    img_ids = np.empty(n, np.int64)
+    widths = np.zeros(n, np.int64)
+    heights = np.zeros(n, np.int64)
+    file_names: list[str] = [""] * n
+    # (row, category id) of every LVIS list entry, validated together after the loop
+    lists: dict[str, tuple[list[int], list[int]]] = {"neg_category_ids": ([], []),
+                                                     "not_exhaustive_category_ids": ([], [])}
+    lvis = False
+    for i, rec in enumerate(images):
         where = f"{path}: images[{i}]"
-        for key in ("id", "file_name"):
-            if key not in im:
-                raise LabelfixError(f"{where}: missing key '{key}'")
-        iid = _int_id(im["id"], where, "id")
-        if iid in seen:
-            raise LabelfixError(f"{where}: duplicate image id {iid}")
-        seen.add(iid)
-        check_file_name(im["file_name"], f"{where} (id {iid})")
-        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
-            if key in im:
-                ids = im[key]
-                if not isinstance(ids, list):
-                    raise LabelfixError(f"{where} (id {iid}): '{key}' must be a list")
-                for c in ids:
-                    if _int_id(c, f"{where} (id {iid})", key) not in cat_ids:
-                        raise LabelfixError(f"{where} (id {iid}): '{key}' names unknown category id {c}")
-    img_ids = seen
-    for i, a in enumerate(anns):
+        iid, fname, w, h, neg, nex = _image_tuple(rec, where)
+        img_ids[i] = _int_id(iid, where, "id")
+        where = f"{where} (id {iid})"
+        file_names[i] = check_file_name(fname, where)
+        widths[i] = _size(w, where, "width")
+        heights[i] = _size(h, where, "height")
+        for key, ids in (("neg_category_ids", neg), ("not_exhaustive_category_ids", nex)):
+            if ids is _MISSING:
+                continue
+            lvis = True
+            if not isinstance(ids, list):
+                raise LabelfixError(f"{where}: '{key}' must be a list")
+            for c in ids:
+                _int_id(c, where, key)
+            rows, vals = lists[key]
+            rows.extend([i] * len(ids))
+            vals.extend(ids)
+    dup = _first_dup(img_ids)
+    if dup is not None:
+        raise LabelfixError(f"{path}: images[{dup}]: duplicate image id {img_ids[dup]}")
+    for key, (rows, vals) in lists.items():
+        found = _lookup(sorted_cats, np.array(vals, np.int64))[1]
+        if not found.all():
+            j = int(np.argmin(found))
+            raise LabelfixError(f"{path}: images[{rows[j]}] (id {img_ids[rows[j]]}): '{key}' names unknown "
+                                f"category id {vals[j]}")
+    neg_r, neg_c = lists["neg_category_ids"]
+
+    m = len(anns)
+    a_img = np.empty(m, np.int64)
+    a_cat = np.empty(m, np.int64)
+    for i, rec in enumerate(anns):
         where = f"{path}: annotations[{i}]"
-        for key in ("image_id", "category_id"):
-            if key not in a:
-                raise LabelfixError(f"{where}: missing key '{key}'")
-        if _int_id(a["image_id"], where, "image_id") not in img_ids:
-            raise LabelfixError(f"{where}: unknown image_id {a['image_id']}")
-        if _int_id(a["category_id"], where, "category_id") not in cat_ids:
-            raise LabelfixError(f"{where}: unknown category_id {a['category_id']}")
+        iid, cid = _ann_tuple(rec, where)
+        a_img[i] = _int_id(iid, where, "image_id")
+        a_cat[i] = _int_id(cid, where, "category_id")
+    img_order = np.argsort(img_ids, kind="stable")
+    r_pos, r_ok = _lookup(img_ids[img_order], a_img)
+    c_pos, c_ok = _lookup(sorted_cats, a_cat)
+    bad = ~(r_ok & c_ok)
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = f"unknown image_id {a_img[i]}" if not r_ok[i] else f"unknown category_id {a_cat[i]}"
+        raise LabelfixError(f"{path}: annotations[{i}]: {what}")
+    neg_cols = _lookup(sorted_cats, np.array(neg_c, np.int64))[0]
+    return _Parsed(
+        [names[j] for j in cat_order], sorted_cats, img_ids, file_names, widths, heights, lvis,
+        np.array(neg_r, np.int64), neg_cols, img_order[r_pos] if m else np.empty(0, np.int64), c_pos,
+    )
 
 
 def is_lvis(data: dict) -> bool:
@@ -150,46 +292,36 @@ def read_coco(
             files and ``"negative"`` for plain COCO.
     """
     path = Path(path)
-    data = load_json(path)
-    _validate(data, path)
-    lvis = is_lvis(data)
+    data = load_coco_records(path)
+    parsed = _validate(data, path)
+    lvis = parsed.lvis
     meta = data.get("labelfix") if isinstance(data.get("labelfix"), dict) else {}
+    del data  # the records are in ``parsed`` now; free the parsed JSON before the label matrix
     if unlabeled is None:
         unlabeled = meta.get("unlabeled") or ("unknown" if lvis else "negative")
-    if unlabeled not in UNLABELED_CHOICES:
+    if not isinstance(unlabeled, str) or unlabeled not in UNLABELED_CHOICES:
         raise LabelfixError(f"{path}: unlabeled must be one of {UNLABELED_CHOICES}, got {unlabeled!r}")
+    root_meta = meta.get("image_root")
+    if root_meta is not None and (not isinstance(root_meta, str) or "\x00" in root_meta):
+        raise LabelfixError(f"{path}: labelfix.image_root must be a folder path, got {root_meta!r}")
 
-    coco = build_coco(data)
-    cat_ids = sorted(coco.getCatIds())
-    cats = coco.loadCats(cat_ids)
-    classes = pd.DataFrame({"name": [c["name"] for c in cats], "category_id": np.array(cat_ids, np.int64)})
-    img_recs = data["images"]
+    classes = pd.DataFrame({"name": parsed.cats, "category_id": parsed.cat_order})
     frame = pd.DataFrame(
         {
-            "image_id": np.array([im["id"] for im in img_recs], np.int64),
-            "file_name": [check_file_name(im["file_name"], str(path)) for im in img_recs],
-            "width": np.array([int(im.get("width") or 0) for im in img_recs], np.int64),
-            "height": np.array([int(im.get("height") or 0) for im in img_recs], np.int64),
+            "image_id": parsed.img_ids,
+            "file_name": parsed.file_names,
+            "width": parsed.widths,
+            "height": parsed.heights,
         }
     )
-    row_of = pd.Series(np.arange(len(frame)), index=frame["image_id"].to_numpy())
-    col_of = pd.Series(np.arange(len(cat_ids)), index=np.array(cat_ids, np.int64))
-
     default = UNK if (unlabeled == "unknown") else NEG
-    labels = np.full((len(frame), len(cat_ids)), default, dtype=np.int8)
+    labels = np.full((len(frame), len(classes)), default, dtype=np.int8)
     if lvis:
-        for r, im in enumerate(img_recs):
-            neg = im.get("neg_category_ids") or []
-            if neg:
-                labels[r, col_of.loc[neg].to_numpy()] = NEG
-    anns = data.get("annotations", [])
-    if anns:
-        ann_img = np.fromiter((a["image_id"] for a in anns), np.int64, len(anns))
-        ann_cat = np.fromiter((a["category_id"] for a in anns), np.int64, len(anns))
-        labels[row_of.loc[ann_img].to_numpy(), col_of.loc[ann_cat].to_numpy()] = POS
+        labels[parsed.neg_rows, parsed.neg_cols] = NEG
+    labels[parsed.ann_rows, parsed.ann_cols] = POS
 
-    if images is None and meta.get("image_root"):
-        images = meta["image_root"]  # files written by labelfix into another folder
+    if images is None and root_meta:
+        images = root_meta  # files written by labelfix into another folder
     root = default_image_root(path, images)
     source = {"path": str(path.resolve()), "format": "coco", "unlabeled": unlabeled, "lvis": lvis}
     return LabelSet(labels, frame, classes, root, source)

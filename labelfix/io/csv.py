@@ -9,6 +9,8 @@ Classes get category ids 1..K in column order (wide) or in sorted name order (lo
 
 from __future__ import annotations
 
+import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,27 +24,58 @@ IMAGE_META = ("file_name", "image_id", "width", "height")
 _VALUES = {"1": POS, "1.0": POS, "0": NEG, "0.0": NEG, "": UNK}
 
 
+def raw_header(path: Path) -> list[str]:
+    """The header fields as written (pandas renames duplicate and empty names)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh, skipinitialspace=True), [])
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV as strings with one-line errors."""
+    """Read a CSV as strings with one-line errors; refuses duplicate column names."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # index_col=False: rows longer than the header are an error, not silently
+        # re-read with their first fields as the index (which shifts every column)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False)
+    except pd.errors.ParserWarning as e:
+        raise LabelfixError(f"{path}: cannot parse CSV: a row has more fields than the header ({e})") from None
     except FileNotFoundError:
         raise LabelfixError(f"{path}: file not found") from None
     except pd.errors.EmptyDataError:
         raise LabelfixError(f"{path}: empty CSV file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
         raise LabelfixError(f"{path}: cannot parse CSV: {str(e).splitlines()[0]}") from None
+    header = raw_header(path)
+    seen: set[str] = set()
+    for name in header:
+        if name in seen and name.strip():
+            raise LabelfixError(f"{path}: header: column {name!r} appears twice")
+        seen.add(name)
+    # short rows are filled with NaN even with keep_default_na=False
+    table = table.fillna("")
+    table.attrs["raw_header"] = header
+    return table
+
+
+def _int64(text: str) -> int | None:
+    """``text`` as an int64, or None when it is not a decimal integer in range."""
+    t = text.strip()
+    if not t.lstrip("+-").isdigit() or not t.isascii():
+        return None
+    v = int(t)
+    return v if -(2**63) <= v < 2**63 else None
 
 
 def _image_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     names = [check_file_name(f, f"{path}: row {i + 2}") for i, f in enumerate(table["file_name"])]
     frame = pd.DataFrame({"file_name": names})
     if "image_id" in table:
-        try:
-            frame["image_id"] = table["image_id"].astype(np.int64).to_numpy()
-        except ValueError:
-            bad = next(i for i, v in enumerate(table["image_id"]) if not v.strip().lstrip("-").isdigit())
-            raise LabelfixError(f"{path}: row {bad + 2}: image_id {table['image_id'].iat[bad]!r} is not an integer") from None
+        ids = [_int64(v) for v in table["image_id"]]
+        bad = next((i for i, v in enumerate(ids) if v is None), None)
+        if bad is not None:
+            raise LabelfixError(f"{path}: row {bad + 2}: image_id {table['image_id'].iat[bad]!r} is not an integer in the 64-bit range")
+        frame["image_id"] = np.array(ids, dtype=np.int64)
     else:
         frame["image_id"] = np.arange(1, len(frame) + 1, dtype=np.int64)
     for col in ("width", "height"):
@@ -60,6 +93,11 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSe
     table = read_table(path)
     if "file_name" not in table:
         raise LabelfixError(f"{path}: missing column 'file_name'")
+    header = table.attrs.get("raw_header", [])
+    if len(header) == len(table.columns):
+        for raw, col in zip(header, table.columns):
+            if col not in IMAGE_META and not raw.strip():
+                raise LabelfixError(f"{path}: header: a class column has an empty name")
     class_cols = [c for c in table.columns if c not in IMAGE_META]
     if not class_cols:
         raise LabelfixError(f"{path}: no class columns (every column besides {', '.join(IMAGE_META)} is a class)")

@@ -49,6 +49,10 @@ def read_openimages(
     for col in REQUIRED:
         if col not in table:
             raise LabelfixError(f"{path}: missing column '{col}'")
+    for col in ("ImageID", "LabelName"):
+        empty = table[col].str.strip() == ""
+        if empty.any():
+            raise LabelfixError(f"{path}: row {int(np.flatnonzero(empty.to_numpy())[0]) + 2}: empty {col}")
     conf = table["Confidence"].str.strip()
     bad = ~conf.isin(["0", "1", "0.0", "1.0"])
     if bad.any():

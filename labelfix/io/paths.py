@@ -7,6 +7,16 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from labelfix.errors import LabelfixError
 
 
+def _plain(name: str) -> bool:
+    """True when ``name`` is non-blank, has no NUL, backslash or colon (so no drive), and
+    every ``/`` component is a real name (not empty, ``.`` or ``..``): then it is its own
+    normalised relative POSIX form."""
+    return (
+        bool(name.strip()) and "\x00" not in name and "\\" not in name and ":" not in name
+        and all(p not in ("", ".", "..") for p in name.split("/"))
+    )
+
+
 def check_file_name(file_name: object, where: str) -> str:
     """Return ``file_name`` as a clean relative POSIX path or raise LabelfixError.
 
@@ -14,6 +24,8 @@ def check_file_name(file_name: object, where: str) -> str:
     ``..`` component, so that no label file can make labelfix read outside the image
     root. ``where`` names the file and record for the message.
     """
+    if isinstance(file_name, str) and _plain(file_name):
+        return file_name  # fast path: already a clean relative POSIX path (the common case)
     if not isinstance(file_name, str) or not file_name.strip():
         raise LabelfixError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
     if "\x00" in file_name:

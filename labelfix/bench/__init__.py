@@ -1,0 +1,1 @@
+"""Benchmarks and reliability tooling (kill-safety harness, synthetic large datasets, detection benchmarks)."""
