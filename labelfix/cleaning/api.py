@@ -22,6 +22,8 @@ from labelfix.io.atomic import atomic_memmap
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
 from labelfix.labels import UNK
 
+#: unknown cells are suggested positive above this estimate (docs/cleaning.md)
+DEFAULT_ESTIMATE_THRESHOLD = 0.5
 CELL_ARRAYS = {"p_clean": np.float32, "score": np.float32, "state": np.int8, "suggested": np.int8}
 CORRECTION_COLUMNS = ["image_index", "class_index", "given", "suggested", "action", "state", "score",
                       "p_clean", "probability"]
@@ -144,7 +146,7 @@ def find_label_issues(
         relabel_threshold: delta; None -> :func:`default_delta` (0.55 single-positive,
             else 0.975).
         estimate_threshold: an unknown cell is suggested positive when its estimate
-            exceeds it; None -> delta.
+            exceeds it; None -> 0.5 (the estimate's own decision threshold).
         max_suggestions: keep only the top-scoring corrections.
         classes: class names; adds a ``class`` column to ``corrections``.
         scorer: issue score rule (``labelfix.cleaning.scores.list_scorers()``).
@@ -182,7 +184,7 @@ def find_label_issues(
     delta = float(relabel_threshold) if relabel_threshold is not None else default_delta(given, chunk_rows=rows)
     if not 0.5 <= delta < 1.0:
         raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")
-    est_thr = float(estimate_threshold) if estimate_threshold is not None else delta
+    est_thr = float(estimate_threshold) if estimate_threshold is not None else DEFAULT_ESTIMATE_THRESHOLD
     if not 0.5 <= est_thr < 1.0:
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
 

@@ -1,0 +1,212 @@
+"""labelfix bench: detection metrics against hand-computed cases, the baselines against
+cleanlab itself, and a tiny end-to-end benchmark on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from labelfix.bench.baselines import cleanlab_issues, fold_assignment, loss_ranking
+from labelfix.bench.metrics import average_precision, detection_metrics, error_cells, suggestion_cells
+from labelfix.bench.runner import goals, mean_std, parse_noise
+from labelfix.errors import LabelfixError
+
+# r0: a missing positive (0 -> 1) and a missing unknown positive; r1: a wrong positive;
+# r2: no error at all (its high score on an unknown negative is a false alarm)
+GIVEN = np.array([[1, 0, -1], [0, 1, -1], [0, 0, -1]], np.int8)
+TRUE = np.array([[1, 1, 1], [0, 0, 0], [0, 0, 0]], np.int8)
+SCORE = np.array([[0.5, 0.9, 0.8], [0.7, 0.3, 0.2], [0.05, 0.6, 0.95]])
+SUGGESTED = np.array([[1, 1, -1], [1, 1, 0], [0, 0, -1]], np.int8)
+
+
+def test_error_and_suggestion_cells():
+    assert error_cells(GIVEN, TRUE).tolist() == [[False, True, True], [False, True, False], [False, False, False]]
+    # (1, 0): 0 -> 1 is a suggestion; unknown suggested 0 / -1 are not
+    assert suggestion_cells(GIVEN, SUGGESTED).tolist() == [[False, True, False], [True, False, False],
+                                                           [False, False, False]]
+
+
+def test_detection_metrics_hand_computed():
+    m = detection_metrics(GIVEN, TRUE, SCORE, SUGGESTED)
+    assert (m["errors"], m["suggestions"], m["correct"]) == (3, 2, 1)
+    assert m["precision"] == pytest.approx(0.5)
+    assert m["recall"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx(0.4)
+    # ranking .95N .9P .8P .7N .6N .5N .3P .2N .05N -> (1/2 + 2/3 + 3/7) / 3
+    assert m["ap"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 7) / 3)
+    # add population (given 0 / unknown): .95N .9P .8P .7N .6N .2N .05N
+    assert m["ap_add"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # remove population (given 1): .5N (0,0) .3P (1,1)
+    assert m["ap_remove"] == pytest.approx(0.5)
+    assert (m["errors_add"], m["errors_remove"]) == (2, 1)
+    # images: error [T, T, F], max scores .9 .7 .95; flagged [T, T, F]
+    assert m["image_errors"] == 2
+    assert m["image_ap"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert (m["image_precision"], m["image_recall"], m["image_f1"]) == (1.0, 1.0, 1.0)
+
+
+def test_detection_metrics_caller_image_scores_and_unjudged_cells():
+    m = detection_metrics(GIVEN, TRUE, SCORE, SUGGESTED, image_score=np.array([0.9, 0.8, 0.1]),
+                          image_flagged=np.array([True, False, True]))
+    assert m["image_ap"] == pytest.approx(1.0)
+    assert m["image_precision"] == pytest.approx(0.5) and m["image_recall"] == pytest.approx(0.5)
+    # a cell whose true label is unknown is not judged: the .95 false alarm disappears
+    true = TRUE.copy()
+    true[2, 2] = -1
+    m2 = detection_metrics(GIVEN, true, SCORE, SUGGESTED)
+    assert m2["ap"] == pytest.approx((1 + 1 + 3 / 6) / 3)
+    # NaN scores rank last; no suggestions -> precision NaN, recall 0
+    s = SCORE.copy()
+    s[0, 1] = np.nan
+    m3 = detection_metrics(GIVEN, TRUE, s, GIVEN)
+    assert np.isnan(m3["precision"]) and m3["recall"] == 0.0 and np.isnan(m3["f1"])
+    assert m3["ap"] == pytest.approx((1 / 2 + 2 / 6 + 3 / 9) / 3)
+
+
+def test_average_precision_degenerate_and_matches_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    assert np.isnan(average_precision([True, True], [0.1, 0.2]))
+    assert np.isnan(average_precision([], []))
+    rng = np.random.default_rng(0)
+    y, s = rng.random(50) < 0.3, rng.random(50)
+    assert average_precision(y, s) == pytest.approx(average_precision_score(y, s))
+
+
+def test_cleanlab_issues_match_cleanlab():
+    from cleanlab.multilabel_classification import filter as cl_filter
+    from cleanlab.multilabel_classification import rank as cl_rank
+
+    rng = np.random.default_rng(1)
+    n, k = 60, 4
+    true = (rng.random((n, k)) < 0.35).astype(np.int8)
+    probs = np.clip(np.where(true == 1, 0.8, 0.15) + rng.normal(0, 0.1, (n, k)), 0.01, 0.99)
+    given = true.copy()
+    given[:6, 0] = 1 - given[:6, 0]
+    given[10:20, 1] = -1
+    res = cleanlab_issues(given, probs)
+    binary = (given == 1).astype(float)   # unknown -> negative
+    # self-confidence issue score: 1 - p on a given 1, p on a given 0 or unknown
+    np.testing.assert_allclose(res.score, np.where(binary == 1, 1 - probs, probs), atol=1e-6)
+    labels = [np.flatnonzero(r == 1).tolist() for r in given]
+    flagged = cl_filter.find_multilabel_issues_per_class(labels, probs, n_jobs=1)
+    want = np.where(flagged, np.where(given == -1, 1, 1 - given), np.where(given == -1, -1, given))
+    np.testing.assert_array_equal(res.suggested, want)
+    np.testing.assert_array_equal(res.image_flagged, cl_filter.find_label_issues(labels, probs, n_jobs=1))
+    np.testing.assert_allclose(res.image_score, 1 - cl_rank.get_label_quality_scores(labels, probs))
+
+
+def test_loss_ranking_hand_computed():
+    given = np.array([[1, 0, -1, -1]], np.int8)
+    logits = np.array([[-1.0, 2.0, 3.0, -3.0]], np.float32)
+    res = loss_ranking(given, logits)
+    sp = lambda z: np.log1p(np.exp(z))  # noqa: E731
+    np.testing.assert_allclose(res.score, [[sp(1.0), sp(2.0), sp(3.0), sp(-3.0)]], rtol=1e-5)
+    # given 1 with p < .5 -> 0; given 0 with p > .5 -> 1; unknown p > .5 -> 1, else none
+    assert res.suggested.tolist() == [[0, 1, 1, -1]]
+
+
+def test_fold_assignment():
+    f = fold_assignment(10, 3, seed=4)
+    assert sorted(np.bincount(f).tolist()) == [3, 3, 4]
+    np.testing.assert_array_equal(f, fold_assignment(10, 3, seed=4))
+    with pytest.raises(ValueError):
+        fold_assignment(2, 3, 0)
+
+
+def test_parse_noise():
+    assert parse_noise("mislabel:0.4") == ("mislabel", 0.4)
+    assert parse_noise("single-positive") == ("single-positive", None)
+    for bad in ("mislabel", "flip:2", "single-positive:0.1", "blur:0.1"):
+        with pytest.raises(LabelfixError):
+            parse_noise(bad)
+
+
+def test_summary_tables_and_goals():
+    rows = []
+    for seed, (lf, cl, bm, b) in enumerate([(0.6, 0.5, 40.0, 42.0), (0.8, 0.5, 41.0, 40.0)]):
+        for method, v in (("labelfix", lf), ("cleanlab", cl)):
+            rows.append(dict(noise="mislabel:0.4", seed=seed, task="detection", method=method, metric="ap", value=v))
+        for method, v in (("balancemix", bm), ("bce", b)):
+            rows.append(dict(noise="mislabel:0.4", seed=seed, task="map", method=method, metric="map", value=v))
+    frame = pd.DataFrame(rows)
+    ms = mean_std(frame, "detection", ["ap"])
+    assert ms.loc[("mislabel:0.4", "labelfix"), "ap_mean"] == pytest.approx(0.7)
+    assert ms.loc[("mislabel:0.4", "labelfix"), "ap_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    g = {x["goal"]: x for x in goals(frame)}
+    assert g["labelfix AP > cleanlab AP (mislabel:0.4)"]["met"]
+    assert g["labelfix AP > cleanlab AP (mislabel:0.4)"]["gap"] == pytest.approx(0.2)
+    assert not g["balancemix mAP > bce mAP (mislabel:0.4)"]["met"]   # 40.5 vs 41: not met
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    from labelfix.data.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("bench_demo"), n_train=120, n_test=60, size=32, seed=3)
+
+
+def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
+    """The whole pipeline through the CLI on tiny data: noise, 2 methods, clean, cleanlab
+    (2 folds), loss ranking, mAP, summary files; a second call reuses the finished runs."""
+    from labelfix.bench import runner
+    from labelfix.cli import main
+
+    monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
+    monkeypatch.setitem(runner.BENCH_TRAIN, "balancemix_warmup", 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "bench"
+        args = ["bench", str(tiny_demo["train"]), "--test", str(tiny_demo["test"]), "--noise", "mislabel:0.4",
+                "--methods", "bce,balancemix", "--seeds", "1", "--folds", "2", "--epochs", "2", "--out", str(out)]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        frame = pd.read_csv(out / "results.csv")
+        det = frame[(frame["task"] == "detection") & (frame["metric"] == "ap")].set_index("method")["value"]
+        assert set(det.index) == {"labelfix", "cleanlab", "loss"}
+        assert ((det > 0) & (det <= 1)).all()
+        maps = frame[(frame["task"] == "map") & (frame["metric"] == "map")]
+        assert set(maps["method"]) == {"bce", "balancemix"} and maps["value"].between(0, 100).all()
+        assert frame[frame["task"] == "time"]["value"].gt(0).all()
+        src = frame[frame["method"] == "labelfix"]["source"].unique().tolist()
+        assert src == ["balancemix"]
+        # labelfix's detection metrics are those of its clean run's cell arrays
+        base = out / "runs" / "mislabel_0.4" / "seed0"
+        noisy = np.load(base / "data" / "labels.npy")
+        from labelfix.io import read_labels
+
+        true = np.asarray(read_labels(tiny_demo["train"]).labels)
+        want = detection_metrics(noisy, true, np.load(base / "balancemix" / "cells" / "score.npy"),
+                                 np.load(base / "balancemix" / "cells" / "suggested.npy"))
+        got = frame[(frame["method"] == "labelfix") & (frame["task"] == "detection")].set_index("metric")["value"]
+        assert got["ap"] == pytest.approx(want["ap"]) and got["errors"] == want["errors"]
+        assert want["errors"] == int((noisy != true).sum())   # mislabel: every changed cell is an error
+        text = (out / "summary.md").read_text()
+        assert "## mislabel:0.4" in text and "labelfix AP > cleanlab AP" in text
+        assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
+        assert "--noise mislabel:0.4" in (out / "command.txt").read_text()
+        assert json.loads((out / "machine.json").read_text())["cpu_count"] >= 1
+        # rerun: every run is reused, the numbers are identical
+        res2 = CliRunner().invoke(main, args)
+        assert res2.exit_code == 0, res2.output
+        again = pd.read_csv(out / "results.csv")
+        keep = again["task"] != "time"
+        pd.testing.assert_frame_equal(again[keep].reset_index(drop=True), frame[keep].reset_index(drop=True))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_bench_needs_test_with_data(tiny_demo, tmp_path):
+    from labelfix.cli import main
+
+    res = CliRunner().invoke(main, ["bench", str(tiny_demo["train"]), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "--test" in res.output
+    res = CliRunner().invoke(main, ["bench", str(tiny_demo["train"]), "--test", str(tiny_demo["test"]),
+                                    "--methods", "bce,nope", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "nope" in res.output
