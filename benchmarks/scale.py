@@ -39,12 +39,49 @@ RESULTS = HERE / "results" / "scale.json"
 LABELFIX = [sys.executable, "-c", "import sys; from labelfix.cli import main; sys.argv[0] = 'labelfix'; main()"]
 
 
+def _anon_kb(pid: int) -> int:
+    """RssAnon of a process: its private memory, without the file-backed pages of
+    memory-mapped arrays (which the kernel can drop or write back at any time)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _run_sampled(argv: list[str], timeout: float | None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``argv`` and sample the peak RssAnon (MB) of its process tree every 50 ms."""
+    import psutil
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            pids = [proc.pid] + [c.pid for c in parent.children(recursive=True)]
+        except psutil.Error:
+            pids = [proc.pid]
+        peak = max(peak, sum(_anon_kb(p) for p in pids))
+        if deadline is not None and time.monotonic() > deadline:
+            proc.kill()
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), peak / 1024
+
+
 def measure(cmd: list[str], timeout: float | None = None) -> dict:
-    """Run ``cmd`` under ``/usr/bin/time -v``; wall seconds, peak RSS (MB), exit code and
-    the last stderr line."""
+    """Run ``cmd`` under ``/usr/bin/time -v``; wall seconds, peak RSS (MB: everything
+    resident, including the page cache of memory-mapped arrays), peak anonymous memory
+    (MB: what the process itself holds, sampled from /proc), exit code and the last
+    stderr line."""
     t0 = time.perf_counter()
+    anon_mb = None
     if Path("/usr/bin/time").exists():
-        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, timeout=timeout)
+        proc, anon_mb = _run_sampled(["/usr/bin/time", "-v", *cmd], timeout)
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
         rss_mb = int(m.group(1)) / 1024 if m else None
         err = proc.stderr.split("\tCommand being timed")[0]
@@ -61,6 +98,7 @@ def measure(cmd: list[str], timeout: float | None = None) -> dict:
     return {"command": " ".join(shown),
             "exit_code": proc.returncode, "wall_s": round(wall, 2),
             "max_rss_mb": round(rss_mb, 1) if rss_mb is not None else None,
+            "peak_anon_mb": round(anon_mb, 1) if anon_mb is not None else None,
             "stderr_tail": tail[-1] if tail else ""}
 
 
@@ -119,7 +157,7 @@ def merge_results(entries: dict, meta: dict, tag: str, path: Path = RESULTS) -> 
     old = json.loads(path.read_text()) if path.exists() else {}
     rows = [r for r in old.get("measurements", []) if not (r.get("tag") == tag and r.get("name") in entries)]
     rows += [{"name": name, "tag": tag, **rec} for name, rec in entries.items()]
-    out = {"description": "peak RSS (/usr/bin/time -v) and wall time of labelfix commands on a synthetic dataset",
+    out = {"description": "peak RSS (/usr/bin/time -v; includes the reclaimable page cache of memory-mapped arrays), peak anonymous memory (sampled RssAnon) and wall time of labelfix commands on a synthetic dataset",
            "datasets": {**old.get("datasets", {}), tag: meta}, "measurements": rows}
     from labelfix.io.atomic import write_json
 

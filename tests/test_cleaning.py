@@ -92,7 +92,7 @@ def test_find_label_issues_synthetic_noise():
     hit = wrong[known.image_index, known.class_index]
     assert hit.sum() == wrong.sum() and hit.mean() > 0.97    # every flip found, few false alarms
     assert ((known.given == "1") == (known.action == "remove")).all()
-    assert (known.suggested == 1 - known.given.astype(int)).all()
+    assert (known.suggested == 1 - known.given.astype(str).astype(int)).all()
     unk = c[c.given == "unknown"]
     assert (unk.action == "add").all() and (unk.state == "estimated").all()
     assert iss.estimate_threshold == 0.5 and (unk.probability > iss.estimate_threshold).all()

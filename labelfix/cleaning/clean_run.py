@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from labelfix.cleaning.api import LabelIssues, find_label_issues
+from labelfix.cleaning.api import LabelIssues, find_label_issues, take_labels
 from labelfix.cleaning.scores import sigmoid
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
@@ -68,13 +68,13 @@ def corrections_table(run: Run, corrections: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "image_id": ls.images["image_id"].to_numpy()[i],
-            "file_name": ls.images["file_name"].to_numpy()[i],
-            "class": ls.classes["name"].to_numpy()[k],
+            "file_name": take_labels(ls.images["file_name"].astype(str), i),
+            "class": take_labels(ls.class_names, k),
             "category_id": ls.classes["category_id"].to_numpy()[k],
         }
     )
     for col in CORRECTIONS_COLUMNS[4:]:
-        out[col] = corrections[col].to_numpy()
+        out[col] = corrections[col].values
     for col in ("score", "p_clean", "probability"):
         out[col] = out[col].astype(np.float64).round(6)
     return out[CORRECTIONS_COLUMNS]

@@ -88,11 +88,17 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(fh, np.asarray(array), allow_pickle=False)
 
 
-def write_csv(path: str | os.PathLike, frame, **kwargs: Any) -> None:
-    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given)."""
+def write_csv(path: str | os.PathLike, frame, chunk_rows: int = 500_000, **kwargs: Any) -> None:
+    """Write a pandas DataFrame as CSV atomically (``index=False`` unless given), in
+    blocks of ``chunk_rows`` so that pandas' text conversion of a table with tens of
+    millions of rows does not hold it all in memory at once."""
     kwargs.setdefault("index", False)
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        frame.to_csv(fh, **kwargs)
+        if len(frame) <= chunk_rows:
+            frame.to_csv(fh, **kwargs)
+            return
+        for start in range(0, len(frame), chunk_rows):
+            frame.iloc[start : start + chunk_rows].to_csv(fh, header=start == 0, **kwargs)
 
 
 @contextlib.contextmanager
