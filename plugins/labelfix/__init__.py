@@ -62,52 +62,41 @@ def _decide(ctx, decision: str) -> dict:
     return {"count": count, "decision": decision, "target": target}
 
 
-class AcceptSuggestions(foo.Operator):
+class _DecisionOperator(foo.Operator):
+    """Tag the targeted suggestions with ``decision``; subclasses name the decision."""
+
+    decision = ""
+    verb = ""
+
     @property
     def config(self):
         return foo.OperatorConfig(
-            name="accept_suggestions",
-            label="labelfix: accept suggestions",
-            description="Tag the targeted labelfix suggestions 'accepted'",
+            name=f"{self.verb}_suggestions",
+            label=f"labelfix: {self.verb} suggestions",
+            description=f"Tag the targeted labelfix suggestions '{self.decision}'",
             dynamic=True,
         )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         _target_input(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="labelfix: accept suggestions"))
+        return types.Property(inputs, view=types.View(label=f"labelfix: {self.verb} suggestions"))
 
     def execute(self, ctx):
-        return _decide(ctx, "accepted")
+        return _decide(ctx, self.decision)
 
     def resolve_output(self, ctx):
         outputs = types.Object()
-        outputs.int("count", label="Suggestions accepted")
+        outputs.int("count", label=f"Suggestions {self.decision}")
         return types.Property(outputs)
 
 
-class RejectSuggestions(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="reject_suggestions",
-            label="labelfix: reject suggestions",
-            description="Tag the targeted labelfix suggestions 'rejected'",
-            dynamic=True,
-        )
+class AcceptSuggestions(_DecisionOperator):
+    decision, verb = "accepted", "accept"
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _target_input(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="labelfix: reject suggestions"))
 
-    def execute(self, ctx):
-        return _decide(ctx, "rejected")
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("count", label="Suggestions rejected")
-        return types.Property(outputs)
+class RejectSuggestions(_DecisionOperator):
+    decision, verb = "rejected", "reject"
 
 
 class ExportCleanedCoco(foo.Operator):
