@@ -47,7 +47,8 @@ DEFAULT_METHODS = ("bce", "mixup", "logicmix", "balancemix")
 #: added to the methods in the single-positive setting (ROLE cannot be mixed)
 SINGLE_POSITIVE_METHODS = ("role", "epr", "ll-r")
 DEFAULT_NOISES = ("mislabel:0.4", "flip:0.2", "single-positive", "missing:0.5")
-DEFAULT_SEEDS = 3
+# 2 seeds keep the full default run under an hour on 2 CPU cores (docs/benchmarks.md)
+DEFAULT_SEEDS = 2
 DEFAULT_FOLDS = 3
 #: which trained run feeds labelfix's detection, in order of preference per noise kind
 DETECTION_SOURCE = {"single-positive": ("role", "balancemix"), "*": ("balancemix",)}
