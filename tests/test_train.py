@@ -334,3 +334,18 @@ def test_class_groups_scaled_and_tertile():
     g = class_groups(np.array([200, 100, 10, 9]), 1172.66, "scaled")
     assert g.tolist() == [0, 1, 1, 2]
     assert class_groups(np.array([5, 50, 1, 20, 3, 9]), 100, "tertile").tolist() == [1, 0, 2, 0, 2, 1]
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path):
+    """A checkpoint copied in from another run (other data, split or seed) is refused
+    with a message that says why, and nothing in the run is changed."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg_for(tiny, a, epochs=1, seed=0), log=quiet)
+    train(cfg_for(tiny, b, epochs=1, seed=1), log=quiet)
+    shutil.copy(a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt")
+    before = (b / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(LabelfixError, match="belongs to other data, split or seed"):
+        train(cfg_for(tiny, b, epochs=2, seed=1, resume=True), log=quiet)
+    assert (b / "checkpoints" / "last.pt").read_bytes() == before
