@@ -144,7 +144,8 @@ def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, lo
             ax.plot(xs, dens / max(hi - lo, 1e-12), color=colour, lw=1.2)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=7)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=7)
     fig.suptitle("per-class loss histograms and fitted GMMs", fontsize=10)
     images.append(("Loss histograms with the fitted GMMs", _save(fig, out / "loss_gmms.png")))
 
