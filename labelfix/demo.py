@@ -22,6 +22,25 @@ def _errors(labels: np.ndarray, truth: np.ndarray) -> int:
     return int(((labels != -1) & (labels != truth)).sum() + ((labels == -1) & (truth == 1)).sum())
 
 
+MARKER = ".labelfix-demo"
+
+
+def _fresh_folder(out: Path) -> Path:
+    """An empty ``out`` for the demo. A folder left by an earlier demo (it carries the
+    marker file) is replaced; any other non-empty folder is refused, never deleted."""
+    import shutil
+
+    from labelfix.errors import LabelfixError
+
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise LabelfixError(f"{out}: exists and is not a labelfix demo folder; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by labelfix demo; `labelfix demo` replaces this folder\n")
+    return out
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -47,7 +66,7 @@ def run_demo(
     from labelfix.train.config import TrainConfig
     from labelfix.train.engine import train
 
-    out = Path(out)
+    out = _fresh_folder(Path(out))
     t0 = time.perf_counter()
     paths = make_demo(out / "data", n_train=n_train, n_test=n_test, seed=seed)
     clean = read_labels(paths["train"])

@@ -19,7 +19,9 @@ def test_demo_flow_end_to_end(tmp_path):
 
     lines = []
     res = run_demo(tmp_path / "demo", epochs=2, n_train=96, n_test=48, log=lines.append)
-    assert [ln[:5] for ln in lines[:6]] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
+    # a second run replaces the folder of the first (the marker says it is a demo folder)
+    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, log=lines.append)
+    assert [ln[:5] for ln in lines[7:13]] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
     run = load_run(res["run"])
     corr = run.corrections()
     assert len(corr) == res["suggestions"]
@@ -31,3 +33,13 @@ def test_demo_flow_end_to_end(tmp_path):
     assert meta  # review step recorded its FiftyOne dataset
     preds = res["predictions"]
     assert len(preds) == 48 and "labels" in preds.columns
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path):
+    from labelfix.demo import run_demo
+    from labelfix.errors import LabelfixError
+
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(LabelfixError, match="not a labelfix demo folder"):
+        run_demo(tmp_path, epochs=1, n_train=8, n_test=4, log=lambda m: None)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"

@@ -65,11 +65,15 @@ class ReviewSummary:
 
 
 def default_dataset_name(run: Run | str | Path) -> str:
-    """``labelfix-<run folder name>`` (characters other than letters, digits, ``-_.``
-    replaced by ``-``)."""
+    """``labelfix-<run folder name>-<6 hex digits of the run's absolute path>``
+    (characters other than letters, digits, ``-_.`` replaced by ``-``): readable, and two
+    runs whose folders share a name (``exp1/run``, ``exp2/run``) get their own datasets."""
+    import hashlib
+
     run = run if isinstance(run, Run) else load_run(run)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.path.resolve().name).strip("-") or "run"
-    return f"labelfix-{stem}"
+    path = run.path.resolve()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name).strip("-") or "run"
+    return f"labelfix-{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
 def recorded_dataset_name(run: Run) -> str | None:
