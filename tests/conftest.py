@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +22,3 @@ def demo_data(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("demo")
     return make_demo(out, n_train=160, n_test=80, size=48, seed=0)
-
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
