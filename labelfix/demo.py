@@ -2,9 +2,11 @@
 
 ``labelfix demo`` (and ``make demo``) runs it: generate the data, inject noise, train a
 small model with BalanceMix, clean, load the suggestions into FiftyOne, export the
-cleaned COCO (accepting every suggestion, standing in for a reviewer), export ONNX and
+cleaned COCO after a simulated review, export ONNX and
 predict the clean test split with onnxruntime. Because the demo knows the true labels,
-it reports how many label errors the cleaned file still has.
+it reports how many label errors the cleaned file still has. The reviewer is simulated:
+it checks the top suggestions against the true labels and writes its decisions into the
+``accept`` column of corrections.csv, as a person editing the file would.
 """
 
 from __future__ import annotations
@@ -41,6 +43,30 @@ def _fresh_folder(out: Path) -> Path:
     return out
 
 
+def simulate_reviewer(run_dir: Path, truth, budget: int):
+    """Stand in for a person: look at the ``budget`` highest-scoring suggestions of
+    ``corrections.csv``, accept those that agree with the true labels, reject the rest,
+    and write the decisions to its ``accept`` column (the CSV review workflow of
+    docs/review.md). Returns the reviewed rows."""
+    import pandas as pd
+
+    from labelfix.io import atomic
+    from labelfix.run import load_run
+
+    corr = load_run(run_dir).corrections()
+    row_of = pd.Series(np.arange(truth.num_images), index=truth.images["image_id"].to_numpy())
+    col_of = pd.Series(np.arange(truth.num_classes), index=truth.classes["category_id"].to_numpy())
+    rows = row_of.loc[corr["image_id"]].to_numpy()
+    cols = col_of.loc[corr["category_id"]].to_numpy()
+    right = np.asarray(truth.labels)[rows, cols] == corr["suggested"].to_numpy()
+    reviewed = np.arange(len(corr)) < budget
+    corr["accept"] = np.where(reviewed, np.where(right, "yes", "no"), "")
+    atomic.write_csv(run_dir / "corrections.csv", corr)
+    out = corr[reviewed].copy()
+    out["accept"] = right[reviewed]
+    return out
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -49,12 +75,14 @@ def run_demo(
     seed: int = 0,
     epochs: int = 12,
     review: bool = True,
+    review_budget: int = 300,
     n_train: int = 1200,
     n_test: int = 400,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the whole flow into ``out``; returns a dict of the key numbers
-    (``n_train`` / ``n_test`` shrink the data for quick checks)."""
+    (``n_train`` / ``n_test`` shrink the data for quick checks; ``review_budget`` is how
+    many of the top suggestions the simulated reviewer looks at)."""
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.demo import make_demo
     from labelfix.data.noise import write_noisy_coco
@@ -103,12 +131,16 @@ def run_demo(
     else:
         log("[4/6] review: skipped")
 
-    cleaned_path = out / "cleaned.json"
-    exp = export_cleaned_coco(run, cleaned_path, decisions="all", source="csv")
     truth = np.asarray(clean.labels)
+    decided = simulate_reviewer(run, clean, budget=review_budget)
+    accepted = int(decided["accept"].sum())
+    cleaned_path = out / "cleaned.json"
+    exp = export_cleaned_coco(run, cleaned_path, decisions="accepted", source="csv")
     before = _errors(np.asarray(noisy.labels), truth)
     after = _errors(np.asarray(read_labels(cleaned_path).labels), truth)
-    log(f"[5/6] export coco (every suggestion accepted): {exp.changes} changes -> {cleaned_path}; "
+    log(f"[5/6] a simulated reviewer checked the top {len(decided)} suggestions against the true labels: "
+        f"{accepted} right (accepted), {len(decided) - accepted} wrong (rejected), written to the accept column "
+        f"of corrections.csv; export coco -> {cleaned_path} ({exp.changes} changes); "
         f"label errors {before} -> {after}")
 
     model = export_run(run, out / "model.onnx")
@@ -118,6 +150,6 @@ def run_demo(
         f"(first: {preds.iloc[0]['file']} -> {preds.iloc[0]['labels'] or '(none)'})")
     log(f"done in {time.perf_counter() - t0:.0f}s")
     return {
-        "errors_before": before, "errors_after": after, "suggestions": len(c), "run": run,
+        "errors_before": before, "errors_after": after, "suggestions": len(c), "run": run, "accepted": accepted,
         "cleaned": cleaned_path, "model": model, "predictions": preds,
     }

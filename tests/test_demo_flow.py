@@ -25,10 +25,13 @@ def test_demo_flow_end_to_end(tmp_path):
     run = load_run(res["run"])
     corr = run.corrections()
     assert len(corr) == res["suggestions"]
-    # the cleaned file differs from the noisy one exactly by the accepted suggestions
+    # the cleaned file differs from the noisy one exactly by the accepted suggestions,
+    # and accepting only right ones (the simulated reviewer) removes that many errors
     noisy = read_labels(tmp_path / "demo" / "data" / "train_mislabel.json")
     cleaned = read_labels(res["cleaned"])
-    assert int((np.asarray(noisy.labels) != np.asarray(cleaned.labels)).sum()) == len(corr)
+    assert int((np.asarray(noisy.labels) != np.asarray(cleaned.labels)).sum()) == res["accepted"]
+    assert res["errors_before"] - res["errors_after"] == res["accepted"]
+    assert set(corr["accept"].astype(str)) <= {"yes", "no", ""}
     meta = json.loads((tmp_path / "demo" / "run" / "review.json").read_text())
     assert meta  # review step recorded its FiftyOne dataset
     preds = res["predictions"]
