@@ -22,3 +22,14 @@ def demo_data(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("demo")
     return make_demo(out, n_train=160, n_test=80, size=48, seed=0)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest single-threaded on a 2-core machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

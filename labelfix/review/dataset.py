@@ -240,7 +240,7 @@ def build_review_dataset(
     ls = run.labelset
     sugg = suggestion_rows(run)
     logits = run.stat("logits")
-    n, k = ls.num_images, ls.num_classes
+    n = ls.num_images
     class_names = ls.class_names
     run_path = str(run.path.resolve())
 
