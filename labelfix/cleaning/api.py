@@ -59,8 +59,8 @@ class LabelIssues:
     settings: dict = field(default_factory=dict)
 
 
-class _LazyProbs:
-    """Row-sliceable view applying sigmoid to logits chunk by chunk."""
+class LazyProbs:
+    """Row-sliceable view applying sigmoid to (memmapped) logits chunk by chunk."""
 
     def __init__(self, logits):
         self.base, self.shape = logits, tuple(logits.shape)
@@ -189,7 +189,7 @@ def find_label_issues(
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
 
     loss_src = losses if losses is not None else _LazyBCE(probs, given, probs_are_logits)
-    prob_src = _LazyProbs(probs) if probs_are_logits else probs
+    prob_src = LazyProbs(probs) if probs_are_logits else probs
     fit = _gmm.fit_label_gmms(loss_src, given, chunk_rows=rows, device=device, **(gmm_options or {}))
 
     cand = {c: [] for c in ("i", "k", "g", "s", "st", "score", "p", "prob")}

@@ -20,8 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from labelfix.cleaning.api import LabelIssues, find_label_issues, take_labels
-from labelfix.cleaning.scores import sigmoid
+from labelfix.cleaning.api import LabelIssues, LazyProbs, find_label_issues, take_labels
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.run import CORRECTIONS_COLUMNS, Run
@@ -35,16 +34,6 @@ class CleanResult:
     corrections: pd.DataFrame  # product.md schema
     notes: list[str]
     report: Path | None
-
-
-class _Sigmoid:
-    """Row-sliceable sigmoid view over a (memmapped) logit array."""
-
-    def __init__(self, logits):
-        self.base, self.shape = logits, tuple(logits.shape)
-
-    def __getitem__(self, rows):
-        return sigmoid(np.asarray(self.base[rows], dtype=np.float32))
 
 
 def _stats_notes(run: Run) -> list[str]:
@@ -115,10 +104,10 @@ def clean_run(
             raise LabelfixError(f"{run.path}: --classes: unknown class names {', '.join(unknown)}")
     issues = find_label_issues(
         ls.labels,
-        _Sigmoid(logits),
+        LazyProbs(logits),
         losses=losses,
         two_view=two_view,
-        estimates=None if role is None else _Sigmoid(role),
+        estimates=None if role is None else LazyProbs(role),
         clean_threshold=clean_threshold,
         relabel_threshold=relabel_threshold,
         out_dir=run.path / "cells",
@@ -136,5 +125,5 @@ def clean_run(
     if report:
         from labelfix.cleaning.report import write_report
 
-        report_path = write_report(run, issues, table, notes, losses=losses, probs=_Sigmoid(logits))
+        report_path = write_report(run, issues, table, notes, losses=losses, probs=LazyProbs(logits))
     return CleanResult(issues, table, notes, report_path)
