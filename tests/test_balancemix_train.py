@@ -125,3 +125,24 @@ def test_balancemix_resume_is_exact(tiny, tmp_path):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     np.testing.assert_array_equal(np.load(ref / "stats" / "two_view.npy"), np.load(run / "stats" / "two_view.npy"))
+
+
+@pytest.mark.parametrize("randaugment", [False, True])
+def test_two_views_use_the_training_augmentation(tiny, tmp_path, randaugment):
+    """The re-labeling views come from the augmentation the model trained with: views from
+    an unseen augmentation (RandAugment on a run without it) gave inflated probabilities
+    and mostly wrong label changes on the benchmark (docs/training.md)."""
+    seen = {}
+
+    class Grab:
+        def on_epoch_end(self, trainer, epoch, row):
+            seen["views"] = trainer.view_ds.base.transform
+            seen["train"] = trainer.train_ds.base.transform
+            seen["rescored"] = row["rescored_images"]
+
+    train(cfg_for(tiny, tmp_path / "run", epochs=1, balancemix_warmup=1, randaugment=randaugment),
+          callbacks=[Grab()], log=lambda s: None)
+    assert seen["rescored"] > 0   # the two-view pass ran
+    assert seen["views"] is seen["train"]
+    names = [type(t).__name__ for t in seen["views"].transforms]
+    assert ("RandAugment" in names) == randaugment, names

@@ -56,7 +56,8 @@ def test_scorers_hand_computed():
     np.testing.assert_allclose(get_scorer("loss")(given, **kw), [[0.8, 0.3, 0.6]], atol=1e-6)
     np.testing.assert_allclose(get_scorer("combined")(given, **kw), [[0.7, 0.45, 0.6]], atol=1e-6)
     est = np.array([[0.0, 0.0, 0.95]], np.float32)
-    assert get_scorer("combined")(given, **kw, estimates=est)[0, 2] == pytest.approx(0.95)
+    # ROLE-style estimates decide suggestions, not scores: the unknown cell keeps the model's two-view value
+    assert get_scorer("combined")(given, **kw, estimates=est)[0, 2] == pytest.approx(0.6)
     # logits form equals the probability form
     logits = np.array([[-3.0, 0.5, 2.0]], np.float32)
     np.testing.assert_allclose(bce_losses(logits, given, logits=True),

@@ -306,8 +306,10 @@ class Trainer:
         eval_tf = create_transforms(cfg.img_size, mean, std, train=False, interpolation=interp)
         self.train_ds = KeyedDataset(self.labelset, train_tf)
         self.eval_ds = KeyedDataset(self.labelset, eval_tf)
-        self.view_ds = MultiViewDataset(self.labelset, create_transforms(cfg.img_size, mean, std, train=True,
-                                                                     randaugment=True, interpolation=interp))
+        # BalanceMix's two re-labeling views use the run's own training augmentation: views
+        # from an augmentation the model never saw (e.g. RandAugment on a run trained
+        # without it) give inflated, uncalibrated probabilities (docs/losses_and_mixing.md)
+        self.view_ds = MultiViewDataset(self.labelset, train_tf)
         self.val_ds = KeyedDataset(self.val_set, eval_tf) if self.val_set is not None else None
         self.sampler = EpochBatchSampler(self.train_rows, cfg.batch_size, cfg.seed, self.dist.world_size,
                                          self.dist.rank, minority=cfg.mix == "balancemix")
