@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -80,7 +81,7 @@ def main() -> None:
             ls.save(tmp / f"data_{'noisy' if flag else 'clean'}")
         test = _aligned_test(paths["test"], clean)
         groups = class_groups((true == 1).sum(0), clean.num_images, "tertile")
-        truth_fn = bmx.clean_probability
+        gmm_p_clean = bmx.clean_probability
 
         def oracle(losses, given_rows):
             g = np.asarray(given_rows)
@@ -94,12 +95,12 @@ def main() -> None:
             opts = {**BENCH_TRAIN, "epochs": args.epochs, **extra}
             cfg = TrainConfig(data=str(tmp / f"data_{'noisy' if is_noisy else 'clean'}"), out=str(tmp / name),
                               loss="bce", mix=mix, seed=args.seed, **opts)
-            bmx.clean_probability = oracle if use_oracle else truth_fn
+            bmx.clean_probability = oracle if use_oracle else gmm_p_clean
             t0 = time.perf_counter()
             try:
                 train(cfg, log=lambda s: None)
             finally:
-                bmx.clean_probability = truth_fn
+                bmx.clean_probability = gmm_p_clean
             probs = predict_probs(Path(cfg.out) / "checkpoints" / "last.pt", test, batch_size=64)
             rep = map_report(np.nan_to_num(probs, nan=0.0), np.asarray(test.labels), groups)
             results[name] = {"map": round(float(rep["map"]), 2), "seconds": round(time.perf_counter() - t0, 1)}
@@ -107,7 +108,7 @@ def main() -> None:
 
     doc = {"benchmark": "balancemix_ablation", "noise": "mislabel:0.4", "images": int(rows.size),
            "epochs": args.epochs, "seed": args.seed, "train": {**BENCH_TRAIN, "epochs": args.epochs},
-           "results": results, "machine": {"cpu_count": __import__("os").cpu_count(),
+           "results": results, "machine": {"cpu_count": os.cpu_count(),
                                            "python": platform.python_version(), "torch": torch.__version__}}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -89,7 +89,7 @@ def unknown_estimate(probs, two_view=None, estimates=None) -> np.ndarray:
     return _finite_or(estimates, q) if estimates is not None else q
 
 
-def _finish(g, known, known_score, probs, two_view, estimates) -> np.ndarray:
+def _finish(known, known_score, probs, two_view) -> np.ndarray:
     q = unknown_estimate(probs, two_view)   # not the estimates: see the module docstring
     out = np.where(known, known_score, q)
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
@@ -101,14 +101,14 @@ def score_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimat
     if p_clean is None:
         raise LabelfixError("score: gmm: needs p_clean")
     g, known, _ = _known(given)
-    return _finish(g, known, 1.0 - _finite_or(p_clean, 1.0), probs, two_view, estimates)
+    return _finish(known, 1.0 - _finite_or(p_clean, 1.0), probs, two_view)
 
 
 @register_scorer("disagreement")
 def score_disagreement(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None) -> np.ndarray:
     """Known cells: |y - p|, one minus the model's probability of the given label."""
     g, known, y = _known(given)
-    return _finish(g, known, np.abs(y - np.asarray(probs, dtype=np.float32)), probs, two_view, estimates)
+    return _finish(known, np.abs(y - np.asarray(probs, dtype=np.float32)), probs, two_view)
 
 
 @register_scorer("two_view")
@@ -117,7 +117,7 @@ def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, es
     (the disagreement with BalanceMix's re-labeling probability)."""
     g, known, y = _known(given)
     c = _finite_or(two_view, probs)
-    return _finish(g, known, np.abs(y - c), probs, two_view, estimates)
+    return _finish(known, np.abs(y - c), probs, two_view)
 
 
 @register_scorer("loss")
@@ -127,7 +127,7 @@ def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estima
     if losses is None:
         raise LabelfixError("score: loss: needs losses")
     g, known, _ = _known(given)
-    return _finish(g, known, -np.expm1(-np.asarray(losses, dtype=np.float32)), probs, two_view, estimates)
+    return _finish(known, -np.expm1(-np.asarray(losses, dtype=np.float32)), probs, two_view)
 
 
 @register_scorer("combined")
@@ -139,7 +139,7 @@ def score_combined(given, *, probs, p_clean=None, two_view=None, losses=None, es
     g, known, y = _known(given)
     dis = np.abs(y - _finite_or(two_view, probs))
     s = dis if p_clean is None else 0.5 * (1.0 - _finite_or(p_clean, 1.0)) + 0.5 * dis
-    return _finish(g, known, s, probs, two_view, estimates)
+    return _finish(known, s, probs, two_view)
 
 
 # chosen on the benchmark (benchmarks/tune_scores.py, results/score_tuning.json): on the
