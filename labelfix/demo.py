@@ -111,7 +111,7 @@ def run_demo(
     cfg = TrainConfig(
         data=str(noisy_path), out=str(run), val=str(paths["test"]), backbone="test_resnet", img_size=48,
         epochs=epochs, batch_size=64, lr=3e-3, mix="balancemix", balancemix_warmup=max(1, epochs // 3),
-        warmup_epochs=1, workers=0, seed=seed, device="cpu", ema=False, progress=False,
+        warmup_epochs=1, hflip=0.0, workers=0, seed=seed, device="cpu", ema=False, progress=False,
     )
     result = train(cfg.validate(), log=lambda msg: None)
     last = result["metrics"][-1] if result.get("metrics") else {}

@@ -76,6 +76,19 @@ def test_eval_transform_squashes_not_crops():
     assert x[:, :, -1].mean() > 0.5  # a center crop would have cut the strip away
 
 
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_train_transform_keeps_the_whole_image(hflip):
+    """Training never crops (an edge object whose label the cell claims stays in view);
+    hflip 0 leaves the image as evaluation sees it, hflip 1 mirrors it."""
+    im = Image.new("RGB", (40, 10), "black")
+    im.paste((255, 255, 255), (35, 0, 40, 10))  # white strip at the right edge
+    ev = create_transforms(8, (0, 0, 0), (1, 1, 1), train=False)(im)
+    tf = create_transforms(8, (0, 0, 0), (1, 1, 1), train=True, hflip=hflip)
+    for _ in range(20):
+        x = tf(im)
+        assert torch.allclose(x, ev if hflip == 0.0 else ev.flip(-1))
+
+
 def test_train_transform_randaugment_shapes():
     tf = create_transforms(16, (0.5,) * 3, (0.5,) * 3, train=True, randaugment=True)
     x = tf(Image.new("RGB", (30, 20), "green"))

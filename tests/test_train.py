@@ -181,13 +181,16 @@ def test_config_file_round_trip(tiny, tmp_path):
                                     "workers": 0, "mix": "none", "lr": 0.01, "loss_kwargs": {}}))
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(out), "--config", str(conf),
-                                    "--epochs", "1", "--no-progress", "--no-randaugment"])
+                                    "--epochs", "1", "--no-progress", "--no-randaugment", "--hflip", "0"])
     assert res.exit_code == 0, res.output
     saved = read_run_config(out)
     assert saved.epochs == 1 and saved.lr == 0.01 and saved.img_size == 32 and saved.randaugment is False
+    assert saved.hflip == 0.0
     # the run's config.yaml is itself a valid --config file giving the same options
     again = TrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text())["train"])
     assert again == saved
+    res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(tmp_path / "y"), "--hflip", "1.5"])
+    assert res.exit_code == 2 and "--hflip: 1.5 is not in [0, 1]" in res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochz: 3\n")
     res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(tmp_path / "x"),

@@ -57,9 +57,9 @@ DETECTORS = ("labelfix", "cleanlab", "loss")
 #: the benchmark's training configuration (CPU, demo data; docs/benchmarks.md)
 BENCH_TRAIN = dict(
     backbone="test_resnet", img_size=32, epochs=10, batch_size=32, lr=3e-3, warmup_epochs=0.5,
-    workers=0, randaugment=False, ema=False, progress=False, balancemix_warmup=3,
+    workers=0, randaugment=False, hflip=0.0, ema=False, progress=False, balancemix_warmup=3,
     class_groups="tertile", device="cpu",
-)
+)  # hflip 0: a mirrored digit is not the same digit
 #: mAP class groups of the benchmark (demo data has 10 classes: COCO's scaled cuts leave
 #: the few group empty), see labelfix.train.metrics.class_groups
 MAP_GROUPS = "tertile"

@@ -41,6 +41,8 @@ def _opt(*decls, **kw):
                                      f"[default: {_D.mix_prob}].")
 @_opt("--mixup-alpha", type=float, help=f"Beta(a, a) of mixup [default: {_D.mixup_alpha}].")
 @_opt("--randaugment/--no-randaugment", help="RandAugment on training images [default: on].")
+@_opt("--hflip", type=float, help=f"Horizontal-flip probability of training images; 0 where mirroring "
+                                  f"changes the class (text, digits) [default: {_D.hflip}].")
 @_opt("--balancemix-warmup", type=int, help=f"Epochs before BalanceMix's label management starts "
                                             f"[default: {_D.balancemix_warmup}].")
 @_opt("--balancemix-delta", type=float, help="Re-labeling threshold delta [default: 0.55 for single-positive "

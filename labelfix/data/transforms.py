@@ -1,10 +1,11 @@
 """Image transforms from timm's factory.
 
-Evaluation resizes the whole image to ``img_size x img_size`` (``crop_mode="squash"``)
-rather than center-cropping it: a crop can cut away an object whose label the cell
-still claims. Training uses a mild random-resized crop (scale 0.7-1.0) for the same
-reason, horizontal flips, and RandAugment when asked (LogicMix's recipe, and BalanceMix's
-two re-labeling views).
+Training and evaluation both resize the whole image to ``img_size x img_size`` rather
+than cropping it: a crop can cut away an object whose label the cell still claims (the
+multi-label recipes of ASL and Query2Label resize without cropping too; on the demo data
+a random-resized crop of scale 0.7-1.0 cost 10 points of clean-test mAP, see
+docs/training.md). Training adds horizontal flips (probability ``hflip``) and RandAugment
+when asked (LogicMix's recipe, and BalanceMix's two re-labeling views).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ RANDAUGMENT = "rand-m9-mstd0.5-inc1"
 # timm's PosterizeIncreasing keeps 0 bits at the top magnitude, which Pillow >= 12
 # rejects; the original-paper variant keeps 4-8 bits.
 RAND_OPS = [op if op != "PosterizeIncreasing" else "PosterizeOriginal" for op in _RAND_INCREASING_TRANSFORMS]
-TRAIN_SCALE = (0.7, 1.0)
 
 
 def make_randaugment(img_size: int, mean: Sequence[float]):
@@ -35,30 +35,28 @@ def create_transforms(
     *,
     train: bool,
     randaugment: bool = False,
+    hflip: float = 0.5,
     interpolation: str = "bilinear",
 ):
-    """A torchvision transform PIL RGB image -> float tensor (3, img_size, img_size)."""
-    if not train:
-        return create_transform(
-            input_size=img_size,
-            is_training=False,
-            mean=tuple(mean),
-            std=tuple(std),
-            interpolation=interpolation,
-            crop_pct=1.0,
-            crop_mode="squash",
-        )
-    primary, secondary, final = create_transform(
+    """A torchvision transform PIL RGB image -> float tensor (3, img_size, img_size).
+
+    Both modes are timm's evaluation transform (resize the whole image to a square, no
+    crop); training inserts a horizontal flip with probability ``hflip`` (0 where
+    mirroring changes the class) and RandAugment when asked, before the tensor
+    conversion."""
+    squash = create_transform(
         input_size=img_size,
-        is_training=True,
+        is_training=False,
         mean=tuple(mean),
         std=tuple(std),
         interpolation=interpolation,
-        scale=TRAIN_SCALE,
-        hflip=0.5,
-        color_jitter=None,
-        auto_augment=None,
-        separate=True,
+        crop_pct=1.0,
+        crop_mode="squash",
     )
-    middle = [make_randaugment(img_size, mean)] if randaugment else list(secondary.transforms)
-    return T.Compose([*primary.transforms, *middle, *final.transforms])
+    if not train:
+        return squash
+    *geometry, to_tensor, normalize = squash.transforms
+    middle = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    if randaugment:
+        middle.append(make_randaugment(img_size, mean))
+    return T.Compose([*geometry, *middle, to_tensor, normalize])

@@ -51,6 +51,7 @@ class TrainConfig:
     mix_prob: float = 0.5
     mixup_alpha: float = 0.8
     randaugment: bool = True
+    hflip: float = 0.5
     balancemix_warmup: int = 10
     balancemix_delta: float | None = None
     balancemix_clean_threshold: float = 0.5
@@ -113,6 +114,8 @@ class TrainConfig:
             bad("lr", f"{self.lr} must be > 0")
         if self.warmup_epochs < 0:
             bad("warmup_epochs", "must be >= 0")
+        if not 0.0 <= self.hflip <= 1.0:
+            bad("hflip", f"{self.hflip} is not in [0, 1]")
         if not 0.0 <= self.mix_prob <= 1.0:
             bad("mix_prob", f"{self.mix_prob} is not in [0, 1]")
         if self.workers < 0:

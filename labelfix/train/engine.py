@@ -302,7 +302,7 @@ class Trainer:
         mean, std = self.model_config["mean"], self.model_config["std"]
         interp = self.model_config.get("interpolation", "bilinear")
         train_tf = create_transforms(cfg.img_size, mean, std, train=True, randaugment=cfg.randaugment,
-                                     interpolation=interp)
+                                     hflip=cfg.hflip, interpolation=interp)
         eval_tf = create_transforms(cfg.img_size, mean, std, train=False, interpolation=interp)
         self.train_ds = KeyedDataset(self.labelset, train_tf)
         self.eval_ds = KeyedDataset(self.labelset, eval_tf)
