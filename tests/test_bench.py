@@ -134,6 +134,9 @@ def test_summary_tables_and_goals():
             rows.append(dict(noise="mislabel:0.4", seed=seed, task="detection", method=method, metric="ap", value=v))
         for method, v in (("balancemix", bm), ("bce", b)):
             rows.append(dict(noise="mislabel:0.4", seed=seed, task="map", method=method, metric="map", value=v))
+    for seed, (lm, b) in enumerate([(38.0, 36.0), (37.0, 36.0)]):
+        for method, v in (("logicmix", lm), ("bce", b)):
+            rows.append(dict(noise="missing:0.5", seed=seed, task="map", method=method, metric="map", value=v))
     frame = pd.DataFrame(rows)
     ms = mean_std(frame, "detection", ["ap"])
     assert ms.loc[("mislabel:0.4", "labelfix"), "ap_mean"] == pytest.approx(0.7)
@@ -142,6 +145,8 @@ def test_summary_tables_and_goals():
     assert g["labelfix AP > cleanlab AP (mislabel:0.4)"]["met"]
     assert g["labelfix AP > cleanlab AP (mislabel:0.4)"]["gap"] == pytest.approx(0.2)
     assert not g["balancemix mAP > bce mAP (mislabel:0.4)"]["met"]   # 40.5 vs 41: not met
+    assert g["logicmix mAP > bce mAP (missing:0.5)"]["gap"] == pytest.approx(1.5)
+    assert "logicmix mAP > bce mAP (mislabel:0.4)" not in g   # no logicmix runs there
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +180,15 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         assert set(maps["method"]) == {"bce", "balancemix"} and maps["value"].between(0, 100).all()
         assert frame[frame["task"] == "time"]["value"].gt(0).all()
         src = frame[frame["method"] == "labelfix"]["source"].unique().tolist()
-        assert src == ["balancemix"]
+        assert src == ["bce"]
         # labelfix's detection metrics are those of its clean run's cell arrays
         base = out / "runs" / "mislabel_0.4" / "seed0"
         noisy = np.load(base / "data" / "labels.npy")
         from labelfix.io import read_labels
 
         true = np.asarray(read_labels(tiny_demo["train"]).labels)
-        want = detection_metrics(noisy, true, np.load(base / "balancemix" / "cells" / "score.npy"),
-                                 np.load(base / "balancemix" / "cells" / "suggested.npy"))
+        want = detection_metrics(noisy, true, np.load(base / "bce" / "cells" / "score.npy"),
+                                 np.load(base / "bce" / "cells" / "suggested.npy"))
         got = frame[(frame["method"] == "labelfix") & (frame["task"] == "detection")].set_index("metric")["value"]
         assert got["ap"] == pytest.approx(want["ap"]) and got["errors"] == want["errors"]
         assert want["errors"] == int((noisy != true).sum())   # mislabel: every changed cell is an error

@@ -50,8 +50,9 @@ DEFAULT_NOISES = ("mislabel:0.4", "flip:0.2", "single-positive", "missing:0.5")
 # 2 seeds keep the full default run under an hour on 2 CPU cores (docs/benchmarks.md)
 DEFAULT_SEEDS = 2
 DEFAULT_FOLDS = 3
-#: which trained run feeds labelfix's detection, in order of preference per noise kind
-DETECTION_SOURCE = {"single-positive": ("role", "balancemix"), "*": ("balancemix",)}
+#: which trained run feeds labelfix's detection, in order of preference per noise kind: at
+#: the bench's 10-epoch budget masked BCE trains the better model (docs/benchmarks.md)
+DETECTION_SOURCE = {"single-positive": ("role", "balancemix"), "*": ("bce", "balancemix")}
 DETECTORS = ("labelfix", "cleanlab", "loss")
 
 #: the benchmark's training configuration (CPU, demo data; docs/benchmarks.md)
@@ -409,10 +410,16 @@ def _table(wide: pd.DataFrame, noise: str, columns: Sequence[str], digits: int) 
     return lines
 
 
+#: (method, noise) pairs whose mAP must beat masked BCE's: issue #3's claims
+#: (BalanceMix under mislabel noise, LogicMix with half the cells unknown) and LogicMix
+#: under mislabel noise
+MAP_GOALS = (("balancemix", "mislabel:0.4"), ("logicmix", "mislabel:0.4"), ("logicmix", "missing:0.5"))
+
+
 def goals(frame: pd.DataFrame) -> list[dict]:
     """The benchmark's goals with their measured gap: labelfix per-cell AP above
-    cleanlab's in every noise setting; BalanceMix and LogicMix mAP above masked BCE under
-    40 % mislabel noise (means over seeds)."""
+    cleanlab's in every noise setting; the mAP of each :data:`MAP_GOALS` method above
+    masked BCE's in its noise setting (means over seeds; at the bench's training budget)."""
     det = frame[(frame["task"] == "detection") & (frame["metric"] == "ap")]
     out = []
     for noise in det["noise"].unique():
@@ -421,14 +428,13 @@ def goals(frame: pd.DataFrame) -> list[dict]:
             out.append({"goal": f"labelfix AP > cleanlab AP ({noise})", "value": float(d["labelfix"]),
                         "reference": float(d["cleanlab"]), "gap": float(d["labelfix"] - d["cleanlab"]),
                         "met": bool(d["labelfix"] > d["cleanlab"])})
-    maps = frame[(frame["task"] == "map") & (frame["metric"] == "map") & (frame["noise"] == "mislabel:0.4")]
-    if not maps.empty:
-        m = maps.groupby("method")["value"].mean()
-        for method in ("balancemix", "logicmix"):
-            if method in m and "bce" in m:
-                out.append({"goal": f"{method} mAP > bce mAP (mislabel:0.4)", "value": float(m[method]),
-                            "reference": float(m["bce"]), "gap": float(m[method] - m["bce"]),
-                            "met": bool(m[method] > m["bce"])})
+    maps = frame[(frame["task"] == "map") & (frame["metric"] == "map")]
+    for method, noise in MAP_GOALS:
+        m = maps[maps["noise"] == noise].groupby("method")["value"].mean()
+        if method in m and "bce" in m:
+            out.append({"goal": f"{method} mAP > bce mAP ({noise})", "value": float(m[method]),
+                        "reference": float(m["bce"]), "gap": float(m[method] - m["bce"]),
+                        "met": bool(m[method] > m["bce"])})
     return out
 
 
