@@ -23,7 +23,8 @@ images and another test split).
 
 Run: ``python benchmarks/mix_vs_bce.py`` (BalanceMix, mislabel:0.4) and
 ``python benchmarks/mix_vs_bce.py --noise missing:0.5 --variants bce,logicmix``; writes
-``benchmarks/results/mix_vs_bce_<noise>_<images>x<epochs>.json`` (docs/benchmarks.md
+``benchmarks/results/mix_vs_bce_<noise>_<images>x<epochs>[_w<warmup>][_data<seed>].json``
+(the warm-up and data seed only where they differ from the defaults; docs/benchmarks.md
 quotes them).
 """
 
@@ -90,6 +91,8 @@ def main() -> None:
     kind, rate = parse_noise(args.noise)
     noise_tag = kind + ("" if rate is None else f"{rate:g}")
     data_tag = f"_data{args.data_seed}" if args.data_seed else ""
+    if args.warmup != BUDGET["balancemix_warmup"]:
+        data_tag = f"_w{args.warmup}{data_tag}"
     out_path = args.out or Path(__file__).parent / "results" / f"mix_vs_bce_{noise_tag}_{args.images}x{args.epochs}{data_tag}.json"
 
     results: dict[str, dict] = {name: {} for name in variants}

@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[], help="leave these out")
     args = ap.parse_args()
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
+    if not names:
+        ap.error("--only / --skip leave no benchmark to run")
     for name in names:
         script, *rest = BENCHMARKS[name]
         cmd = [sys.executable, str(HERE / script), *rest]

@@ -140,9 +140,10 @@ def test_two_views_use_the_training_augmentation(tiny, tmp_path, randaugment):
             seen["train"] = trainer.train_ds.base.transform
             seen["rescored"] = row["rescored_images"]
 
-    train(cfg_for(tiny, tmp_path / "run", epochs=1, balancemix_warmup=1, randaugment=randaugment),
-          callbacks=[Grab()], log=lambda s: None)
+    train(cfg_for(tiny, tmp_path / "run", epochs=1, balancemix_warmup=1, randaugment=randaugment,
+                  hflip=0.0 if randaugment else 0.5), callbacks=[Grab()], log=lambda s: None)
     assert seen["rescored"] > 0   # the two-view pass ran
     assert seen["views"] is seen["train"]
     names = [type(t).__name__ for t in seen["views"].transforms]
     assert ("RandAugment" in names) == randaugment, names
+    assert ("RandomHorizontalFlip" in names) == (not randaugment), names   # --hflip reaches the engine

@@ -55,8 +55,10 @@ def create_transforms(
     )
     if not train:
         return squash
-    *geometry, to_tensor, normalize = squash.transforms
+    steps = list(squash.transforms)
+    # PIL-image augmentations go between the resize and the tensor conversion
+    cut = next(i for i, t in enumerate(steps) if type(t).__name__ in ("MaybeToTensor", "ToTensor"))
     middle = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
     if randaugment:
         middle.append(make_randaugment(img_size, mean))
-    return T.Compose([*geometry, *middle, to_tensor, normalize])
+    return T.Compose([*steps[:cut], *middle, *steps[cut:]])
