@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from labelfix.bench.baselines import predict_probs
-from labelfix.bench.runner import BENCH_TRAIN, _aligned_test, parse_noise
+from labelfix.bench.runner import BENCH_TRAIN, aligned_test, parse_noise
 from labelfix.data.demo import make_demo
 from labelfix.data.noise import inject_noise
 from labelfix.io import read_labels
@@ -103,7 +103,7 @@ def main() -> None:
         rows = np.arange(min(args.images, clean.num_images))
         clean = clean.subset(rows)
         true = np.asarray(clean.labels)
-        test = _aligned_test(paths["test"], clean)
+        test = aligned_test(paths["test"], clean)
         groups = class_groups((true == 1).sum(0), clean.num_images, "tertile")
         gmm_p_clean = bmx.clean_probability
 

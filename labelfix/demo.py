@@ -49,16 +49,12 @@ def simulate_reviewer(run_dir: Path, truth, budget: int):
     ``corrections.csv``, accept those that agree with the true labels, reject the rest,
     and write the decisions to its ``accept`` column (the CSV review workflow of
     docs/review.md). Returns the reviewed rows."""
-    import pandas as pd
-
     from labelfix.io import atomic
     from labelfix.run import load_run
 
     corr = load_run(run_dir).corrections()
-    row_of = pd.Series(np.arange(truth.num_images), index=truth.images["image_id"].to_numpy())
-    col_of = pd.Series(np.arange(truth.num_classes), index=truth.classes["category_id"].to_numpy())
-    rows = row_of.loc[corr["image_id"]].to_numpy()
-    cols = col_of.loc[corr["category_id"]].to_numpy()
+    rows = truth.image_rows().loc[corr["image_id"]].to_numpy()
+    cols = truth.class_columns().loc[corr["category_id"]].to_numpy()
     right = np.asarray(truth.labels)[rows, cols] == corr["suggested"].to_numpy()
     reviewed = np.arange(len(corr)) < budget
     corr["accept"] = np.where(reviewed, np.where(right, "yes", "no"), "")

@@ -68,6 +68,14 @@ class LabelSet:
     def class_names(self) -> list[str]:
         return self.classes["name"].astype(str).tolist()
 
+    def image_rows(self) -> pd.Series:
+        """``image_id`` -> row position (use ``.loc[ids]``; unknown ids raise KeyError)."""
+        return pd.Series(np.arange(self.num_images), index=self.images["image_id"].to_numpy())
+
+    def class_columns(self) -> pd.Series:
+        """``category_id`` -> column position (use ``.loc[ids]``)."""
+        return pd.Series(np.arange(self.num_classes), index=self.classes["category_id"].to_numpy())
+
     def image_path(self, i: int) -> Path:
         """Absolute path of image ``i`` (``file_name`` resolved against ``image_root``)."""
         p = Path(str(self.images.at[i, "file_name"]))

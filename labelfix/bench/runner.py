@@ -113,7 +113,7 @@ class BenchResult:
     paths: dict
 
 
-def _aligned_test(test_path, train: LabelSet) -> LabelSet:
+def aligned_test(test_path, train: LabelSet) -> LabelSet:
     from labelfix.io import read_labels
 
     test = read_labels(test_path)
@@ -258,7 +258,7 @@ def run_bench(
     if clean.image_root is not None:
         clean.image_root = Path(clean.image_root).resolve()
     true = np.asarray(clean.labels)
-    test_set = _aligned_test(test, clean)
+    test_set = aligned_test(test, clean)
     groups = class_groups((true == 1).sum(0), clean.num_images, MAP_GROUPS)
     kappa = float((true == 1).sum(1).mean())   # EPR / ROLE's expected positives per image
 

@@ -102,8 +102,7 @@ def decisions_from_fiftyone(run: Run, dataset_name: str | None = None) -> pd.Dat
     ds = load_review_dataset(run, dataset_name)
     frame = decisions_frame(ds)
     ls = run.labelset
-    row_of = pd.Series(np.arange(ls.num_images), index=ls.images["image_id"].to_numpy())
-    col_of = pd.Series(np.arange(ls.num_classes), index=ls.classes["category_id"].to_numpy())
+    row_of, col_of = ls.image_rows(), ls.class_columns()
     bad = ~frame["image_id"].isin(row_of.index) | ~frame["category_id"].isin(col_of.index)
     if bad.any():
         r = frame[bad].iloc[0]

@@ -111,8 +111,7 @@ def suggestion_rows(run: Run) -> pd.DataFrame:
     missing = {"image_id", "class", "category_id", "action", "score"} - set(corr.columns)
     if missing:
         raise LabelfixError(f"{p}: missing columns {', '.join(sorted(missing))}")
-    row_of = pd.Series(np.arange(ls.num_images), index=ls.images["image_id"].to_numpy())
-    col_of = pd.Series(np.arange(ls.num_classes), index=ls.classes["category_id"].to_numpy())
+    row_of, col_of = ls.image_rows(), ls.class_columns()
     try:
         image_ids = corr["image_id"].astype(np.int64).to_numpy()
         cat_ids = corr["category_id"].astype(np.int64).to_numpy()
