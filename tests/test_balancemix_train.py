@@ -147,25 +147,3 @@ def test_two_views_use_the_training_augmentation(tiny, tmp_path, randaugment):
     names = [type(t).__name__ for t in seen["views"].transforms]
     assert ("RandAugment" in names) == randaugment, names
     assert ("RandomHorizontalFlip" in names) == (not randaugment), names   # --hflip reaches the engine
-
-
-def test_deterministic_views_reuse_the_evaluation_pass(tiny, tmp_path, monkeypatch):
-    """Without flips and RandAugment both views are the evaluation image: c is the
-    evaluation pass's probability and no extra forward pass over the views runs."""
-    view_passes = []
-    score = Trainer._score
-
-    def counting(self, model, dataset, *a, **kw):
-        if dataset is self.view_ds:
-            view_passes.append(1)
-        return score(self, model, dataset, *a, **kw)
-
-    monkeypatch.setattr(Trainer, "_score", counting)
-    out = tmp_path / "run"
-    train(cfg_for(tiny, out, epochs=1, balancemix_warmup=1, hflip=0.0), log=lambda s: None)
-    assert view_passes == []
-    c = np.load(out / "stats" / "two_view.npy").astype(np.float32)
-    p = 1.0 / (1.0 + np.exp(-np.load(out / "stats" / "logits.npy").astype(np.float32)))
-    seen = np.isfinite(c)
-    assert seen.any()   # some cells were non-clean and got c
-    np.testing.assert_allclose(c[seen], p[seen], atol=1e-3)

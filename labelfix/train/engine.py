@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labelfix.cleaning.scores import sigmoid
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import LabelSet
@@ -311,9 +310,6 @@ class Trainer:
         # from an augmentation the model never saw (e.g. RandAugment on a run trained
         # without it) give inflated, uncalibrated probabilities (docs/losses_and_mixing.md)
         self.view_ds = MultiViewDataset(self.labelset, train_tf)
-        # without flips and RandAugment both views are the evaluation pass's own image, so c
-        # is that pass's probability and the two-view pass would only compute it again
-        self.views_are_eval = not cfg.randaugment and cfg.hflip == 0.0
         self.val_ds = KeyedDataset(self.val_set, eval_tf) if self.val_set is not None else None
         self.sampler = EpochBatchSampler(self.train_rows, cfg.batch_size, cfg.seed, self.dist.world_size,
                                          self.dist.rank, minority=cfg.mix == "balancemix")
@@ -747,9 +743,7 @@ class Trainer:
             rows = self.train_rows[todo]
             # both RandAugment views of an image come from one decode, in one forward
             c = np.full((n, k), np.nan, dtype=np.float32)
-            if rows.size and self.views_are_eval:
-                c[rows] = sigmoid(np.asarray(logits[rows], dtype=np.float32))   # NaN rows stay NaN
-            elif rows.size:
+            if rows.size:
                 self._score(self.model, self.view_ds, rows, c, tag=derive_seed(3, epoch))
             nonclean = np.zeros((n, k), dtype=bool)
             nonclean[self.train_rows] = (given_rows >= 0) & (np.nan_to_num(p_clean, nan=1.0)
