@@ -1,5 +1,6 @@
-"""BalanceMix inside training: minority sampler weights, warm-up, label GMMs, two-view
-re-labeling only of images with a non-clean cell, managed targets, exact resume."""
+"""BalanceMix inside training: missing labels as assumed negatives, minority sampler
+weights, warm-up, label GMMs, re-labeling with the current model per mini-batch (or once
+per epoch), the truth table of the training targets, trusted cells, exact resume."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from labelfix.cleaning.states import assign_states
+from labelfix.cleaning.states import DELTA_MULTI
 from labelfix.mixing.balancemix import minority_sampling_weights
+from labelfix.numeric import sigmoid
 from labelfix.train import TrainConfig, train
-from labelfix.train import balancemix as bmx
-from labelfix.train.engine import Trainer
-
+from labelfix.train.balancemix import BalanceMixMixer, clean_probability, train_losses
+from labelfix.train.mixers import Batch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -28,80 +29,125 @@ def tiny(tmp_path_factory) -> dict:
 def cfg_for(tiny, out, **kw) -> TrainConfig:
     base = dict(data=str(tiny["train"]), out=str(out), backbone="test_resnet", img_size=32, epochs=2,
                 batch_size=8, workers=0, progress=False, lr=1e-3, mix="balancemix", balancemix_warmup=2,
-                randaugment=False, balancemix_clean_threshold=0.5)
+                randaugment=False)
     base.update(kw)
     return TrainConfig(**base)
 
 
 class Capture:
     def __init__(self):
-        self.rows, self.managed, self.weights, self.logits = [], [], [], []
+        self.rows, self.p_clean, self.weights, self.logits, self.views = [], [], [], [], []
 
     def on_epoch_end(self, trainer, epoch, row):
         self.rows.append(row)
-        self.managed.append(trainer.managed)
-        self.weights.append(None if trainer.sampler.minority_weights is None
-                            else trainer.sampler.minority_weights.copy())
+        mixer = trainer.mixer
+        self.p_clean.append(None if mixer.p_clean is None else mixer.p_clean.copy())
+        self.weights.append(trainer.sampler.minority_weights.copy())
         self.logits.append(np.load(trainer.out / "stats" / "logits.npy").astype(np.float32))
+        self.views.append(trainer.train_ds.views)
 
 
 def test_balancemix_epochs(tiny, tmp_path):
     cap = Capture()
     out = tmp_path / "run"
-    train(cfg_for(tiny, out), callbacks=[cap], log=lambda s: None)
+    train(cfg_for(tiny, out, epochs=3), callbacks=[cap], log=lambda s: None)
     labels = np.load(out / "labels.npy")
     # minority weights every epoch from the evaluation pass's probabilities
     for logits, w in zip(cap.logits, cap.weights):
-        expect = minority_sampling_weights(1 / (1 + np.exp(-logits.astype(np.float64))), labels).weights
-        np.testing.assert_allclose(w, expect, rtol=1e-6)
-    # epoch 1 is warm-up: no management; from epoch 2 on the labels are managed
-    assert cap.managed[0] is None and cap.managed[1] is not None
-    assert "cells_clean" not in cap.rows[0] and cap.rows[1]["cells_clean"] > 0
-    # two_view.npy: NaN except on non-clean known cells, whose images were re-scored
-    two_view = np.load(out / "stats" / "two_view.npy").astype(np.float32)
-    losses = bmx.train_losses(cap.logits[1], labels, np.arange(len(labels)))
-    p_clean = bmx.clean_probability(losses, labels)
-    nonclean = (labels >= 0) & (np.nan_to_num(p_clean, nan=1.0) <= 0.5)
-    assert nonclean.any() and (~nonclean).any()
-    np.testing.assert_array_equal(~np.isnan(two_view), nonclean)
-    assert cap.rows[1]["rescored_images"] == int(nonclean.any(1).sum())
-    assert np.nanmin(two_view) >= 0 and np.nanmax(two_view) <= 1
-    # managed target / weight = assign_states on those arrays
-    state, target, weight = assign_states(labels, p_clean, two_view.astype(np.float32), clean_threshold=0.5,
-                                          delta=0.975)
-    np.testing.assert_array_equal(cap.managed[1].target, target)
-    np.testing.assert_allclose(cap.managed[1].weight, weight)
+        np.testing.assert_allclose(w, minority_sampling_weights(sigmoid(logits), labels).weights, rtol=1e-6)
+    # epoch 1 is warm-up: no management, no re-labeling views; then both
+    assert cap.p_clean[0] is None and cap.p_clean[1] is not None
+    assert cap.views[:2] == [0, 0] and cap.views[2] == 2
+    p_clean = clean_probability(train_losses(cap.logits[1], labels, np.arange(len(labels))), labels)
+    np.testing.assert_allclose(cap.p_clean[1], np.nan_to_num(p_clean, nan=1.0))
+    assert cap.rows[1]["cells_nonclean"] == int((cap.p_clean[1] <= 0.5).sum())
+    # epoch 3 trained with the management of epoch 2: its cells got states
+    assert cap.rows[2]["cells_clean"] > 0
     metrics = pd.read_csv(out / "metrics.csv")
-    assert {"minority_min_max_ratio", "cells_clean", "cells_relabeled", "cells_ambiguous",
-            "balancemix_seconds"} <= set(metrics.columns)
+    assert {"minority_min_max_ratio", "cells_nonclean", "mixer_seconds"} <= set(metrics.columns)
 
 
-def test_mixed_pair_inherits_random_member(tiny, tmp_path, monkeypatch):
-    """The loss sees the random member's known mask and weight; the target is the
-    l-weighted mix with l >= 0.5."""
-    seen = []
-    trainer = Trainer(cfg_for(tiny, tmp_path / "r", epochs=1))
+class FakeContext:
+    """A TrainContext whose 'current model' returns fixed probabilities per row."""
 
-    def spy(logits, target, known, weight=None, index=None):
-        seen.append((target.clone(), known.clone(), None if weight is None else weight.clone(), index.clone()))
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits[known], target[known])
+    def __init__(self, labels, c, trusted=None):
+        self.labels = np.asarray(labels, np.int8)
+        self.trusted = np.zeros(self.labels.shape, bool) if trusted is None else trusted
+        self.train_rows = np.arange(len(labels))
+        self.c = np.asarray(c, np.float32)
+        self.rank, self.world_size, self.ema_model, self.out, self.sampler = 0, 1, None, None, None
+        self.asked = []
 
-    trainer._prepare_data()
-    trainer._build()
-    trainer.loss_fn = spy
-    labels = torch.tensor(trainer.labels[:4])
-    images = torch.zeros(4, 3, 32, 32)
-    trainer.managed = bmx.Management(target=trainer.labels.copy(),
-                                     weight=np.full(trainer.labels.shape, 0.25, np.float32), counts={})
-    trainer._compute_loss(images, labels, torch.arange(4), torch.tensor([0, 0, 1, 1]))
-    target, known, weight, index = seen[0]
-    assert index.tolist() == [0, 1]
-    np.testing.assert_array_equal(known.numpy(), trainer.labels[:2] >= 0)
-    assert torch.all(weight == 0.25)
-    y_r = torch.tensor(trainer.labels[:2] == 1, dtype=torch.float32)
-    y_m = torch.tensor(trainer.labels[2:4] == 1, dtype=torch.float32)
-    lam = (target - y_m) / (y_r - y_m)
-    lam = lam[(y_r != y_m)]
+    def probabilities(self, images):
+        rows = images[:, 0, 0, 0, 0].long().numpy()   # the view tensors carry their row
+        self.asked.append(rows.tolist())
+        return torch.from_numpy(self.c[rows])
+
+
+def _mixer(labels, c, p_clean, **kw):
+    cfg = TrainConfig(data="x", out="x", mix="balancemix", batch_size=len(labels), **kw)
+    ctx = FakeContext(labels, c)
+    mixer = BalanceMixMixer(cfg, ctx)
+    mixer.p_clean = np.asarray(p_clean, np.float32)
+    return mixer, ctx
+
+
+def _batch(n):
+    views = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1, 1).expand(n, 2, 3, 2, 2).clone()
+    return Batch(torch.zeros(n, 3, 2, 2), torch.zeros(n, 1, dtype=torch.int8), torch.arange(n),
+                 torch.zeros(n, dtype=torch.long), views)
+
+
+def test_target_truth_table_covers_unknown_cells():
+    """given / p_G / c -> training target and weight (delta 0.975): unknown cells are
+    assumed negatives that management may turn positive."""
+    #          given  p_G   c      target weight   state
+    table = [(1,     0.9, 0.5,   1,     1.0),   # clean positive
+             (0,     0.9, 0.99,  0,     1.0),   # clean negative: c is not asked
+             (-1,    0.9, 0.99,  0,     1.0),   # unknown, clean: an assumed negative
+             (-1,    0.2, 0.99,  1,     1.0),   # unknown, not clean, c > delta: re-labeled positive
+             (-1,    0.2, 0.5,   0,     0.2),   # unknown, ambiguous: negative with weight p_G
+             (-1,    0.2, 0.01,  0,     1.0),   # unknown, c < 1 - delta: re-labeled negative
+             (1,     0.1, 0.01,  0,     1.0),   # positive re-labeled negative
+             (0,     0.3, 0.99,  1,     1.0),   # negative re-labeled positive
+             (1,     0.3, 0.6,   1,     0.3)]   # ambiguous positive keeps its label, weight p_G
+    labels = np.array([[r[0]] for r in table])
+    mixer, ctx = _mixer(labels, [[r[2]] for r in table], [[r[1]] for r in table])
+    assert mixer.delta == DELTA_MULTI
+    target, weight = mixer._targets(_batch(len(table)), torch.arange(len(table)))
+    np.testing.assert_array_equal(target[:, 0].numpy(), [r[3] for r in table])
+    np.testing.assert_allclose(weight[:, 0].numpy(), [r[4] for r in table], rtol=1e-6)
+    # only images with a non-clean cell are refined, with the current model
+    assert ctx.asked == [[3, 4, 5, 6, 7, 8]]
+
+
+def test_single_positive_given_positives_are_never_changed():
+    """Single-positive data: every given positive is trusted (delta 0.55 re-labels
+    assumed negatives only)."""
+    labels = np.full((4, 3), -1, np.int8)
+    labels[np.arange(4), [0, 1, 2, 0]] = 1
+    c = np.full((4, 3), 0.01, np.float32)
+    c[:, 1] = 0.9
+    mixer, _ = _mixer(labels, c, np.full((4, 3), 0.1))
+    mixer.p_clean[mixer.trusted] = 1.0   # what on_epoch_end does
+    assert mixer.single_positive and mixer.delta == 0.55
+    target, weight = mixer._targets(_batch(4), torch.arange(4))
+    assert (target.numpy()[labels == 1] == 1).all() and (weight.numpy()[labels == 1] == 1).all()
+    assert (target.numpy()[:, 1] == 1).all()   # c = 0.9 > 0.55: the assumed negatives turn positive
+
+
+def test_mixed_pair_inherits_random_member():
+    """The loss sees the random member's weight; the target is the l-weighted mix with l >= 0.5."""
+    labels = np.array([[1, 0], [0, -1], [0, 1], [1, 1]], np.int8)
+    mixer, _ = _mixer(labels, np.full((4, 2), 0.5), np.full((4, 2), 0.25))
+    batch = _batch(4)
+    batch.slots = torch.tensor([0, 0, 1, 1])
+    mixed = mixer.mix(batch)
+    assert mixed.index.tolist() == [0, 1] and bool(mixed.known.all())
+    assert torch.allclose(mixed.weight, torch.full((2, 2), 0.25))
+    y_r = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    y_m = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    lam = ((mixed.target - y_m) / (y_r - y_m))[y_r != y_m]
     assert torch.all(lam >= 0.5 - 1e-6) and torch.all(lam <= 1 + 1e-6)
 
 
@@ -111,11 +157,11 @@ def test_balancemix_resume_is_exact(tiny, tmp_path):
 
     class StopAt:
         def on_step(self, trainer, epoch, step):
-            if (epoch, step) == (1, 1):
+            if (epoch, step) == (2, 1):
                 raise Stop
 
     ref, run = tmp_path / "ref", tmp_path / "run"
-    kw = dict(balancemix_warmup=1)   # management from epoch 1: resume rebuilds it from stats/
+    kw = dict(balancemix_warmup=1, epochs=3)   # resume rebuilds the management from stats/
     train(cfg_for(tiny, ref, **kw), log=lambda s: None)
     with pytest.raises(Stop):
         train(cfg_for(tiny, run, **kw), callbacks=[StopAt()], log=lambda s: None)
@@ -124,11 +170,10 @@ def test_balancemix_resume_is_exact(tiny, tmp_path):
     b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    np.testing.assert_array_equal(np.load(ref / "stats" / "two_view.npy"), np.load(run / "stats" / "two_view.npy"))
 
 
 @pytest.mark.parametrize("randaugment", [False, True])
-def test_two_views_use_the_training_augmentation(tiny, tmp_path, randaugment):
+def test_refine_views_use_the_training_augmentation(tiny, tmp_path, randaugment):
     """The re-labeling views come from the augmentation the model trained with: views from
     an unseen augmentation (RandAugment on a run without it) gave inflated probabilities
     and mostly wrong label changes on the benchmark (docs/training.md)."""
@@ -136,14 +181,35 @@ def test_two_views_use_the_training_augmentation(tiny, tmp_path, randaugment):
 
     class Grab:
         def on_epoch_end(self, trainer, epoch, row):
-            seen["views"] = trainer.view_ds.base.transform
-            seen["train"] = trainer.train_ds.base.transform
-            seen["rescored"] = row["rescored_images"]
+            seen["views"] = trainer.train_ds.views
+            seen["transform"] = trainer.train_ds.base.transform
+            seen["train_tf"] = trainer.train_tf
 
-    train(cfg_for(tiny, tmp_path / "run", epochs=1, balancemix_warmup=1, randaugment=randaugment,
+    train(cfg_for(tiny, tmp_path / "run", epochs=2, balancemix_warmup=1, randaugment=randaugment,
                   hflip=0.0 if randaugment else 0.5), callbacks=[Grab()], log=lambda s: None)
-    assert seen["rescored"] > 0   # the two-view pass ran
-    assert seen["views"] is seen["train"]
-    names = [type(t).__name__ for t in seen["views"].transforms]
+    assert seen["views"] == 2 and seen["transform"] is seen["train_tf"]
+    names = [type(t).__name__ for t in seen["transform"].transforms]
     assert ("RandAugment" in names) == randaugment, names
     assert ("RandomHorizontalFlip" in names) == (not randaugment), names   # --hflip reaches the engine
+
+
+def test_epoch_refine_scores_only_nonclean_cells(tiny, tmp_path):
+    cap = Capture()
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, epochs=1, balancemix_warmup=1, balancemix_refine="epoch"), callbacks=[cap],
+          log=lambda s: None)
+    two_view = np.load(out / "stats" / "two_view.npy").astype(np.float32)
+    nonclean = cap.p_clean[0] <= 0.5
+    assert nonclean.any() and (~nonclean).any()
+    np.testing.assert_array_equal(~np.isnan(two_view), nonclean)
+    assert cap.rows[0]["rescored_images"] == int(nonclean.any(1).sum())
+    assert cap.views[0] == 0
+
+
+def test_mixer_options_are_checked():
+    from labelfix.errors import LabelfixError
+
+    with pytest.raises(LabelfixError, match="--balancemix-warmup: not used by --mix logicmix"):
+        TrainConfig(data="x", out="x", mix="logicmix", balancemix_warmup=3).validate()
+    with pytest.raises(LabelfixError, match="--balancemix-sampler: 'max' is not one of sum, mean"):
+        TrainConfig(data="x", out="x", mix="balancemix", balancemix_sampler="max").validate()

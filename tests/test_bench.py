@@ -163,7 +163,7 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
     from labelfix.cli import main
 
     monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
-    monkeypatch.setitem(runner.BENCH_TRAIN, "balancemix_warmup", 1)
+    monkeypatch.setitem(runner.METHOD_OPTIONS, "balancemix", {"balancemix_warmup": 1})
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

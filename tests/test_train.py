@@ -17,7 +17,8 @@ from sklearn.metrics import average_precision_score
 
 from labelfix.errors import LabelfixError
 from labelfix.train import TrainConfig, train
-from labelfix.train.engine import Trainer, lr_factor
+from labelfix.train.engine import Trainer
+from labelfix.train.optim import lr_factor
 from labelfix.train.metrics import class_groups, map_report, per_class_ap
 from labelfix.train.sampler import EpochBatchSampler, ShardSampler
 from labelfix.train.stats import cell_bce
@@ -152,22 +153,24 @@ def test_resume_after_kill_during_statistics(tiny, tmp_path, monkeypatch):
     ref = tmp_path / "ref"
     train(cfg_for(tiny, ref), log=quiet)
     run = tmp_path / "run"
-    original = Trainer._finalize_epoch
+    from labelfix.train import evaluate
 
-    def dying(self, epoch, info, record_mean):
+    original = evaluate.finalize_epoch
+
+    def dying(trainer, epoch, info, record_mean):
         if epoch == 0:
-            original(self, epoch, info, record_mean)
+            original(trainer, epoch, info, record_mean)
             # simulate a kill after loss_mean was updated but before "complete"
             from labelfix.train.stats import write_state
 
-            write_state(self.out / "stats", 1, 0, complete=False)
+            write_state(trainer.out / "stats", 1, 0, complete=False)
             raise Stop
-        return original(self, epoch, info, record_mean)
+        return original(trainer, epoch, info, record_mean)
 
-    monkeypatch.setattr(Trainer, "_finalize_epoch", dying)
+    monkeypatch.setattr(evaluate, "finalize_epoch", dying)
     with pytest.raises(Stop):
         train(cfg_for(tiny, run), log=quiet)
-    monkeypatch.setattr(Trainer, "_finalize_epoch", original)
+    monkeypatch.setattr(evaluate, "finalize_epoch", original)
     train(cfg_for(tiny, run, resume=True), log=quiet)
     _assert_same_run(ref, run)
 

@@ -58,9 +58,11 @@ DETECTORS = ("labelfix", "cleanlab", "loss")
 #: the benchmark's training configuration (CPU, demo data; docs/benchmarks.md)
 BENCH_TRAIN = dict(
     backbone="test_resnet", img_size=32, epochs=10, batch_size=32, lr=3e-3, warmup_epochs=0.5,
-    workers=0, randaugment=False, hflip=0.0, ema=False, progress=False, balancemix_warmup=3,
+    workers=0, randaugment=False, hflip=0.0, ema=False, progress=False,
     class_groups="tertile", device="cpu",
 )  # hflip 0: a mirrored digit is not the same digit
+#: options of single methods at the benchmark's budget (BalanceMix's warm-up scaled to 10 epochs)
+METHOD_OPTIONS: dict[str, dict] = {"balancemix": {"balancemix_warmup": 3}}
 #: mAP class groups of the benchmark (demo data has 10 classes: COCO's scaled cuts leave
 #: the few group empty), see labelfix.train.metrics.class_groups
 MAP_GROUPS = "tertile"
@@ -285,7 +287,7 @@ def run_bench(
             for m in todo:
                 loss, mix = METHODS[m]
                 cfg = TrainConfig(data=str(base / "data"), out=str(base / m), loss=loss, mix=mix, seed=seed,
-                                  **_method_options(loss, train_cfg, kappa))
+                                  **_method_options(loss, {**train_cfg, **METHOD_OPTIONS.get(m, {})}, kappa))
                 secs, reused = _train_once(cfg, quiet)
                 t0 = time.perf_counter()
                 probs = predict_probs(base / m / "checkpoints" / "last.pt", test_set,

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from labelfix.errors import LabelfixError
+from labelfix.numeric import chunk_rows
 
 #: Reasons a group is not fitted (``GMMFit.reason``); "" means fitted.
 REASON_FITTED = ""
@@ -595,9 +596,8 @@ def _row_chunks(n_rows: int, chunk_rows: int):
         yield start, min(n_rows, start + chunk_rows)
 
 
-def default_chunk_rows(n_cols: int, cells: int = 1 << 21) -> int:
-    """Rows per chunk so that one chunk holds about ``cells`` cells (2M by default)."""
-    return max(1, cells // max(1, int(n_cols)))
+#: rows per chunk holding about 2M cells (labelfix.numeric.chunk_rows)
+default_chunk_rows = chunk_rows
 
 
 def _check_pair(losses, given) -> tuple[int, int]:

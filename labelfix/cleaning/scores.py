@@ -27,8 +27,8 @@ import numpy as np
 
 from labelfix.errors import LabelfixError
 from labelfix.labels import UNK
-
-BCE_EPS = 1e-7
+from labelfix.numeric import PROB_EPS as BCE_EPS
+from labelfix.numeric import bce_logits, bce_probs, sigmoid  # noqa: F401 (sigmoid re-exported)
 
 Scorer = Callable[..., np.ndarray]
 _SCORERS: dict[str, Scorer] = {}
@@ -52,23 +52,12 @@ def list_scorers() -> list[str]:
     return sorted(_SCORERS)
 
 
-def sigmoid(logits) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float32)
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
-
-
 def bce_losses(probs, given, *, logits: bool = False) -> np.ndarray:
     """Per-cell BCE against the given label, unknown cells against 0 (float32).
 
     ``probs`` are probabilities clipped to [1e-7, 1 - 1e-7] (maximum loss 16.1), or with
     ``logits=True`` logits (exact softplus form, no clipping)."""
-    y = (np.asarray(given) == 1).astype(np.float32)
-    if logits:
-        z = np.asarray(probs, dtype=np.float32)
-        # softplus(z) - y z, computed stably
-        return (np.maximum(z, 0) - y * z + np.log1p(np.exp(-np.abs(z)))).astype(np.float32)
-    p = np.clip(np.asarray(probs, dtype=np.float32), BCE_EPS, 1 - BCE_EPS)
-    return (-(y * np.log(p) + (1 - y) * np.log1p(-p))).astype(np.float32)
+    return bce_logits(probs, given) if logits else bce_probs(probs, given)
 
 
 def _known(given):

@@ -11,6 +11,7 @@ import numpy as np
 
 from labelfix.errors import LabelfixError
 from labelfix.labels import POS, UNK
+from labelfix.numeric import chunk_rows as _rows_per_chunk
 
 CLEAN, RELABELED, AMBIGUOUS, ESTIMATED = 0, 1, 2, 3
 STATE_NAMES = {CLEAN: "clean", RELABELED: "re-labeled", AMBIGUOUS: "ambiguous", ESTIMATED: "estimated"}
@@ -19,15 +20,11 @@ DELTA_MULTI = 0.975
 DELTA_SINGLE_POSITIVE = 0.55
 
 
-def _chunk_rows(k: int, cells: int = 1 << 21) -> int:
-    return max(1, cells // max(1, k))
-
-
 def is_single_positive(given, *, min_unknown_fraction: float = 0.5, chunk_rows: int | None = None) -> bool:
     """True when every image has at most one positive and more than
     ``min_unknown_fraction`` of all cells are unknown (the single-positive setting)."""
     n, k = given.shape
-    rows = chunk_rows or _chunk_rows(k)
+    rows = chunk_rows or _rows_per_chunk(k)
     unknown = 0
     for a in range(0, n, rows):
         g = np.asarray(given[a:a + rows])
@@ -99,7 +96,7 @@ def assign_states(given, p_clean, two_view=None, *, clean_threshold: float = 0.5
             raise LabelfixError(f"{name}: shape {tuple(arr.shape)}: does not match given {(n, k)}")
     if out is None:
         out = (np.empty((n, k), np.int8), np.empty((n, k), np.int8), np.empty((n, k), np.float32))
-    rows = chunk_rows or _chunk_rows(k)
+    rows = chunk_rows or _rows_per_chunk(k)
     for a in range(0, n, rows):
         b = min(n, a + rows)
         s, t, w = assign_states_block(given[a:b], p_clean[a:b], None if two_view is None else two_view[a:b],

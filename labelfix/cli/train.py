@@ -37,18 +37,28 @@ def _opt(*decls, **kw):
 @_opt("--loss", help=f"bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct [default: {_D.loss}].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
 @_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")
-@_opt("--mix-prob", type=float, help=f"Probability of mixing a sample (LogicMix) or a batch (mixup) "
-                                     f"[default: {_D.mix_prob}].")
-@_opt("--mixup-alpha", type=float, help=f"Beta(a, a) of mixup [default: {_D.mixup_alpha}].")
+@_opt("--mix-prob", type=float, help="Probability of mixing a sample (LogicMix, default 0.5) or a batch "
+                                     "(mixup 0.5, icmixup 1).")
+@_opt("--mixup-alpha", type=float, help="Beta(a, a) of mixup (default 0.8) and icmixup (default 0.2).")
+@_opt("--logicmix-mixed-loss", type=click.Choice(["asl", "same"]),
+      help="LogicMix: loss of mixed samples: ASL(gamma+ 4, gamma- 0, margin 0) as the official code, or "
+           "the run's --loss [default: asl with --loss asl, else same].")
+@_opt("--curriculum-start", type=int, help="LogicMix: Curriculum Labeling from this epoch on (pseudo-labels "
+                                           "from the EMA model, logit > 4 / < -4) [default: off].")
+@_opt("--icm-mode", type=click.Choice(["auto", "single", "multi"]),
+      help="icmixup: the paper's single-label loss or the multi-label adaptation [default: auto].")
+@_opt("--icm-weight", type=float, help="icmixup (multi): weight of the contrastive term [default: 1].")
 @_opt("--randaugment/--no-randaugment", help="RandAugment on training images [default: on].")
 @_opt("--hflip", type=float, help=f"Horizontal-flip probability of training images; 0 where mirroring "
                                   f"changes the class (text, digits) [default: {_D.hflip}].")
-@_opt("--balancemix-warmup", type=int, help=f"Epochs before BalanceMix's label management starts "
-                                            f"[default: {_D.balancemix_warmup}].")
+@_opt("--balancemix-warmup", type=int, help="Epochs before BalanceMix's label management starts [default: 10].")
 @_opt("--balancemix-delta", type=float, help="Re-labeling threshold delta [default: 0.55 for single-positive "
                                              "labels, else 0.975].")
-@_opt("--balancemix-clean-threshold", type=float, help=f"A cell is clean when p_G > this "
-                                                       f"[default: {_D.balancemix_clean_threshold}].")
+@_opt("--balancemix-clean-threshold", type=float, help="A cell is clean when p_G > this [default: 0.5].")
+@_opt("--balancemix-sampler", type=click.Choice(["sum", "mean"]),
+      help="Minority-sampler score: the paper's sum over cells, or their mean [default: sum].")
+@_opt("--balancemix-refine", type=click.Choice(["batch", "epoch"]),
+      help="Re-label with the current model every mini-batch (paper) or once per epoch [default: batch].")
 @_opt("--epochs", type=int, help=f"Epochs [default: {_D.epochs}].")
 @_opt("--batch-size", type=int, help=f"Images per step per process [default: {_D.batch_size}].")
 @_opt("--lr", type=float, help=f"Peak learning rate [default: {_D.lr}].")

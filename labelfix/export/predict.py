@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from labelfix.errors import LabelfixError
+from labelfix.numeric import sigmoid
 
 __all__ = ["ModelInfo", "open_session", "load_image", "preprocess", "collect_images",
            "sigmoid", "predict", "IMAGE_EXTENSIONS"]
@@ -152,11 +153,6 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
         else:
             raise LabelfixError(f"{p}: no such file or directory")
     return out
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Overflow-free logistic function."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _load_one(path: Path, info: ModelInfo) -> np.ndarray | str:

@@ -21,6 +21,7 @@ import torch
 from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS
 from labelfix.mixing.mixup import sample_beta
+from labelfix.numeric import row_chunks
 
 SCORE_REDUCTIONS = ("sum", "mean")
 
@@ -50,11 +51,6 @@ class MinorityWeights:
         return {"min_max_ratio": self.min_max_ratio,
                 "max_over_uniform": float(self.weights.max() * n),
                 "min_over_uniform": float(self.weights.min() * n)}
-
-
-def _chunks(n: int, rows: int):
-    for start in range(0, n, rows):
-        yield slice(start, min(start + rows, n))
 
 
 def minority_sampling_weights(probs: np.ndarray, given: np.ndarray, eps: float = 1e-3,
@@ -91,7 +87,7 @@ def minority_sampling_weights(probs: np.ndarray, given: np.ndarray, eps: float =
     neg_sum = np.zeros(k)
     pos_cnt = np.zeros(k)
     neg_cnt = np.zeros(k)
-    for sl in _chunks(n, chunk_rows):
+    for sl in row_chunks(n, chunk_rows):
         p = np.asarray(probs[sl], dtype=np.float64)
         z = np.asarray(given[sl])
         if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
@@ -107,7 +103,7 @@ def minority_sampling_weights(probs: np.ndarray, given: np.ndarray, eps: float =
     p_used = np.nan_to_num(class_pos)  # NaN classes have no cell that would use them
     a_used = np.nan_to_num(class_neg)
     scores = np.empty(n)
-    for sl in _chunks(n, chunk_rows):
+    for sl in row_chunks(n, chunk_rows):
         z = np.asarray(given[sl])
         pos, neg = z == POS, z == NEG
         s = pos @ p_used + neg @ a_used

@@ -59,7 +59,7 @@ def _partners(b: int, mix_count: torch.Tensor, generator: torch.Generator) -> to
 
 
 def logicmix(x: torch.Tensor, labels: torch.Tensor, prob: float = 0.5, k_choices: tuple[int, ...] = (2, 3),
-             *, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+             *, generator: torch.Generator, return_mixed: bool = False):
     """Mix a batch with LogicMix.
 
     Args:
@@ -69,9 +69,12 @@ def logicmix(x: torch.Tensor, labels: torch.Tensor, prob: float = 0.5, k_choices
         k_choices: numbers of images per mixed sample, drawn uniformly; each in {2, 3}.
         generator: (keyword) torch.Generator driving every random choice (CPU or x's device).
 
+        return_mixed: also return bool (B,), True for the samples that were mixed (the
+            official code trains those with their own loss setting).
+
     Returns:
-        ``(x_mixed, labels_mixed)``: same shape and dtype as ``x``; int8 (B, K).
-        Unmixed samples are returned unchanged.
+        ``(x_mixed, labels_mixed)``: same shape and dtype as ``x``; int8 (B, K); plus the
+        mixed mask with ``return_mixed``. Unmixed samples are returned unchanged.
     """
     if x.dim() < 1 or labels.dim() != 2 or labels.shape[0] != x.shape[0]:
         raise LabelfixError(f"logicmix: shapes x {tuple(x.shape)}, labels {tuple(labels.shape)}: "
@@ -96,4 +99,6 @@ def logicmix(x: torch.Tensor, labels: torch.Tensor, prob: float = 0.5, k_choices
     x_mixed = x_mixed + x[idx[:, 1]] * w[:, 1].view(shape)
     x_mixed = x_mixed + x[idx[:, 2]] * w[:, 2].view(shape)
     labels_mixed = logic_or(labels[idx.to(labels.device).T])
+    if return_mixed:
+        return x_mixed, labels_mixed, count > 1
     return x_mixed, labels_mixed

@@ -8,11 +8,13 @@ module from a checkpoint dict.
 
 Backbones come from ``timm.create_model(name, num_classes=0)``; heads that consume the
 feature map also pass ``global_pool=''``. Weights: ``pretrained=True`` downloads timm's
-hub weights, ``weights=FILE`` loads an offline file (``.pth``/``.pt``/``.bin`` or
-``.safetensors``) -- either a timm/backbone state dict (loaded through timm's own
-pretrained-loading path, classifier dropped, model-specific key filters applied) or a
-full labelfix model / checkpoint (keys ``backbone.*`` and ``head.*``; the head is loaded
-only when its shapes match, e.g. the same classes).
+hub weights (without network and cache: a one-line ``LabelfixError`` naming
+``--weights FILE`` and ``--no-pretrained``), ``weights=FILE`` loads an offline file
+(``.pth``/``.pt``/``.bin`` or ``.safetensors``) -- either a backbone state dict (every
+backbone tensor or a one-line error, by name or, in another naming, by order:
+:mod:`labelfix.models.weights`; a classifier in the file is dropped) or a full labelfix
+model / checkpoint (keys ``backbone.*`` and ``head.*``; the head is loaded only when its
+shapes match, e.g. the same classes). ``model.weights_report`` records what a file gave.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from labelfix.errors import LabelfixError
 from labelfix.models.linear import LinearHead
 from labelfix.models.mldecoder import MLDecoderHead
 from labelfix.models.q2l import Query2LabelHead
+from labelfix.models.weights import (
+    WeightsReport, _first_line, load_backbone_weights, read_state_dict, strip_prefixes,
+)
 
 __all__ = [
     "MultiLabelModel", "create_model", "list_heads", "register_head", "load_weights",
-    "model_config", "load_checkpoint", "model_from_checkpoint", "EVAL_CROP_MODE",
+    "model_config", "load_checkpoint", "model_from_checkpoint", "EVAL_CROP_MODE", "WeightsReport",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -71,7 +76,8 @@ class MultiLabelModel(nn.Module):
 
     ``forward(x)``: x float (B, 3, H, W), any memory format -> logits float (B, K).
     Feature maps in NHWC layout (timm models with ``output_fmt == "NHWC"``) are
-    permuted to NCHW before the head.
+    permuted to NCHW before the head. ``weights_report``: the :class:`WeightsReport` of
+    the ``weights=FILE`` that ``create_model`` loaded, else None.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, config: dict[str, Any]):
@@ -79,6 +85,7 @@ class MultiLabelModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.config = dict(config)
+        self.weights_report: WeightsReport | None = None
         self._nhwc = bool(getattr(head, "feature_map", False)) and (
             getattr(backbone, "output_fmt", "NCHW") == "NHWC"
         )
@@ -94,8 +101,7 @@ class MultiLabelModel(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def _create_backbone(name: str, *, feature_map: bool, pretrained: bool, img_size: int,
-                     weights_file: str | None) -> nn.Module:
+def _create_backbone(name: str, *, feature_map: bool, pretrained: bool, img_size: int) -> nn.Module:
     import timm
     from timm.models import get_pretrained_cfg_value
 
@@ -106,65 +112,60 @@ def _create_backbone(name: str, *, feature_map: bool, pretrained: bool, img_size
         kwargs["global_pool"] = ""
     if get_pretrained_cfg_value(name, "fixed_input_size"):
         kwargs["img_size"] = img_size  # ViT-style models size their position embedding
-    if weights_file is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights_file)}
+    if pretrained:
+        _check_hub_weights(name)
     try:
-        return timm.create_model(name, pretrained=pretrained or weights_file is not None, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as err:  # the hub download: no connection, offline mode, HTTP errors
+        if not pretrained:
+            raise
+        raise _no_hub_weights(name, err) from err
     except (RuntimeError, KeyError, ValueError) as err:
-        where = weights_file if weights_file is not None else f"backbone '{name}'"
-        raise LabelfixError(f"{where}: cannot build backbone '{name}': {_first_line(err)}") from err
+        raise LabelfixError(f"backbone '{name}': cannot build it: {_first_line(err)}") from err
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+def _check_hub_weights(name: str) -> None:
+    """Fail fast before timm's hub download, whose retries take ~45 s without network:
+    raise when the Hugging Face Hub weights of ``name`` are neither cached nor reachable
+    (one HEAD request; ``HF_HUB_OFFLINE=1`` refuses it at once)."""
+    from huggingface_hub import constants, get_session, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
 
-
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a weights file (safetensors or torch, ``weights_only``);
-    unwraps ``model`` / ``state_dict`` keys and ``module.`` prefixes (timm's loader)."""
-    from timm.models import load_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise LabelfixError(f"{path}: weights file not found")
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return  # no weights (timm says so) or a plain URL (torch.hub fails fast itself)
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    if any(isinstance(try_to_load_from_cache(repo, f, revision=revision or None), str) for f in files):
+        return
     try:
-        sd = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as err:  # corrupt zip, pickle refused by weights_only, bad header...
-        raise LabelfixError(f"{path}: not a readable weights file ({_first_line(err)})") from err
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise LabelfixError(f"{path}: not a state dict of tensors")
-    return _strip_prefixes(sd)
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as err:  # httpx transport errors, OfflineModeIsEnabled
+        raise _no_hub_weights(name, err) from err
 
 
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in ("module.", "_orig_mod."):  # DDP / EMA wrappers, torch.compile
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
+def _no_hub_weights(name: str, err: BaseException) -> LabelfixError:
+    return LabelfixError(
+        f"--pretrained: cannot get timm's hub weights for '{name}' ({_first_line(err)}); without network "
+        "give a local file with --weights FILE, or start from random weights with --no-pretrained")
 
 
-def load_weights(model: MultiLabelModel, path: str | Path) -> None:
+def load_weights(model: MultiLabelModel, path: str | Path, *,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> WeightsReport:
     """Load a full labelfix model state dict (``backbone.*`` keys) from ``path`` into
-    ``model``: the backbone strictly, the head only when every shape matches."""
-    sd = _read_state_dict(path)
+    ``model``: the backbone completely (:func:`load_backbone_weights`), the head only when
+    every shape matches. ``state_dict``: the file's tensors when already read.
+    Returns the backbone's :class:`WeightsReport`."""
+    sd = read_state_dict(path) if state_dict is None else state_dict
     backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     head = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
-    try:
-        model.backbone.load_state_dict(backbone, strict=True)
-    except RuntimeError as err:
-        raise LabelfixError(
-            f"{path}: backbone weights do not match '{model.config['backbone']}': {_first_line(err)}"
-        ) from err
+    report = load_backbone_weights(model.backbone, path, state_dict=backbone)
     own = model.head.state_dict()
     if head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
         model.head.load_state_dict(head, strict=True)
     else:
         _logger.info("%s: head weights not loaded (different head or classes); head is freshly initialised", path)
-
-
-def _is_full_model_file(path: str | Path) -> bool:
-    return any(k.startswith("backbone.") for k in _read_state_dict(path))
+    return report
 
 
 def create_model(
@@ -185,7 +186,7 @@ def create_model(
         num_classes: K >= 1.
         pretrained: load timm's hub weights for the backbone (needs network).
         weights: offline weights file; see the module docstring. Exclusive with
-            ``pretrained``.
+            ``pretrained``. What it gave is ``model.weights_report`` (also logged).
         img_size: training/inference input size S (passed to fixed-size backbones such
             as ViTs; recorded in ``model_config``).
         **head_kwargs: the head's own options (see each head class).
@@ -197,11 +198,8 @@ def create_model(
     if pretrained and weights is not None:
         raise LabelfixError("--pretrained and --weights: give one of them, not both")
     head_cls = _HEADS[head]
-    full = weights is not None and _is_full_model_file(weights)
-    bb = _create_backbone(
-        backbone, feature_map=head_cls.feature_map, pretrained=pretrained, img_size=img_size,
-        weights_file=None if (weights is None or full) else weights,
-    )
+    sd = None if weights is None else read_state_dict(weights)
+    bb = _create_backbone(backbone, feature_map=head_cls.feature_map, pretrained=pretrained, img_size=img_size)
     in_features = int(bb.num_features)
     try:
         head_module = head_cls(in_features, num_classes, **head_kwargs)
@@ -212,8 +210,11 @@ def create_model(
         "img_size": int(img_size), "head_kwargs": dict(head_kwargs),
     }
     model = MultiLabelModel(bb, head_module, config)
-    if full:
-        load_weights(model, weights)
+    if sd is not None:
+        full = any(k.startswith("backbone.") for k in sd)
+        model.weights_report = (load_weights(model, weights, state_dict=sd) if full
+                                else load_backbone_weights(bb, weights, state_dict=sd))
+        _logger.info("weights: %s", model.weights_report)
     return model
 
 
@@ -272,7 +273,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> MultiLabel
     if sd is None:
         raise LabelfixError("checkpoint: ema: this run kept no EMA weights (drop --ema)")
     try:
-        model.load_state_dict(_strip_prefixes(dict(sd)), strict=True)
+        model.load_state_dict(strip_prefixes(dict(sd)), strict=True)
     except RuntimeError as err:
         raise LabelfixError(
             f"checkpoint: {'ema' if ema else 'model'}: weights do not match the model_config: {_first_line(err)}"

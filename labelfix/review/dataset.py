@@ -36,6 +36,7 @@ import pandas as pd
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import NEG, POS, UNK
+from labelfix.numeric import sigmoid
 from labelfix.run import Run, load_run
 
 ACCEPTED, REJECTED = "accepted", "rejected"
@@ -85,11 +86,6 @@ def recorded_dataset_name(run: Run) -> str | None:
         return json.loads(p.read_text())["dataset"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise LabelfixError(f"{p}: corrupt review record (expected {{\"dataset\": NAME}})") from None
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _float_or_none(v) -> float | None:
@@ -294,7 +290,7 @@ def build_review_dataset(
     for s in range(0, n, chunk_rows):
         lab = np.asarray(ls.labels[s : s + chunk_rows])
         lg = np.asarray(logits[s : s + chunk_rows], np.float32)
-        prob = _sigmoid(lg)
+        prob = sigmoid(lg.astype(np.float64))
         for j in range(lab.shape[0]):
             r, iid = s + j, int(image_ids[s + j])
             gt[iid] = fo.Classifications(

@@ -1,51 +1,49 @@
-# BalanceMix (Song, Kim, Lee, AAAI 2024), Sec. "Minority-augmented mixing" and
-# "Fine-grained label-wise management": the per-epoch glue inside training.
-"""BalanceMix's once-per-epoch work during training.
+# BalanceMix: Song, Kim, Lee, "Toward Robustness in Multi-label Classification: A Data
+# Augmentation Strategy against Imbalance and Noise", AAAI 2024 (Alg. 1; Eq. 2-4 minority
+# sampler, Eq. 5 mixing, Eq. 6-10 label-wise management). No official code exists; every
+# open choice is named in docs/losses_and_mixing.md.
+"""BalanceMix as a :class:`~labelfix.train.mixers.Mixer`.
 
-After every epoch's evaluation pass (``stats.py``):
-
-1. minority sampler weights from the pass's probabilities f (``minority_sampling_weights``
-   on the training rows) -- every epoch, from epoch 2 on (epoch 1 samples uniformly);
-2. after ``warmup`` epochs: 2K label GMMs on the training cells' BCE losses
-   (``labelfix.cleaning.gmm.fit_label_gmms``), p_G for every known training cell;
-3. two RandAugment views only of the training images that have at least one non-clean
-   cell (the engine runs that pass), c = mean probability, written to
-   ``stats/two_view.npy`` (NaN everywhere else);
-4. ``labelfix.cleaning.states.assign_states`` -> per-cell training target and weight
-   used by the loss in the next epoch (clean / re-labeled: weight 1; ambiguous: p_G).
-
-Everything here is array-in / array-out and deterministic, so a resumed run rebuilds the
-same management from ``stats/logits.npy`` and ``stats/two_view.npy``.
+- Missing labels are assumed negatives (the paper's problem statement); label-wise
+  management decides which of them are really positive. Unknown cells therefore train
+  as negatives from the first epoch and sit in the z = 0 GMM of their class.
+- Every step pairs a random batch B_R with a minority batch B_M (Eq. 5, l = max(l', 1 - l'),
+  l' ~ Beta(4, 4), per pair); the mixed sample inherits the reliability (state and p_G)
+  of its random member.
+- After each epoch (Alg. 1 lines 16-18): minority-sampler weights (Eq. 2-4, from the
+  evaluation pass) and, from epoch ``warmup`` on, 2K label GMMs on the training cells'
+  BCE losses -> p_G for every training cell (``p_G > clean_threshold``: clean).
+- Re-labeling (Eq. 9): ``refine="batch"`` (default, Alg. 1 line 13) refines every mini-batch
+  with the current model: for each image with a non-clean cell, c = mean probability over
+  two views from the run's training augmentation, in eval mode without gradient; c >
+  delta -> 1, c < 1 - delta -> 0, else ambiguous with BCE weight p_G (Eq. 10).
+  ``refine="epoch"`` computes c once per epoch after the GMM fit (cheaper; measured
+  against "batch" in docs/benchmarks.md).
+- Trusted cells (verified by a reviewer, and the given positives of single-positive data)
+  are always clean.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+import torch
 
 from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
-from labelfix.cleaning.states import AMBIGUOUS, CLEAN, RELABELED, assign_states
-from labelfix.mixing.balancemix import minority_sampling_weights
+from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, DELTA_MULTI, DELTA_SINGLE_POSITIVE, RELABELED,
+                                      assign_states_block, is_single_positive)
+from labelfix.io import atomic
+from labelfix.labels import POS, UNK
+from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
+from labelfix.numeric import sigmoid
+from labelfix.train.mixers import Batch, MixedBatch, Mixer, _option, register_mixer
+from labelfix.train.sampler import derive_seed
 from labelfix.train.stats import CHUNK_ROWS, cell_bce
 
-
-def sigmoid_rows(logits) -> np.ndarray:
-    """float64 probabilities of an (M, K) logit array (NaN rows -> 0.5)."""
-    z = np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=0.0)
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def minority_weights(logits, given, train_rows: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Minority-sampler weights (M,) over ``train_rows`` and a summary of their spread."""
-    rows = np.asarray(train_rows)
-    probs = sigmoid_rows(logits[rows])
-    res = minority_sampling_weights(probs, np.asarray(given[rows]))
-    return res.weights, res.summary()
+REFINES = ("batch", "epoch")
 
 
 def train_losses(logits, given, train_rows: np.ndarray) -> np.ndarray:
-    """float32 (M, K) BCE of the training rows against their given labels."""
+    """float32 (M, K) BCE of the training rows against ``given`` (1 / 0; -1 scored as 0)."""
     rows = np.asarray(train_rows)
     out = np.empty((rows.size, given.shape[1]), dtype=np.float32)
     for s in range(0, rows.size, CHUNK_ROWS):
@@ -64,36 +62,123 @@ def clean_probability(losses: np.ndarray, given_rows: np.ndarray) -> np.ndarray:
     return clean_posterior(losses, g, fit)
 
 
-def images_to_rescore(p_clean: np.ndarray, given_rows: np.ndarray, clean_threshold: float) -> np.ndarray:
-    """Positions (into the training rows) of images with at least one known non-clean cell."""
-    nonclean = (np.asarray(given_rows) >= 0) & (np.nan_to_num(p_clean, nan=1.0) <= clean_threshold)
-    return np.flatnonzero(nonclean.any(axis=1))
+@register_mixer("balancemix")
+class BalanceMixMixer(Mixer):
+    """BalanceMix (module docstring). Options: ``balancemix_warmup`` (10),
+    ``balancemix_delta`` (0.55 single-positive, else 0.975), ``balancemix_clean_threshold``
+    (0.5), ``balancemix_sampler`` ("sum" as Eq. 3, or "mean" over the image's cells),
+    ``balancemix_refine`` ("batch" or "epoch")."""
+
+    minority_batch = True
+    TWO_VIEW_FILE = "two_view.npy"
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        # one generator shared by all ranks draws l for the whole global batch (each rank
+        # takes its slice), so W processes mix exactly like one
+        self.pair_generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 0xBA1A))
+        given = ctx.labels
+        self.assumed = np.where(given == UNK, 0, given).astype(np.int8)
+        single = is_single_positive(given[ctx.train_rows])
+        self.warmup = _option(cfg, "balancemix_warmup", 10)
+        self.delta = _option(cfg, "balancemix_delta", DELTA_SINGLE_POSITIVE if single else DELTA_MULTI)
+        self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)
+        self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
+        self.refine = _option(cfg, "balancemix_refine", "batch")
+        # single-positive data: the given positives are verified (docs/losses_and_mixing.md)
+        self.trusted = np.asarray(ctx.trusted, dtype=bool) | ((given == POS) if single else False)
+        self.single_positive = single
+        self.p_clean: np.ndarray | None = None    # float32 (N, K) once management runs
+        self.two_view: np.ndarray | None = None   # refine == "epoch": float32 (N, K), NaN = not scored
+        self.counts = np.zeros(3, dtype=np.int64)
+
+    def settings(self) -> dict:
+        return {"balancemix_warmup": self.warmup, "balancemix_delta": float(self.delta),
+                "balancemix_clean_threshold": self.clean_threshold, "balancemix_sampler": self.sampler_score,
+                "balancemix_refine": self.refine, "single_positive": bool(self.single_positive)}
+
+    def views(self, epoch: int) -> int:
+        return 2 if self.p_clean is not None and self.refine == "batch" else 0
+
+    # ------------------------------------------------------------------ per step
+    def _targets(self, batch: Batch, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training target float (b, K) and weight (b, K) or None of the samples ``pos``."""
+        idx = batch.indices[pos].numpy()
+        g = self.assumed[idx]
+        if self.p_clean is None:
+            return torch.from_numpy((g == POS).astype(np.float32)), None
+        pc = self.p_clean[idx]
+        if self.refine == "batch":
+            c = np.full(g.shape, np.nan, dtype=np.float32)
+            todo = np.flatnonzero((pc <= self.clean_threshold).any(1))
+            if todo.size:
+                c[todo] = self.ctx.probabilities(batch.views[pos][torch.from_numpy(todo)]).numpy()
+        else:
+            c = self.two_view[idx]
+        state, target, weight = assign_states_block(g, pc, c, clean_threshold=self.clean_threshold, delta=self.delta)
+        self.counts += np.bincount(state.ravel(), minlength=4)[:3]
+        return torch.from_numpy((target == POS).astype(np.float32)), torch.from_numpy(weight)
+
+    def mix(self, batch: Batch) -> MixedBatch:
+        pos_r = torch.nonzero(batch.slots == 0).flatten()
+        pos_m = torch.nonzero(batch.slots == 1).flatten()
+        n = min(pos_r.numel(), pos_m.numel())   # pairs whose members both decoded
+        pos_r, pos_m = pos_r[:n], pos_m[:n]
+        t_r, w_r = self._targets(batch, pos_r)
+        t_m, _ = self._targets(batch, pos_m)
+        b = self.cfg.batch_size
+        lam = balancemix_lambda(b * self.ctx.world_size, self.pair_generator)[self.ctx.rank * b + torch.arange(n)]
+        x, target = mix_pair(batch.images[pos_r], batch.images[pos_m], t_r, t_m, lam)
+        return MixedBatch(x, target, torch.ones_like(target, dtype=torch.bool), w_r, batch.indices[pos_r])
+
+    # ------------------------------------------------------------------ per epoch
+    def on_epoch_end(self, epoch: int, logits, fresh: bool) -> dict:
+        rows = self.ctx.train_rows
+        res = minority_sampling_weights(sigmoid(np.nan_to_num(np.asarray(logits[rows], dtype=np.float32))),
+                                        self.assumed[rows], score_reduction=self.sampler_score)
+        self.ctx.sampler.set_minority_weights(res.weights)
+        info = {"minority_min_max_ratio": res.min_max_ratio}
+        if self.counts.any():   # states the previous management gave this epoch's cells
+            info.update({f"cells_{name}": int(v) for name, v in zip(("clean", "relabeled", "ambiguous"), self.counts)})
+        self.counts[:] = 0
+        if epoch + 1 < self.warmup:
+            self.p_clean = None
+            return info
+        p_rows = clean_probability(train_losses(logits, self.assumed, rows), self.assumed[rows])
+        p_clean = np.ones(self.assumed.shape, dtype=np.float32)
+        p_clean[rows] = np.nan_to_num(p_rows, nan=1.0)
+        p_clean[self.trusted] = 1.0
+        self.p_clean = p_clean
+        nonclean = p_clean[rows] <= self.clean_threshold
+        info["cells_nonclean"] = int(nonclean.sum())
+        if self.refine == "epoch":
+            info["rescored_images"] = self._epoch_two_view(rows, nonclean, fresh)
+        return info
+
+    def _epoch_two_view(self, rows: np.ndarray, nonclean: np.ndarray, fresh: bool) -> int:
+        """``refine="epoch"``: c of the non-clean cells from one two-view pass (stored in
+        stats/two_view.npy so a resumed run re-uses it). Returns the images scored."""
+        path = self.ctx.out / "stats" / self.TWO_VIEW_FILE
+        todo = np.flatnonzero(nonclean.any(1))
+        if fresh:
+            two_view = np.full(self.assumed.shape, np.nan, dtype=np.float32)
+            if todo.size:
+                c = self.ctx.score_rows(None, rows[todo], views=2)
+                two_view[rows[todo]] = np.where(nonclean[todo], c, np.nan)
+            two_view = two_view.astype(np.float16)   # what a resumed run reads back
+            if self.ctx.rank == 0:
+                atomic.write_npy(path, two_view)
+        else:
+            two_view = np.load(path)
+        self.two_view = two_view.astype(np.float32)
+        return int(todo.size)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "pair_generator": self.pair_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.pair_generator.set_state(state["pair_generator"])
 
 
-@dataclass
-class Management:
-    """Per-cell training labels for the next epoch, over all N rows (validation rows and
-    rows of images that failed keep their given labels with weight 1)."""
-
-    target: np.ndarray   # int8 (N, K): 1 / 0 / -1
-    weight: np.ndarray   # float32 (N, K)
-    counts: dict         # clean / relabeled / ambiguous cell counts over the training rows
-
-
-def manage(given, train_rows: np.ndarray, p_clean: np.ndarray, two_view_rows: np.ndarray | None,
-           clean_threshold: float, delta: float) -> Management:
-    """Assign states on the training rows and return full (N, K) target / weight."""
-    rows = np.asarray(train_rows)
-    g_rows = np.asarray(given[rows])
-    state, target_rows, weight_rows = assign_states(g_rows, p_clean, two_view_rows,
-                                                    clean_threshold=clean_threshold, delta=delta)
-    target = np.array(given, dtype=np.int8, copy=True)
-    weight = (target >= 0).astype(np.float32)
-    target[rows] = target_rows
-    weight[rows] = weight_rows
-    counts = {
-        "clean": int((state == CLEAN).sum()),
-        "relabeled": int((state == RELABELED).sum()),
-        "ambiguous": int((state == AMBIGUOUS).sum()),
-    }
-    return Management(target=target, weight=weight, counts=counts)
+__all__ = ["AMBIGUOUS", "CLEAN", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability", "train_losses"]

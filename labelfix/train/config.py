@@ -20,7 +20,28 @@ from labelfix.errors import LabelfixError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
-MIXES = ("none", "mixup", "logicmix", "balancemix")
+MIXES = ("none", "mixup", "logicmix", "balancemix", "icmixup")
+#: options only some mixing methods use (None = not given; the method's default applies).
+#: Giving one to another method is an error, never silently ignored.
+MIXER_OPTIONS = {
+    "mix_prob": ("mixup", "logicmix", "icmixup"),
+    "mixup_alpha": ("mixup", "icmixup"),
+    "logicmix_mixed_loss": ("logicmix",),
+    "curriculum_start": ("logicmix",),
+    "icm_mode": ("icmixup",),
+    "icm_weight": ("icmixup",),
+    "balancemix_warmup": ("balancemix",),
+    "balancemix_delta": ("balancemix",),
+    "balancemix_clean_threshold": ("balancemix",),
+    "balancemix_sampler": ("balancemix",),
+    "balancemix_refine": ("balancemix",),
+}
+CHOICES = {
+    "logicmix_mixed_loss": ("asl", "same"),
+    "icm_mode": ("auto", "single", "multi"),
+    "balancemix_sampler": ("sum", "mean"),
+    "balancemix_refine": ("batch", "epoch"),
+}
 UNLABELED = ("negative", "unknown")
 CLASS_GROUPS = ("scaled", "tertile")
 
@@ -48,13 +69,20 @@ class TrainConfig:
     loss: str = "bce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     mix: str = "logicmix"
-    mix_prob: float = 0.5
-    mixup_alpha: float = 0.8
+    # method options: None = the method's default (labelfix.train.mixers, docs/training.md)
+    mix_prob: float | None = None
+    mixup_alpha: float | None = None
+    logicmix_mixed_loss: str | None = None
+    curriculum_start: int | None = None
+    icm_mode: str | None = None
+    icm_weight: float | None = None
+    balancemix_warmup: int | None = None
+    balancemix_delta: float | None = None
+    balancemix_clean_threshold: float | None = None
+    balancemix_sampler: str | None = None
+    balancemix_refine: str | None = None
     randaugment: bool = True
     hflip: float = 0.5
-    balancemix_warmup: int = 10
-    balancemix_delta: float | None = None
-    balancemix_clean_threshold: float = 0.5
     # optimisation
     epochs: int = 20
     batch_size: int = 32
@@ -116,16 +144,27 @@ class TrainConfig:
             bad("warmup_epochs", "must be >= 0")
         if not 0.0 <= self.hflip <= 1.0:
             bad("hflip", f"{self.hflip} is not in [0, 1]")
-        if not 0.0 <= self.mix_prob <= 1.0:
-            bad("mix_prob", f"{self.mix_prob} is not in [0, 1]")
         if self.workers < 0:
             bad("workers", "must be >= 0")
-        if self.balancemix_delta is not None and not 0.5 <= self.balancemix_delta < 1.0:
-            bad("balancemix_delta", "must be in [0.5, 1)")
-        if not 0.0 < self.balancemix_clean_threshold < 1.0:
-            bad("balancemix_clean_threshold", "must be in (0, 1)")
-        if self.balancemix_warmup < 0:
-            bad("balancemix_warmup", "must be >= 0")
+        for name, users in MIXER_OPTIONS.items():
+            if getattr(self, name) is not None and self.mix not in users:
+                bad(name, f"not used by --mix {self.mix} (only by {', '.join(users)})")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        checks = {
+            "mix_prob": (lambda v: 0.0 <= v <= 1.0, "is not in [0, 1]"),
+            "mixup_alpha": (lambda v: v > 0, "must be > 0"),
+            "icm_weight": (lambda v: v >= 0, "must be >= 0"),
+            "curriculum_start": (lambda v: v >= 1, "must be >= 1 (an epoch number)"),
+            "balancemix_warmup": (lambda v: v >= 0, "must be >= 0"),
+            "balancemix_delta": (lambda v: 0.5 <= v < 1.0, "must be in [0.5, 1)"),
+            "balancemix_clean_threshold": (lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
+        }
+        for name, (ok, what) in checks.items():
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                bad(name, f"{value} {what}")
         if self.loss == "role" and self.mix != "none":
             bad("mix", "--loss role needs --mix none (its label table has one row per image; "
                        "a mixed image has no single row)")

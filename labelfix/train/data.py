@@ -8,6 +8,7 @@ epoch, position) -- not on the number of workers, the rank, or an interruption.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -19,39 +20,38 @@ from labelfix.labels import LabelSet
 from labelfix.train.sampler import SampleKey
 
 
-class KeyedDataset(Dataset):
-    """``dataset[SampleKey]`` -> ``(image or None, labels (K,) int8 or None, index, slot)``."""
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed Python's, NumPy's and torch's global RNGs for one transform call, then
+    restore them (augmentation must not depend on workers, ranks or interruptions)."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
 
-    def __init__(self, labelset: LabelSet, transform):
+
+class KeyedDataset(Dataset):
+    """``dataset[SampleKey]`` -> ``(image or None, labels (K,) int8 or None, index, slot,
+    views or None)``.
+
+    ``views`` (settable between epochs): extra augmented views of the same decoded image,
+    float (V, 3, H, W), view v seeded from ``(key.seed, v)`` (BalanceMix's re-labeling).
+    ``stack_views=True`` returns the views *as* the image (V, 3, H, W) instead (the
+    two-view scoring pass)."""
+
+    def __init__(self, labelset: LabelSet, transform, views: int = 0, stack_views: bool = False):
         self.base = PartialLabelDataset(labelset, transform)
+        self.views = int(views)
+        self.stack_views = bool(stack_views)
 
     def __len__(self) -> int:
         return len(self.base)
-
-    def __getitem__(self, key: SampleKey):
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        torch_state = torch.random.get_rng_state()
-        try:
-            random.seed(key.seed)
-            np.random.seed(key.seed % (2**32))
-            torch.manual_seed(key.seed)
-            image, labels, index = self.base[key.index]
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            torch.random.set_rng_state(torch_state)
-        return image, labels, int(index), int(key.slot)
-
-
-class MultiViewDataset(KeyedDataset):
-    """Like ``KeyedDataset`` but the image is decoded once and transformed ``views``
-    times (view v seeded from ``(key.seed, v)``): item image is (views, 3, H, W).
-    BalanceMix's two-view re-labeling uses it so each image is read once, not twice."""
-
-    def __init__(self, labelset: LabelSet, transform, views: int = 2):
-        super().__init__(labelset, transform)
-        self.views = int(views)
 
     def __getitem__(self, key: SampleKey):
         from labelfix.data.image import DECODE_ERRORS, load_rgb
@@ -62,43 +62,40 @@ class MultiViewDataset(KeyedDataset):
         try:
             image = load_rgb(labelset.image_path(key.index))
         except DECODE_ERRORS:
-            return None, None, int(key.index), int(key.slot)
-        py_state = random.getstate()
-        np_state = np.random.get_state()
-        torch_state = torch.random.get_rng_state()
-        out = []
-        try:
-            for v in range(self.views):
-                seed = derive_seed(key.seed, v)
-                random.seed(seed)
-                np.random.seed(seed % (2**32))
-                torch.manual_seed(seed)
-                out.append(self.base.transform(image))
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            torch.random.set_rng_state(torch_state)
-        return torch.stack(out), labels, int(key.index), int(key.slot)
+            return None, None, int(key.index), int(key.slot), None
+        transform = self.base.transform
+        views = []
+        for v in range(self.views):
+            with seeded(derive_seed(key.seed, v)):
+                views.append(transform(image))
+        views = torch.stack(views) if views else None
+        if self.stack_views:
+            return views, labels, int(key.index), int(key.slot), None
+        with seeded(key.seed):
+            main = transform(image)
+        return main, labels, int(key.index), int(key.slot), views
 
 
 def collate_keyed(batch):
     """Collate ``KeyedDataset`` items, dropping those that failed to decode.
 
     Returns ``(images (B,3,H,W) | None, labels (B,K) int8 | None, indices (B,) long,
-    slots (B,) long, failed (F,) long, positions (B,) long)``; ``positions`` is each kept
-    item's position in the original list (padding detection in evaluation passes).
+    slots (B,) long, failed (F,) long, positions (B,) long, views (B,V,3,H,W) | None)``;
+    ``positions`` is each kept item's position in the original list (padding detection
+    in evaluation passes).
     """
     keep = [i for i, b in enumerate(batch) if b[0] is not None]
     failed = torch.tensor([b[2] for b in batch if b[0] is None], dtype=torch.long)
     positions = torch.tensor(keep, dtype=torch.long)
     if not keep:
         empty = torch.empty(0, dtype=torch.long)
-        return None, None, empty, empty, failed, positions
+        return None, None, empty, empty, failed, positions, None
     images = torch.stack([batch[i][0] for i in keep])
     labels = torch.stack([batch[i][1] for i in keep])
     indices = torch.tensor([batch[i][2] for i in keep], dtype=torch.long)
     slots = torch.tensor([batch[i][3] for i in keep], dtype=torch.long)
-    return images, labels, indices, slots, failed, positions
+    views = torch.stack([batch[i][4] for i in keep]) if batch[keep[0]][4] is not None else None
+    return images, labels, indices, slots, failed, positions, views
 
 
 def make_loader(dataset: Dataset, batch_sampler, workers: int, pin_memory: bool = False) -> DataLoader:
@@ -121,3 +118,22 @@ def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
         g = torch.Generator().manual_seed(int(seed) + 7919)
         split[torch.randperm(num_images, generator=g)[:n_val].numpy()] = 1
     return split
+
+
+def read_validation(cfg, classes: LabelSet) -> LabelSet:
+    """``--val`` labels with their columns in the training class order (one clear line
+    when the class sets differ)."""
+    from labelfix.errors import LabelfixError
+    from labelfix.io import read_labels
+
+    val = read_labels(cfg.val, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
+                      class_descriptions=cfg.class_descriptions)
+    names = classes.class_names
+    missing = sorted(set(names) - set(val.class_names))
+    extra = sorted(set(val.class_names) - set(names))
+    if missing or extra:
+        raise LabelfixError(f"{cfg.val}: classes: validation classes differ from the training classes "
+                            f"(missing {missing[:5]}, extra {extra[:5]})")
+    order = [val.class_names.index(n) for n in names]
+    return LabelSet(np.ascontiguousarray(np.asarray(val.labels)[:, order]), val.images,
+                    classes.classes.copy(), val.image_root, dict(val.source))

@@ -32,6 +32,22 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; otherwise the named torch device
+    (one clear line for a bad name or a CUDA device on a machine without one)."""
+    from labelfix.errors import LabelfixError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise LabelfixError(f"--device: {name!r} is not a torch device (auto, cpu, cuda, cuda:1 ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LabelfixError(f"--device: {name}: CUDA is not available on this machine")
+    return dev
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group that torchrun describes in the environment (if any)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -67,6 +83,15 @@ def all_reduce_sum(values, info: DistInfo, device=None) -> np.ndarray:
     if info.enabled:
         dist.all_reduce(arr)
     return arr.cpu().numpy()
+
+
+def all_gather_object(obj, info: DistInfo) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` without torchrun)."""
+    if not info.enabled:
+        return [obj]
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def broadcast_object(obj, info: DistInfo):

@@ -24,19 +24,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from labelfix.io import atomic
+from labelfix.numeric import bce_logits
 
 CHUNK_ROWS = 65536
 
 
-def cell_bce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-cell BCE of ``logits`` (B, K) against the given labels (B, K) (1 / 0 / -1;
-    unknown is scored against 0). float32 (B, K); NaN logits give NaN."""
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(labels) == 1, dtype=torch.float32)
-    return F.binary_cross_entropy_with_logits(z, y, reduction="none").numpy()
+#: per-cell BCE of logits (B, K) against the given labels (unknown scored against 0)
+cell_bce = bce_logits
 
 
 def read_state(stats_dir: str | Path) -> dict:

@@ -1,0 +1,165 @@
+"""Checkpoints, random-number states and resume checks of a training run.
+
+``checkpoints/last.pt`` is written atomically after every epoch (keys: docs/internals.md).
+It holds everything exact resume needs: weights, EMA, optimizer, schedule, loss state
+(ROLE's table), AMP scaler, sampler state, and per rank the global RNG states plus the
+mixer's generators. Every other random choice derives from ``(seed, epoch, position)``,
+so a run killed at any point and resumed ends with the same weights (bit-for-bit on the
+CPU). Loading uses ``torch.load(weights_only=True)``: a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from labelfix.errors import LabelfixError
+from labelfix.io import atomic
+from labelfix.train.distributed import all_gather_object, barrier
+
+#: options that may change on --resume (they do not change what is computed, or extend it)
+RESUME_MUTABLE = {"epochs", "workers", "device", "progress", "resume"}
+#: options holding paths: compared after resolving them
+PATH_OPTIONS = {"data", "out", "images", "val", "weights", "class_descriptions"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def get_rng_state(device: torch.device) -> dict:
+    """Global RNG states (loadable with ``torch.load(weights_only=True)``)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.random.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def run_fingerprint(dataset_fingerprint: str, split: np.ndarray, seed: int) -> str:
+    """sha256 of the dataset fingerprint, the split and the seed: a checkpoint resumes
+    only the run it belongs to."""
+    h = hashlib.sha256(dataset_fingerprint.encode())
+    h.update(np.ascontiguousarray(split).tobytes())
+    h.update(str(seed).encode())
+    return h.hexdigest()
+
+
+def native(row: dict) -> dict:
+    """A metrics row with plain Python values (checkpoints load with weights_only)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, np.integer):
+            value = int(value)
+        elif isinstance(value, np.floating):
+            value = float(value)
+        out[str(key)] = value
+    return out
+
+
+def build_checkpoint(t) -> dict:
+    """The checkpoint dict of trainer ``t`` (a collective under torchrun: every rank calls it)."""
+    rng = get_rng_state(t.device)
+    rng.update(t.mixer.state_dict())
+    ranks = all_gather_object(rng, t.dist)
+    return {
+        "model": t.model.state_dict(),
+        "ema": t.ema.module.state_dict() if t.ema is not None else None,
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "epoch": t.epoch,
+        "global_step": t.global_step,
+        "rng": {"world_size": t.dist.world_size, "ranks": ranks},
+        "sampler": t.sampler.state_dict(),
+        "model_config": t.model_config,
+        "classes": t.labelset.class_names,
+        "run_fingerprint": t.run_fingerprint,
+        # additions to the documented keys: state that exact resume needs
+        "loss": t.loss_fn.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "train_state": {"best_map": float(t.best_map), "skipped": dict(t.skipped),
+                        "metrics": [native(r) for r in t.metrics_rows],
+                        "last_train": native(t.last_train_info)},
+    }
+
+
+def save_checkpoint(t) -> None:
+    """Write ``checkpoints/last.pt`` atomically (rank 0), then wait for every rank."""
+    ckpt = build_checkpoint(t)
+    if t.dist.is_main:
+        with atomic.atomic_path(t.out / "checkpoints" / "last.pt") as tmp:
+            torch.save(ckpt, tmp)
+    barrier(t.dist)
+
+
+def load_checkpoint(t) -> None:
+    """Restore trainer ``t`` from ``checkpoints/last.pt`` (one clear line if it cannot)."""
+    path = t.out / "checkpoints" / "last.pt"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise LabelfixError(f"{path}: cannot read the checkpoint: {str(err).splitlines()[0]}") from None
+    if ckpt.get("run_fingerprint") != t.run_fingerprint:
+        raise LabelfixError(f"{path}: run_fingerprint: the checkpoint belongs to other data, split or seed")
+    t.model.load_state_dict(ckpt["model"])
+    if t.ema is not None:
+        if ckpt.get("ema") is None:
+            raise LabelfixError(f"{path}: ema: the run was trained without --ema")
+        t.ema.module.load_state_dict(ckpt["ema"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    t.loss_fn.load_state_dict(ckpt.get("loss") or {})
+    if t.scaler is not None and ckpt.get("scaler"):
+        t.scaler.load_state_dict(ckpt["scaler"])
+    t.epoch = int(ckpt["epoch"])
+    t.global_step = int(ckpt["global_step"])
+    t.sampler.load_state_dict(ckpt["sampler"])
+    rng = ckpt["rng"]
+    if int(rng["world_size"]) != t.dist.world_size:
+        raise LabelfixError(f"{path}: rng: saved with {rng['world_size']} processes, resumed with "
+                            f"{t.dist.world_size}; resume with the same number")
+    mine = rng["ranks"][t.dist.rank]
+    set_rng_state(mine, t.device)
+    t.mixer.load_state_dict(mine)
+    ts = ckpt.get("train_state") or {}
+    t.best_map = float(ts.get("best_map", -math.inf))
+    t.skipped = {int(k): int(v) for k, v in (ts.get("skipped") or {}).items()}
+    t.metrics_rows = [dict(r) for r in ts.get("metrics", [])]
+    t.last_train_info = dict(ts.get("last_train") or t.last_train_info)
+
+
+def _same(name: str, a, b, base_a: Path | None = None, base_b: Path | None = None) -> bool:
+    if name in PATH_OPTIONS and a is not None and b is not None:
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
+
+
+def check_resume_compatible(saved, given, out: Path) -> None:
+    """Refuse ``--resume`` with options that change what is computed (one line naming them)."""
+    old = saved.to_dict()
+    diff = [name for name, value in given.to_dict().items()
+            if name not in RESUME_MUTABLE and not _same(name, old.get(name), value)]
+    if diff:
+        raise LabelfixError(f"{out / 'config.yaml'}: --resume with different option(s) "
+                            f"{', '.join('--' + d.replace('_', '-') for d in diff)}; "
+                            f"resume with the run's options or start a new --out")
