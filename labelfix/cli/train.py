@@ -34,6 +34,10 @@ def _opt(*decls, **kw):
 @_opt("--pretrained/--no-pretrained", help="Start from timm hub weights (needs network) [default: no].")
 @_opt("--weights", type=click.Path(dir_okay=False), help="Start from an offline weights file.")
 @_opt("--img-size", type=int, help=f"Input size in pixels [default: {_D.img_size}].")
+@_opt("--frozen/--no-frozen", help="Embed every image once with the (pretrained) backbone and train only the "
+                                   "head on the features: the fast mode for CPUs and large data [default: off].")
+@_opt("--folds", type=int, help="Cross-fit: train K models, each on K-1 folds, so that clean judges every label "
+                                "out of sample; the exported model is their ensemble [default: off].")
 @_opt("--loss", help=f"bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct [default: {_D.loss}].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
 @_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")
@@ -48,9 +52,9 @@ def _opt(*decls, **kw):
 @_opt("--icm-mode", type=click.Choice(["auto", "single", "multi"]),
       help="icmixup: the paper's single-label loss or the multi-label adaptation [default: auto].")
 @_opt("--icm-weight", type=float, help="icmixup (multi): weight of the contrastive term [default: 1].")
-@_opt("--randaugment/--no-randaugment", help="RandAugment on training images [default: on].")
-@_opt("--hflip", type=float, help=f"Horizontal-flip probability of training images; 0 where mirroring "
-                                  f"changes the class (text, digits) [default: {_D.hflip}].")
+@_opt("--randaugment/--no-randaugment", help="RandAugment on training images [default: on; off with --frozen].")
+@_opt("--hflip", type=float, help="Horizontal-flip probability of training images; 0 where mirroring "
+                                  "changes the class (text, digits) [default: 0.5; 0 with --frozen].")
 @_opt("--balancemix-warmup", type=int, help="Epochs before BalanceMix's label management starts [default: 10].")
 @_opt("--balancemix-delta", type=float, help="Re-labeling threshold delta [default: 0.55 for single-positive "
                                              "labels, else 0.975].")

@@ -36,7 +36,7 @@ from labelfix.models.weights import (
 
 __all__ = [
     "MultiLabelModel", "create_model", "list_heads", "register_head", "load_weights",
-    "model_config", "load_checkpoint", "model_from_checkpoint", "EVAL_CROP_MODE", "WeightsReport",
+    "model_config", "load_checkpoint", "model_from_checkpoint", "EnsembleModel", "EVAL_CROP_MODE", "WeightsReport",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -261,14 +261,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> MultiLabelModel:
+class EnsembleModel(nn.Module):
+    """The mean of the logits of several models with the same inputs and classes (the
+    fold models of a cross-fitted run). ``forward(x)``: (B, 3, H, W) -> (B, K)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], ema: bool = False) -> nn.Module:
     """Rebuild the model of a checkpoint dict (``load_checkpoint``) with its weights
-    (``ckpt["ema"]`` when ``ema``), in eval mode on the CPU."""
+    (``ckpt["ema"]`` when ``ema``), in eval mode on the CPU: a :class:`MultiLabelModel`,
+    or an :class:`EnsembleModel` when ``model_config["ensemble"]`` gives a member count."""
     cfg = ckpt["model_config"]
-    model = create_model(
-        cfg["backbone"], cfg["head"], num_classes=int(cfg["num_classes"]),
-        img_size=int(cfg["img_size"]), **dict(cfg.get("head_kwargs") or {}),
-    )
+
+    def build():
+        return create_model(cfg["backbone"], cfg["head"], num_classes=int(cfg["num_classes"]),
+                            img_size=int(cfg["img_size"]), **dict(cfg.get("head_kwargs") or {}))
+
+    count = int(cfg.get("ensemble") or 0)
+    model = EnsembleModel([build() for _ in range(count)]) if count else build()
     sd = ckpt.get("ema") if ema else ckpt.get("model")
     if sd is None:
         raise LabelfixError("checkpoint: ema: this run kept no EMA weights (drop --ema)")

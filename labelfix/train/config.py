@@ -65,6 +65,7 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     img_size: int = 224
+    frozen: bool = False
     # objective
     loss: str = "bce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -81,8 +82,9 @@ class TrainConfig:
     balancemix_clean_threshold: float | None = None
     balancemix_sampler: str | None = None
     balancemix_refine: str | None = None
-    randaugment: bool = True
-    hflip: float = 0.5
+    # augmentation: None = on (RandAugment, flips 0.5) for images, off with --frozen
+    randaugment: bool | None = None
+    hflip: float | None = None
     # optimisation
     epochs: int = 20
     batch_size: int = 32
@@ -101,6 +103,7 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.9998
     # statistics / evaluation
+    folds: int = 0
     class_groups: str = "scaled"
     # runtime
     workers: int = 4
@@ -142,8 +145,18 @@ class TrainConfig:
             bad("lr", f"{self.lr} must be > 0")
         if self.warmup_epochs < 0:
             bad("warmup_epochs", "must be >= 0")
+        if self.frozen:
+            if self.head != "linear":
+                bad("head", f"{self.head!r}: --frozen trains a head on pooled features; use --head linear")
+            if self.randaugment or self.hflip:
+                bad("randaugment" if self.randaugment else "hflip",
+                    "--frozen trains on fixed features, which have no augmentation")
+        self.randaugment = (not self.frozen) if self.randaugment is None else bool(self.randaugment)
+        self.hflip = (0.0 if self.frozen else 0.5) if self.hflip is None else self.hflip
         if not 0.0 <= self.hflip <= 1.0:
             bad("hflip", f"{self.hflip} is not in [0, 1]")
+        if self.folds < 0 or self.folds == 1:
+            bad("folds", f"{self.folds}: must be 0 (no cross-fitting) or >= 2")
         if self.workers < 0:
             bad("workers", "must be >= 0")
         for name, users in MIXER_OPTIONS.items():

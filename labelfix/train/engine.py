@@ -49,10 +49,18 @@ class Trainer:
         log: function taking one line of text (default: the progress console / stderr).
     """
 
-    def __init__(self, cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None):
+    def __init__(self, cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
+                 *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
+                 features_dir: Path | None = None, keep_process_group: bool = False):
+        """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out) and
+        ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``)
+        are given by the cross-fitting driver (``crossfit.py``) to each fold's run."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
         self._log = log
+        self._given = {"labelset": labelset, "split": split}
+        self.features_dir = Path(features_dir) if features_dir is not None else Path(cfg.out) / "features"
+        self._keep_group = keep_process_group
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -88,13 +96,18 @@ class Trainer:
             if last.exists():
                 raise LabelfixError(f"{self.out}: already holds a run (checkpoints/last.pt); "
                                     f"pass --resume to continue it or choose another --out")
-            self.labelset = read_labels(cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
-                                        class_descriptions=cfg.class_descriptions)
-            self.split = split_indices(self.labelset.num_images, cfg.val_split, cfg.seed)
+            self.labelset = self._given["labelset"] or read_labels(
+                cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
+                class_descriptions=cfg.class_descriptions)
+            given_split = self._given["split"]
+            self.split = (split_indices(self.labelset.num_images, cfg.val_split, cfg.seed) if given_split is None
+                          else np.asarray(given_split, dtype=np.int8))
         self.labels = np.asarray(self.labelset.labels)
         self.trusted = np.zeros(self.labels.shape, dtype=bool)
         self.train_rows = np.flatnonzero(self.split == 0)
         self.val_rows = np.flatnonzero(self.split == 1)
+        if self.train_rows.size == 0:
+            raise LabelfixError(f"{cfg.data}: no image left to train on")
         self.val_set = read_validation(cfg, self.labelset) if cfg.val else None
         self.fingerprint = self.labelset.fingerprint()
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)
@@ -115,6 +128,15 @@ class Trainer:
         self.model.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if cfg.frozen:
+            self.model.backbone.requires_grad_(False)
+        # AMP: default on for CUDA (bf16 where supported, else fp16 + GradScaler), off on CPU
+        use_amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        self.amp_dtype = None
+        if use_amp:
+            fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+            self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn = build_loss(cfg, self.labels).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model, self.loss_fn)
         self.ema = None
@@ -122,19 +144,29 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=True)
-        self.train_model = self.model
+        # --frozen: the backbone is fixed (it made the features) and only the head trains
+        self.train_model = self.model.head if cfg.frozen else self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_model = DDP(self.train_model,
+                                   device_ids=[self.device.index] if self.device.type == "cuda" else None)
         mean, std = self.model_config["mean"], self.model_config["std"]
         interp = self.model_config.get("interpolation", "bilinear")
         self.train_tf = create_transforms(cfg.img_size, mean, std, train=True, randaugment=cfg.randaugment,
                                           hflip=cfg.hflip, interpolation=interp)
-        eval_tf = create_transforms(cfg.img_size, mean, std, train=False, interpolation=interp)
-        self.train_ds = KeyedDataset(self.labelset, self.train_tf)
-        self.eval_ds = KeyedDataset(self.labelset, eval_tf)
-        self.val_ds = KeyedDataset(self.val_set, eval_tf) if self.val_set is not None else None
+        self.eval_tf = create_transforms(cfg.img_size, mean, std, train=False, interpolation=interp)
+        if cfg.frozen:
+            from labelfix.train.features import FeatureDataset, embed_run
+
+            feats = embed_run(self, self.features_dir)
+            self.train_ds = FeatureDataset(self.labelset, feats["train"])
+            self.eval_ds = FeatureDataset(self.labelset, feats["train"])
+            self.val_ds = FeatureDataset(self.val_set, feats["val"]) if self.val_set is not None else None
+        else:
+            self.train_ds = KeyedDataset(self.labelset, self.train_tf)
+            self.eval_ds = KeyedDataset(self.labelset, self.eval_tf)
+            self.val_ds = KeyedDataset(self.val_set, self.eval_tf) if self.val_set is not None else None
         self.mixer = create_mixer(cfg.mix, cfg, self)
         self.sampler = EpochBatchSampler(self.train_rows, cfg.batch_size, cfg.seed, self.dist.world_size,
                                          self.dist.rank, minority=self.mixer.minority_batch)
@@ -143,13 +175,6 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.best_map = -math.inf
-        # AMP: default on for CUDA (bf16 where supported, else fp16 + GradScaler), off on CPU
-        use_amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
-        self.amp_dtype = None
-        if use_amp:
-            fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-            self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         counts = (self.labels[self.train_rows] == 1).sum(0)
         self.groups = class_groups(counts, self.train_rows.size, cfg.class_groups)
 
@@ -191,6 +216,11 @@ class Trainer:
     def ema_model(self):
         return None if self.ema is None else self.ema.module
 
+    def forward(self, model, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` (the model or its EMA) on a batch: images, or with
+        ``--frozen`` the features (the head alone)."""
+        return model.head(x) if self.cfg.frozen else model(x)
+
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """The current model in eval mode: float32 (B, K) probabilities on the CPU; (B, V,
@@ -198,9 +228,10 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            b, v = images.shape[0], images.shape[1] if images.dim() == 5 else 1
+            multi = images.dim() == (3 if self.cfg.frozen else 5)
+            b, v = images.shape[0], images.shape[1] if multi else 1
             with self.autocast():
-                logits = self.model(self.to_device(images.flatten(0, 1) if images.dim() == 5 else images))
+                logits = self.forward(self.model, self.to_device(images.flatten(0, 1) if multi else images))
             return torch.sigmoid(logits.float()).view(b, v, -1).mean(1).cpu()
         finally:
             self.model.train(was_training)
@@ -211,7 +242,9 @@ class Trainer:
         model = self.model if model is None else model
         n, k = self.labels.shape
         out = np.full((n, k), np.nan, dtype=np.float32)
-        ds = KeyedDataset(self.labelset, self.train_tf, views=views, stack_views=True) if views else self.eval_ds
+        ds = self.eval_ds
+        if views and not self.cfg.frozen:   # features have no augmentation: their views are the vector
+            ds = KeyedDataset(self.labelset, self.train_tf, views=views, stack_views=True)
         evaluate.score(self, model, ds, np.asarray(rows), out, tag=derive_seed(3, self.epoch))
         return out[np.asarray(rows)]
 
@@ -252,13 +285,18 @@ class Trainer:
                         f"{self.out}: interrupted during epoch {self.epoch + 1}; checkpoints/last.pt holds "
                         f"epoch {self.epoch}. Continue with: labelfix train {cfg.data} --out {cfg.out} --resume"
                     ) from None
+            if not cfg.frozen:   # the final model's embedding: clean's neighbour evidence
+                from labelfix.train.features import embed_run
+
+                embed_run(self, self.out / "stats", names=("embeddings",))
             if self.skipped:
                 self.log(f"{len(self.skipped)} image(s) failed to decode and were skipped; "
                          f"see {self.out / 'skipped_images.csv'}")
             return {"epochs": self.epoch, "metrics": self.metrics_rows, "skipped": len(self.skipped),
                     "out": str(self.out)}
         finally:
-            cleanup(self.dist)
+            if not self._keep_group:
+                cleanup(self.dist)
 
     def _train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
@@ -346,5 +384,10 @@ def _format_row(row: dict) -> str:
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Train as configured; returns ``{"epochs", "metrics", "skipped", "out"}``."""
+    """Train as configured (``cfg.folds`` >= 2: cross-fitted, ``crossfit.py``); returns
+    ``{"epochs", "metrics", "skipped", "out"}``."""
+    if cfg.folds:
+        from labelfix.train.crossfit import train_folds
+
+        return train_folds(cfg, callbacks=callbacks, log=log)
     return Trainer(cfg, callbacks=callbacks, log=log).fit()

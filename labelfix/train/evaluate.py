@@ -51,10 +51,10 @@ def score(t, model, dataset, rows: np.ndarray, out: np.ndarray, tag: int) -> lis
         if images.dim() == 5:   # (B, V, 3, H, W): mean probability over the V views
             b, v = images.shape[:2]
             with t.autocast():
-                logits = model(t.to_device(images.flatten(0, 1)))
+                logits = t.forward(model, t.to_device(images.flatten(0, 1)))
             return torch.sigmoid(logits.float().view(b, v, -1)).mean(1)
         with t.autocast():
-            return model(t.to_device(images))
+            return t.forward(model, t.to_device(images))
 
     def batches():
         for step, (images, _labels, indices, _slots, failed, positions, _views) in enumerate(loader):

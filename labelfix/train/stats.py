@@ -43,10 +43,14 @@ def read_state(stats_dir: str | Path) -> dict:
     return {"epochs_recorded": 0, "last_epoch": -1, "complete": False}
 
 
-def write_state(stats_dir: str | Path, epochs_recorded: int, last_epoch: int, complete: bool) -> None:
-    atomic.write_json(Path(stats_dir) / "state.json",
-                      {"epochs_recorded": int(epochs_recorded), "last_epoch": int(last_epoch),
-                       "complete": bool(complete)})
+def write_state(stats_dir: str | Path, epochs_recorded: int, last_epoch: int, complete: bool,
+                out_of_sample: bool = False) -> None:
+    """``stats/state.json``; ``out_of_sample`` marks statistics merged from cross-fitted
+    folds (every row scored by a model that did not train on it)."""
+    state = {"epochs_recorded": int(epochs_recorded), "last_epoch": int(last_epoch), "complete": bool(complete)}
+    if out_of_sample:
+        state["out_of_sample"] = True
+    atomic.write_json(Path(stats_dir) / "state.json", state)
 
 
 @contextlib.contextmanager
