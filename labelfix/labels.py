@@ -38,6 +38,9 @@ class LabelSet:
             column k of ``labels``.
         image_root: folder that relative ``file_name`` values are resolved against.
         source: where the labels came from (path, format, options, fingerprint).
+        verified: bool array (N, K) or None: cells whose label a person confirmed in an
+            earlier review (the cleaned COCO's ``labelfix.verified``). Training and
+            cleaning trust them: never suggested, never down-weighted.
     """
 
     labels: np.ndarray
@@ -45,6 +48,7 @@ class LabelSet:
     classes: pd.DataFrame
     image_root: Path | None = None
     source: dict = field(default_factory=dict)
+    verified: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.images = self.images.reset_index(drop=True)
@@ -54,6 +58,14 @@ class LabelSet:
             raise ValueError(f"labels shape {self.labels.shape} != ({n}, {k})")
         if self.labels.dtype != np.int8:
             raise ValueError(f"labels must be int8, got {self.labels.dtype}")
+        if self.verified is not None and (self.verified.shape != (n, k) or self.verified.dtype != np.bool_):
+            raise ValueError(f"verified must be bool ({n}, {k}), got {self.verified.dtype} {self.verified.shape}")
+
+    def trusted(self) -> np.ndarray:
+        """bool (N, K): the verified cells (all False when none are)."""
+        if self.verified is None:
+            return np.zeros(self.labels.shape, dtype=bool)
+        return np.asarray(self.verified, dtype=bool)
 
     # -- shape ---------------------------------------------------------------
     @property
@@ -108,6 +120,7 @@ class LabelSet:
             self.classes.copy(),
             self.image_root,
             dict(self.source),
+            None if self.verified is None else np.ascontiguousarray(self.verified[rows]),
         )
 
     def fingerprint(self, chunk_rows: int = 65536) -> str:
@@ -117,11 +130,14 @@ class LabelSet:
         h.update(pd.util.hash_pandas_object(self.images[["image_id", "file_name"]], index=False).values.tobytes())
         for s in range(0, self.num_images, chunk_rows):
             h.update(np.ascontiguousarray(self.labels[s : s + chunk_rows]).tobytes())
+        if self.verified is not None and self.verified.any():
+            h.update(np.packbits(np.asarray(self.verified)).tobytes())
         return h.hexdigest()
 
     # -- persistence ---------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write ``classes.json``, ``images.csv``, ``labels.npy`` and ``source.json``."""
+        """Write ``classes.json``, ``images.csv``, ``labels.npy``, ``source.json`` and, when
+        cells are verified, ``verified.npy``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic.write_json(
@@ -132,6 +148,8 @@ class LabelSet:
         with atomic.atomic_memmap(d / "labels.npy", self.labels.shape, np.int8) as arr:
             for s in range(0, self.num_images, 65536):
                 arr[s : s + 65536] = self.labels[s : s + 65536]
+        if self.verified is not None and self.verified.any():
+            atomic.write_npy(d / "verified.npy", np.asarray(self.verified, dtype=bool))
         src = dict(self.source)
         src["image_root"] = str(self.image_root) if self.image_root is not None else None
         atomic.write_json(d / "source.json", src)
@@ -145,13 +163,14 @@ class LabelSet:
             images = pd.read_csv(d / "images.csv", dtype={"file_name": str}, keep_default_na=False)
             labels = np.load(d / "labels.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             source = json.loads((d / "source.json").read_text())
+            verified = np.load(d / "verified.npy", allow_pickle=False) if (d / "verified.npy").exists() else None
         except FileNotFoundError as e:
             raise LabelfixError(f"{d}: not a labelfix run directory (missing {Path(e.filename).name})") from None
         except (ValueError, json.JSONDecodeError) as e:
             raise LabelfixError(f"{d}: corrupt run directory: {e}") from None
         classes["category_id"] = classes["category_id"].astype(np.int64)
         root = source.get("image_root")
-        return cls(labels, images, classes, Path(root) if root else None, source)
+        return cls(labels, images, classes, Path(root) if root else None, source, verified)
 
 
 def imbalance(counts: pd.DataFrame) -> dict[str, float]:

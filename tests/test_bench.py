@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from labelfix.bench.baselines import cleanlab_issues, fold_assignment, loss_ranking
+from labelfix.bench.baselines import cleanlab_issues, loss_ranking
 from labelfix.bench.metrics import average_precision, detection_metrics, error_cells, suggestion_cells
 from labelfix.bench.runner import goals, mean_std, parse_noise
 from labelfix.errors import LabelfixError
@@ -109,14 +109,6 @@ def test_loss_ranking_hand_computed():
     np.testing.assert_allclose(res.score, [[sp(1.0), sp(2.0), sp(3.0), sp(-3.0)]], rtol=1e-5)
     # given 1 with p < .5 -> 0; given 0 with p > .5 -> 1; unknown p > .5 -> 1, else none
     assert res.suggested.tolist() == [[0, 1, 1, -1]]
-
-
-def test_fold_assignment():
-    f = fold_assignment(10, 3, seed=4)
-    assert sorted(np.bincount(f).tolist()) == [3, 3, 4]
-    np.testing.assert_array_equal(f, fold_assignment(10, 3, seed=4))
-    with pytest.raises(ValueError):
-        fold_assignment(2, 3, 0)
 
 
 def test_parse_noise():

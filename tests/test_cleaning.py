@@ -62,7 +62,11 @@ def test_scorers_hand_computed():
     logits = np.array([[-3.0, 0.5, 2.0]], np.float32)
     np.testing.assert_allclose(bce_losses(logits, given, logits=True),
                                bce_losses(1 / (1 + np.exp(-logits)), given), rtol=1e-5)
-    assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined"}
+    # evidence: the probability mixed 3:1 with the neighbours' vote where there is one
+    nb = np.array([[0.0, 1.0, np.nan]], np.float32)
+    np.testing.assert_allclose(get_scorer("evidence")(given, **kw, neighbours=nb), [[0.85, 0.475, 0.8]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("evidence")(given, **kw), [[0.8, 0.3, 0.8]], atol=1e-6)
+    assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined", "evidence"}
     with pytest.raises(LabelfixError):
         get_scorer("nope")
 

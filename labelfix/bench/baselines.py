@@ -4,12 +4,11 @@
 # multilabel_classification.filter / rank) on K-fold out-of-sample probabilities, and
 # small-loss ranking (the per-cell training loss as the issue score; the "small-loss
 # trick" of Co-teaching, Han et al., NeurIPS 2018, Sec. 2).
-"""Baseline cleaners for ``labelfix bench`` (array-in / array-out, plus the K-fold
-cross-validation that produces cleanlab's out-of-sample probabilities).
+"""Baseline cleaners for ``labelfix bench`` (array-in / array-out). cleanlab's
+out-of-sample probabilities come from ``labelfix train --folds`` (the same folds as
+labelfix's own detection run, ``labelfix.bench.runner``).
 
 - :func:`predict_probs`: sigmoid probabilities of a trained checkpoint on rows of a LabelSet.
-- :func:`fold_assignment` / :func:`cross_val_probs`: K-fold out-of-sample probabilities,
-  each fold a full ``labelfix.train`` run on the other folds.
 - :func:`cleanlab_issues`: cleanlab's per-class issues and quality scores. cleanlab has
   no unknown state: **unknown cells are given to it as negatives** (a flagged unknown
   cell therefore reads as a suggested addition).
@@ -18,10 +17,7 @@ cross-validation that produces cleanlab's out-of-sample probabilities).
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -68,63 +64,6 @@ def predict_probs(checkpoint, labelset: LabelSet, rows=None, *, batch_size: int 
             p = torch.sigmoid(model(images.to(device)).float()).cpu().numpy()
             out[[pos[int(i)] for i in indices]] = p
     return out
-
-
-def fold_assignment(num_images: int, folds: int, seed: int) -> np.ndarray:
-    """int64 (N,): fold of each image, a seeded random permutation cut into ``folds``
-    near-equal parts (sizes differ by at most one)."""
-    if folds < 2:
-        raise ValueError(f"folds must be >= 2, got {folds}")
-    if num_images < folds:
-        raise ValueError(f"{num_images} images cannot be split into {folds} folds")
-    perm = np.random.default_rng(seed).permutation(num_images)
-    out = np.empty(num_images, dtype=np.int64)
-    out[perm] = np.arange(num_images) % folds
-    return out
-
-
-@dataclass
-class CrossValResult:
-    """``probs`` float32 (N, K) out-of-sample; ``folds`` int64 (N,); ``seconds`` per fold."""
-
-    probs: np.ndarray
-    folds: np.ndarray
-    seconds: list
-
-
-def cross_val_probs(labelset: LabelSet, base_cfg, workdir, *, folds: int = 3, seed: int = 0,
-                    log=None) -> CrossValResult:
-    """K-fold out-of-sample probabilities: for each fold, train ``base_cfg`` on the
-    other folds' images (their given labels, a LabelSet directory written under
-    ``workdir/fold{f}/data``, run in ``workdir/fold{f}/run``) and predict the fold's
-    images with the run's last checkpoint.
-
-    Args:
-        labelset: the (noisy) labels; every image is predicted by exactly one model.
-        base_cfg: :class:`labelfix.train.TrainConfig`; ``data`` and ``out`` are replaced.
-        workdir: folder for the fold runs.
-        folds: number of folds (>= 2).
-        seed: seed of the fold assignment.
-        log: function taking one line of text (passed to the trainer).
-    """
-    from labelfix.train import train
-
-    workdir = Path(workdir)
-    assign = fold_assignment(labelset.num_images, folds, seed)
-    probs = np.full((labelset.num_images, labelset.num_classes), np.nan, dtype=np.float32)
-    seconds = []
-    for f in range(folds):
-        t0 = time.perf_counter()
-        held = np.flatnonzero(assign == f)
-        data_dir = workdir / f"fold{f}" / "data"
-        run_dir = workdir / f"fold{f}" / "run"
-        labelset.subset(np.flatnonzero(assign != f)).save(data_dir)
-        cfg = dataclasses.replace(base_cfg, data=str(data_dir), out=str(run_dir))
-        train(cfg, log=log)
-        probs[held] = predict_probs(run_dir / "checkpoints" / "last.pt", labelset, held,
-                                    batch_size=max(64, cfg.batch_size))
-        seconds.append(time.perf_counter() - t0)
-    return CrossValResult(probs, assign, seconds)
 
 
 # --------------------------------------------------------------------------- cleanlab

@@ -5,10 +5,11 @@
 """``run_bench``: the whole benchmark as one function (``labelfix bench`` calls it).
 
 For every noise setting and seed: inject the noise into the clean training labels
-(seed = the benchmark seed), train each method on the noisy labels, run ``clean`` on
-the labelfix run (:data:`DETECTION_SOURCE`), compute the detection metrics of labelfix,
-cleanlab (K-fold masked-BCE probabilities) and loss ranking (the masked-BCE run's
-final per-cell loss), the clean-test mAP of every trained model, and the wall time of
+(seed = the benchmark seed), train each method on the noisy labels, train labelfix's
+cross-fitted detection run (:data:`DETECTION_RECIPE`) and clean it, compute the detection
+metrics of labelfix, cleanlab (out-of-sample probabilities of K-fold models on the same
+folds, :data:`CLEANLAB_LOSS`) and loss ranking (the in-sample masked-BCE run's final
+per-cell loss), the clean-test mAP of every trained model, and the wall time of
 every stage. Results: ``OUT/results.csv`` (tidy, one value per row), ``OUT/summary.md``
 (mean ± std over seeds, goals), ``OUT/summary.png``, ``OUT/command.txt`` and
 ``OUT/machine.json``. Run directories live in ``OUT/runs/<noise>/seed<s>/``; a finished
@@ -50,9 +51,17 @@ DEFAULT_NOISES = ("mislabel:0.4", "flip:0.2", "single-positive", "missing:0.5")
 # 2 seeds keep the full default run under an hour on 2 CPU cores (docs/benchmarks.md)
 DEFAULT_SEEDS = 2
 DEFAULT_FOLDS = 3
-#: which trained run feeds labelfix's detection, in order of preference per noise kind: at
-#: the bench's 10-epoch budget masked BCE trains the better model (docs/benchmarks.md)
-DETECTION_SOURCE = {"single-positive": ("role", "balancemix"), "*": ("bce", "balancemix")}
+#: cross-fitting rounds of labelfix's detection run (labelfix.train.crossfit)
+DEFAULT_ROUNDS = 2
+#: labelfix's detection run per noise kind: (loss, mix) trained cross-fitted. Masked BCE
+#: where labels are known or unknown cells are few; ROLE for single-positive labels
+#: (its label table needs no negatives). Chosen on demo seed 0 (docs/benchmarks.md).
+DETECTION_RECIPE = {"single-positive": ("role", "none"), "*": ("bce", "none")}
+#: cleanlab's out-of-sample probabilities come from K-fold masked-BCE models on the same
+#: folds and backbone: labelfix's round 1 when its recipe is masked BCE, else a
+#: cross-fitted run of its own with unknown cells as negatives ("an"; cleanlab has no
+#: unknown cells)
+CLEANLAB_LOSS = "an"
 DETECTORS = ("labelfix", "cleanlab", "loss")
 
 #: the benchmark's training configuration (CPU, demo data; docs/benchmarks.md)
@@ -100,12 +109,9 @@ def methods_for(kind: str, methods: Sequence[str], single_positive_methods: Sequ
     return out
 
 
-def detection_source(kind: str, trained: Sequence[str]) -> str | None:
-    """The run whose statistics feed labelfix's detection (None if none was trained)."""
-    for m in DETECTION_SOURCE.get(kind, DETECTION_SOURCE["*"]):
-        if m in trained:
-            return m
-    return None
+def detection_recipe(kind: str) -> tuple[str, str]:
+    """(loss, mix) of labelfix's cross-fitted detection run for a noise kind."""
+    return DETECTION_RECIPE.get(kind, DETECTION_RECIPE["*"])
 
 
 @dataclass
@@ -187,6 +193,7 @@ def run_bench(
     out: str | Path = "bench",
     *,
     folds: int = DEFAULT_FOLDS,
+    rounds: int = DEFAULT_ROUNDS,
     single_positive_methods: Sequence[str] = SINGLE_POSITIVE_METHODS,
     baselines: Sequence[str] = ("cleanlab", "loss"),
     command: str | None = None,
@@ -204,7 +211,9 @@ def run_bench(
         seeds: number of seeds (0..n-1) or an explicit list; seed s seeds the noise, the
             training run and the cleanlab folds.
         out: output folder.
-        folds: cleanlab's cross-validation folds.
+        folds: cross-fitting folds of labelfix's detection run (and of cleanlab's
+            out-of-sample probabilities: the same folds).
+        rounds: cross-fitting rounds of labelfix's detection run.
         single_positive_methods: methods added in the single-positive setting.
         baselines: subset of ``("cleanlab", "loss")`` (loss ranking needs method ``bce``).
         command: the command line to record in ``command.txt``.
@@ -217,7 +226,8 @@ def run_bench(
     """
     import sys
 
-    from labelfix.bench.baselines import cleanlab_issues, cross_val_probs, loss_ranking, predict_probs
+    from labelfix.bench.baselines import cleanlab_issues, loss_ranking, predict_probs
+    from labelfix.numeric import sigmoid
     from labelfix.bench.metrics import detection_metrics
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.noise import inject_noise
@@ -298,16 +308,20 @@ def run_bench(
                 logits_of[m] = base / m
                 log(f"[{tag} seed {seed}] {m}: test mAP {rep['map']:.2f} ({secs['train_seconds']:.0f}s"
                     f"{', reused' if reused else ''})")
-            # labelfix detection
-            src = detection_source(kind, list(logits_of))
-            if src is not None:
-                t0 = time.perf_counter()
-                res = clean_run(base / src, report=False)
-                secs = time.perf_counter() - t0
-                det = detection_metrics(noisy, true, np.asarray(res.issues.score), np.asarray(res.issues.suggested))
-                add(tag, kind, rate, seed, "detection", "labelfix", src, det)
-                add(tag, kind, rate, seed, "time", "labelfix", src, {"clean_seconds": secs})
-                log(f"[{tag} seed {seed}] labelfix ({src}): AP {det['ap']:.3f} F1 {det['f1']:.3f}")
+            # labelfix detection: a cross-fitted run (folds x rounds), then clean
+            loss, mix = detection_recipe(kind)
+            det_cfg = TrainConfig(data=str(base / "data"), out=str(base / "labelfix"), loss=loss, mix=mix, seed=seed,
+                                  folds=folds, rounds=rounds, **_method_options(loss, train_cfg, kappa))
+            secs, reused = _train_once(det_cfg, quiet)
+            t0 = time.perf_counter()
+            res = clean_run(base / "labelfix", report=False)
+            clean_secs = time.perf_counter() - t0
+            det = detection_metrics(noisy, true, np.asarray(res.issues.score), np.asarray(res.issues.suggested))
+            add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}", det)
+            add(tag, kind, rate, seed, "time", "labelfix", f"{loss} cv{folds}x{rounds}",
+                {**secs, "clean_seconds": clean_secs})
+            log(f"[{tag} seed {seed}] labelfix ({loss}, {folds} folds x {rounds} rounds): AP {det['ap']:.3f} "
+                f"F1 {det['f1']:.3f} ({secs['train_seconds']:.0f}s{', reused' if reused else ''})")
             if "loss" in baselines and "bce" in logits_of:
                 logits = np.load(base / "bce" / "stats" / "logits.npy").astype(np.float32)
                 iss = loss_ranking(noisy, logits)
@@ -315,29 +329,24 @@ def run_bench(
                 add(tag, kind, rate, seed, "detection", "loss", "bce", det)
                 log(f"[{tag} seed {seed}] loss ranking: AP {det['ap']:.3f} F1 {det['f1']:.3f}")
             if "cleanlab" in baselines:
-                cv_dir = base / "cleanlab_cv"
-                probs_path = cv_dir / "probs.npy"
-                t0, c0 = time.perf_counter(), time.process_time()
-                if probs_path.exists() and (cv_dir / "bench_time.json").exists():
-                    probs = np.load(probs_path)
-                    saved = json.loads((cv_dir / "bench_time.json").read_text())
-                    cv_secs, cv_cpu = float(saved["cv_seconds"]), float(saved["cv_cpu_seconds"])
+                cv_time = {}
+                if loss == "bce":   # the same fold models: labelfix's round 1 (its time is labelfix's)
+                    source = f"bce cv{folds} (labelfix round 1)"
+                    probs_logits = np.load(base / "labelfix" / "stats" / "round1" / "logits.npy")
                 else:
-                    cfg = TrainConfig(data="", out="", loss="bce", mix="none", seed=seed, **train_cfg)
-                    cv = cross_val_probs(noisy_set, cfg, cv_dir, folds=folds, seed=seed, log=quiet)
-                    probs, cv_secs, cv_cpu = cv.probs, time.perf_counter() - t0, time.process_time() - c0
-                    atomic.write_npy(probs_path, probs)
-                    atomic.write_json(cv_dir / "bench_time.json", {"cv_seconds": cv_secs, "cv_cpu_seconds": cv_cpu,
-                                                                   "fold_seconds": cv.seconds})
+                    cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=CLEANLAB_LOSS,
+                                         mix="none", seed=seed, folds=folds, rounds=1, **train_cfg)
+                    cv_time = {"cv_seconds": _train_once(cv_cfg, quiet)[0]["train_seconds"]}
+                    source = f"{CLEANLAB_LOSS} cv{folds}"
+                    probs_logits = np.load(base / "cleanlab_cv" / "stats" / "logits.npy")
                 t1 = time.perf_counter()
-                iss = cleanlab_issues(noisy, probs)
+                iss = cleanlab_issues(noisy, sigmoid(np.asarray(probs_logits, dtype=np.float32)))
                 cl_secs = time.perf_counter() - t1
                 det = detection_metrics(noisy, true, iss.score, iss.suggested, image_score=iss.image_score,
                                         image_flagged=iss.image_flagged)
-                add(tag, kind, rate, seed, "detection", "cleanlab", f"bce cv{folds}", det)
-                add(tag, kind, rate, seed, "time", "cleanlab", f"bce cv{folds}",
-                    {"cv_seconds": cv_secs, "cv_cpu_seconds": cv_cpu, "clean_seconds": cl_secs})
-                log(f"[{tag} seed {seed}] cleanlab: AP {det['ap']:.3f} F1 {det['f1']:.3f} (cv {cv_secs:.0f}s)")
+                add(tag, kind, rate, seed, "detection", "cleanlab", source, det)
+                add(tag, kind, rate, seed, "time", "cleanlab", source, {**cv_time, "clean_seconds": cl_secs})
+                log(f"[{tag} seed {seed}] cleanlab ({source}): AP {det['ap']:.3f} F1 {det['f1']:.3f}")
             atomic.write_csv(results_path, pd.DataFrame(rows))   # partial results after every seed
 
     frame = pd.DataFrame(rows)

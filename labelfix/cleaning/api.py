@@ -15,12 +15,13 @@ import pandas as pd
 
 from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
-from labelfix.cleaning.states import (AMBIGUOUS, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
+from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
                                       default_delta)
 from labelfix.errors import LabelfixError
 from labelfix.io.atomic import atomic_memmap
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
 from labelfix.labels import UNK
+from labelfix.numeric import sigmoid
 
 #: unknown cells are suggested positive above this estimate (docs/cleaning.md)
 DEFAULT_ESTIMATE_THRESHOLD = 0.5
@@ -66,7 +67,7 @@ class LazyProbs:
         self.base, self.shape = logits, tuple(logits.shape)
 
     def __getitem__(self, rows):
-        return _scores.sigmoid(self.base[rows])
+        return sigmoid(self.base[rows])
 
 
 class _LazyBCE:
@@ -105,6 +106,8 @@ def find_label_issues(
     losses=None,
     two_view=None,
     estimates=None,
+    neighbours=None,
+    verified=None,
     *,
     clean_threshold: float = 0.5,
     relabel_threshold: float | None = None,
@@ -142,6 +145,11 @@ def find_label_issues(
             computed; None -> ``probs`` is used for re-labeling.
         estimates: float (N, K) estimated P(positive) for unknown cells (e.g. ROLE's
             label estimator); None -> two_view / probs.
+        neighbours: float (N, K) the neighbours' label vote (share of known neighbour
+            labels that are positive, NaN where none; ``labelfix.cleaning.neighbours``),
+            used by the ``evidence`` scorer; None -> no neighbour evidence.
+        verified: bool (N, K) cells a person verified in an earlier review: clean
+            (p_clean 1), score 0, never suggested.
         clean_threshold: p_clean above which a known cell is clean (0.5).
         relabel_threshold: delta; None -> :func:`default_delta` (0.55 single-positive,
             else 0.975).
@@ -173,7 +181,8 @@ def find_label_issues(
         raise LabelfixError(f"given: shape {getattr(given, 'shape', None)}: must be (N, K)")
     shape = tuple(given.shape)
     N, K = shape
-    for name, arr in (("probs", probs), ("losses", losses), ("two_view", two_view), ("estimates", estimates)):
+    for name, arr in (("probs", probs), ("losses", losses), ("two_view", two_view), ("estimates", estimates),
+                      ("neighbours", neighbours), ("verified", verified)):
         _check_shape(name, arr, shape)
     if classes is not None and len(classes) != K:
         raise LabelfixError(f"classes: {len(classes)} names: given has {K} columns")
@@ -207,12 +216,19 @@ def find_label_issues(
             tv = None if two_view is None else np.asarray(two_view[a:b], dtype=np.float32)
             es = None if estimates is None else np.asarray(estimates[a:b], dtype=np.float32)
             ls = None if losses is None else np.asarray(losses[a:b], dtype=np.float32)
+            nb = None if neighbours is None else np.asarray(neighbours[a:b], dtype=np.float32)
             pc = _gmm.clean_posterior_rows(loss_src, given, fit, a, b, monotone=monotone, device=device)
             relabel_c = _scores._finite_or(tv, pr)
             st, tg, _ = assign_states_block(g, pc, relabel_c, clean_threshold=clean_threshold, delta=delta)
             sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls if ls is not None else loss_src[a:b],
-                          estimates=es)
+                          estimates=es, neighbours=nb)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
+            if verified is not None:   # a person's decision stands
+                vf = np.asarray(verified[a:b], dtype=bool)
+                pc = np.where(vf & (g != UNK), np.float32(1.0), pc)
+                st = np.where(vf & (g != UNK), np.int8(CLEAN), st).astype(np.int8)
+                sc = np.where(vf, np.float32(0.0), sc)
+                sg = np.where(vf, g, sg).astype(np.int8)
             outs["p_clean"][a:b], outs["score"][a:b], outs["state"][a:b], outs["suggested"][a:b] = pc, sc, st, sg
             change = ((g != UNK) & (sg != g) & (sg != UNK)) | ((g == UNK) & (sg == 1))
             ii, kk = np.nonzero(change)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from labelfix.cleaning.api import LabelIssues, LazyProbs, find_label_issues, take_labels
+from labelfix.cleaning.scores import DEFAULT_SCORER
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.run import CORRECTIONS_COLUMNS, Run
@@ -78,6 +79,8 @@ def clean_run(
     classes: Sequence[str] | None = None,
     report: bool = True,
     device: str = "cpu",
+    scorer: str | None = None,
+    neighbours: int = 10,
 ) -> CleanResult:
     """Score every cell of a run and write ``cells/*.npy``, ``corrections.csv`` and
     ``report/`` into it.
@@ -90,6 +93,8 @@ def clean_run(
         max_suggestions: keep the top suggestions only (after the class filter).
         classes: restrict the suggestions to these class names.
         report: write ``report/index.html`` and its plots.
+        scorer: issue score rule (``labelfix.cleaning.scores.list_scorers()``; None: the default).
+        neighbours: neighbours per image for the neighbour evidence (0: none).
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
@@ -102,12 +107,28 @@ def clean_run(
         unknown = sorted(set(classes) - set(ls.class_names))
         if unknown:
             raise LabelfixError(f"{run.path}: --classes: unknown class names {', '.join(unknown)}")
+    from labelfix.cleaning.evidence import duplicates_table, neighbour_votes
+
+    k_nb = neighbours
+    neighbours, embedding = neighbour_votes(run, k=k_nb) if k_nb else (None, None)
+    if neighbours is not None:
+        atomic.write_npy(run.path / "cells" / "neighbours.npy", neighbours.astype(np.float16))
+        dups = duplicates_table(run, embedding)
+        atomic.write_csv(run.path / "cells" / "duplicates.csv", dups)
+        if len(dups):
+            notes.append(f"{dups['group'].nunique()} groups of near-duplicate images "
+                         f"({int((dups['conflicts'] != '').sum())} images in groups whose labels conflict, "
+                         f"{int(dups['crosses_split'].sum())} in groups crossing the validation split); "
+                         f"see cells/duplicates.csv")
     issues = find_label_issues(
         ls.labels,
         LazyProbs(logits),
         losses=losses,
         two_view=two_view,
         estimates=None if role is None else LazyProbs(role),
+        neighbours=neighbours,
+        verified=ls.verified,
+        scorer=scorer or DEFAULT_SCORER,
         clean_threshold=clean_threshold,
         relabel_threshold=relabel_threshold,
         out_dir=run.path / "cells",

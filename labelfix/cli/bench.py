@@ -7,8 +7,8 @@ import shlex
 
 import click
 
-from labelfix.bench.runner import (DEFAULT_FOLDS, DEFAULT_METHODS, DEFAULT_NOISES, DEFAULT_SEEDS, METHODS,
-                                   SINGLE_POSITIVE_METHODS)
+from labelfix.bench.runner import (DEFAULT_FOLDS, DEFAULT_METHODS, DEFAULT_NOISES, DEFAULT_ROUNDS, DEFAULT_SEEDS,
+                                   METHODS, SINGLE_POSITIVE_METHODS)
 
 
 def _methods(value: str) -> list[str]:
@@ -34,11 +34,13 @@ def _methods(value: str) -> list[str]:
 @click.option("--seeds", type=click.IntRange(1), default=DEFAULT_SEEDS, show_default=True,
               help="Seeds 0..n-1 (noise, training and cleanlab folds).")
 @click.option("--folds", type=click.IntRange(2), default=DEFAULT_FOLDS, show_default=True,
-              help="Cross-validation folds of the cleanlab baseline.")
+              help="Cross-fitting folds of labelfix's detection run and of the cleanlab baseline (the same folds).")
+@click.option("--rounds", type=click.IntRange(1), default=DEFAULT_ROUNDS, show_default=True,
+              help="Cross-fitting rounds of labelfix's detection run.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs [default: the bench config's].")
 @click.option("--out", type=click.Path(file_okay=False), default="bench", show_default=True,
               help="Output folder (results.csv, summary.md, summary.png, runs/).")
-def bench(data, test, noises, methods, single_positive_methods, seeds, folds, epochs, out):
+def bench(data, test, noises, methods, single_positive_methods, seeds, folds, rounds, epochs, out):
     """Benchmark label-issue detection (labelfix vs cleanlab vs loss ranking) and clean-test
     mAP of each training method under injected label noise.
 
@@ -56,10 +58,10 @@ def bench(data, test, noises, methods, single_positive_methods, seeds, folds, ep
     for n in noises:
         parts += ["--noise", n]
     parts += ["--methods", methods, "--single-positive-methods", single_positive_methods, "--seeds", str(seeds),
-              "--folds", str(folds)] + (["--epochs", str(epochs)] if epochs is not None else []) + ["--out", out]
+              "--folds", str(folds), "--rounds", str(rounds)] + (["--epochs", str(epochs)] if epochs is not None else []) + ["--out", out]
     command = shlex.join(parts)
     result = run_bench(data, test, noises=list(noises) or list(DEFAULT_NOISES), methods=_methods(methods),
-                       seeds=seeds, out=out, folds=folds, single_positive_methods=sp, command=command,
+                       seeds=seeds, out=out, folds=folds, rounds=rounds, single_positive_methods=sp, command=command,
                        log=lambda s: click.echo(s, err=True), **overrides)
     for name, path in result.paths.items():
         click.echo(f"{name}: {path}")

@@ -14,9 +14,14 @@ import click
                    "[default: 0.975, 0.55 for single-positive data].")
 @click.option("--max-suggestions", type=click.IntRange(min=0), default=None, help="Keep only the top suggestions.")
 @click.option("--classes", default=None, help="Comma-separated class names to suggest corrections for.")
+@click.option("--score", "scorer", type=click.Choice(["evidence", "disagreement", "loss", "gmm", "combined",
+                                                      "two_view"]), default=None,
+              help="Issue score rule (docs/cleaning.md) [default: evidence].")
+@click.option("--neighbours", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Neighbours per image for the neighbour evidence (0: none).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report and plots.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the GMM fits (cpu, cuda).")
-def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, no_report, device):
+def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, scorer, neighbours, no_report, device):
     """Label-wise management of a trained run: per-class GMMs (clean / re-labeled /
     ambiguous), estimates for unknown cells, ranked corrections in RUN/corrections.csv,
     per-cell arrays in RUN/cells/ and a report in RUN/report/."""
@@ -26,7 +31,8 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, no_
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     with run_lock(run, "clean"):
         res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
-                        max_suggestions=max_suggestions, classes=names, report=not no_report, device=device)
+                        max_suggestions=max_suggestions, classes=names, report=not no_report, device=device,
+                        scorer=scorer, neighbours=neighbours)
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
     c = res.corrections

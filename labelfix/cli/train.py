@@ -38,6 +38,8 @@ def _opt(*decls, **kw):
                                    "head on the features: the fast mode for CPUs and large data [default: off].")
 @_opt("--folds", type=int, help="Cross-fit: train K models, each on K-1 folds, so that clean judges every label "
                                 "out of sample; the exported model is their ensemble [default: off].")
+@_opt("--rounds", type=int, help="With --folds: rounds of cross-fitting; from round 2 on, the cells the previous "
+                                 "round's held-out label GMMs call suspicious train as unknown [default: 2].")
 @_opt("--loss", help=f"bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct [default: {_D.loss}].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
 @_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")

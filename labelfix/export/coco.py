@@ -13,6 +13,10 @@ changes are applied:
   ``decisions=("min-score", x)``: the accepted ones plus the undecided ones with
   ``score >= x``. A rejected suggestion is never applied.
 
+Every decided suggestion (accepted or rejected) and every cell verified in an earlier
+round is recorded as verified in the file (``labelfix.verified``), so the next round of
+``labelfix train`` / ``clean`` on it trusts those cells.
+
 Next to the cleaned file a change log (CSV, one row per applied change: image_id,
 file_name, class, category_id, old, new, action, score) is written. Inputs are never
 modified; outputs are written atomically and are byte-identical for identical inputs.
@@ -44,6 +48,7 @@ _FALSE = {"0", "false", "no", "n"}
 class ExportResult:
     out: Path
     change_log: Path
+    verified: int
     changes: int
     additions: int
     removals: int
@@ -203,7 +208,12 @@ def export_cleaned_coco(
     _check_same_records(data, ls, src_path or str(run.path))
     new = np.array(ls.labels, dtype=np.int8)  # dense copy, N x K bytes
     new[log["row"].to_numpy(np.int64), log["col"].to_numpy(np.int64)] = np.where(log["new"] == "1", 1, 0)
-    cleaned = rewrite_coco(data, ls, new)
+    # a person's decisions are trusted from now on: accepted (the new label) and rejected
+    # (the given label confirmed) cells, plus those verified in earlier rounds
+    verified = ls.trusted().copy()
+    decided = frame[frame["decision"] != ""]
+    verified[decided["row"].to_numpy(np.int64), decided["col"].to_numpy(np.int64)] = True
+    cleaned = rewrite_coco(data, ls, new, verified=verified)
     if ls.image_root is not None and ls.image_root.resolve() != out.resolve().parent:
         cleaned = with_image_root(cleaned, ls)
     write_coco(out, cleaned)
@@ -211,6 +221,7 @@ def export_cleaned_coco(
     return ExportResult(
         out=out,
         change_log=log_path,
+        verified=int(verified.sum()),
         changes=int(len(log)),
         additions=int((log["action"] == "add").sum()),
         removals=int((log["action"] == "remove").sum()),

@@ -319,9 +319,38 @@ def read_coco(
     if lvis:
         labels[parsed.neg_rows, parsed.neg_cols] = NEG
     labels[parsed.ann_rows, parsed.ann_cols] = POS
+    verified = _verified_cells(meta.get("verified"), parsed, path)
 
     if images is None and root_meta:
         images = root_meta  # files written by labelfix into another folder
     root = default_image_root(path, images)
     source = {"path": str(path.resolve()), "format": "coco", "unlabeled": unlabeled, "lvis": lvis}
-    return LabelSet(labels, frame, classes, root, source)
+    return LabelSet(labels, frame, classes, root, source, verified)
+
+
+def _verified_cells(pairs, parsed: _Parsed, path: Path) -> np.ndarray | None:
+    """``labelfix.verified`` (``[[image_id, category_id], ...]``, written by ``labelfix
+    export coco``) as bool (N, K); one clear line for a malformed entry or an unknown id."""
+    if pairs is None:
+        return None
+    if not isinstance(pairs, list):
+        raise LabelfixError(f"{path}: labelfix.verified must be a list of [image_id, category_id] pairs")
+    img = np.empty(len(pairs), np.int64)
+    cat = np.empty(len(pairs), np.int64)
+    for j, pair in enumerate(pairs):
+        where = f"{path}: labelfix.verified[{j}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise LabelfixError(f"{where}: expected [image_id, category_id], got {pair!r}")
+        img[j] = _int_id(pair[0], where, "image_id")
+        cat[j] = _int_id(pair[1], where, "category_id")
+    img_order = np.argsort(parsed.img_ids, kind="stable")
+    r_pos, r_ok = _lookup(parsed.img_ids[img_order], img)
+    c_pos, c_ok = _lookup(parsed.cat_order, cat)
+    bad = ~(r_ok & c_ok)
+    if bad.any():
+        j = int(np.argmax(bad))
+        what = f"unknown image id {img[j]}" if not r_ok[j] else f"unknown category id {cat[j]}"
+        raise LabelfixError(f"{path}: labelfix.verified[{j}]: {what}")
+    out = np.zeros((len(parsed.img_ids), len(parsed.cat_order)), dtype=bool)
+    out[img_order[r_pos], c_pos] = True
+    return out

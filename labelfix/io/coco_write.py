@@ -33,6 +33,7 @@ def rewrite_coco(
     labelset: LabelSet,
     new_labels: np.ndarray,
     moves: dict[tuple[int, int], int] | None = None,
+    verified: np.ndarray | None = None,
 ) -> dict:
     """Return a new COCO dict whose labels read back as ``new_labels``.
 
@@ -42,6 +43,9 @@ def rewrite_coco(
         new_labels: int8 (N, K) target labels.
         moves: optional ``{(row, old_col): new_col}``: positives relabeled to another
             class, whose annotations (with boxes) move to the new class.
+        verified: optional bool (N, K), cells a person verified; recorded as
+            ``labelfix.verified`` = ``[[image_id, category_id], ...]`` (sorted), which
+            :func:`labelfix.io.coco.read_coco` reads back into ``LabelSet.verified``.
     """
     old = np.asarray(labelset.labels)
     new = np.asarray(new_labels, np.int8)
@@ -53,6 +57,12 @@ def rewrite_coco(
 
     out = {k: v for k, v in data.items() if k not in ("images", "annotations")}
     out["labelfix"] = {**(data.get("labelfix") or {}), "unlabeled": "unknown" if has_unknown else "negative"}
+    out["labelfix"].pop("verified", None)
+    if verified is not None and np.asarray(verified).any():
+        image_ids = labelset.images["image_id"].to_numpy()
+        rows, cols = np.nonzero(np.asarray(verified))
+        pairs = sorted(zip(image_ids[rows].tolist(), cat_ids[cols].tolist()))
+        out["labelfix"]["verified"] = [[int(i), int(c)] for i, c in pairs]
 
     images = []
     for im in data["images"]:

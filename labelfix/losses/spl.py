@@ -124,7 +124,7 @@ _LOGIT_UNK = math.log(0.6 / 0.4)       # logit(0.6)
 def init_role_table(given_labels: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
     """Initial ROLE logits (N, K) float32: logit(0.995) on positives, logit(0.005) on
     negatives, uniform in [-logit(0.6), logit(0.6)] on unknown cells."""
-    labels = torch.from_numpy(np.asarray(given_labels, dtype=np.int8))
+    labels = torch.from_numpy(np.array(given_labels, dtype=np.int8))   # a copy: memmaps are read-only
     if labels.dim() != 2:
         raise LabelfixError(f"loss role: given_labels shape {tuple(labels.shape)}: expected (N, K)")
     bad = (labels != POS) & (labels != NEG) & (labels != UNK)

@@ -104,6 +104,7 @@ class TrainConfig:
     ema_decay: float = 0.9998
     # statistics / evaluation
     folds: int = 0
+    rounds: int | None = None
     class_groups: str = "scaled"
     # runtime
     workers: int = 4
@@ -157,6 +158,12 @@ class TrainConfig:
             bad("hflip", f"{self.hflip} is not in [0, 1]")
         if self.folds < 0 or self.folds == 1:
             bad("folds", f"{self.folds}: must be 0 (no cross-fitting) or >= 2")
+        if self.rounds is not None and not self.folds:
+            bad("rounds", "needs --folds (rounds of cross-fitting)")
+        if self.folds and self.rounds is None:
+            self.rounds = 2
+        if self.rounds is not None and self.rounds < 1:
+            bad("rounds", f"{self.rounds}: must be >= 1")
         if self.workers < 0:
             bad("workers", "must be >= 0")
         for name, users in MIXER_OPTIONS.items():

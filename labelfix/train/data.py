@@ -20,20 +20,27 @@ from labelfix.labels import LabelSet
 from labelfix.train.sampler import SampleKey
 
 
+#: memory for transformed images of a deterministic transform (per process)
+CACHE_BYTES = 1 << 30
+
+
 @contextlib.contextmanager
 def seeded(seed: int):
     """Seed Python's, NumPy's and torch's global RNGs for one transform call, then
     restore them (augmentation must not depend on workers, ranks or interruptions)."""
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    # only the CPU generator: torch.manual_seed would also queue a lazy CUDA seeding call,
+    # which records a stack trace every time (about 1 ms an image on this machine)
+    cpu = torch.random.default_generator
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), cpu.get_state()
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    cpu.manual_seed(seed)
     try:
         yield
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-        torch.random.set_rng_state(torch_state)
+        cpu.set_state(torch_state)
 
 
 class KeyedDataset(Dataset):
@@ -43,12 +50,18 @@ class KeyedDataset(Dataset):
     ``views`` (settable between epochs): extra augmented views of the same decoded image,
     float (V, 3, H, W), view v seeded from ``(key.seed, v)`` (BalanceMix's re-labeling).
     ``stack_views=True`` returns the views *as* the image (V, 3, H, W) instead (the
-    two-view scoring pass)."""
+    two-view scoring pass). ``random=False`` (a deterministic transform, e.g. evaluation)
+    skips the seeding and keeps the transformed images in ``cache`` (a dict, shareable
+    between datasets with the same transform) up to :data:`CACHE_BYTES`: small data is
+    decoded once per process instead of once per epoch."""
 
-    def __init__(self, labelset: LabelSet, transform, views: int = 0, stack_views: bool = False):
+    def __init__(self, labelset: LabelSet, transform, views: int = 0, stack_views: bool = False,
+                 random: bool = True, cache: dict | None = None):
         self.base = PartialLabelDataset(labelset, transform)
         self.views = int(views)
         self.stack_views = bool(stack_views)
+        self.random = bool(random)
+        self.cache = None if random else ({} if cache is None else cache)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -59,6 +72,8 @@ class KeyedDataset(Dataset):
 
         labelset = self.base.labelset
         labels = torch.from_numpy(np.array(labelset.labels[key.index], dtype=np.int8))
+        if self.cache is not None and key.index in self.cache and not self.views:
+            return self.cache[key.index], labels, int(key.index), int(key.slot), None
         try:
             image = load_rgb(labelset.image_path(key.index))
         except DECODE_ERRORS:
@@ -66,13 +81,15 @@ class KeyedDataset(Dataset):
         transform = self.base.transform
         views = []
         for v in range(self.views):
-            with seeded(derive_seed(key.seed, v)):
+            with seeded(derive_seed(key.seed, v)) if self.random else contextlib.nullcontext():
                 views.append(transform(image))
         views = torch.stack(views) if views else None
         if self.stack_views:
             return views, labels, int(key.index), int(key.slot), None
-        with seeded(key.seed):
+        with seeded(key.seed) if self.random else contextlib.nullcontext():
             main = transform(image)
+        if self.cache is not None and (len(self.cache) + 1) * main.numel() * main.element_size() <= CACHE_BYTES:
+            self.cache[key.index] = main
         return main, labels, int(key.index), int(key.slot), views
 
 

@@ -103,7 +103,7 @@ class Trainer:
             self.split = (split_indices(self.labelset.num_images, cfg.val_split, cfg.seed) if given_split is None
                           else np.asarray(given_split, dtype=np.int8))
         self.labels = np.asarray(self.labelset.labels)
-        self.trusted = np.zeros(self.labels.shape, dtype=bool)
+        self.trusted = self.labelset.trusted()   # cells a reviewer verified
         self.train_rows = np.flatnonzero(self.split == 0)
         self.val_rows = np.flatnonzero(self.split == 1)
         if self.train_rows.size == 0:
@@ -164,9 +164,10 @@ class Trainer:
             self.eval_ds = FeatureDataset(self.labelset, feats["train"])
             self.val_ds = FeatureDataset(self.val_set, feats["val"]) if self.val_set is not None else None
         else:
-            self.train_ds = KeyedDataset(self.labelset, self.train_tf)
-            self.eval_ds = KeyedDataset(self.labelset, self.eval_tf)
-            self.val_ds = KeyedDataset(self.val_set, self.eval_tf) if self.val_set is not None else None
+            cache: dict = {}   # without augmentation the training images are the evaluation images
+            self.train_ds = KeyedDataset(self.labelset, self.train_tf, random=cfg_augments(cfg), cache=cache)
+            self.eval_ds = KeyedDataset(self.labelset, self.eval_tf, random=False, cache=cache)
+            self.val_ds = KeyedDataset(self.val_set, self.eval_tf, random=False) if self.val_set is not None else None
         self.mixer = create_mixer(cfg.mix, cfg, self)
         self.sampler = EpochBatchSampler(self.train_rows, cfg.batch_size, cfg.seed, self.dist.world_size,
                                          self.dist.rank, minority=self.mixer.minority_batch)
@@ -244,7 +245,8 @@ class Trainer:
         out = np.full((n, k), np.nan, dtype=np.float32)
         ds = self.eval_ds
         if views and not self.cfg.frozen:   # features have no augmentation: their views are the vector
-            ds = KeyedDataset(self.labelset, self.train_tf, views=views, stack_views=True)
+            ds = KeyedDataset(self.labelset, self.train_tf, views=views, stack_views=True,
+                              random=cfg_augments(self.cfg))
         evaluate.score(self, model, ds, np.asarray(rows), out, tag=derive_seed(3, self.epoch))
         return out[np.asarray(rows)]
 
@@ -371,6 +373,11 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
+
+
+def cfg_augments(cfg: TrainConfig) -> bool:
+    """Whether the training transform is random (RandAugment or flips)."""
+    return bool(cfg.randaugment or cfg.hflip > 0)
 
 
 def _format_row(row: dict) -> str:

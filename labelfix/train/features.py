@@ -151,7 +151,7 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
             info.update(run=t.run_fingerprint, epoch=int(t.epoch))
         path = Path(folder) / f"{name}.npy"
         if t.dist.is_main:
-            ds = KeyedDataset(labelset, t.eval_tf)
+            ds = KeyedDataset(labelset, t.eval_tf, random=False)
 
             def batches(rows, ds=ds):
                 loader = make_loader(ds, ShardSampler(rows, cfg.batch_size), cfg.workers,

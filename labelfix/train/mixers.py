@@ -344,4 +344,4 @@ class ICMixupMixer(Mixer):
 
 
 # BalanceMix lives in its own module (it keeps the most state); importing it registers it
-from labelfix.train import balancemix as _balancemix  # noqa: E402,F401
+from labelfix.train import balancemix as _balancemix  # noqa: E402,F401  (registers itself)

@@ -44,12 +44,12 @@ def read_state(stats_dir: str | Path) -> dict:
 
 
 def write_state(stats_dir: str | Path, epochs_recorded: int, last_epoch: int, complete: bool,
-                out_of_sample: bool = False) -> None:
-    """``stats/state.json``; ``out_of_sample`` marks statistics merged from cross-fitted
-    folds (every row scored by a model that did not train on it)."""
+                rounds: int | None = None) -> None:
+    """``stats/state.json``; ``rounds`` (cross-fitted runs) marks statistics merged from
+    held-out folds, ``"out_of_sample": true``, and says how many rounds were trained."""
     state = {"epochs_recorded": int(epochs_recorded), "last_epoch": int(last_epoch), "complete": bool(complete)}
-    if out_of_sample:
-        state["out_of_sample"] = True
+    if rounds is not None:
+        state.update(out_of_sample=True, rounds=int(rounds))
     atomic.write_json(Path(stats_dir) / "state.json", state)
 
 

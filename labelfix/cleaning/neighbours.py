@@ -1,0 +1,142 @@
+# Evidence from similar images: the labels of an image's k nearest neighbours in a feature
+# space (the k-NN label estimate used for noisy-label detection without a classifier, e.g.
+# Zhu, Dong & Liu, "Detecting Corrupted Labels Without Training a Model", ICML 2022), made
+# unknown-aware: only neighbours that know a class vote on it.
+"""Neighbour agreement and near-duplicate groups from image embeddings.
+
+``neighbour_estimates(features, given, query_rows, base_rows, k)``: for each query image,
+the fraction of its k nearest base images (cosine similarity) whose *known* label for a
+class is positive; a class no neighbour knows stays NaN. Neighbours come from scikit-
+learn's ``NearestNeighbors`` (brute force on L2-normalised features, which ranks by cosine);
+an image is never its own neighbour.
+
+``duplicate_groups(features, ...)``: groups of near-identical images (cosine >= threshold),
+with the classes on which their known labels conflict and whether a group crosses the
+validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from labelfix.errors import LabelfixError
+from labelfix.labels import NEG, POS
+
+#: neighbours per image (docs/cleaning.md)
+DEFAULT_K = 10
+#: features are reduced to this many principal components first when wider (speed)
+PCA_DIMS = 128
+
+
+def _unit(features: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(np.asarray(features, dtype=np.float32))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _reduce(x: np.ndarray, fit_rows: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray:
+    """Project onto the first ``dims`` principal components of ``x[fit_rows]`` (then
+    re-normalise), when ``x`` is wider than that."""
+    if x.shape[1] <= dims or fit_rows.size <= dims:
+        return x
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(x[fit_rows])
+    return _unit(pca.transform(x))
+
+
+@dataclass
+class NeighbourEstimates:
+    """``estimate``: float32 (Q, K), share of the known neighbour labels that are positive
+    (NaN where no neighbour knows the class); ``support``: int16 (Q, K), how many
+    neighbours know it; ``rows``: int64 (Q,), the query rows; ``similarity``: float32
+    (Q,), mean cosine similarity to the neighbours."""
+
+    estimate: np.ndarray
+    support: np.ndarray
+    rows: np.ndarray
+    similarity: np.ndarray
+
+
+def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None, base_rows=None,
+                        k: int = DEFAULT_K) -> NeighbourEstimates:
+    """k-NN label estimates (module docstring).
+
+    Args:
+        features: float (N, D) embeddings (float16 memmap is fine); NaN rows (images
+            that failed to decode) are never neighbours and get NaN estimates.
+        given: int8 (N, K) labels 1 / 0 / -1.
+        query_rows, base_rows: int arrays of rows (default: all); a row in both is not its
+            own neighbour.
+        k: neighbours per query.
+    """
+    n = len(given)
+    if features.shape[0] != n:
+        raise LabelfixError(f"features: {features.shape[0]} rows for {n} labelled images")
+    if k < 1:
+        raise LabelfixError(f"neighbours: k={k}: must be >= 1")
+    query = np.arange(n) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+    base = np.arange(n) if base_rows is None else np.asarray(base_rows, dtype=np.int64)
+    x = np.asarray(features, dtype=np.float32)
+    finite = np.isfinite(x).all(1)
+    base = base[finite[base]]
+    kk = len(given[0]) if n else 0
+    estimate = np.full((query.size, kk), np.nan, dtype=np.float32)
+    support = np.zeros((query.size, kk), dtype=np.int16)
+    similarity = np.full(query.size, np.nan, dtype=np.float32)
+    if base.size < 2 or query.size == 0:
+        return NeighbourEstimates(estimate, support, query, similarity)
+    from sklearn.neighbors import NearestNeighbors
+
+    x = _reduce(_unit(x), base)
+    m = min(k + 1, base.size)
+    index = NearestNeighbors(n_neighbors=m, algorithm="brute").fit(x[base])
+    q_ok = np.flatnonzero(finite[query])
+    dist, pos = index.kneighbors(x[query[q_ok]])
+    nb = base[pos]                                      # (Q', m) neighbour rows
+    not_self = nb != query[q_ok][:, None]
+    # keep the first k neighbours that are not the query itself
+    keep = not_self & (np.cumsum(not_self, axis=1) <= k)
+    g = np.asarray(given)[nb]                           # (Q', m, K)
+    w = keep[..., None]
+    pos_votes = ((g == POS) & w).sum(1)
+    known_votes = (((g == POS) | (g == NEG)) & w).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate[q_ok] = np.where(known_votes > 0, pos_votes / known_votes, np.nan)
+    support[q_ok] = known_votes
+    sim = 1.0 - dist ** 2 / 2.0
+    similarity[q_ok] = (sim * keep).sum(1) / np.maximum(keep.sum(1), 1)
+    return NeighbourEstimates(estimate, support, query, similarity)
+
+
+def duplicate_groups(features: np.ndarray, given: np.ndarray, split: np.ndarray | None = None,
+                     threshold: float = 0.99, class_names=None) -> pd.DataFrame:
+    """Near-duplicate images (cosine similarity >= ``threshold``) grouped by connected
+    components, one row per image of a group of >= 2: ``group``, ``row``, ``conflicts``
+    (classes some member knows as positive and another as negative, "; "-joined),
+    ``crosses_split`` (members in both the training and the validation split)."""
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.neighbors import radius_neighbors_graph
+
+    x = np.asarray(features, dtype=np.float32)
+    rows = np.flatnonzero(np.isfinite(x).all(1))
+    cols = ["group", "row", "conflicts", "crosses_split"]
+    if rows.size < 2:
+        return pd.DataFrame(columns=cols)
+    u = _unit(x[rows])
+    radius = float(np.sqrt(max(0.0, 2.0 - 2.0 * threshold)))
+    graph = radius_neighbors_graph(u, radius, mode="connectivity", include_self=False)
+    _, comp = connected_components(graph, directed=False)
+    sizes = np.bincount(comp)
+    names = list(class_names) if class_names is not None else [str(c) for c in range(given.shape[1])]
+    out = []
+    for gid, c in enumerate(np.flatnonzero(sizes >= 2)):
+        members = rows[comp == c]
+        g = np.asarray(given)[members]
+        clash = np.flatnonzero((g == POS).any(0) & (g == NEG).any(0))
+        crosses = bool(split is not None and len(set(np.asarray(split)[members].tolist()) & {0, 1}) == 2)
+        for r in members:
+            out.append((gid, int(r), "; ".join(names[j] for j in clash), crosses))
+    return pd.DataFrame(out, columns=cols)
