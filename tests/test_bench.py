@@ -172,15 +172,16 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         assert set(maps["method"]) == {"bce", "balancemix"} and maps["value"].between(0, 100).all()
         assert frame[frame["task"] == "time"]["value"].gt(0).all()
         src = frame[frame["method"] == "labelfix"]["source"].unique().tolist()
-        assert src == ["bce"]
+        assert src == ["bce cv2x2"]   # masked BCE cross-fitted, 2 folds x 2 rounds
+        assert frame[frame["method"] == "cleanlab"]["source"].unique().tolist() == ["bce cv2 (labelfix round 1)"]
         # labelfix's detection metrics are those of its clean run's cell arrays
         base = out / "runs" / "mislabel_0.4" / "seed0"
         noisy = np.load(base / "data" / "labels.npy")
         from labelfix.io import read_labels
 
         true = np.asarray(read_labels(tiny_demo["train"]).labels)
-        want = detection_metrics(noisy, true, np.load(base / "bce" / "cells" / "score.npy"),
-                                 np.load(base / "bce" / "cells" / "suggested.npy"))
+        want = detection_metrics(noisy, true, np.load(base / "labelfix" / "cells" / "score.npy"),
+                                 np.load(base / "labelfix" / "cells" / "suggested.npy"))
         got = frame[(frame["method"] == "labelfix") & (frame["task"] == "detection")].set_index("metric")["value"]
         assert got["ap"] == pytest.approx(want["ap"]) and got["errors"] == want["errors"]
         assert want["errors"] == int((noisy != true).sum())   # mislabel: every changed cell is an error
