@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,bench,mongo]"
 	touch $(STAMP)
 
-# Headless Chromium for the browser test of the FiftyOne App (Debian package; never a
-# browser downloaded by a tool). Skipped when it is already there.
+# Debian packages the tests need: headless Chromium for the browser tests of the FiftyOne
+# App and the report (never a browser downloaded by a tool), and the Noto Color Emoji font
+# of the second benchmark dataset (labelfix.data.scenes). Skipped when already there.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+	@{ command -v chromium >/dev/null 2>&1 && test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; fi; }
 
 demo: env
 	$(VENV)/bin/labelfix demo --out $(DEMO_OUT)

@@ -1,12 +1,13 @@
 """The end-to-end demo: every step of labelfix on the bundled digit-mosaic dataset.
 
-``labelfix demo`` (and ``make demo``) runs it: generate the data, inject noise, train a
-small model with BalanceMix, clean, load the suggestions into FiftyOne, export the
-cleaned COCO after a simulated review, export ONNX and
-predict the clean test split with onnxruntime. Because the demo knows the true labels,
-it reports how many label errors the cleaned file still has. The reviewer is simulated:
-it checks the top suggestions against the true labels and writes its decisions into the
-``accept`` column of corrections.csv, as a person editing the file would.
+``labelfix demo`` (and ``make demo``) runs it: generate the data, inject noise, and then
+two review rounds: train (cross-fitted), clean, let a simulated reviewer decide the top
+suggestions, export the cleaned COCO (which records the verified cells), train again on
+it. Then it exports ONNX and predicts the clean test split with onnxruntime. Because the
+demo knows the true labels, it reports the label errors after every round. The reviewer
+is simulated: it checks the top suggestions against the true labels and writes its
+decisions into the ``accept`` column of corrections.csv, as a person editing the file
+would; the last round's suggestions are also loaded into FiftyOne.
 """
 
 from __future__ import annotations
@@ -64,22 +65,44 @@ def simulate_reviewer(run_dir: Path, truth, budget: int):
     return out
 
 
+#: the demo's training: cross-fitted masked BCE (3 folds x 2 rounds) of a small CNN from
+#: random initialisation on the 48 px digit mosaics (docs/user_guide.md gives its time)
+DEMO_TRAIN = dict(backbone="test_resnet", img_size=48, batch_size=32, lr=1e-2, warmup_epochs=0.5, mix="none",
+                  folds=3, rounds=2, hflip=0.0, randaugment=False, workers=0, device="cpu", ema=False,
+                  progress=False, class_groups="tertile")
+
+
+def _train_round(data: Path, run: Path, epochs: int, seed: int, log: Callable[[str], None]) -> dict:
+    """``labelfix train`` of one review round, one progress line per epoch."""
+    from labelfix.train.config import TrainConfig
+    from labelfix.train.engine import train
+
+    cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, seed=seed, **DEMO_TRAIN)
+    return train(cfg.validate(), log=lambda msg: log(f"      {msg}"))
+
+
 def run_demo(
     out: str | Path,
     *,
     noise: str = "mislabel",
     rate: float | None = 0.4,
     seed: int = 0,
-    epochs: int = 12,
+    epochs: int = 20,
+    rounds: int = 2,
     review: bool = True,
     review_budget: int = 300,
     n_train: int = 1200,
     n_test: int = 400,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run the whole flow into ``out``; returns a dict of the key numbers
-    (``n_train`` / ``n_test`` shrink the data for quick checks; ``review_budget`` is how
-    many of the top suggestions the simulated reviewer looks at)."""
+    """Run the whole flow into ``out`` with ``rounds`` review rounds; returns a dict of the
+    key numbers (``n_train`` / ``n_test`` shrink the data for quick checks;
+    ``review_budget`` is how many of the top suggestions the simulated reviewer looks at
+    in each round).
+
+    Each round trains on the current labels (round 1: the noisy file; round r: the
+    cleaned file of round r - 1, whose verified cells are trusted), cleans, lets the
+    simulated reviewer decide the top suggestions and exports the cleaned COCO."""
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.demo import make_demo
     from labelfix.data.noise import write_noisy_coco
@@ -88,8 +111,6 @@ def run_demo(
     from labelfix.export.predict import predict
     from labelfix.info import dataset_info
     from labelfix.io import read_labels
-    from labelfix.train.config import TrainConfig
-    from labelfix.train.engine import train
 
     out = _fresh_folder(Path(out))
     t0 = time.perf_counter()
@@ -99,54 +120,65 @@ def run_demo(
         clean, noise, None if noise == "single-positive" else rate, seed, out / "data" / f"train_{noise}.json"
     )
     noisy = read_labels(noisy_path)
-    s = dataset_info(noisy).to_dict()
-    log(f"[1/6] data: {s['num_images']} train images, {s['num_classes']} classes, CLS_Imb {s['cls_imb']:.1f}; "
-        f"{noise} noise changed {len(changes)} cells -> {noisy_path}")
-
-    run = out / "run"
-    cfg = TrainConfig(
-        data=str(noisy_path), out=str(run), val=str(paths["test"]), backbone="test_resnet", img_size=48,
-        epochs=epochs, batch_size=64, lr=3e-3, mix="balancemix", balancemix_warmup=max(1, epochs // 3),
-        warmup_epochs=1, hflip=0.0, workers=0, seed=seed, device="cpu", ema=False, progress=False,
-    )
-    result = train(cfg.validate(), log=lambda msg: None)
-    last = result["metrics"][-1] if result.get("metrics") else {}
-    log(f"[2/6] trained test_resnet with BalanceMix for {epochs} epochs -> {run} "
-        f"(clean-test mAP {float(last.get('val_map', float('nan'))):.1f})")
-
-    cleaned = clean_run(run)
-    c = cleaned.corrections
-    log(f"[3/6] clean: {len(c)} suggestions ({int((c['action'] == 'add').sum())} add, "
-        f"{int((c['action'] == 'remove').sum())} remove) -> {run / 'corrections.csv'}, report {cleaned.report}")
-
-    if review:
-        from labelfix.review.dataset import build_review_dataset
-
-        _, summary = build_review_dataset(run)
-        log(f"[4/6] review: FiftyOne dataset '{summary.name}' with {summary.suggestions} suggestions; "
-            f"open it with `labelfix review {run} --launch`")
-    else:
-        log("[4/6] review: skipped")
-
     truth = np.asarray(clean.labels)
-    decided = simulate_reviewer(run, clean, budget=review_budget)
-    accepted = int(decided["accept"].sum())
-    cleaned_path = out / "cleaned.json"
-    exp = export_cleaned_coco(run, cleaned_path, decisions="accepted", source="csv")
-    before = _errors(np.asarray(noisy.labels), truth)
-    after = _errors(np.asarray(read_labels(cleaned_path).labels), truth)
-    log(f"[5/6] a simulated reviewer checked the top {len(decided)} suggestions against the true labels: "
-        f"{accepted} right (accepted), {len(decided) - accepted} wrong (rejected), written to the accept column "
-        f"of corrections.csv; export coco -> {cleaned_path} ({exp.changes} changes); "
-        f"label errors {before} -> {after}")
+    s = dataset_info(noisy).to_dict()
+    errors = [_errors(np.asarray(noisy.labels), truth)]
+    log(f"[data] {s['num_images']} train images, {s['num_classes']} classes, CLS_Imb {s['cls_imb']:.1f}; "
+        f"{noise} noise changed {len(changes)} cells ({errors[0]} label errors) -> {noisy_path}")
+
+    current, rows = noisy_path, []
+    for r in range(1, rounds + 1):
+        run = out / f"run{r}" if rounds > 1 else out / "run"
+        tr = time.perf_counter()
+        log(f"[round {r}/{rounds}] train {DEMO_TRAIN['backbone']} on {current.name}, {DEMO_TRAIN['folds']} folds x "
+            f"{DEMO_TRAIN['rounds']} cross-fitting rounds x {epochs} epochs")
+        _train_round(current, run, epochs, seed, log)
+        cleaned = clean_run(run)
+        c = cleaned.corrections
+        verified, again = verified_suggested(run, c)
+        log(f"[round {r}/{rounds}] clean: {len(c)} suggestions ({int((c['action'] == 'add').sum())} add, "
+            f"{int((c['action'] == 'remove').sum())} remove; {verified} verified cells in the labels, {again} of "
+            f"them suggested) -> {run / 'corrections.csv'}, report {cleaned.report}")
+        if review and r == rounds:
+            from labelfix.review.dataset import build_review_dataset
+
+            _, summary = build_review_dataset(run)
+            log(f"[round {r}/{rounds}] review: FiftyOne dataset '{summary.name}' with {summary.suggestions} "
+                f"suggestions; open it with `labelfix review {run} --launch`")
+        decided = simulate_reviewer(run, clean, budget=review_budget)
+        accepted = int(decided["accept"].sum())
+        target = out / (f"cleaned_round{r}.json" if r < rounds else "cleaned.json")
+        exp = export_cleaned_coco(run, target, decisions="accepted", source="csv")
+        errors.append(_errors(np.asarray(read_labels(target).labels), truth))
+        rows.append({"round": r, "reviewed": len(decided), "accepted": accepted, "errors": errors[-1],
+                     "verified": verified, "verified_suggested": again, "seconds": time.perf_counter() - tr})
+        log(f"[round {r}/{rounds}] a simulated reviewer checked the top {len(decided)} suggestions against the true "
+            f"labels: {accepted} right (accepted), {len(decided) - accepted} wrong (rejected), precision "
+            f"{accepted / max(len(decided), 1):.2f}; export coco -> {target} ({exp.changes} changes, "
+            f"{exp.verified} verified cells); label errors {errors[-2]} -> {errors[-1]} "
+            f"({time.perf_counter() - tr:.0f}s)")
+        current = target
 
     model = export_run(run, out / "model.onnx")
     test_images = sorted(paths["images"].glob("test_*.png"))[:64]
     preds = predict(model, test_images, batch_size=32, progress=False)
-    log(f"[6/6] export onnx -> {model}; predicted {len(preds)} test images with onnxruntime "
+    log(f"[export] onnx -> {model}; predicted {len(preds)} test images with onnxruntime "
         f"(first: {preds.iloc[0]['file']} -> {preds.iloc[0]['labels'] or '(none)'})")
-    log(f"done in {time.perf_counter() - t0:.0f}s")
+    log(f"done in {time.perf_counter() - t0:.0f}s: label errors " + " -> ".join(str(e) for e in errors))
     return {
-        "errors_before": before, "errors_after": after, "suggestions": len(c), "run": run, "accepted": accepted,
-        "cleaned": cleaned_path, "model": model, "predictions": preds,
+        "errors": errors, "errors_before": errors[0], "errors_after": errors[-1], "rounds": rows,
+        "suggestions": len(c), "run": run, "accepted": rows[-1]["accepted"], "cleaned": current, "model": model,
+        "predictions": preds,
     }
+
+
+def verified_suggested(run: Path, corrections) -> tuple[int, int]:
+    """(cells of the run's labels a person verified, how many of them ``corrections``
+    suggests changing): the second number must be 0."""
+    from labelfix.run import load_run
+
+    ls = load_run(run).labelset
+    trusted = ls.trusted()
+    rows = ls.image_rows().loc[corrections["image_id"]].to_numpy()
+    cols = ls.class_columns().loc[corrections["category_id"]].to_numpy()
+    return int(trusted.sum()), int(trusted[rows, cols].sum())

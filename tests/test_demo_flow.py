@@ -18,21 +18,27 @@ def test_demo_flow_end_to_end(tmp_path):
     from labelfix.demo import run_demo
 
     lines = []
-    res = run_demo(tmp_path / "demo", epochs=2, n_train=96, n_test=48, log=lines.append)
+    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, rounds=1, log=lines.append)
     # a second run replaces the folder of the first (the marker says it is a demo folder)
-    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, log=lines.append)
-    assert [ln[:5] for ln in lines[7:13]] == ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"]
+    lines.clear()
+    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, review_budget=30, log=lines.append)
+    steps = [ln.split("]")[0] + "]" for ln in lines if ln.startswith("[")]
+    assert steps == ["[data]"] + ["[round 1/2]"] * 3 + ["[round 2/2]"] * 4 + ["[export]"]
+    assert sum("epoch 1 " in ln for ln in lines) == 3 * 2 * 2   # a line per epoch: 3 folds x 2 rounds, 2 review rounds
+    # round 2 trusts what the reviewer decided in round 1: those cells are verified, none suggested again
+    r1, r2 = res["rounds"]
+    assert r1["verified"] == 0 and r2["verified"] == r1["reviewed"] > 0 and r2["verified_suggested"] == 0
+    assert res["errors"][1] == res["errors"][0] - r1["accepted"] and res["errors"][2] == res["errors"][1] - r2["accepted"]
     run = load_run(res["run"])
     corr = run.corrections()
     assert len(corr) == res["suggestions"]
     # the cleaned file differs from the noisy one exactly by the accepted suggestions,
     # and accepting only right ones (the simulated reviewer) removes that many errors
-    noisy = read_labels(tmp_path / "demo" / "data" / "train_mislabel.json")
+    previous = read_labels(tmp_path / "demo" / "cleaned_round1.json")
     cleaned = read_labels(res["cleaned"])
-    assert int((np.asarray(noisy.labels) != np.asarray(cleaned.labels)).sum()) == res["accepted"]
-    assert res["errors_before"] - res["errors_after"] == res["accepted"]
+    assert int((np.asarray(previous.labels) != np.asarray(cleaned.labels)).sum()) == res["accepted"]
     assert set(corr["accept"].astype(str)) <= {"yes", "no", ""}
-    meta = json.loads((tmp_path / "demo" / "run" / "review.json").read_text())
+    meta = json.loads((res["run"] / "review.json").read_text())
     assert meta  # review step recorded its FiftyOne dataset
     preds = res["predictions"]
     assert len(preds) == 48 and "labels" in preds.columns

@@ -12,12 +12,18 @@ import click
               default="mislabel", show_default=True, help="Noise injected into the clean demo labels.")
 @click.option("--rate", type=click.FloatRange(0, 1), default=0.4, show_default=True,
               help="Noise rate (not used by single-positive).")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Training epochs of every fold model.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Review rounds (train, clean, review, export).")
+@click.option("--review-budget", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Top suggestions the simulated reviewer decides in each round.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-review", is_flag=True, help="Skip the FiftyOne step (no MongoDB needed).")
-def demo(out, noise_kind, rate, epochs, seed, no_review):
-    """Generate the demo data, inject noise, train, clean, review, export COCO and ONNX,
-    and predict with onnxruntime."""
+def demo(out, noise_kind, rate, epochs, rounds, review_budget, seed, no_review):
+    """Generate the demo data, inject noise, then review rounds (train, clean, a simulated
+    reviewer, export the cleaned COCO), export ONNX and predict with onnxruntime."""
     from labelfix.demo import run_demo
 
-    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, review=not no_review, log=click.echo)
+    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, rounds=rounds, review_budget=review_budget,
+             review=not no_review, log=click.echo)

@@ -109,7 +109,7 @@ def _render_split(rng, sprites, backgrounds, class_p, n, size, folder: Path, pre
             ann_id += 1
         file_name = f"{prefix}_{i:05d}.png"
         canvas.save(folder / file_name)
-        images.append({"id": start_id + i, "file_name": file_name, "width": size, "height": size})
+        images.append({"id": start_id + i, "file_name": f"{folder.name}/{file_name}", "width": size, "height": size})
     return {"images": images, "annotations": annotations,
             "categories": [{"id": j + 1, "name": name} for j, name in enumerate(names)]}
 

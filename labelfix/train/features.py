@@ -126,6 +126,17 @@ class FeatureDataset(Dataset):
         return out
 
 
+def _images_fingerprint(labelset: LabelSet) -> str:
+    """sha256 of what an embedding depends on in a label set: its image records and root."""
+    import hashlib
+
+    import pandas as pd
+
+    h = hashlib.sha256(str(labelset.image_root).encode())
+    h.update(pd.util.hash_pandas_object(labelset.images[["image_id", "file_name"]], index=False).values.tobytes())
+    return h.hexdigest()
+
+
 def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dict:
     """Embed the images of trainer ``t``'s run with its model's backbone into
     ``folder/<name>.npy``: "train" (the run's N images) and "val" (``--val`` images, when
@@ -146,7 +157,7 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
         if labelset is None:
             out[name] = None
             continue
-        info = dict(meta, images=labelset.fingerprint())
+        info = dict(meta, images=_images_fingerprint(labelset))
         if name == "embeddings":
             info.update(run=t.run_fingerprint, epoch=int(t.epoch))
         path = Path(folder) / f"{name}.npy"
