@@ -2,8 +2,7 @@
 
 Each script writes its own results file under ``benchmarks/results/`` (docs/ quotes
 them); this runner only sequences them and prints each one's wall time. Not included:
-``tune_scores.py`` (it re-scores an existing ``labelfix bench`` output, docs/cleaning.md)
-and ``labelfix bench`` itself (about half an hour; docs/benchmarks.md).
+``gpu_check`` (needs CUDA) and ``labelfix bench`` itself (docs/benchmarks.md).
 
 Run: ``python benchmarks/run_all.py [--only NAME ...] [--skip NAME ...]`` with NAME from
 the list below; the exit status is that of the first benchmark that failed.
@@ -24,9 +23,10 @@ BENCHMARKS = {
     "train_overhead": ["train_overhead.py"],
     "gmm_fit": ["gmm_fit.py"],
     "onnx_throughput": ["onnx_throughput.py"],
-    "mix_vs_bce_balancemix": ["mix_vs_bce.py"],
-    "mix_vs_bce_logicmix": ["mix_vs_bce.py", "--noise", "missing:0.5", "--variants", "bce,logicmix",
-                            "--images", "400", "--epochs", "60"],
+    "detection": ["detection.py"],
+    "mix_vs_bce_pretrained": ["mix_vs_bce.py", "--init", "pretrained"],
+    "mix_vs_bce_random": ["mix_vs_bce.py", "--init", "random", "--seeds", "0", "--draws", "0"],
+    "frozen_scale": ["frozen_scale.py"],
     "kill_harness": ["kill_harness.py"],
     "scale": ["scale.py"],
 }
