@@ -110,10 +110,10 @@ def clean_run(
     from labelfix.cleaning.evidence import duplicates_table, neighbour_votes
 
     k_nb = neighbours
-    neighbours, embedding = neighbour_votes(run, k=k_nb) if k_nb else (None, None)
+    neighbours, pairs = neighbour_votes(run, k=k_nb) if k_nb else (None, None)
     if neighbours is not None:
         atomic.write_npy(run.path / "cells" / "neighbours.npy", neighbours.astype(np.float16))
-        dups = duplicates_table(run, embedding)
+        dups = duplicates_table(run, pairs)
         atomic.write_csv(run.path / "cells" / "duplicates.csv", dups)
         if len(dups):
             notes.append(f"{dups['group'].nunique()} groups of near-duplicate images "
@@ -141,6 +141,11 @@ def clean_run(
     if max_suggestions is not None:
         table = table.head(max_suggestions)
     table = table.reset_index(drop=True)
+    # the reviewer's accept column survives a re-run (docs/review.md, "Decisions across re-runs")
+    from labelfix.review.decisions import carry_decisions
+
+    table, kept = carry_decisions(run.path, table)
+    notes += kept
     atomic.write_csv(run.path / "corrections.csv", table)
     report_path = None
     if report:

@@ -25,6 +25,8 @@ from labelfix.cleaning.neighbours import DEFAULT_K, duplicate_groups, neighbour_
 from labelfix.labels import UNK
 from labelfix.run import Run
 
+NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
+
 
 def _complete_array(path: Path) -> np.ndarray | None:
     from labelfix.train.features import feature_info
@@ -46,44 +48,46 @@ def voting_labels(run: Run) -> np.ndarray:
     return given
 
 
-def neighbour_votes(run: Run, k: int = DEFAULT_K) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(estimate float32 (N, K) or None, embedding used for duplicates or None): the
-    k-NN label estimate of every image (NaN where no neighbour knows the class), from the
-    run's best embedding space (module docstring)."""
+def neighbour_votes(run: Run, k: int = DEFAULT_K) -> tuple[np.ndarray | None, np.ndarray]:
+    """(estimate float32 (N, K) or None, near-duplicate pairs int64 (P, 2)): the k-NN
+    label estimate of every image (NaN where no neighbour knows the class) from the run's
+    best embedding space (module docstring), and the neighbour pairs that are near-
+    duplicates."""
     n, kk = run.labelset.labels.shape
     votes = voting_labels(run)
     split = np.asarray(run.split)
     frozen = _complete_array(run.path / "features" / "train.npy")
     if frozen is not None:
         res = neighbour_estimates(frozen, votes, np.arange(n), np.flatnonzero(split == 0), k=k)
-        return res.estimate, frozen
+        return res.estimate, res.duplicates
     folds_path = run.path / "folds.npy"
     if folds_path.exists():
         folds = np.load(folds_path)
         rounds = int(run.stats_state.get("rounds") or 1)
         out = np.full((n, kk), np.nan, dtype=np.float32)
-        first = None
+        pairs = []
         for f in range(int(folds.max()) + 1):
             emb = _complete_array(run.path / "folds" / f"round{rounds}" / f"fold{f}" / "stats" / "embeddings.npy")
             if emb is None:
-                return None, None
-            first = emb if first is None else first
+                return None, NO_PAIRS
             query = np.flatnonzero((folds == f) | ((folds < 0) if f == 0 else False))
             res = neighbour_estimates(emb, votes, query, np.flatnonzero((folds >= 0) & (folds != f)), k=k)
             out[res.rows] = res.estimate
-        return out, first
+            pairs.append(res.duplicates)
+        return out, np.concatenate(pairs)
     emb = _complete_array(run.path / "stats" / "embeddings.npy")
     if emb is None:
-        return None, None
-    return neighbour_estimates(emb, votes, np.arange(n), np.flatnonzero(split == 0), k=k).estimate, emb
+        return None, NO_PAIRS
+    res = neighbour_estimates(emb, votes, np.arange(n), np.flatnonzero(split == 0), k=k)
+    return res.estimate, res.duplicates
 
 
-def duplicates_table(run: Run, features: np.ndarray, threshold: float = 0.99) -> pd.DataFrame:
-    """Near-duplicate groups (``neighbours.duplicate_groups``) with image ids and file
-    names: columns group, image_id, file_name, split ("train" / "validation"), conflicts,
-    crosses_split."""
+def duplicates_table(run: Run, pairs: np.ndarray) -> pd.DataFrame:
+    """Near-duplicate groups (``neighbours.duplicate_groups`` of the neighbour pairs) with
+    image ids and file names: columns group, image_id, file_name, split ("train" /
+    "validation"), conflicts, crosses_split."""
     ls = run.labelset
-    groups = duplicate_groups(features, np.asarray(ls.labels), np.asarray(run.split), threshold, ls.class_names)
+    groups = duplicate_groups(pairs, np.asarray(ls.labels), np.asarray(run.split), ls.class_names)
     rows = groups["row"].to_numpy(dtype=np.int64)
     return pd.DataFrame({
         "group": groups["group"].to_numpy(),

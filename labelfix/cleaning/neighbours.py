@@ -10,9 +10,9 @@ class is positive; a class no neighbour knows stays NaN. Neighbours come from sc
 learn's ``NearestNeighbors`` (brute force on L2-normalised features, which ranks by cosine);
 an image is never its own neighbour.
 
-``duplicate_groups(features, ...)``: groups of near-identical images (cosine >= threshold),
-with the classes on which their known labels conflict and whether a group crosses the
-validation split.
+``duplicate_groups(pairs, ...)``: groups of near-identical images (the neighbour pairs with
+cosine >= threshold that the same search found), with the classes on which their known
+labels conflict and whether a group crosses the validation split.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from labelfix.labels import NEG, POS
 DEFAULT_K = 10
 #: features are reduced to this many principal components first when wider (speed)
 PCA_DIMS = 128
+#: cosine similarity from which two images count as near-duplicates
+DUPLICATE_SIMILARITY = 0.99
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -52,12 +54,14 @@ class NeighbourEstimates:
     """``estimate``: float32 (Q, K), share of the known neighbour labels that are positive
     (NaN where no neighbour knows the class); ``support``: int16 (Q, K), how many
     neighbours know it; ``rows``: int64 (Q,), the query rows; ``similarity``: float32
-    (Q,), mean cosine similarity to the neighbours."""
+    (Q,), mean cosine similarity to the neighbours; ``duplicates``: int64 (P, 2), pairs
+    of rows (query, neighbour) with cosine >= :data:`DUPLICATE_SIMILARITY`."""
 
     estimate: np.ndarray
     support: np.ndarray
     rows: np.ndarray
     similarity: np.ndarray
+    duplicates: np.ndarray
 
 
 def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None, base_rows=None,
@@ -86,8 +90,9 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
     estimate = np.full((query.size, kk), np.nan, dtype=np.float32)
     support = np.zeros((query.size, kk), dtype=np.int16)
     similarity = np.full(query.size, np.nan, dtype=np.float32)
+    no_pairs = np.zeros((0, 2), dtype=np.int64)
     if base.size < 2 or query.size == 0:
-        return NeighbourEstimates(estimate, support, query, similarity)
+        return NeighbourEstimates(estimate, support, query, similarity, no_pairs)
     from sklearn.neighbors import NearestNeighbors
 
     x = _reduce(_unit(x), base)
@@ -108,31 +113,32 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
     support[q_ok] = known_votes
     sim = 1.0 - dist ** 2 / 2.0
     similarity[q_ok] = (sim * keep).sum(1) / np.maximum(keep.sum(1), 1)
-    return NeighbourEstimates(estimate, support, query, similarity)
+    qi, ni = np.nonzero(keep & (sim >= DUPLICATE_SIMILARITY))
+    pairs = np.stack([query[q_ok][qi], nb[qi, ni]], axis=1) if qi.size else no_pairs
+    return NeighbourEstimates(estimate, support, query, similarity, pairs)
 
 
-def duplicate_groups(features: np.ndarray, given: np.ndarray, split: np.ndarray | None = None,
-                     threshold: float = 0.99, class_names=None) -> pd.DataFrame:
-    """Near-duplicate images (cosine similarity >= ``threshold``) grouped by connected
-    components, one row per image of a group of >= 2: ``group``, ``row``, ``conflicts``
-    (classes some member knows as positive and another as negative, "; "-joined),
-    ``crosses_split`` (members in both the training and the validation split)."""
+def duplicate_groups(pairs: np.ndarray, given: np.ndarray, split: np.ndarray | None = None,
+                     class_names=None) -> pd.DataFrame:
+    """Near-duplicate images grouped by connected components of the ``pairs`` (int (P, 2)
+    rows, e.g. :attr:`NeighbourEstimates.duplicates`), one row per image of a group:
+    ``group``, ``row``, ``conflicts`` (classes some member knows as positive and another as
+    negative, "; "-joined), ``crosses_split`` (members in both the training and the
+    validation split)."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
-    from sklearn.neighbors import radius_neighbors_graph
 
-    x = np.asarray(features, dtype=np.float32)
-    rows = np.flatnonzero(np.isfinite(x).all(1))
     cols = ["group", "row", "conflicts", "crosses_split"]
-    if rows.size < 2:
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if pairs.size == 0:
         return pd.DataFrame(columns=cols)
-    u = _unit(x[rows])
-    radius = float(np.sqrt(max(0.0, 2.0 - 2.0 * threshold)))
-    graph = radius_neighbors_graph(u, radius, mode="connectivity", include_self=False)
+    rows = np.unique(pairs)
+    local = np.searchsorted(rows, pairs)
+    graph = coo_matrix((np.ones(len(local)), (local[:, 0], local[:, 1])), shape=(rows.size, rows.size))
     _, comp = connected_components(graph, directed=False)
-    sizes = np.bincount(comp)
     names = list(class_names) if class_names is not None else [str(c) for c in range(given.shape[1])]
     out = []
-    for gid, c in enumerate(np.flatnonzero(sizes >= 2)):
+    for gid, c in enumerate(np.unique(comp)):
         members = rows[comp == c]
         g = np.asarray(given)[members]
         clash = np.flatnonzero((g == POS).any(0) & (g == NEG).any(0))

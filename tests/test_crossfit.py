@@ -1,0 +1,204 @@
+"""Out-of-sample evidence: cross-fitting (--folds, --rounds), frozen features (--frozen),
+neighbour votes, and verified cells carried from a review into the next round."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labelfix.errors import LabelfixError
+from labelfix.train import TrainConfig, train
+from labelfix.train.crossfit import assign_folds, fold_dir, suspicious_cells
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    from labelfix.data.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("cf"), n_train=60, n_test=8, size=32, seed=5)   # >= 3 positives a class
+
+
+def cfg_for(tiny, out, **kw) -> TrainConfig:
+    base = dict(data=str(tiny["train"]), out=str(out), backbone="test_resnet", img_size=32, epochs=2,
+                batch_size=8, workers=0, progress=False, lr=1e-3, mix="none", randaugment=False, hflip=0.0,
+                folds=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_assign_folds_spreads_every_class_and_refuses_thin_classes():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 4)) < 0.3).astype(np.int8)
+    labels[:3, 3], labels[3:, 3] = 1, 0           # class 3: exactly 3 positives
+    folds = assign_folds(labels, np.arange(60), 3, seed=1)
+    assert sorted(np.bincount(folds)) == [20, 20, 20]
+    for k in range(4):   # every class has positives in every fold
+        assert all(((folds == f) & (labels[:, k] == 1)).any() for f in range(3))
+    np.testing.assert_array_equal(folds, assign_folds(labels, np.arange(60), 3, seed=1))
+    with pytest.raises(LabelfixError, match="--folds 4: larger than the smallest class: class 'd' has 3 training "
+                                            "positive"):
+        assign_folds(labels, np.arange(60), 4, seed=1, class_names=["a", "b", "c", "d"])
+
+
+def test_suspicious_cells_follow_the_held_out_gmms_and_spare_trusted_cells():
+    rng = np.random.default_rng(1)
+    given = (rng.random((400, 2)) < 0.5).astype(np.int8)
+    logits = np.where(given == 1, 4.0, -4.0).astype(np.float32) + rng.normal(0, 0.3, given.shape).astype(np.float32)
+    wrong = np.zeros(given.shape, bool)
+    wrong[:40, 0] = True
+    logits[wrong] = -logits[wrong]                  # the model disagrees with these labels
+    mask = suspicious_cells(logits, given, np.arange(400))
+    assert mask[wrong].all() and not mask[~wrong].any()   # class 1 has no error: the GMM split alone is not enough
+    trusted = np.zeros(given.shape, bool)
+    trusted[:10, 0] = True
+    assert not suspicious_cells(logits, given, np.arange(400), trusted)[:10, 0].any()
+
+
+def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_path):
+    from labelfix.models import load_checkpoint, model_from_checkpoint
+
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out), log=lambda s: None)
+    folds = np.load(out / "folds.npy")
+    state = json.loads((out / "stats" / "state.json").read_text())
+    assert state["out_of_sample"] and state["rounds"] in (1, 2) and state["complete"]
+    r = state["rounds"]
+    logits = np.load(out / "stats" / "logits.npy")
+    for f in range(3):   # each row comes from the fold model that held it out
+        fold_logits = np.load(fold_dir(out, f, r) / "stats" / "logits.npy")
+        np.testing.assert_array_equal(logits[folds == f], fold_logits[folds == f])
+        split = np.load(fold_dir(out, f, r) / "split.npy")
+        assert (split[folds == f] == 2).all() and (split[folds != f] == 0).all()
+    if r == 2:   # round 2 trained the suspicious cells of round 1 as unknown
+        mask = np.load(out / "stats" / "round1" / "suspicious.npy")
+        assert (np.load(fold_dir(out, 0, 2) / "labels.npy")[mask] == -1).all()
+    ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert ckpt["model_config"]["ensemble"] == 3
+    model = model_from_checkpoint(ckpt)
+    x = torch.zeros(2, 3, 32, 32)
+    members = [model_from_checkpoint(load_checkpoint(fold_dir(out, f, r) / "checkpoints" / "best.pt"))
+               for f in range(3)]
+    expect = torch.stack([m(x) for m in members]).mean(0)
+    torch.testing.assert_close(model(x), expect)
+
+
+def test_cross_fitted_run_resumes_after_a_kill(tiny, tmp_path):
+    class Stop(Exception):
+        pass
+
+    class StopAt:   # dies in the middle of fold 2 of round 1
+        def __init__(self):
+            self.calls = 0
+
+        def on_step(self, trainer, epoch, step):
+            if trainer.out.name == "fold1" and epoch == 1 and step == 1:
+                raise Stop
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train(cfg_for(tiny, ref, rounds=1), log=lambda s: None)
+    with pytest.raises(Stop):
+        train(cfg_for(tiny, run, rounds=1), callbacks=[StopAt()], log=lambda s: None)
+    assert not (run / "checkpoints" / "last.pt").exists()
+    train(cfg_for(tiny, run, rounds=1, resume=True), log=lambda s: None)
+    np.testing.assert_array_equal(np.load(ref / "stats" / "logits.npy"), np.load(run / "stats" / "logits.npy"))
+
+
+def test_frozen_run_end_to_end(tiny, tmp_path):
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.export.onnx import export_run
+    from labelfix.export.predict import predict
+
+    out = tmp_path / "frozen"
+    train(cfg_for(tiny, out, frozen=True, folds=2, rounds=1, epochs=3, lr=1e-2), log=lambda s: None)
+    feats = np.load(out / "features" / "train.npy")
+    assert feats.dtype == np.float16 and feats.shape[0] == 60 and np.isfinite(feats).all()
+    info = json.loads((out / "features" / "train.json").read_text())
+    assert info["complete"] and info["rows_done"] == 60
+    res = clean_run(out, report=False)
+    assert (out / "cells" / "neighbours.npy").exists() and len(res.issues.score) == 60
+    model = export_run(out, tmp_path / "m.onnx")   # the whole model: frozen backbone + trained heads
+    preds = predict(model, [tiny["images"] / "train_00000.png"], progress=False)
+    assert len(preds) == 1
+
+
+def test_frozen_refuses_augmentation_and_feature_heads(tiny, tmp_path):
+    with pytest.raises(LabelfixError, match="--randaugment: --frozen trains on fixed features"):
+        cfg_for(tiny, tmp_path / "x", frozen=True, randaugment=True).validate()
+    with pytest.raises(LabelfixError, match="--head: 'q2l': --frozen trains a head on pooled features"):
+        cfg_for(tiny, tmp_path / "x", frozen=True, head="q2l").validate()
+    with pytest.raises(LabelfixError, match="--rounds: needs --folds"):
+        cfg_for(tiny, tmp_path / "x", folds=0, rounds=2).validate()
+
+
+def test_features_of_the_wrong_shape_are_refused(tiny, tmp_path):
+    from labelfix.io import read_labels
+    from labelfix.train.features import FeatureDataset
+
+    ls = read_labels(tiny["train"])
+    with pytest.raises(LabelfixError, match="features: 5 rows for 60 images"):
+        FeatureDataset(ls, np.zeros((5, 8), np.float16))
+
+
+def test_neighbour_votes_count_known_labels_only():
+    from sklearn.neighbors import NearestNeighbors
+
+    from labelfix.cleaning.neighbours import neighbour_estimates
+
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(40, 6)).astype(np.float32)
+    given = rng.integers(-1, 2, size=(40, 3)).astype(np.int8)
+    res = neighbour_estimates(feats, given, k=4)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    idx = NearestNeighbors(n_neighbors=5).fit(unit).kneighbors(unit)[1][:, 1:]   # self first, dropped
+    for i in range(40):
+        g = given[idx[i]]
+        known = (g >= 0).sum(0)
+        expect = np.where(known > 0, (g == 1).sum(0) / np.maximum(known, 1), np.nan)
+        np.testing.assert_allclose(res.estimate[i], expect, rtol=1e-6)
+        np.testing.assert_array_equal(res.support[i], known)
+
+
+def test_verified_cells_survive_export_read_train_clean(tiny, tmp_path):
+    """A review's decisions are recorded in the cleaned COCO, read back as verified cells,
+    trusted by training and never suggested again by clean."""
+    import pandas as pd
+
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.export.coco import export_cleaned_coco
+    from labelfix.io import read_labels
+    from labelfix.run import load_run
+
+    run1 = tmp_path / "r1"
+    train(cfg_for(tiny, run1, folds=0, rounds=None), log=lambda s: None)
+    clean_run(run1, report=False)
+    corr = load_run(run1).corrections()
+    assert len(corr) >= 2
+    corr["accept"] = ["yes", "no"] + [""] * (len(corr) - 2)
+    corr.to_csv(run1 / "corrections.csv", index=False)
+    cleaned = tmp_path / "cleaned.json"
+    res = export_cleaned_coco(run1, cleaned, decisions="accepted", source="csv")
+    assert res.verified == 2 and res.changes == 1
+    ls = read_labels(cleaned)
+    rows = ls.image_rows().loc[corr["image_id"][:2]].to_numpy()
+    cols = ls.class_columns().loc[corr["category_id"][:2]].to_numpy()
+    assert ls.verified.sum() == 2 and ls.verified[rows, cols].all()
+    assert ls.labels[rows[0], cols[0]] == corr["suggested"][0]           # accepted: the new label
+    run2 = tmp_path / "r2"
+    train(cfg_for(tiny, run2, data=str(cleaned), folds=0, rounds=None), log=lambda s: None)
+    assert load_run(run2).labelset.trusted()[rows, cols].all()            # kept in the run
+    clean_run(run2, report=False)
+    again = load_run(run2).corrections()
+    pairs = set(zip(again["image_id"], again["category_id"]))
+    assert not pairs & set(zip(corr["image_id"][:2], corr["category_id"][:2]))
+    assert (np.load(run2 / "cells" / "score.npy")[rows, cols] == 0).all()
+    bad = json.loads(cleaned.read_text())
+    bad["labelfix"]["verified"].append([999999, 1])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LabelfixError, match=r"bad.json: labelfix.verified\[2\]: unknown image id 999999"):
+        read_labels(tmp_path / "bad.json")
+    assert isinstance(pd.read_csv(res.change_log), pd.DataFrame)
