@@ -226,3 +226,17 @@ def test_histogram_hand_computed():
     np.testing.assert_allclose(fit.init_means[0], [0.125, 0.875], atol=1e-12)
     np.testing.assert_allclose(fit.init_vars[0], [1 / 16 / 12 + 5e-4] * 2, atol=1e-12)
     np.testing.assert_allclose(fit.init_weights[0], [5 / 8, 3 / 8], atol=1e-12)
+
+
+def test_tiny_range_group_beside_a_wide_one():
+    """A class whose negatives' losses span 1e-17..5e-10 (a saturated head) next to
+    positives at 22..33: the histogram fit must not lose precision in float32 (it made
+    negative bin indices) and must agree with the exact fit."""
+    rng = np.random.default_rng(0)
+    z = np.zeros((3000, 1), np.int8)
+    z[:140] = 1
+    losses = np.where(z == 1, rng.uniform(22, 33, z.shape), rng.uniform(1e-17, 5e-10, z.shape)).astype(np.float32)
+    hist = fit_label_gmms(losses, z)
+    exact = fit_label_gmms(losses, z, em="exact")
+    assert (hist.n_cells.ravel() == [2860, 140]).all()
+    np.testing.assert_allclose(hist.means, exact.means, atol=1e-3)

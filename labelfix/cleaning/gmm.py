@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from labelfix.errors import LabelfixError
 from labelfix.numeric import chunk_rows
+
+if TYPE_CHECKING:  # torch is imported where it is used: the numpy (CPU) path of
+    import torch   # fit_label_gmms / clean_posterior never needs it (find_label_issues)
 
 #: Reasons a group is not fitted (``GMMFit.reason``); "" means fitted.
 REASON_FITTED = ""
@@ -51,7 +53,13 @@ REASON_CONSTANT = "constant"
 _EPS10 = 10 * np.finfo(np.float64).eps  # sklearn adds this to the component masses
 _LOG_2PI = math.log(2 * math.pi)
 
-ChunkSource = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+ChunkSource = Callable[[], Iterable[tuple["torch.Tensor", "torch.Tensor"]]]
+
+
+def _is_cpu(device) -> bool:
+    """True for the CPU device given as a string (``"cpu"``) or a ``torch.device``."""
+    return str(device) == "cpu"
+
 
 
 @dataclass
@@ -133,11 +141,17 @@ def _quad_coeffs(means, vars_, weights):
 
     means, vars_, weights: (G, 2) torch tensors or numpy arrays.
     Returns alpha, beta, gamma, each (G, 2), of the same kind."""
-    log = torch.log if isinstance(means, torch.Tensor) else np.log
+    log = np.log if isinstance(means, np.ndarray) else _torch().log
     alpha = -0.5 / vars_
     beta = means / vars_
     gamma = log(weights) - 0.5 * (_LOG_2PI + log(vars_)) - 0.5 * means**2 / vars_
     return alpha, beta, gamma
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 def _normalise(values: torch.Tensor, gid: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor):
@@ -145,11 +159,11 @@ def _normalise(values: torch.Tensor, gid: torch.Tensor, lo: torch.Tensor, scale:
 
 
 def _segment_sum(gid: torch.Tensor, weights: torch.Tensor, n_groups: int) -> torch.Tensor:
-    return torch.bincount(gid, weights=weights, minlength=n_groups)
+    return _torch().bincount(gid, weights=weights, minlength=n_groups)
 
 
 def _finite(values: torch.Tensor, gid: torch.Tensor):
-    ok = torch.isfinite(values)
+    ok = _torch().isfinite(values)
     if bool(ok.all()):
         return values, gid
     return values[ok], gid[ok]
@@ -235,6 +249,8 @@ def _scales(lo: np.ndarray, hi: np.ndarray):
 
 def _stats_chunks(stream, G: int, B: int, dev) -> _Stats:
     """Passes 1-2 over a generic stream of (values, gid) float64 / long tensors."""
+    import torch
+
     f64 = dict(dtype=torch.float64, device=dev)
     n = torch.zeros(G, **f64)
     n_bad = torch.zeros(G, **f64)
@@ -344,8 +360,15 @@ def _label_stats(losses, given, N: int, K: int, B: int, rows: int) -> _Stats:
     lo0, scale = _scales(lo, hi)
     A = B * scale
     C = np.arange(G) * S + 2.0 - lo0 * A
-    # float32 index arithmetic is accurate to < 1/4 bin while |l A| and |v| < 2^20
-    big = float(np.max(np.abs(lo0) * A + np.abs(C), initial=0.0)) + B
+    # float32 index arithmetic is accurate to < 1/4 bin while |l A| and |v| < 2^20; a
+    # cell's slope is rebuilt as A_0 + z (A_1 - A_0) from its column's two groups, so the
+    # larger slope of a column times its largest |loss| counts too (a tiny-range group
+    # next to a wide one made float32 cancel to garbage)
+    mag = np.where(np.isfinite(lo), np.abs(lo), 0.0) + np.where(np.isfinite(hi), np.abs(hi), 0.0)
+    col_a = np.maximum(A[0::2], A[1::2])
+    col_mag = np.maximum(mag[0::2], mag[1::2])
+    big = max(float(np.max(np.abs(lo0) * A + np.abs(C), initial=0.0)),
+              float(np.max(col_a * col_mag, initial=0.0))) + B
     counts = np.zeros(size, dtype=np.int64)
     buf = np.empty(0, dtype=np.intp)
     for a, b in _row_chunks(N, rows):
@@ -391,8 +414,7 @@ def _check_options(max_iter, tol, reg_covar, em, bins):
 
 def _fit_from_stats(st: _Stats, stream, *, max_iter, tol, reg_covar, em, min_cells, dev) -> GMMFit:
     """Initialisation on the histogram, then EM (on the histogram, or one pass of
-    ``stream`` per iteration for ``em="exact"``)."""
-    f64 = dict(dtype=torch.float64, device=dev)
+    ``stream`` per iteration for ``em="exact"``; only that one uses torch)."""
     G, B = st.hist.shape
     reason = np.full(G, REASON_FITTED, dtype=object)
     reason[_constant(st.lo, st.hi)] = REASON_CONSTANT
@@ -400,7 +422,11 @@ def _fit_from_stats(st: _Stats, stream, *, max_iter, tol, reg_covar, em, min_cel
     reason[st.n == 0] = REASON_EMPTY
     degenerate = reason != REASON_FITTED
     lo0, scale = _scales(st.lo, st.hi)
-    lo0_t, scale_t = torch.as_tensor(lo0, **f64), torch.as_tensor(scale, **f64)
+    if em == "exact":
+        import torch
+
+        f64 = dict(dtype=torch.float64, device=dev)
+        lo0_t, scale_t = torch.as_tensor(lo0, **f64), torch.as_tensor(scale, **f64)
 
     # histogram moments at the bin centres c_j; the within-bin variance h^2 / 12 of a
     # uniform bin is added to sum x^2 (Sheppard's correction). All on the small (G, B)
@@ -532,6 +558,8 @@ def fit_gmm_chunks(
     Returns:
         GMMFit with flat group shape (G,).
     """
+    import torch
+
     _check_options(max_iter, tol, reg_covar, em, bins)
     dev = torch.device(device)
 
@@ -559,6 +587,8 @@ def posterior_values(values, gid, fit: GMMFit, *, monotone: bool = True, device=
     lo / hi and clipped to [0, 1] (so +inf counts as the group's largest value); NaN
     values and cells of degenerate groups get p_G = 1 (clean).
     """
+    import torch
+
     flat = fit.flat()
     dev = torch.device(device)
     values = torch.as_tensor(values).to(dev, torch.float64)
@@ -590,6 +620,38 @@ def posterior_values(values, gid, fit: GMMFit, *, monotone: bool = True, device=
     return p
 
 
+def _posterior_np(values: np.ndarray, gid: np.ndarray, fit: GMMFit, *, monotone: bool = True) -> np.ndarray:
+    """:func:`posterior_values` in numpy float64 (the same arithmetic, step by step)."""
+    flat = fit.flat()
+    deg = np.asarray(flat.degenerate, dtype=bool)
+    t = lambda a: np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0)  # noqa: E731
+    lo = t(flat.lo)
+    span = t(flat.hi) - lo
+    with np.errstate(divide="ignore"):
+        scale = np.where(deg | (span <= 0), 0.0, 1.0 / np.where(span > 0, span, 1.0))
+    ones = np.ones_like(t(flat.means))
+    means = np.where(deg[:, None], ones * np.array([0.0, 1.0]), t(flat.means))
+    vars_ = np.where(deg[:, None], ones, t(flat.vars))
+    weights = np.where(deg[:, None], ones * 0.5, t(flat.weights))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha, beta, gamma = _quad_coeffs(means, vars_, weights)
+    A = alpha[:, 0] - alpha[:, 1]
+    Bq = beta[:, 0] - beta[:, 1]
+    C = gamma[:, 0] - gamma[:, 1]
+    with np.errstate(invalid="ignore"):
+        x = np.clip((values - lo[gid]) * scale[gid], 0.0, 1.0)
+    if monotone:
+        safe_a = np.where(A == 0, 1.0, A)
+        xstar = np.where(A == 0, math.nan, -Bq / (2 * safe_a))
+        a_g, xs = A[gid], xstar[gid]
+        x = np.where((a_g > 0) & (x > xs), xs, x)
+        x = np.where((a_g < 0) & (x < xs), xs, x)
+    d = A[gid] * x * x + Bq[gid] * x + C[gid]
+    with np.errstate(over="ignore"):
+        p = 1.0 / (1.0 + np.exp(-d))
+    return np.where(deg[gid] | np.isnan(values), 1.0, p)
+
+
 # --------------------------------------------------------------------------- (N, K) API
 def _row_chunks(n_rows: int, chunk_rows: int):
     for start in range(0, n_rows, chunk_rows):
@@ -610,6 +672,8 @@ def _check_pair(losses, given) -> tuple[int, int]:
 
 def _label_chunk(losses, given, start, stop):
     """Known cells of rows [start, stop): (values, gid, known mask) with gid = 2k + z."""
+    import torch
+
     z = torch.from_numpy(np.array(given[start:stop], dtype=np.int16))
     if bool(((z < -1) | (z > 1)).any()):
         bad = np.argwhere(((z < -1) | (z > 1)).numpy())[0]
@@ -657,7 +721,11 @@ def fit_label_gmms(
     _check_options(max_iter, tol, reg_covar, em, bins)
     N, K = _check_pair(losses, given)
     rows = chunk_rows or default_chunk_rows(K)
-    dev = torch.device(device)
+    dev = None
+    if em == "exact":  # the histogram EM runs in numpy: no torch import
+        import torch
+
+        dev = torch.device(device)
     st = _label_stats(losses, given, N, K, int(bins), rows)
 
     def stream():
@@ -672,7 +740,23 @@ def fit_label_gmms(
 
 def clean_posterior_rows(losses, given, fit: GMMFit, start: int, stop: int, *, monotone: bool = True,
                          device="cpu") -> np.ndarray:
-    """p_G for rows [start, stop) as float32 (stop - start, K); NaN for unknown cells."""
+    """p_G for rows [start, stop) as float32 (stop - start, K); NaN for unknown cells.
+
+    On the CPU this runs in numpy (:func:`_posterior_np`, no torch import); other
+    devices go through :func:`posterior_values`."""
+    if _is_cpu(device):
+        z = np.array(given[start:stop], dtype=np.int16)
+        if z.size and (int(z.min()) < -1 or int(z.max()) > 1):
+            bad = np.argwhere((z < -1) | (z > 1))[0]
+            raise LabelfixError(f"given: row {start + bad[0]}, column {bad[1]}: label must be 1, 0 or -1")
+        known = z >= 0
+        gid = (2 * np.arange(z.shape[1], dtype=np.int64))[None, :] + z
+        out = np.full(z.shape, np.nan, dtype=np.float32)
+        values = np.array(losses[start:stop], dtype=np.float64)[known]
+        out[known] = _posterior_np(values, gid[known], fit, monotone=monotone).astype(np.float32)
+        return out
+    import torch
+
     v, g, known = _label_chunk(losses, given, start, stop)
     out = torch.full(known.shape, math.nan, dtype=torch.float32)
     out[known] = posterior_values(v, g, fit, monotone=monotone, device=device).to("cpu", torch.float32)
@@ -701,6 +785,8 @@ def fit_gmm_groups(values: Sequence[np.ndarray], **kwargs) -> GMMFit:
 
     Keyword options as :func:`fit_gmm_chunks`. Returns group shape (len(values),).
     """
+    import torch
+
     vals = [torch.as_tensor(np.asarray(v, dtype=np.float64).ravel()) for v in values]
     gid = [torch.full((len(v),), i, dtype=torch.long) for i, v in enumerate(vals)]
     cat_v = torch.cat(vals) if vals else torch.zeros(0, dtype=torch.float64)
