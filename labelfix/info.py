@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -20,6 +19,10 @@ class DatasetInfo:
     missing_files: list[str]
     corrupt_files: list[str] | None  # None when images were not decoded
     classes_without_positives: list[str]
+    #: files that exist but are not image files labelfix reads: a FIFO, a device, a
+    #: symbolic link leading outside the image folder ("file: reason"); skipped like
+    #: undecodable images
+    unreadable_files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -33,6 +36,7 @@ class DatasetInfo:
             "missing_files": self.missing_files,
             "corrupt_files": self.corrupt_files,
             "classes_without_positives": self.classes_without_positives,
+            "unreadable_files": self.unreadable_files,
             "classes": self.per_class.to_dict(orient="records"),
         }
 
@@ -44,9 +48,15 @@ def dataset_info(labelset: LabelSet, check_files: bool = True, verify: bool = Fa
     imb = imbalance(counts)
     missing: list[str] = []
     corrupt: list[str] | None = None
+    unreadable: list[str] = []
     if check_files:
-        exists = [os.path.isfile(labelset.image_path(i)) for i in range(labelset.num_images)]
-        missing = [str(f) for f, ok in zip(labelset.images["file_name"], exists) if not ok]
+        from labelfix.data.image import image_problem
+
+        problems = [image_problem(labelset.image_path(i), labelset.image_root) for i in range(labelset.num_images)]
+        names = labelset.images["file_name"].astype(str).tolist()
+        missing = [f for f, p in zip(names, problems) if p == "missing"]
+        unreadable = [f"{f}: {p}" for f, p in zip(names, problems) if p not in (None, "missing")]
+        exists = [p is None for p in problems]
         if verify:
             from labelfix.data.image import DECODE_ERRORS, load_rgb
 
@@ -55,7 +65,7 @@ def dataset_info(labelset: LabelSet, check_files: bool = True, verify: bool = Fa
                 if not ok:
                     continue
                 try:
-                    load_rgb(labelset.image_path(i))
+                    load_rgb(labelset.image_path(i), labelset.image_root)
                 except DECODE_ERRORS:
                     corrupt.append(str(labelset.images.at[i, "file_name"]))
     no_pos = counts.loc[counts["positives"] == 0, "name"].astype(str).tolist()
@@ -68,4 +78,5 @@ def dataset_info(labelset: LabelSet, check_files: bool = True, verify: bool = Fa
         missing,
         corrupt,
         no_pos,
+        unreadable,
     )

@@ -158,19 +158,25 @@ class LabelSet:
     def load(cls, directory: str | Path, mmap: bool = True) -> "LabelSet":
         """Read a LabelSet written by :meth:`save` (labels memory-mapped read-only)."""
         d = Path(directory)
+        name = "classes.json"
         try:
-            classes = pd.DataFrame(json.loads((d / "classes.json").read_text()), columns=CLASS_COLUMNS)
-            images = pd.read_csv(d / "images.csv", dtype={"file_name": str}, keep_default_na=False)
-            labels = np.load(d / "labels.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-            source = json.loads((d / "source.json").read_text())
-            verified = np.load(d / "verified.npy", allow_pickle=False) if (d / "verified.npy").exists() else None
+            classes = pd.DataFrame(json.loads((d / name).read_text(encoding="utf-8")), columns=CLASS_COLUMNS)
+            name = "images.csv"
+            images = pd.read_csv(d / name, dtype={"file_name": str}, keep_default_na=False)
+            name = "labels.npy"
+            labels = np.load(d / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+            name = "source.json"
+            source = json.loads((d / name).read_text(encoding="utf-8"))
+            name = "verified.npy"
+            verified = np.load(d / name, allow_pickle=False) if (d / name).exists() else None
         except FileNotFoundError as e:
             raise LabelfixError(f"{d}: not a labelfix run directory (missing {Path(e.filename).name})") from None
-        except (ValueError, json.JSONDecodeError) as e:
-            raise LabelfixError(f"{d}: corrupt run directory: {e}") from None
-        classes["category_id"] = classes["category_id"].astype(np.int64)
-        root = source.get("image_root")
-        return cls(labels, images, classes, Path(root) if root else None, source, verified)
+        except (ValueError, TypeError, json.JSONDecodeError) as e:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LabelfixError(f"{d / name}: corrupt run directory file: {text}") from None
+        from labelfix.validation import check_run_labelset
+
+        return check_run_labelset(cls, d, labels, images, classes, source, verified)
 
 
 def imbalance(counts: pd.DataFrame) -> dict[str, float]:

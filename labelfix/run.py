@@ -14,12 +14,15 @@ import numpy as np
 import pandas as pd
 
 from labelfix.errors import LabelfixError
+from labelfix.io.outputs import RUN_OWNED  # noqa: F401  (the names a run directory owns)
 from labelfix.labels import LabelSet
 
 CORRECTIONS_COLUMNS = [
     "image_id", "file_name", "class", "category_id", "given", "suggested",
     "action", "state", "score", "p_clean", "probability",
 ]
+#: the columns every reader of corrections.csv needs (the others are checked when present)
+CORRECTIONS_REQUIRED = ("image_id", "class", "category_id", "action", "score")
 
 
 class Run:
@@ -104,11 +107,19 @@ class Run:
         return p
 
     def corrections(self) -> pd.DataFrame:
-        """``corrections.csv`` written by ``labelfix clean`` (schema in product.md)."""
+        """``corrections.csv`` written by ``labelfix clean`` (schema in product.md), checked
+        (people edit it by hand): see :func:`labelfix.validation.check_corrections`. One
+        line naming the file, the row and the problem for an empty, non-UTF-8 or
+        malformed file, an unknown image or class, a category_id that contradicts the
+        class, ``suggested`` not 1 / 0, ``given`` not 1 / 0 / unknown."""
+        from labelfix.validation import check_corrections, read_run_csv
+
         p = self.path / "corrections.csv"
         if not p.exists():
             raise LabelfixError(f"{p}: missing; run `labelfix clean {self.path}` first")
-        return pd.read_csv(p, dtype={"given": str, "file_name": str}, keep_default_na=False)
+        frame = read_run_csv(p, dtype={"given": str, "file_name": str, "class": str})
+        check_corrections(frame, p, self.labelset, required=CORRECTIONS_REQUIRED)
+        return frame
 
 
 def load_run(path: str | Path) -> Run:

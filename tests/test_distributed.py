@@ -32,7 +32,10 @@ train(TrainConfig(**json.loads(sys.argv[1])), callbacks=[SaveManaged()], log=lam
 
 
 def _run(cmd, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # one thread everywhere (the worker script also calls torch.set_num_threads(1)), so
+    # that the gradient reduction order of DDP is the only difference between the runs
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
@@ -53,7 +56,13 @@ def test_two_processes_match_one(tmp_path):
           json.dumps({**base, "out": str(two), "batch_size": 4})], tmp_path)
 
     m1, m2 = pd.read_csv(one / "metrics.csv"), pd.read_csv(two / "metrics.csv")
-    np.testing.assert_allclose(m2["train_loss"], m1["train_loss"], rtol=1e-5)
+    # DDP averages two half-batch gradients where one process takes the full-batch mean:
+    # float32 rounding (eps 1.2e-7) differs from the first step and grows through the 6
+    # optimizer steps and BatchNorm; with threads pinned in both runs that is the only
+    # source of difference. Measured: up to 1.04e-5 relative (a run failed rtol 1e-5).
+    # rtol 5e-5 keeps a 5x margin; a real divergence (a wrong shard, an unsynchronised
+    # sampler or BalanceMix state) moves the loss by more than 1e-3.
+    np.testing.assert_allclose(m2["train_loss"], m1["train_loss"], rtol=5e-5)
     np.testing.assert_allclose(m2["stats_loss"], m1["stats_loss"], rtol=1e-3)
     l1 = np.load(one / "stats" / "logits.npy").astype(np.float32)
     l2 = np.load(two / "stats" / "logits.npy").astype(np.float32)

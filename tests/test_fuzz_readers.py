@@ -94,8 +94,9 @@ def check(path: Path, expect: str, oracle: dict | None, fmt: str, **kw) -> None:
 def coco_structs(draw) -> dict:
     k = draw(st.integers(1, 4))
     cat_ids = draw(st.lists(IDS, min_size=k, max_size=k, unique=True))
-    cats = [{"id": c, "name": draw(CLASS_NAME), **({"supercategory": "x"} if draw(st.booleans()) else {})}
-            for c in cat_ids]
+    cat_names = draw(st.lists(CLASS_NAME, min_size=k, max_size=k, unique=True))   # duplicate names: "dup-name"
+    cats = [{"id": c, "name": n, **({"supercategory": "x"} if draw(st.booleans()) else {})}
+            for c, n in zip(cat_ids, cat_names)]
     n = draw(st.integers(0, 5))
     img_ids = draw(st.lists(IDS, min_size=n, max_size=n, unique=True))
     lvis = draw(st.booleans())
@@ -154,7 +155,7 @@ def corrupt_coco(data: dict, draw) -> tuple[object, str]:
     kind = draw(st.sampled_from([
         "none", "drop-top", "drop-record-key", "bad-id", "dup-image", "dup-cat", "unknown-ref", "bad-file-name",
         "bad-neg", "bad-size", "not-list", "not-object-record", "top-not-object", "truncate", "bad-utf8",
-        "deep-nesting", "extra-keys", "nan-id", "empty-categories", "bad-meta", "bad-name",
+        "deep-nesting", "extra-keys", "nan-id", "empty-categories", "bad-meta", "bad-name", "dup-name",
     ]))
     imgs, cats, anns = d["images"], d["categories"], d.get("annotations", [])
     if kind == "drop-top":
@@ -241,7 +242,11 @@ def corrupt_coco(data: dict, draw) -> tuple[object, str]:
                                               {"image_root": ["a"]}, {"image_root": "a\x00b"}]))
         return d, "error"
     if kind == "bad-name":
-        draw(st.sampled_from(cats))["name"] = draw(st.sampled_from(["", 5, None, ["a"]]))
+        draw(st.sampled_from(cats))["name"] = draw(st.sampled_from(["", " ", "\t", 5, None, ["a"]]))
+        return d, "error"
+    if kind == "dup-name":   # two categories with one name: a class the user cannot tell apart
+        cats.append({"id": max(c["id"] for c in cats) + 1 if max(c["id"] for c in cats) < 2**63 - 1
+                     else min(c["id"] for c in cats) - 1, "name": draw(st.sampled_from(cats))["name"]})
         return d, "error"
     return d, "valid"
 

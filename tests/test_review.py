@@ -80,22 +80,74 @@ def test_fields_and_views(fo, review):
         np.testing.assert_allclose(sample.predictions.logits, logits[r])
         mine = corr[corr["image_id"] == sample.image_id]
         sug = sample.suggestions.classifications
-        assert sorted((c.label, c.action) for c in sug) == sorted(zip(mine["class"], mine["action"]))
+        assert sorted((c.class_name, c.action) for c in sug) == sorted(zip(mine["class"], mine["action"]))
         assert sample.issue_score == pytest.approx(mine["score"].max() if len(mine) else 0.0)
         for c in sug:
-            rec = mine[mine["class"] == c.label].iloc[0]
-            assert c.confidence == pytest.approx(rec.score)
+            rec = mine[mine["class"] == c.class_name].iloc[0]
+            # read at a glance: "+ dog" adds the label, "- dog" removes it
+            assert c.label == ("+ " if rec.action == "add" else "- ") + rec["class"]
+            assert c.confidence == pytest.approx(rec.score) and c.score == pytest.approx(rec.score)
             assert (c.state, c.given, c.suggested, c.category_id) == (rec.state, rec.given, rec.suggested, rec.category_id)
-            assert names[c.class_index] == c.label
+            assert c.probability == pytest.approx(rec.probability)
+            assert names[c.class_index] == c.class_name
             assert c.p_clean == pytest.approx(0.1)
+    # the attributes are declared, so the App's sample modal lists them for each suggestion
+    schema = ds.get_field_schema(flat=True)
+    for attr in ("given", "suggested", "probability", "score", "state", "action", "class_name"):
+        assert f"suggestions.classifications.{attr}" in schema
 
     assert set(ds.list_saved_views()) >= {"additions", "removals", "to_review"}
     for view_name, action in (("additions", "add"), ("removals", "remove")):
         view = ds.load_saved_view(view_name)
         assert sorted(view.values("suggestions.classifications.action", unwind=True)) == [action] * 6
-        scores = view.values("issue_score")
-        assert scores == sorted(scores, reverse=True) and len(scores) == corr[corr.action == action].image_id.nunique()
+        # sorted by the best score among the suggestions the view shows, highest first
+        best = [max(c) for c in view.values("suggestions.classifications.confidence")]
+        assert best == sorted(best, reverse=True) and len(best) == corr[corr.action == action].image_id.nunique()
+        assert best[0] == pytest.approx(corr.loc[corr.action == action, "score"].max())
     assert ds.load_saved_view("to_review").count("suggestions.classifications") == 12
+
+    # one view per class for the 5 classes with the most suggestions, named class-<name>
+    counts = corr.groupby("class").size()
+    top = sorted(counts.index, key=lambda c: (-counts[c], names.index(c)))[:5]
+    assert s.views == ["additions", "removals", "to_review"] + [f"class-{c}" for c in top]
+    assert set(ds.list_saved_views()) == set(s.views)
+    for c in top:
+        view = ds.load_saved_view(f"class-{c}")
+        assert set(view.values("suggestions.classifications.class_name", unwind=True)) == {c}
+        assert view.count("suggestions.classifications") == counts[c]
+        best = [max(x) for x in view.values("suggestions.classifications.confidence")]
+        assert best == sorted(best, reverse=True)
+
+    # colours: additions green, removals red, given labels blue (the App colours by label text)
+    scheme = {f["path"]: {v["value"]: v["color"] for v in f["valueColors"]} for f in ds.app_config.color_scheme.fields}
+    assert ds.app_config.color_scheme.color_by == "value"
+    for rec in corr.itertuples():
+        assert scheme["suggestions"][f"+ {rec[3]}"] == "#2ca02c" and scheme["suggestions"][f"- {rec[3]}"] == "#d62728"
+    assert set(scheme["ground_truth"]) == set(names)
+    assert ds.app_config.active_fields.paths == ["ground_truth", "detections", "suggestions"]
+
+
+def test_detections_from_source_coco(fo, review):
+    """The original COCO boxes come in as a Detections field with relative [x, y, w, h]."""
+    import json
+
+    run_dir, ds, s = review
+    src = json.loads((run_dir / "source.json").read_text())["path"]
+    coco = json.loads(open(src).read())
+    size = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    want = {}
+    for a in coco["annotations"]:
+        w, h = size[a["image_id"]]
+        x, y, bw, bh = a["bbox"]
+        want.setdefault(a["image_id"], []).append((cats[a["category_id"]], (x / w, y / h, bw / w, bh / h), a["id"]))
+    assert s.boxes == len(coco["annotations"]) > 0
+    for sample in ds:
+        got = sorted(((d.annotation_id, d.label, tuple(d.bounding_box)) for d in sample.detections.detections))
+        exp = sorted((i, name, box) for name, box, i in want.get(sample.image_id, []))
+        assert [g[:2] for g in got] == [e[:2] for e in exp]
+        if exp:
+            np.testing.assert_allclose([g[2] for g in got], [e[2] for e in exp])
 
 
 def test_negatives_field_and_reader(fo, demo_data, tmp_path):
@@ -112,6 +164,10 @@ def test_negatives_field_and_reader(fo, demo_data, tmp_path):
             r = row_of[sample.image_id]
             assert sorted(_labels(sample.negatives)) == sorted(
                 ls.class_names[k] for k in np.flatnonzero(ls.labels[r] == NEG))
+        # the App shows the known negatives (grey) with the given labels, boxes and suggestions
+        assert ds.app_config.active_fields.paths == ["ground_truth", "detections", "negatives", "suggestions"]
+        colors = {f["path"]: f for f in ds.app_config.color_scheme.fields}
+        assert {v["color"] for v in colors["negatives"]["valueColors"]} == {"#8c8c8c"}
         back = read_labels(f"fiftyone://{ds.name}/ground_truth")
         assert back.source["format"] == "fiftyone" and back.source["unlabeled"] == "unknown"
         order = np.array([row_of[i] for i in back.images["image_id"]])

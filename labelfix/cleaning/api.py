@@ -19,6 +19,7 @@ from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, ST
                                       default_delta)
 from labelfix.errors import LabelfixError
 from labelfix.io.atomic import atomic_memmap
+from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
 from labelfix.labels import UNK
 from labelfix.numeric import sigmoid
@@ -85,6 +86,39 @@ def _check_shape(name, arr, shape):
         raise LabelfixError(f"{name}: shape {tuple(arr.shape)}: does not match given {tuple(shape)}")
 
 
+def _checked_inputs(given, probs, losses, two_view, estimates, neighbours, verified, labels, pred_probs,
+                    probs_are_logits):
+    """Aliases resolved, containers converted, values checked (labelfix.validation)."""
+    if labels is not None:
+        if given is not None:
+            raise LabelfixError("give the labels once: given or labels (cleanlab's name), not both")
+        given = labels
+    if pred_probs is not None:
+        if probs is not None:
+            raise LabelfixError("give the probabilities once: probs or pred_probs (cleanlab's name), not both")
+        probs = pred_probs
+    if given is None:
+        raise LabelfixError("given (labels): the (N, K) label matrix is required")
+    if probs is None:
+        raise LabelfixError("probs (pred_probs): the (N, K) probability matrix is required")
+    given = as_given(given, "given")
+    shape = tuple(given.shape)
+    probs = as_cell_array(probs, "probs", shape)
+    if not isinstance(probs, LazyProbs):   # LazyProbs: labelfix's own logits (run statistics)
+        check_probabilities(probs, "probs", logits=bool(probs_are_logits))
+    losses = as_cell_array(losses, "losses", shape)
+    out = []
+    for name, arr in (("two_view", two_view), ("estimates", estimates), ("neighbours", neighbours)):
+        arr = as_cell_array(arr, name, shape)
+        if arr is not None and not isinstance(arr, LazyProbs):   # NaN = not computed, allowed
+            check_probabilities(arr, name, nan_rows_ok=False, logits=False, nan_ok=True)
+        out.append(arr)
+    verified = as_cell_array(verified, "verified", shape)
+    if verified is not None and np.dtype(verified.dtype) != np.bool_:
+        raise LabelfixError(f"verified: dtype {np.dtype(verified.dtype)}: must be a bool (N, K) matrix")
+    return (given, probs, losses, *out, verified)
+
+
 def _suggest_block(given, state, target, probs, two_view, estimates, est_thr):
     g = np.asarray(given)
     c = _scores._finite_or(two_view, probs)
@@ -101,8 +135,8 @@ def _suggest_block(given, state, target, probs, two_view, estimates, est_thr):
 
 
 def find_label_issues(
-    given,
-    probs,
+    given=None,
+    probs=None,
     losses=None,
     two_view=None,
     estimates=None,
@@ -121,6 +155,8 @@ def find_label_issues(
     out_dir: str | Path | None = None,
     chunk_rows: int | None = None,
     device: str = "cpu",
+    labels=None,
+    pred_probs=None,
 ) -> LabelIssues:
     """Find wrong and missing labels in a partially labeled multi-label matrix.
 
@@ -165,7 +201,17 @@ def find_label_issues(
             ``score.npy``, ``state.npy``, ``suggested.npy`` (atomic memmaps, filled chunk
             by chunk) and returned as read-only memmaps.
         chunk_rows: rows per chunk (default about 2M cells).
-        device: torch device for the GMM arithmetic.
+        device: torch device for the GMM arithmetic ("cpu", the default, runs in numpy
+            and does not import torch).
+        labels, pred_probs: cleanlab's names for ``given`` and ``probs`` (give one name
+            of each pair).
+
+    Inputs are checked first (:mod:`labelfix.validation`): lists, tuples and pandas
+    DataFrames are converted to arrays; given labels must be 1 / 0 / -1 (bool and float
+    matrices are converted; NaN is refused: use -1 for unknown); ``probs`` must be
+    probabilities in [0, 1] (values outside look like logits: pass
+    ``probs_are_logits=True``) and not NaN except in whole rows (images the model did
+    not score); every per-cell input must have the shape of ``given``.
 
     Returns:
         LabelIssues (per-cell arrays, ``corrections`` DataFrame with columns
@@ -177,17 +223,25 @@ def find_label_issues(
         >>> issues = find_label_issues(labels, probs)                    # doctest: +SKIP
         >>> issues.corrections.head()                                    # doctest: +SKIP
     """
-    if len(getattr(given, "shape", ())) != 2:
-        raise LabelfixError(f"given: shape {getattr(given, 'shape', None)}: must be (N, K)")
+    given, probs, losses, two_view, estimates, neighbours, verified = _checked_inputs(
+        given, probs, losses, two_view, estimates, neighbours, verified, labels, pred_probs, probs_are_logits)
     shape = tuple(given.shape)
     N, K = shape
-    for name, arr in (("probs", probs), ("losses", losses), ("two_view", two_view), ("estimates", estimates),
-                      ("neighbours", neighbours), ("verified", verified)):
-        _check_shape(name, arr, shape)
-    if classes is not None and len(classes) != K:
-        raise LabelfixError(f"classes: {len(classes)} names: given has {K} columns")
-    if not 0.0 <= clean_threshold < 1.0:
-        raise LabelfixError(f"clean_threshold: {clean_threshold}: must be in [0, 1)")
+    if classes is not None:
+        classes = list(classes)
+        if len(classes) != K:
+            raise LabelfixError(f"classes: {len(classes)} names: given has {K} columns")
+    check_number(clean_threshold, "clean_threshold", low=0.0, high=1.0, high_open=True)
+    if relabel_threshold is not None:
+        check_number(relabel_threshold, "relabel_threshold", low=0.5, high=1.0, high_open=True)
+    if estimate_threshold is not None:
+        check_number(estimate_threshold, "estimate_threshold", low=0.5, high=1.0, high_open=True)
+    if max_suggestions is not None:
+        check_number(max_suggestions, "max_suggestions", integer=True, low=0)
+    if chunk_rows is not None:
+        check_number(chunk_rows, "chunk_rows", integer=True, low=1)
+    if device != "cpu":
+        check_device(device, "device")
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
     delta = float(relabel_threshold) if relabel_threshold is not None else default_delta(given, chunk_rows=rows)

@@ -1,17 +1,26 @@
 """The ``labelfix`` command line: a thin shell over the library.
 
 Commands are loaded lazily (``predict`` must run without importing torch, and
-``--help`` should be fast); each lives in its own module under ``labelfix/cli/``.
+``--help`` should be fast: no command module imports torch at import time, which
+``tests/test_reliability.py`` checks); each lives in its own module under
+``labelfix/cli/``.
+
+Errors reach the user as one line on stderr: ``LabelfixError`` (bad input, refused
+operation) -> ``error: ...`` and exit code 2; ``OSError`` (disk full, read-only folder,
+permission denied ...) -> ``error: <file>: <reason> (<what to do>)`` and exit code 1.
+``LabelfixWarning`` (documented skips with counts) -> ``note: ...`` on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
+import warnings
 
 import click
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, LabelfixWarning, describe_os_error
 
 # command name -> "module:attribute"
 COMMANDS = {
@@ -50,13 +59,43 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _notes():
+                return super().invoke(ctx)
         except LabelfixError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_one_line(str(err))}", err=True)
             sys.exit(2)
+        except click.UsageError as err:
+            # a subcommand's bad option value: one line (click's own format takes four)
+            where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+            click.echo(f"error: {where}{_one_line(err.format_message())} (see --help)", err=True)
+            sys.exit(2)
+        except OSError as err:
+            click.echo(f"error: {_one_line(describe_os_error(err))}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")) if "\n" in text else text
+
+
+@contextlib.contextmanager
+def _notes():
+    """Show ``LabelfixWarning`` as ``note: <message>`` lines on stderr (each once)."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LabelfixWarning):
+            click.echo(f"note: {_one_line(str(message))}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", LabelfixWarning)
+        warnings.showwarning = show
+        yield
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

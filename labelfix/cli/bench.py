@@ -49,6 +49,9 @@ def bench(data, test, noises, methods, single_positive_methods, seeds, folds, ro
     (docs/benchmarks.md).
     """
     from labelfix.bench.runner import run_bench
+    from labelfix.io.outputs import check_output_folder
+
+    check_output_folder(out, [data, test])
 
     sp = [m.strip() for m in single_positive_methods.split(",") if m.strip()]
     if sp:

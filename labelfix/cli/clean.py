@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from labelfix.cli.options import FiniteFloat
+
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--clean-threshold", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+@click.option("--clean-threshold", type=FiniteFloat(0, 1, max_open=True), default=0.5, show_default=True,
               help="p_clean (GMM posterior of the low-loss component) above which a known cell is clean.")
-@click.option("--relabel-threshold", type=click.FloatRange(0.5, 1, max_open=True), default=None,
+@click.option("--relabel-threshold", type=FiniteFloat(0.5, 1, max_open=True), default=None,
               help="delta: a non-clean cell whose two-view probability is > delta becomes 1, < 1-delta becomes 0 "
                    "[default: 0.975, 0.55 for single-positive data].")
 @click.option("--max-suggestions", type=click.IntRange(min=0), default=None, help="Keep only the top suggestions.")
@@ -27,6 +29,9 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     per-cell arrays in RUN/cells/ and a report in RUN/report/."""
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.io.lock import run_lock
+    from labelfix.validation import check_device
+
+    check_device(device, "--device")   # before any work: cuda without a GPU is one line
 
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     with run_lock(run, "clean"):

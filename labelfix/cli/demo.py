@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from labelfix.cli.options import FiniteFloat
+
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="labelfix-demo", show_default=True,
               help="Folder for the generated data, the run and the exports.")
 @click.option("--noise", "noise_kind", type=click.Choice(["mislabel", "flip", "single-positive", "missing"]),
               default="mislabel", show_default=True, help="Noise injected into the clean demo labels.")
-@click.option("--rate", type=click.FloatRange(0, 1), default=0.4, show_default=True,
+@click.option("--rate", type=FiniteFloat(0, 1), default=0.4, show_default=True,
               help="Noise rate (not used by single-positive).")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Training epochs of every fold model.")

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import click
 
+from labelfix.cli.options import FiniteFloat, check_extension
+
+
+def default_change_log(out: str) -> str:
+    """``<out without .json>.changes.csv`` (the rule of labelfix.export.coco)."""
+    from pathlib import Path
+
+    p = Path(out)
+    return str(p.with_name((p.name[:-5] if p.name.endswith(".json") else p.name) + ".changes.csv"))
+
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
@@ -12,7 +22,7 @@ import click
               show_default=True,
               help="accepted: accepted suggestions only; all: every suggestion not rejected; "
                    "min-score: accepted ones plus undecided ones with score >= --min-score.")
-@click.option("--min-score", type=float, default=None, help="Score threshold for --decisions min-score.")
+@click.option("--min-score", type=FiniteFloat(), default=None, help="Score threshold for --decisions min-score.")
 @click.option("--from", "source", type=click.Choice(["fiftyone", "csv"]), default=None,
               help="Where decisions come from: the review dataset, or the 'accept' column of "
                    "RUN/corrections.csv (default: fiftyone when `labelfix review` ran on RUN, else csv).")
@@ -26,6 +36,9 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     kept as it was."""
     from labelfix.errors import LabelfixError
     from labelfix.export.coco import export_cleaned_coco
+    from labelfix.io import atomic
+    from labelfix.io.outputs import check_outputs
+    from labelfix.run import load_run
 
     if decisions == "min-score":
         if min_score is None:
@@ -33,8 +46,14 @@ def coco(run, out, decisions, min_score, source, name, change_log):
         decisions = ("min-score", min_score)
     elif min_score is not None:
         raise LabelfixError("--min-score applies to --decisions min-score only")
-    r = export_cleaned_coco(run, out, decisions=decisions, source=source, dataset_name=name,
-                            change_log_path=change_log)
+    check_extension(out, ".json", "--out", "the cleaned file is COCO JSON")
+    log_path = change_log or default_change_log(out)
+    check_extension(log_path, ".csv", "--changes", "the change log is CSV")
+    r = load_run(run)
+    check_outputs({"--out": out, "--changes": log_path}, [r.path, r.labelset.source.get("path")], runs=[r.path])
+    with atomic.output_set():   # the cleaned file and its change log: both or neither
+        r = export_cleaned_coco(r, out, decisions=decisions, source=source, dataset_name=name,
+                                change_log_path=log_path)
     if r.converted:
         click.echo("note: the run's labels did not come from a COCO file; they were converted to COCO "
                    "(image-level annotations) before applying the changes")

@@ -45,6 +45,9 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
     if not no_files:
         con.print(f"missing image files: {len(summary.missing_files)}"
                   + (f" (first: {summary.missing_files[0]})" if summary.missing_files else ""))
+    if summary.unreadable_files:
+        con.print(f"unreadable image files (not regular files, or outside the image folder; skipped): "
+                  f"{len(summary.unreadable_files)} (first: {summary.unreadable_files[0]})")
     if summary.corrupt_files is not None:
         con.print(f"corrupt image files: {len(summary.corrupt_files)}"
                   + (f" (first: {summary.corrupt_files[0]})" if summary.corrupt_files else ""))

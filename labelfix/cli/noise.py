@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from labelfix.cli.options import data_options, read_from_options
+from labelfix.cli.options import FiniteFloat, check_extension, data_options, read_from_options
 from labelfix.data.noise import KINDS
 
 
@@ -12,20 +12,25 @@ from labelfix.data.noise import KINDS
 @click.argument("data", type=click.Path())
 @data_options
 @click.option("--kind", type=click.Choice(KINDS), required=True, help="Noise protocol (methods.md).")
-@click.option("--rate", type=click.FloatRange(0, 1), default=None,
+@click.option("--rate", type=FiniteFloat(0, 1), default=None,
               help="Noise rate (required except for single-positive).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
-              help="Noisy COCO JSON to write; <out>.changes.csv gets the true label of every changed cell.")
+              help="Noisy COCO JSON to write (a .json name); <out stem>.changes.csv gets the true label of every "
+                   "changed cell. Neither may be an input, nor inside a run directory.")
 def noise(data, fmt, images, unlabeled, class_descriptions, kind, rate, seed, out):
     """Inject benchmark label noise into a clean dataset (seeded)."""
-    from labelfix.data.noise import write_noisy_coco
+    from labelfix.data.noise import changes_path_for, write_noisy_coco
     from labelfix.errors import LabelfixError
+    from labelfix.io.outputs import check_outputs
 
     if kind == "single-positive" and rate is not None:
         raise LabelfixError("--rate does not apply to single-positive noise")
     if kind != "single-positive" and rate is None:
         raise LabelfixError(f"--rate is required for {kind} noise")
+    check_extension(out, ".json", "--out", "noise writes a COCO JSON file")
+    inputs = [data, class_descriptions]
+    check_outputs({"--out": out, "change log": changes_path_for(out)}, inputs)
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)
     out, changes_path, changes = write_noisy_coco(ls, kind, rate, seed, out)
     known = int((ls.labels != -1).sum())

@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
 
 import click
 
 from labelfix.io import FORMATS
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN (which passes every comparison, so a
+    plain FloatRange accepts it) and +-inf."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if isinstance(rv, float) and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+def check_extension(path, suffixes, option: str, why: str) -> None:
+    """An output's name must end with one of ``suffixes`` (the format it is written in):
+    writing JSON into ``x.csv`` is refused, never done silently."""
+    from labelfix.errors import LabelfixError
+
+    suffixes = (suffixes,) if isinstance(suffixes, str) else tuple(suffixes)
+    name = os.fspath(path)
+    if not name.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise LabelfixError(f"{name}: {option} must end in {' or '.join(suffixes)} ({why})")
 
 
 def data_options(fn):

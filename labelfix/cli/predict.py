@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from labelfix.cli.options import FiniteFloat
+
 
 @click.command("predict")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -14,7 +16,7 @@ import click
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write all columns (file, labels, one probability per class) to a .csv or "
                    ".parquet file [default: print file,labels as CSV].")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--threshold", type=FiniteFloat(0, 1), default=None,
               help="Decision threshold on probabilities [default: the model's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: float | None,
@@ -24,14 +26,19 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
     from labelfix.errors import LabelfixError
     from labelfix.export.predict import collect_images, predict as run_predict
     from labelfix.io.atomic import atomic_path, write_csv
+    from labelfix.io.outputs import check_outputs
 
     if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         raise LabelfixError(f"{out}: --out must end in .csv or .parquet")
-    files = collect_images(images)
+    check_outputs({"--out": out}, [model, *images])
+    left_out: list = []
+    files = collect_images(images, skipped=left_out)
     if not files:
-        raise LabelfixError(f"{', '.join(map(str, images))}: no images found")
+        raise LabelfixError(f"{', '.join(map(str, images))}: no images found"
+                            + (f" ({len(left_out)} left out, first: {left_out[0][0]}: {left_out[0][1]})"
+                               if left_out else ""))
     df = run_predict(model, files, batch_size=batch_size, threshold=threshold)
-    skipped = df.attrs.get("skipped", [])
+    skipped = left_out + list(df.attrs.get("skipped", []))
     if out is None:
         df[["file", "labels"]].to_csv(sys.stdout, index=False)
     elif out.suffix.lower() == ".csv":

@@ -132,7 +132,11 @@ def train(data, config_file, **flags):
         raise click.UsageError("missing DATA (argument or 'data:' in --config)")
     if not values.get("out"):
         raise click.UsageError("missing --out RUN")
-    cfg = TrainConfig.from_dict(values, source=config_file or "options")
+    cfg = TrainConfig.from_dict(values, source=config_file or "options").validate()
+    from labelfix.io.outputs import check_run_output
+
+    check_run_output(cfg.out, [cfg.data, cfg.val, cfg.class_descriptions, cfg.weights, config_file],
+                     resume=bool(cfg.resume))
     try:
         with _rank0_lock(cfg.out):
             summary = run_training(cfg)

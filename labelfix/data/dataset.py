@@ -30,7 +30,7 @@ class PartialLabelDataset(Dataset):
         index = int(self.indices[i])
         labels = torch.from_numpy(np.array(self.labelset.labels[index], dtype=np.int8))
         try:
-            image = load_rgb(self.labelset.image_path(index))
+            image = load_rgb(self.labelset.image_path(index), self.labelset.image_root)
         except DECODE_ERRORS:
             return None, None, index
         return self.transform(image), labels, index

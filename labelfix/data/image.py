@@ -1,31 +1,123 @@
-"""Image decoding shared by training, review and prediction (no torch import)."""
+"""Image decoding shared by training, statistics, ``info --verify``, review and
+``labelfix predict`` (no torch import: ``predict`` must run without it).
+
+One decoder, :func:`load_rgb`, so the model sees the same pixels at serving time as in
+training. Files are what they claim: only regular files are opened (a FIFO or a device
+named like an image would block or stream forever), and with ``root`` a path whose real
+location (symlinks resolved) is outside the image folder is refused. Both raise
+:class:`UnsafeImage`, an ``OSError``, so callers that skip and count undecodable
+images (``DECODE_ERRORS``) skip and count these too.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import errno
+import os
+import stat
 import numpy as np
 from PIL import Image, ImageOps
+
+#: the background transparent pixels are composited onto (training and predict alike)
+BACKGROUND = (0, 0, 0)
+
+
+class UnsafeImage(OSError):
+    """An image path that is not a regular file, or leads outside the image folder
+    (``strerror`` says which, ``filename`` names the path)."""
+
+    def __init__(self, filename: str, reason: str):
+        super().__init__(None, reason, filename)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
 
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully: EXIF orientation applied; grayscale, palette, alpha and
-    16-bit / float images converted to 8-bit RGB. Raises one of ``DECODE_ERRORS`` on a
-    missing, truncated or corrupt file."""
-    with Image.open(path) as im:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+#: set to 1 to follow symbolic links that leave the image folder (git-annex or DVC
+#: symlink caches keep the real files elsewhere); FIFOs and devices stay refused
+FOLLOW_SYMLINKS_ENV = "LABELFIX_FOLLOW_SYMLINKS"
+
+
+def open_image_file(path: str | os.PathLike, root: str | os.PathLike | None = None):
+    """Open ``path`` for reading as a binary file object, refusing what is not an image
+    file: with ``root``, a real path (symlinks resolved) outside ``root``'s real path;
+    anything that is not a regular file (FIFO, socket, device, folder). The check is made
+    on the opened descriptor (``O_NONBLOCK``, so opening a FIFO cannot hang), not only on
+    the name. Raises :class:`UnsafeImage` or ``FileNotFoundError`` (both ``OSError``)."""
+    name = os.fspath(path)
+    target = os.path.realpath(name)
+    if root is not None and os.environ.get(FOLLOW_SYMLINKS_ENV, "") != "1":
+        top = os.path.realpath(os.fspath(root))
+        if not _inside(target, top):
+            raise UnsafeImage(name, f"leads outside the image folder {top} (to {target}); not read "
+                                    f"({FOLLOW_SYMLINKS_ENV}=1 follows such links)")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafeImage(name, "a symbolic link loop; not read") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                    else "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+            raise UnsafeImage(name, f"{kind}, not an image file; not read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def image_problem(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str | None:
+    """Why ``path`` cannot be read as an image file (missing, not a regular file, outside
+    ``root``), or None when it can be opened. Does not decode."""
+    try:
+        with open_image_file(path, root):
+            return None
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or str(err)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """The mode conversions of :func:`load_rgb` on a loaded image."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "P":
+        # palette images with a transparent index (info["transparency"]) or an RGBA
+        # palette become RGBA and are composited below; the others plain RGB
+        im = im.convert("RGBA") if ("transparency" in im.info or im.palette and im.palette.mode == "RGBA") \
+            else im.convert("RGB")
+    elif im.mode in ("L", "RGB") and "transparency" in im.info:
+        im = im.convert("RGBA")   # a tRNS colour key marks one colour transparent
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, BACKGROUND + (255,))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Image.Image:
+    """Decode an image fully as 8-bit RGB: EXIF orientation applied; grayscale converted;
+    16-bit / 32-bit / float scaled to 8 bits (full scale 65535 for 16-bit); transparency
+    (RGBA, LA, palette with a transparent index, tRNS colour keys) composited onto
+    :data:`BACKGROUND` (black). Raises one of ``DECODE_ERRORS`` on a missing, truncated,
+    corrupt, non-regular or (with ``root``) out-of-folder file."""
+    with open_image_file(path, root) as fh, Image.open(fh) as im:
         im.load()  # force the full decode so that truncated files fail here
         im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            arr = np.asarray(im, dtype=np.float64)
-            hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-        elif im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "PA"):
-            # composite on black, like most training pipelines do implicitly
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            im = Image.alpha_composite(bg, im)
-        return im.convert("RGB")
+        return _to_rgb(im)

@@ -129,13 +129,25 @@ def write_noisy_coco(labelset, kind: str, rate: float | None, seed: int, out) ->
     from labelfix.io import atomic
     from labelfix.io.coco_write import rewrite_coco, source_coco, with_image_root, write_coco
 
+    from labelfix.io.outputs import check_outputs
+
     out = Path(out)
+    changes_path = changes_path_for(out)
+    check_outputs({"--out": out, "change log": changes_path}, [labelset.source.get("path")])
     result = inject_noise(np.asarray(labelset.labels), kind, rate, seed)
     data = rewrite_coco(source_coco(labelset), labelset, result.labels, result.moves)
     data = with_image_root(data, labelset)
     data["labelfix"]["noise"] = {"kind": kind, "rate": rate, "seed": seed}
     changes = changed_cells(labelset, result.labels)
-    changes_path = out.with_name(out.stem + ".changes.csv")
-    atomic.write_csv(changes_path, changes)
-    write_coco(out, data)
+    with atomic.output_set():   # both files or neither
+        atomic.write_csv(changes_path, changes)
+        write_coco(out, data)
     return out, changes_path, changes
+
+
+def changes_path_for(out):
+    """The change log written next to a noisy file: ``<out stem>.changes.csv`` (a Path)."""
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(out.stem + ".changes.csv")

@@ -189,11 +189,8 @@ def export_cleaned_coco(
     )
     ls = run.labelset
     src_path = ls.source.get("path")
-    for p in (out, log_path):
-        if src_path and p.resolve() == Path(src_path).resolve():
-            raise LabelfixError(f"{p}: refusing to overwrite the input labels; choose another --out")
-    if out.resolve() == log_path.resolve():
-        raise LabelfixError(f"{out}: the change log would overwrite the cleaned file")
+    from labelfix.io.outputs import check_outputs   # never an input, run state or each other
+    check_outputs({"--out": out, "--changes": log_path}, [src_path], runs=[run.path])
     if source is None:
         source = "fiftyone" if (run.path / REVIEW_FILE).exists() else "csv"
     if source not in SOURCES:

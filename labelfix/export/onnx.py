@@ -105,6 +105,26 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, opset: int):
     return onnx.load_from_string(buf.getvalue())
 
 
+def check_opset(opset) -> int:
+    """``opset`` must be an integer from :data:`MIN_OPSET` to the newest opset the
+    installed onnx knows (never lowered silently)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise LabelfixError(f"--opset: {opset}: must be an integer from {MIN_OPSET} to {newest} (the newest opset "
+                            f"the installed onnx {onnx.__version__} knows)")
+    return opset
+
+
+def _default_opset(proto) -> int | None:
+    """The version of the default ONNX domain the graph imports."""
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None
+
+
 def _has_dynamic_batch(proto) -> bool:
     dims = [v.type.tensor_type.shape.dim for v in (proto.graph.input[0], proto.graph.output[0])]
     return all(d[0].HasField("dim_param") for d in dims)
@@ -194,8 +214,10 @@ def export_onnx(
 
     path = Path(path)
     names = [str(c) for c in class_names]
-    if opset < MIN_OPSET:
-        raise LabelfixError(f"--opset: {opset}: must be {MIN_OPSET} or later")
+    from labelfix.validation import check_class_names
+
+    check_class_names(names, "class names", record=lambda i: f"name {i}")
+    check_opset(opset)
     if not 0.0 < float(threshold) < 1.0:
         raise LabelfixError(f"--threshold: {threshold}: must be in (0, 1)")
     if int(img_size) < 1:
@@ -224,6 +246,10 @@ def export_onnx(
 
     with torch.no_grad():
         proto, exporter = _export_proto(module, example, opset)
+    written = _default_opset(proto)
+    if written != opset:
+        raise LabelfixError(f"--opset: {opset}: the {exporter} exporter produced opset {written} instead; "
+                            f"choose an opset it supports (e.g. {written})")
     meta = {
         "class_names": json.dumps(names, ensure_ascii=False),
         "img_size": str(size),
@@ -280,6 +306,9 @@ def read_class_names(path: str | Path) -> list[str]:
             names = [col[k] for k in sorted(col, key=int)]
     if not names:
         raise LabelfixError(f"{path}: no class names found")
+    from labelfix.validation import check_class_names
+
+    check_class_names(names, str(path), record=lambda i: f"record {i}")
     return [str(n) for n in names]
 
 
@@ -300,9 +329,12 @@ def export_run(
     Class names come from ``RUN/classes.json``; image size (unless ``img_size`` is
     given), normalisation and evaluation resize from the checkpoint's model_config.
     """
+    from labelfix.io.outputs import check_outputs
     from labelfix.models import load_checkpoint, model_from_checkpoint
 
     run = Path(run_dir)
+    check_outputs({"--out": out}, [run], runs=[run])
+    check_opset(opset)
     if which not in ("best", "last"):
         raise LabelfixError(f"--checkpoint: '{which}': must be 'best' or 'last'")
     if not run.is_dir():

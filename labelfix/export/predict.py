@@ -3,9 +3,10 @@
 Torch-free by contract: nothing on this module's import path may import torch or timm
 (``tests/test_onnx.py`` runs it with ``import torch`` made to fail). It reads the
 model's metadata (class names, input size, normalisation, evaluation resize,
-threshold), decodes images with PIL (EXIF orientation applied, converted to RGB),
-preprocesses them exactly as timm's evaluation transform does, runs batches and
-returns one row per image.
+threshold), decodes images with the decoder training uses
+(:func:`labelfix.data.image.load_rgb`: EXIF orientation, 16-bit scaling, transparency
+composited onto the same background), preprocesses them exactly as timm's evaluation
+transform does, runs batches and returns one row per image.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image
 
+from labelfix.data.image import load_rgb, open_image_file
 from labelfix.errors import LabelfixError
 from labelfix.numeric import sigmoid
 
@@ -53,24 +55,52 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], source: str) -> "ModelInfo":
+        """Read and check the metadata: class names a list of unique non-empty strings;
+        img_size a positive integer; mean / std three finite numbers (std > 0);
+        threshold a number in [0, 1]. One line naming the model and the key otherwise."""
+        from labelfix.validation import check_class_names, check_number
+
         missing = [k for k in ("class_names", "img_size", "mean", "std") if k not in meta]
         if missing:
             raise LabelfixError(
                 f"{source}: metadata: missing {', '.join(missing)} (not written by labelfix export onnx)"
             )
+
+        def parsed(key: str):
+            try:
+                return json.loads(meta[key])
+            except (ValueError, TypeError) as err:
+                raise LabelfixError(f"{source}: metadata: {key}: not valid JSON ({err})") from None
+
+        names = parsed("class_names")
+        if not isinstance(names, list) or not names:
+            raise LabelfixError(f"{source}: metadata: class_names: expected a non-empty JSON list of names")
+        check_class_names(names, f"{source}: metadata: class_names", record=lambda i: f"entry {i}")
+        vectors = {}
+        for key in ("mean", "std"):
+            v = parsed(key)
+            if not isinstance(v, list) or len(v) != 3:
+                raise LabelfixError(f"{source}: metadata: {key}: expected a list of 3 numbers, got {meta[key]!r}")
+            vectors[key] = tuple(check_number(x, f"{source}: metadata: {key}") for x in v)
+        if any(s <= 0 for s in vectors["std"]):
+            raise LabelfixError(f"{source}: metadata: std: {vectors['std']}: every value must be > 0")
         try:
-            return cls(
-                class_names=[str(c) for c in json.loads(meta["class_names"])],
-                img_size=int(meta["img_size"]),
-                mean=tuple(float(v) for v in json.loads(meta["mean"])),
-                std=tuple(float(v) for v in json.loads(meta["std"])),
-                threshold=float(meta.get("threshold", 0.5)),
-                interpolation=meta.get("interpolation", "bilinear"),
-                crop_mode=meta.get("crop_mode", "squash"),
-                labelfix_version=meta.get("labelfix_version", "unknown"),
-            )
+            size = int(meta["img_size"])
+            threshold = float(meta.get("threshold", 0.5))
         except (ValueError, TypeError) as err:
-            raise LabelfixError(f"{source}: metadata: unreadable value ({err})") from err
+            raise LabelfixError(f"{source}: metadata: unreadable value ({err})") from None
+        check_number(size, f"{source}: metadata: img_size", integer=True, low=1)
+        check_number(threshold, f"{source}: metadata: threshold", low=0.0, high=1.0)
+        return cls(
+            class_names=[str(c) for c in names],
+            img_size=size,
+            mean=vectors["mean"],
+            std=vectors["std"],
+            threshold=threshold,
+            interpolation=meta.get("interpolation", "bilinear"),
+            crop_mode=meta.get("crop_mode", "squash"),
+            labelfix_version=meta.get("labelfix_version", "unknown"),
+        )
 
 
 def open_session(model_path: str | os.PathLike, providers: Sequence[str] | None = None):
@@ -90,20 +120,19 @@ def open_session(model_path: str | os.PathLike, providers: Sequence[str] | None 
     info = ModelInfo.from_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
     if info.interpolation not in _INTERPOLATION or info.crop_mode not in ("squash", "center"):
         raise LabelfixError(f"{path}: metadata: unknown resize {info.interpolation}/{info.crop_mode}")
+    outputs = session.get_outputs()
+    k = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(k, int) and k != len(info.class_names):
+        raise LabelfixError(f"{path}: metadata: class_names has {len(info.class_names)} names for a model with "
+                            f"{k} outputs")
     return session, info
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image as 8-bit RGB: EXIF orientation applied; 16-bit grayscale scaled
-    to 8 bits (>> 8); palette images through RGBA; alpha dropped."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            arr = np.asarray(img, dtype=np.int64)
-            img = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), mode="L")
-        elif img.mode == "P":
-            img = img.convert("RGBA")
-        return img.convert("RGB")
+    """Decode an image as 8-bit RGB exactly as training does: this is
+    :func:`labelfix.data.image.load_rgb` (EXIF orientation; 16-bit scaled to 8 bits;
+    transparent pixels composited onto black; regular files only)."""
+    return load_rgb(path)
 
 
 def preprocess(
@@ -141,15 +170,27 @@ def preprocess(
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = None) -> list[Path]:
     """Files as given, plus every image (by extension, see ``IMAGE_EXTENSIONS``) under
-    the given folders, recursively and sorted. Missing paths raise LabelfixError."""
+    the given folders, recursively and sorted. Missing paths raise LabelfixError; a path
+    given that is not a regular file (a FIFO, a device) too. Inside a folder, entries
+    that are not regular files, and symbolic links whose target lies outside the folder,
+    are left out; ``skipped`` (a list) receives ``(file, reason)`` for each."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS))
+            for q in sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir()):
+                try:
+                    open_image_file(q, root=p).close()
+                except OSError as err:
+                    if skipped is not None:
+                        skipped.append((str(q), err.strerror or str(err)))
+                    continue
+                out.append(q)
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise LabelfixError(f"{p}: not a regular file (a FIFO, socket or device); give image files or folders")
         else:
             raise LabelfixError(f"{p}: no such file or directory")
     return out

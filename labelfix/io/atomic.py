@@ -3,18 +3,52 @@
 A file is written under a temporary name in the destination folder, flushed and
 fsync'ed, then renamed over the final name, so an interrupted command leaves either
 the old file or the new one, never a half-written one.
+
+Permissions are those of a file made with ``open()``: ``0o666 & ~umask`` for a new
+file, the old file's mode when one is replaced (``tempfile.mkstemp`` alone would give
+0600). Inside ``with output_set():`` the renames wait until the block succeeds, so a
+command writing several files (a COCO file and its change log) leaves all of them or
+none (a failure removes the temporaries, and no final name is touched).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import numpy as np
+
+#: pending (temporary, final) renames of the innermost ``output_set`` (None outside one)
+_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("labelfix_atomic_pending", default=None)
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is not
+    thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: the existing file's, else 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,19 +73,68 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     tmp_path = Path(tmp)
+    try:
+        os.fchmod(fd, _new_file_mode(path))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+    os.close(fd)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        pending = _PENDING.get()
+        if pending is not None:
+            pending.append((tmp_path, path))
+            return
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, str(tmp_path)):
+            # name the file the user asked for, not the temporary
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
+
+
+@contextlib.contextmanager
+def output_set() -> Iterator[None]:
+    """Write several files as one: every atomic write inside the block goes to its
+    temporary file, and all are renamed into place only when the block exits without an
+    exception; on an exception all temporaries are removed and no final file changes.
+
+    Writers inside the block must not read their own outputs back (they do not exist
+    under the final name until the block ends).
+    """
+    pending: list = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    finally:
+        _PENDING.reset(token)
+    try:
+        for tmp, final in pending:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    for folder in {final.parent for _, final in pending}:
+        _fsync_dir(folder)
 
 
 @contextlib.contextmanager

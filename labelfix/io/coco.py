@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pycocotools.coco import COCO
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, LabelfixWarning
 from labelfix.io.paths import check_file_name, default_image_root
 from labelfix.labels import NEG, POS, UNK, LabelSet
 
@@ -197,6 +198,9 @@ def _validate(data: dict, path: Path) -> _Parsed:
     dup = _first_dup(cat_ids)
     if dup is not None:
         raise LabelfixError(f"{path}: categories[{dup}]: duplicate category id {cat_ids[dup]}")
+    from labelfix.validation import check_class_names
+
+    check_class_names(names, str(path), record=lambda j: f"categories[{j}] (id {cat_ids[j]})")
     cat_order = np.argsort(cat_ids, kind="stable")
     sorted_cats = cat_ids[cat_order]
 
@@ -319,13 +323,38 @@ def read_coco(
     if lvis:
         labels[parsed.neg_rows, parsed.neg_cols] = NEG
     labels[parsed.ann_rows, parsed.ann_cols] = POS
+    conflicts = _lvis_conflicts(parsed, labels, path)
     verified = _verified_cells(meta.get("verified"), parsed, path)
 
     if images is None and root_meta:
         images = root_meta  # files written by labelfix into another folder
     root = default_image_root(path, images)
     source = {"path": str(path.resolve()), "format": "coco", "unlabeled": unlabeled, "lvis": lvis}
+    if conflicts:
+        source["lvis_conflicts"] = conflicts
     return LabelSet(labels, frame, classes, root, source, verified)
+
+
+def _lvis_conflicts(parsed: _Parsed, labels: np.ndarray, path: Path) -> int:
+    """LVIS ``neg_category_ids`` entries naming a category that is also annotated on the
+    same image. The annotation wins (the cell is positive: an annotation is direct
+    evidence, and LVIS verifies negatives image by image, so a contradiction is an error
+    in the negative list). A documented skip with a count: one ``note:`` line
+    (:class:`LabelfixWarning`) and ``source["lvis_conflicts"]``."""
+    if not len(parsed.neg_rows):
+        return 0
+    hit = labels[parsed.neg_rows, parsed.neg_cols] == POS
+    if not hit.any():
+        return 0
+    pairs = np.unique(parsed.neg_rows[hit] * labels.shape[1] + parsed.neg_cols[hit])
+    j = int(np.argmax(hit))
+    r = int(parsed.neg_rows[j])
+    warnings.warn(LabelfixWarning(
+        f"{path}: {len(pairs)} neg_category_ids entr{'y names' if len(pairs) == 1 else 'ies name'} a category "
+        f"annotated on the same image (first: images[{r}] (id {parsed.img_ids[r]}), category id "
+        f"{parsed.cat_order[int(parsed.neg_cols[j])]}); the annotation wins: those cells are positive"),
+        stacklevel=3)
+    return int(len(pairs))
 
 
 def _verified_cells(pairs, parsed: _Parsed, path: Path) -> np.ndarray | None:

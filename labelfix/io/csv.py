@@ -67,6 +67,21 @@ def _int64(text: str) -> int | None:
     return v if -(2**63) <= v < 2**63 else None
 
 
+def _sizes(values: pd.Series, path: Path, col: str) -> np.ndarray:
+    """``width`` / ``height``: empty (unknown, 0) or a non-negative number below 2**31,
+    as for COCO files; anything else (text, a negative number, 1e30, inf, nan) is refused
+    with the row."""
+    text = values.astype(str).str.strip()
+    nums = pd.to_numeric(text.where(text != "", "0"), errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(nums) & (nums >= 0) & (nums < 2**31))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LabelfixError(f"{path}: row {i + 2}: {col} {values.iat[i]!r} must be empty or a non-negative number "
+                            f"below 2**31")
+    return nums.astype(np.int64)
+
+
 def _image_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     names = [check_file_name(f, f"{path}: row {i + 2}") for i, f in enumerate(table["file_name"])]
     frame = pd.DataFrame({"file_name": names})
@@ -79,8 +94,7 @@ def _image_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     else:
         frame["image_id"] = np.arange(1, len(frame) + 1, dtype=np.int64)
     for col in ("width", "height"):
-        vals = pd.to_numeric(table[col], errors="coerce") if col in table else pd.Series(np.zeros(len(frame)))
-        frame[col] = vals.fillna(0).astype(np.int64).to_numpy()
+        frame[col] = _sizes(table[col], path, col) if col in table else np.zeros(len(frame), np.int64)
     dup = frame["image_id"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
@@ -115,6 +129,9 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSe
             f"{path}: row {r + 2}, column {class_cols[c]!r}: value {values.iat[r, c]!r} is not 1, 0 or empty"
         )
     labels = coded.to_numpy(np.int8)
+    from labelfix.validation import check_class_names
+
+    check_class_names([str(c) for c in class_cols], f"{path}: header", record=lambda j: f"column {class_cols[j]!r}")
     classes = pd.DataFrame({"name": class_cols, "category_id": np.arange(1, len(class_cols) + 1, dtype=np.int64)})
     source = {"path": str(path.resolve()), "format": "csv-wide"}
     return LabelSet(labels, frame, classes, default_image_root(path, images), source)

@@ -139,6 +139,9 @@ def read_fiftyone(
     classes = classes or found
     if not classes:
         raise LabelfixError(f"{uri}: field {field!r} holds no labels")
+    from labelfix.validation import check_class_names
+
+    check_class_names(classes, uri, record=lambda i: f"classes[{i}]")
     col = {c: k for k, c in enumerate(classes)}
 
     filepaths = [os.path.abspath(p) for p in ds.values("filepath")]

@@ -88,8 +88,16 @@ def _create(path: Path, record: dict) -> bool:
     try:
         os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
         os.fsync(fd)
-    finally:
+    except BaseException as err:
+        # a full disk or a failing device: do not leave an empty lock that would block
+        # the run until someone removes it by hand
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+    os.close(fd)
     return True
 
 

@@ -30,7 +30,8 @@ def read_class_descriptions(path: Path) -> pd.DataFrame:
         raise LabelfixError(f"{path}: cannot parse class descriptions: {str(e).splitlines()[0]}") from None
     if table.shape[1] < 2:
         raise LabelfixError(f"{path}: expected two columns LabelName,DisplayName")
-    if table.iat[0, 0] == "LabelName":
+    header = table.iat[0, 0] == "LabelName"
+    if header:
         table = table.iloc[1:]
     table = table.iloc[:, :2].set_axis(["LabelName", "DisplayName"], axis=1).reset_index(drop=True)
     if table.empty:
@@ -38,6 +39,11 @@ def read_class_descriptions(path: Path) -> pd.DataFrame:
     if table["LabelName"].duplicated().any():
         i = int(np.flatnonzero(table["LabelName"].duplicated().to_numpy())[0])
         raise LabelfixError(f"{path}: duplicate LabelName {table['LabelName'].iat[i]!r}")
+    from labelfix.validation import check_class_names
+
+    first = 2 if header else 1
+    check_class_names(table["DisplayName"].tolist(), str(path),
+                      record=lambda i: f"row {i + first} ({table['LabelName'].iat[i]})")
     return table
 
 

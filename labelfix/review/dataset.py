@@ -1,33 +1,44 @@
 """Build or update the persistent FiftyOne dataset that ``labelfix review`` opens.
 
-Fields (product.md, "FiftyOne dataset written by review"):
+Fields (docs/review.md, "Fields"; product.md's list plus ``detections``, and suggestion
+labels that read "+ dog" / "- dog"):
 - ``image_id`` (int), ``file_name`` (str): the run's image records; samples are matched
   to images by ``image_id``.
 - ``ground_truth``: the given positives (Classifications).
+- ``detections``: the boxes of the source COCO annotations (Detections, relative
+  [x, y, w, h]), when the run was trained on a COCO file with boxes.
 - ``negatives``: the given explicit negatives (Classifications). Only written when the
   label matrix has unknown cells; in an exhaustive (plain COCO) dataset every absent
   class is negative, so the field would only repeat ``ground_truth``'s complement.
 - ``predictions``: model probabilities sigmoid(stats/logits) as Classifications, each
   with a ``logit`` attribute, and the sample's full logit vector (K,) in
   ``predictions.logits``. At most ``max_predictions`` per sample (the most probable).
-- ``suggestions``: one Classification per row of corrections.csv; confidence = score,
-  attributes action, state, p_clean, probability, given, suggested, class_index,
-  category_id. The reviewer's decision is the label tag ``accepted`` or ``rejected``.
+- ``suggestions``: one Classification per row of corrections.csv, label ``"+ <class>"``
+  for an addition and ``"- <class>"`` for a removal (coloured green / red by
+  ``action``); confidence = score; attributes class_name, action, given, suggested,
+  probability, score, state, p_clean, class_index, category_id, csv_decision. The
+  reviewer's decision is the label tag ``accepted`` or ``rejected``.
 - ``issue_score``: the largest suggestion score on the sample (0 without suggestions).
-Saved views ``additions``, ``removals`` and ``to_review`` (suggestions tagged neither
-accepted nor rejected), each sorted by ``issue_score`` (highest first). The App's
-sidebar starts with ``ground_truth`` and ``suggestions`` shown (unless the dataset's
-``app_config.active_fields`` was set already).
+Saved views ``additions``, ``removals``, ``to_review`` (suggestions tagged neither
+accepted nor rejected) and ``class-<name>`` for the :data:`CLASS_VIEWS` classes with the
+most suggestions, each showing only its suggestions, sorted by the highest score among
+them (highest first). The App's sidebar starts with ``ground_truth``, ``detections``,
+``negatives`` and ``suggestions`` shown.
 
-Re-running on the same dataset replaces the label fields but keeps every decision: a
-suggestion whose (image_id, class) was suggested before keeps its label id and tags.
+Decisions:
+- re-running on the same dataset replaces the label fields but keeps every decision: a
+  suggestion whose (image_id, class) was suggested before keeps its label id and tags;
+- the ``accept`` column of corrections.csv is imported (values that changed since the
+  last import, or were never imported, set the tag; see :func:`_plan_decisions`);
+- decisions of suggestions that are no longer made go to RUN/decisions_archive.csv and
+  come back if the same change is suggested again.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +53,14 @@ from labelfix.run import Run, load_run
 ACCEPTED, REJECTED = "accepted", "rejected"
 DECISION_TAGS = (ACCEPTED, REJECTED)
 SUGGESTIONS = "suggestions"
+DETECTIONS = "detections"
 SAVED_VIEWS = ("additions", "removals", "to_review")
+CLASS_VIEWS = 5  # saved views class-<name> for the classes with the most suggestions
 REVIEW_FILE = "review.json"  # RUN/review.json: {"dataset": name}
 DEFAULT_MAX_PREDICTIONS = 50
+ADD_PREFIX, REMOVE_PREFIX = "+ ", "- "
+ADD_COLOR, REMOVE_COLOR = "#2ca02c", "#d62728"  # green additions, red removals
+GIVEN_COLOR, NEGATIVES_COLOR = "#1f77b4", "#8c8c8c"  # given labels and boxes blue, negatives grey
 
 
 @dataclass
@@ -60,9 +76,28 @@ class ReviewSummary:
     rejected: int
     to_review: int
     restored_decisions: int
+    imported_decisions: int = 0  # set from corrections.csv's accept column this time
+    archived_decisions: int = 0  # decisions of suggestions no longer made -> decisions_archive.csv
+    boxes: int = 0  # source COCO boxes in the detections field
+    views: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def suggestion_label(class_name: str, action: str) -> str:
+    """The label text of a suggestion: ``"+ dog"`` (add) or ``"- dog"`` (remove)."""
+    return (ADD_PREFIX if action == "add" else REMOVE_PREFIX) + str(class_name)
+
+
+def class_of(label: str, class_name=None) -> str:
+    """The class of a suggestion label: its ``class_name`` attribute, else the label
+    without its ``+ `` / ``- `` prefix (datasets written before labels had one)."""
+    if class_name:
+        return str(class_name)
+    label = str(label)
+    return label[2:] if label[:2] in (ADD_PREFIX, REMOVE_PREFIX) else label
 
 
 def default_dataset_name(run: Run | str | Path) -> str:
@@ -97,9 +132,14 @@ def _float_or_none(v) -> float | None:
 
 
 def suggestion_rows(run: Run) -> pd.DataFrame:
-    """corrections.csv with a ``row`` / ``col`` cell index per suggestion.
+    """corrections.csv with a ``row`` / ``col`` cell index per suggestion, and a
+    ``decision`` column (``accepted`` / ``rejected`` / ``""``) when it has an ``accept``
+    column.
 
-    Raises LabelfixError for rows naming an image or category the run does not have.
+    Raises LabelfixError (one line naming the file and the row) for rows naming an image
+    or category the run does not have, or whose file name / class does not match the
+    run's (a corrections.csv copied from another run; :meth:`Run.corrections` checks
+    those), and for bad ``accept`` values.
     """
     corr = run.corrections()
     p = run.path / "corrections.csv"
@@ -131,78 +171,315 @@ def suggestion_rows(run: Run) -> pd.DataFrame:
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         raise LabelfixError(f"{p}: row {i + 2}: a second suggestion for image {image_ids[i]}, category {cat_ids[i]}")
+    if "accept" in out.columns:
+        from labelfix.export.coco import parse_accept
+
+        out["decision"] = parse_accept(out["accept"], str(p)).to_numpy()
     return out
 
 
-def _suggestion(rec, name: str, keep: dict) -> "object":
-    import fiftyone as fo
-    from bson import ObjectId
+@dataclass
+class _Prev:
+    """A decision known before this build: from the dataset, decisions.csv or the archive."""
 
-    prev = keep.get((int(rec.image_id), name))
-    kwargs = {}
-    if prev is not None and prev[0] is not None:
-        kwargs["_id"] = ObjectId(prev[0])
-    return fo.Classification(
-        label=name,
-        confidence=float(rec.score),
-        tags=list(prev[1]) if prev is not None else [],
-        action=str(rec.action),
-        state=str(getattr(rec, "state", "")),
-        p_clean=_float_or_none(getattr(rec, "p_clean", None)),
-        probability=_float_or_none(getattr(rec, "probability", None)),
-        given=str(getattr(rec, "given", "")),
-        suggested=int(rec.suggested) if str(getattr(rec, "suggested", "")).strip() != "" else (1 if rec.action == "add" else 0),
-        class_index=int(rec.col),
-        category_id=int(rec.category_id),
-        **kwargs,
-    )
+    label_id: str | None
+    tags: list[str]
+    csv_decision: str = ""
+    category_id: int | None = None
+    file_name: str = ""
+    action: str = ""
+    suggested: int | None = None
+    score: float | None = None
 
 
-def _existing_decisions(dataset) -> dict[tuple[int, str], tuple[str, list[str]]]:
-    """{(image_id, class): (label_id, tags)} of the suggestions already in the dataset."""
+def _decision_of(tags) -> str:
+    tags = set(tags or [])
+    if ACCEPTED in tags and REJECTED in tags:
+        return ""
+    return ACCEPTED if ACCEPTED in tags else REJECTED if REJECTED in tags else ""
+
+
+def _existing_decisions(dataset) -> dict[tuple[int, str], _Prev]:
+    """{(image_id, class): _Prev} of the suggestions already in the dataset."""
     if len(dataset) == 0 or SUGGESTIONS not in dataset.get_field_schema():
         return {}
-    ids, labels, lids, tags = dataset.values(
-        ["image_id", f"{SUGGESTIONS}.classifications.label", f"{SUGGESTIONS}.classifications.id",
-         f"{SUGGESTIONS}.classifications.tags"]
-    )
+    attrs = ["label", "id", "tags", "class_name", "csv_decision", "category_id", "action", "suggested", "confidence"]
+    values = dataset.values(["image_id", "file_name"] + [f"{SUGGESTIONS}.classifications.{a}" for a in attrs])
     out = {}
-    for iid, ls, li, ts in zip(ids, labels, lids, tags):
-        for name, lid, t in zip(ls or [], li or [], ts or []):
-            out[(int(iid), str(name))] = (str(lid), list(t or []))
+    for s, (iid, fname) in enumerate(zip(values[0], values[1])):
+        per = [v[s] or [] for v in values[2:]]
+        for j in range(len(per[0])):
+            a = {name: (per[i][j] if j < len(per[i]) else None) for i, name in enumerate(attrs)}
+            out[(int(iid), class_of(a["label"], a["class_name"]))] = _Prev(
+                str(a["id"]), list(a["tags"] or []), str(a["csv_decision"] or ""),
+                None if a["category_id"] is None else int(a["category_id"]), str(fname or ""), str(a["action"] or ""),
+                None if a["suggested"] is None else int(a["suggested"]), _float_or_none(a["confidence"]),
+            )
     return out
 
 
-def _csv_decisions(run: Run) -> dict[tuple[int, str], tuple[None, list[str]]]:
+def _csv_decisions(run: Run) -> dict[tuple[int, str], _Prev]:
     """Decisions from RUN/decisions.csv (used when the dataset is created afresh)."""
     from labelfix.review.decisions import read_decisions_csv
 
     frame = read_decisions_csv(run)
     if frame is None:
         return {}
-    return {
-        (int(iid), str(cls)): (None, [dec])
-        for iid, cls, dec in zip(frame["image_id"], frame["class"], frame["decision"])
-        if dec in DECISION_TAGS
-    }
+    csv_dec = frame["csv_decision"] if "csv_decision" in frame.columns else pd.Series([""] * len(frame))
+    out = {}
+    for iid, cls, dec, cd, cat, fname, action, score in zip(
+        frame["image_id"], frame["class"], frame["decision"], csv_dec,
+        frame.get("category_id", pd.Series([None] * len(frame))), frame.get("file_name", pd.Series([""] * len(frame))),
+        frame.get("action", pd.Series([""] * len(frame))), frame.get("score", pd.Series([None] * len(frame))),
+    ):
+        if dec not in DECISION_TAGS and not cd:
+            continue
+        out[(int(iid), str(cls))] = _Prev(
+            None, [dec] if dec in DECISION_TAGS else [], str(cd or ""),
+            None if cat in (None, "") else int(cat), str(fname or ""), str(action or ""),
+            (1 if action == "add" else 0) if action in ("add", "remove") else None, _float_or_none(score),
+        )
+    return out
 
 
-def _saved_views(dataset) -> None:
+def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, archive: dict, keep_restores: bool):
+    """The label id, tags and imported CSV value of every suggestion, in ``sugg`` order.
+
+    - a suggestion known before (``keep``: same image_id and class) keeps its label id,
+      tags and last imported ``accept`` value;
+    - a new one gets the decision archived for the same (image_id, category_id,
+      suggested), if any;
+    - where corrections.csv has an ``accept`` column, a value that differs from the one
+      imported last time (or was never imported) sets the decision (an emptied cell
+      clears it); a value already imported leaves the tags alone, so a later change in
+      the App is kept.
+
+    Returns ``(plan, counts, gone)``: plan[i] = (label_id | None, tags, csv_decision);
+    counts ``imported`` / ``restored`` (from decisions.csv when ``keep_restores``, or
+    from the archive); gone = the decided ``keep`` entries no longer
+    suggested, as ``[(image_id, class, _Prev)]``.
+    """
+    has_csv = "decision" in sugg.columns
+    csv_values = sugg["decision"].to_numpy() if has_csv else [None] * len(sugg)
+    plan, imported, restored, seen = [], 0, 0, set()
+    for rec, v in zip(sugg.itertuples(index=False), csv_values):
+        key = (int(rec.image_id), class_names[int(rec.col)])
+        seen.add(key)
+        prev = keep.get(key)
+        if prev is not None:
+            lid, tags, imp = prev.label_id, list(prev.tags), prev.csv_decision
+            restored += bool(keep_restores and _decision_of(tags))
+        else:
+            lid, tags, imp = None, [], ""
+            old = archive.get((int(rec.image_id), int(rec.category_id), 1 if rec.action == "add" else 0))
+            if old:
+                tags, restored = [old], restored + 1
+        if has_csv and v != imp:
+            tags = [t for t in tags if t not in DECISION_TAGS] + ([v] if v else [])
+            imp = v
+            imported += 1
+        plan.append((lid, tags, imp))
+    gone = [(iid, cls, prev) for (iid, cls), prev in keep.items()
+            if (iid, cls) not in seen and _decision_of(prev.tags)]
+    return plan, {"imported": imported, "restored": restored}, gone
+
+
+def _suggestion(rec, name: str, plan_item) -> "object":
+    import fiftyone as fo
+    from bson import ObjectId
+
+    lid, tags, csv_decision = plan_item
+    kwargs = {"_id": ObjectId(lid)} if lid is not None else {}
+    action = str(rec.action)
+    return fo.Classification(
+        label=suggestion_label(name, action),
+        confidence=float(rec.score),
+        tags=list(tags),
+        class_name=name,
+        action=action,
+        given=str(getattr(rec, "given", "")),
+        suggested=int(rec.suggested) if str(getattr(rec, "suggested", "")).strip() != "" else (1 if action == "add" else 0),
+        probability=_float_or_none(getattr(rec, "probability", None)),
+        score=float(rec.score),
+        state=str(getattr(rec, "state", "")),
+        p_clean=_float_or_none(getattr(rec, "p_clean", None)),
+        class_index=int(rec.col),
+        category_id=int(rec.category_id),
+        csv_decision=csv_decision,
+        **kwargs,
+    )
+
+
+def _source_boxes(ls, notes: list[str]) -> dict[int, list] | None:
+    """{image_id: [fo.Detection]} from the boxes of the run's source COCO file (relative
+    [x, y, w, h]; image sizes from the COCO image records, else the image file), or None
+    when the labels did not come from a COCO file with boxes."""
+    if ls.source.get("format") != "coco" or not ls.source.get("path"):
+        return None
+    path = Path(ls.source["path"])
+    if not path.exists():
+        notes.append(f"{path}: the run's source COCO file is gone; the original boxes are not shown")
+        return None
+    import fiftyone as fo
+
+    from labelfix.io.coco import load_json
+
+    data = load_json(path)
+    row_of = {int(i): r for r, i in enumerate(ls.images["image_id"].to_numpy(np.int64))}
+    cat_name = {int(c): str(n) for c, n in zip(ls.classes["category_id"], ls.class_names)}
+    sizes: dict[int, tuple[int, int] | None] = {}
+    out: dict[int, list] = {}
+    for ann in data.get("annotations") or []:
+        if not isinstance(ann, dict):
+            continue
+        box, iid, cid = ann.get("bbox"), ann.get("image_id"), ann.get("category_id")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and iid in row_of and cid in cat_name):
+            continue
+        try:
+            x, y, w, h = (float(v) for v in box)
+        except (TypeError, ValueError):
+            continue
+        if not (w > 0 and h > 0):
+            continue
+        if iid not in sizes:
+            sizes[iid] = _image_size(ls, row_of[iid])
+        size = sizes[iid]
+        if size is None:
+            continue
+        iw, ih = size
+        det = fo.Detection(label=cat_name[cid], bounding_box=[x / iw, y / ih, w / iw, h / ih])
+        if "id" in ann:
+            det["annotation_id"] = ann["id"]
+        if ann.get("iscrowd"):
+            det["iscrowd"] = int(ann["iscrowd"])
+        out.setdefault(int(iid), []).append(det)
+    return out or None
+
+
+def _image_size(ls, r: int) -> tuple[int, int] | None:
+    w, h = int(ls.images.at[r, "width"] or 0), int(ls.images.at[r, "height"] or 0)
+    if w > 0 and h > 0:
+        return w, h
+    try:
+        from PIL import Image
+
+        with Image.open(ls.image_path(r)) as im:
+            return im.size
+    except Exception:  # an unreadable image has no boxes to show
+        return None
+
+
+def _view_slug(name: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", str(name).lower())).strip("-")
+
+
+def class_view_names(sugg: pd.DataFrame, class_names: list[str], top: int = CLASS_VIEWS) -> dict[str, int]:
+    """``{"class-<slug>": class_index}`` for the ``top`` classes with the most
+    suggestions (ties: lower class index first). The slug keeps ``a-z0-9`` of the
+    lower-cased name (other runs of characters become ``-``), so the names are valid
+    FiftyOne saved-view names; ``class-<index>`` where that leaves nothing or collides."""
+    if not len(sugg) or top <= 0:
+        return {}
+    counts = sugg.groupby("col").size()
+    order = sorted(counts.index, key=lambda c: (-int(counts[c]), int(c)))[:top]
+    out: dict[str, int] = {}
+    for c in order:
+        slug = _view_slug(class_names[int(c)])
+        name = f"class-{slug}" if slug else f"class-{int(c)}"
+        if name in out or name in SAVED_VIEWS:
+            name = f"class-{int(c)}-{slug}".rstrip("-")
+        out[name] = int(c)
+    return out
+
+
+def _stages(view) -> list[dict]:
+    """A view's stages without their random ids (to tell whether a saved view changed)."""
+    return [{k: v for k, v in stage.items() if k != "_uuid"} for stage in view._serialize()]
+
+
+def _saved_views(dataset, class_views: dict[str, int], class_names: list[str], notes: list[str]) -> list[str]:
     from fiftyone import ViewField as F
 
     decided = F("tags").contains(list(DECISION_TAGS))
     views = {
-        "additions": (F("action") == "add", "Suggested additions (given label 0 or unknown -> 1), highest score first"),
-        "removals": (F("action") == "remove", "Suggested removals (given 1 -> 0), highest score first"),
+        "additions": (F("action") == "add", "Suggested additions (+ class: given 0 or unknown -> 1), highest score first"),
+        "removals": (F("action") == "remove", "Suggested removals (- class: given 1 -> 0), highest score first"),
         "to_review": (~decided, "Suggestions not yet accepted or rejected, highest score first"),
     }
+    for name, k in class_views.items():
+        views[name] = (F("class_index") == k, f"Suggestions for class {class_names[k]}, highest score first")
+    # sort by the best score among the suggestions the view shows, then image_id
+    best = F(f"{SUGGESTIONS}.classifications").map(F("confidence")).max()
+    ours = set(dataset.info.get("labelfix_class_views") or [])
+    made = []
     for name, (expr, description) in views.items():
-        view = dataset.filter_labels(SUGGESTIONS, expr).sort_by("issue_score", reverse=True)
-        if dataset.has_saved_view(name):
-            dataset.update_saved_view_info(name, {"description": description})
-            dataset.save_view(name, view, description=description, overwrite=True)
-        else:
+        if name in class_views and dataset.has_saved_view(name) and name not in ours:
+            notes.append(f"saved view {name!r} exists and was not made by labelfix; left alone")
+            continue
+        view = dataset.filter_labels(SUGGESTIONS, expr).sort_by([(best, -1), ("image_id", 1)])
+        if not dataset.has_saved_view(name):
             dataset.save_view(name, view, description=description)
+        elif (_stages(dataset.load_saved_view(name)) != _stages(view)
+              or dataset.get_saved_view_info(name).get("description") != description):
+            dataset.save_view(name, view, description=description, overwrite=True)
+        made.append(name)
+    for name in sorted(ours - set(class_views)):  # class views of classes no longer on top
+        if dataset.has_saved_view(name):
+            dataset.delete_saved_view(name)
+    mine = [n for n in made if n in class_views]
+    if dataset.info.get("labelfix_class_views") != mine:
+        dataset.info["labelfix_class_views"] = mine
+        dataset.save()
+    return made
+
+
+def color_fields(class_names: list[str], suggested_classes: list[str], negatives: bool, boxes: bool) -> list[dict]:
+    """The App colour scheme's per-field settings: suggestions green ("+ dog") and red
+    ("- dog"), given labels and boxes blue, negatives grey. The App colours the grid's
+    label pills by label text (``valueColors``; colouring by the ``action`` attribute is
+    not applied to grid pills), so every label value is listed."""
+
+    def field(path, values, color):
+        return {"path": path, "colorByAttribute": "label",
+                "valueColors": [{"value": v, "color": color} for v in values]}
+
+    fields = [field("ground_truth", class_names, GIVEN_COLOR)]
+    if boxes:
+        fields.append(field(DETECTIONS, class_names, GIVEN_COLOR))
+    if negatives:
+        fields.append(field("negatives", class_names, NEGATIVES_COLOR))
+    fields.append({
+        "path": SUGGESTIONS,
+        "colorByAttribute": "label",
+        "valueColors": [{"value": suggestion_label(c, a), "color": ADD_COLOR if a == "add" else REMOVE_COLOR}
+                        for c in suggested_classes for a in ("add", "remove")],
+    })
+    return fields
+
+
+def _app_config(ds, active: list[str], fields: list[dict]) -> None:
+    """Sidebar fields shown, and colours (:func:`color_fields`). Settings the user changed
+    in the App are left alone; unchanged settings are not rewritten (a re-run changes
+    nothing)."""
+    import fiftyone as fo
+
+    changed = False
+    previous = ds.info.get("labelfix_active_fields")
+    current = ds.app_config.active_fields
+    current_paths = None if current is None else list(current.paths or [])
+    if (current is None or current_paths == previous) and current_paths != active:
+        ds.app_config.active_fields = fo.ActiveFields(paths=active)
+        ds.info["labelfix_active_fields"] = active
+        changed = True
+    scheme = ds.app_config.color_scheme
+    ours = ds.info.get("labelfix_color_scheme")
+    if scheme is None or ours:
+        if scheme is None or scheme.color_by != "value" or list(scheme.fields or []) != fields:
+            ds.app_config.color_scheme = fo.ColorScheme(color_by="value", fields=fields)
+            ds.info["labelfix_color_scheme"] = True
+            changed = True
+    if changed:
+        ds.save()
 
 
 def build_review_dataset(
@@ -222,10 +499,15 @@ def build_review_dataset(
         chunk_rows: images processed per batch.
 
     Returns:
-        ``(dataset, ReviewSummary)``. Also writes RUN/review.json (the dataset name) and
-        RUN/decisions.csv (:func:`labelfix.review.decisions.sync_decisions`).
+        ``(dataset, ReviewSummary)``. Also writes RUN/review.json (the dataset name),
+        RUN/decisions.csv (:func:`labelfix.review.decisions.sync_decisions`) and, when
+        decided suggestions are no longer made, RUN/decisions_archive.csv.
+
+    Everything in corrections.csv is checked (ids, file names, classes, ``accept``
+    values) before the dataset is touched: on an error nothing is applied.
     """
     from labelfix.review import enable_plugin
+    from labelfix.review.decisions import archive_decisions, read_archive
 
     run = run if isinstance(run, Run) else load_run(run)
     name = name or default_dataset_name(run)
@@ -238,23 +520,25 @@ def build_review_dataset(
     n = ls.num_images
     class_names = ls.class_names
     run_path = str(run.path.resolve())
+    notes: list[str] = []
+    archive = read_archive(run)
 
     if fo.dataset_exists(name):
-        ds = fo.load_dataset(name)
-        other = ds.info.get("labelfix_run")
+        other = fo.load_dataset(name).info.get("labelfix_run")
         if other and other != run_path:
             raise LabelfixError(
                 f"{run.path}: dataset {name!r} belongs to another run ({other}); pass --name to choose another name"
             )
-        keep = _existing_decisions(ds)
-        restored = 0
-        if not keep:
-            keep = _csv_decisions(run)
-            restored = len(keep)
-    else:
-        ds = fo.Dataset(name, persistent=True)
+    boxes = _source_boxes(ls, notes)
+
+    ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
+    keep = _existing_decisions(ds) if ds is not None else {}
+    from_csv = not keep  # a dataset created afresh: decisions come back from decisions.csv
+    if from_csv:
         keep = _csv_decisions(run)
-        restored = len(keep)
+    plan, counts, gone = _plan_decisions(sugg, class_names, keep, archive, keep_restores=from_csv)
+    if ds is None:
+        ds = fo.Dataset(name, persistent=True)
     ds.info["labelfix_run"] = run_path
     ds.info["labelfix_classes"] = class_names
     ds.default_classes = class_names
@@ -285,8 +569,9 @@ def build_review_dataset(
         ds.add_samples(samples, progress=False)
 
     explicit_negatives = bool(_any_unknown(ls.labels, chunk_rows))
+    sugg = sugg.assign(review_plan=pd.Series(plan, index=sugg.index, dtype=object))
     by_row = {r: g for r, g in sugg.groupby("row", sort=False)}
-    gt, neg, pred, sug, score = {}, {}, {}, {}, {}
+    gt, neg, pred, sug, score, det = {}, {}, {}, {}, {}, {}
     for s in range(0, n, chunk_rows):
         lab = np.asarray(ls.labels[s : s + chunk_rows])
         lg = np.asarray(logits[s : s + chunk_rows], np.float32)
@@ -300,6 +585,8 @@ def build_review_dataset(
                 neg[iid] = fo.Classifications(
                     classifications=[fo.Classification(label=class_names[c]) for c in np.flatnonzero(lab[j] == NEG)]
                 )
+            if boxes is not None:
+                det[iid] = fo.Detections(detections=boxes.get(iid, []))
             order = np.argsort(-prob[j], kind="stable")
             if max_predictions is not None:
                 order = order[:max_predictions]
@@ -315,12 +602,16 @@ def build_review_dataset(
                 sug[iid] = fo.Classifications(classifications=[])
                 score[iid] = 0.0
             else:
-                g = g.sort_values("score", ascending=False, kind="stable")
+                g = g.sort_values(["score", "col"], ascending=[False, True], kind="stable")
                 sug[iid] = fo.Classifications(
-                    classifications=[_suggestion(rec, class_names[int(rec.col)], keep) for rec in g.itertuples()]
+                    classifications=[_suggestion(rec, class_names[int(rec.col)], rec.review_plan) for rec in g.itertuples()]
                 )
                 score[iid] = float(g["score"].max())
     ds.set_values("ground_truth", gt, key_field="image_id")
+    if boxes is not None:
+        ds.set_values(DETECTIONS, det, key_field="image_id")
+    elif ds.has_sample_field(DETECTIONS):
+        ds.delete_sample_field(DETECTIONS)
     if explicit_negatives:
         ds.set_values("negatives", neg, key_field="image_id")
     elif ds.has_sample_field("negatives"):
@@ -328,27 +619,44 @@ def build_review_dataset(
     ds.set_values("predictions", pred, key_field="image_id")
     ds.set_values(SUGGESTIONS, sug, key_field="image_id")
     ds.set_values("issue_score", score, key_field="image_id")
-    _saved_views(ds)
-    if ds.app_config.active_fields is None:
-        # the App shows given labels and suggestions; predictions one click away
-        ds.app_config.active_fields = fo.ActiveFields(paths=["ground_truth", SUGGESTIONS])
-        ds.save()
+    # declare the label attributes (action, given, probability, ...) so that the App's
+    # sidebar lists them, filters on them and shows them in the sample modal
+    ds.add_dynamic_sample_fields(fields=[f for f in (SUGGESTIONS, "predictions", DETECTIONS) if ds.has_sample_field(f)])
+    views = _saved_views(ds, class_view_names(sugg, class_names), class_names, notes)
+    active = ["ground_truth"] + ([DETECTIONS] if boxes is not None else []) + (
+        ["negatives"] if explicit_negatives else []) + [SUGGESTIONS]
+    suggested_classes = [class_names[k] for k in sorted(set(sugg["col"].astype(int)))]
+    _app_config(ds, active, color_fields(class_names, suggested_classes, explicit_negatives, boxes is not None))
 
     atomic.write_json(run.path / REVIEW_FILE, {"dataset": name})
     from labelfix.review.decisions import decision_counts, sync_decisions
 
+    if gone:
+        archive_decisions(run, pd.DataFrame([
+            {"image_id": iid, "file_name": p.file_name, "class": cls, "category_id": p.category_id,
+             "suggested": p.suggested, "action": p.action, "score": p.score, "decision": _decision_of(p.tags),
+             "source": "fiftyone"}
+            for iid, cls, p in gone
+        ]))
+        notes.append(f"{len(gone)} decisions of suggestions that clean no longer makes were kept in "
+                     f"{run.path / 'decisions_archive.csv'}")
     sync_decisions(ds, run)
-    counts = decision_counts(ds)
+    counts_now = decision_counts(ds)
     summary = ReviewSummary(
         name=name,
         samples=len(ds),
         suggestions=int(len(sugg)),
         additions=int((sugg["action"] == "add").sum()),
         removals=int((sugg["action"] == "remove").sum()),
-        accepted=counts[ACCEPTED],
-        rejected=counts[REJECTED],
-        to_review=int(len(sugg)) - counts[ACCEPTED] - counts[REJECTED],
-        restored_decisions=restored,
+        accepted=counts_now[ACCEPTED],
+        rejected=counts_now[REJECTED],
+        to_review=int(len(sugg)) - counts_now[ACCEPTED] - counts_now[REJECTED],
+        restored_decisions=counts["restored"],
+        imported_decisions=counts["imported"],
+        archived_decisions=len(gone),
+        boxes=sum(len(v) for v in boxes.values()) if boxes else 0,
+        views=views,
+        notes=notes,
     )
     return ds, summary
 

@@ -7,7 +7,16 @@ RUN/decisions.csv (columns :data:`DECISION_COLUMNS`, ``decision`` one of
 ``accepted`` / ``rejected`` / empty) is a snapshot of the current suggestions and their
 decisions, rewritten atomically after every change made through labelfix; when the
 review dataset is created afresh (deleted database, new machine) its decisions are
-restored from it.
+restored from it (``csv_decision``: the ``accept`` value of corrections.csv imported
+last, so that an App decision made afterwards is not overwritten by the same value).
+
+RUN/decisions_archive.csv (:data:`ARCHIVE_COLUMNS`) keeps the decisions of suggestions
+that a new ``labelfix clean`` no longer makes (from the ``accept`` column, source
+``corrections.csv``, or from the review dataset, source ``fiftyone``), one row per
+(image_id, category_id, suggested), the latest kept. When the same change is suggested
+again, clean writes the archived decision back into the ``accept`` column and review
+tags the new suggestion with it. :func:`carry_decisions` is what ``labelfix clean``
+calls before it writes corrections.csv.
 """
 
 from __future__ import annotations
@@ -19,13 +28,16 @@ import pandas as pd
 
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
-from labelfix.review.dataset import ACCEPTED, DECISION_TAGS, REJECTED, SUGGESTIONS
+from labelfix.review.dataset import ACCEPTED, DECISION_TAGS, REJECTED, SUGGESTIONS, class_of
 
 DECISIONS_FILE = "decisions.csv"
-DECISION_COLUMNS = ["image_id", "file_name", "class", "category_id", "action", "score", "decision"]
+ARCHIVE_FILE = "decisions_archive.csv"
+DECISION_COLUMNS = ["image_id", "file_name", "class", "category_id", "action", "score", "decision", "csv_decision"]
+ARCHIVE_COLUMNS = ["image_id", "file_name", "class", "category_id", "suggested", "action", "score", "decision",
+                   "source"]
 FRAME_COLUMNS = [
     "image_id", "file_name", "class", "category_id", "class_index", "given", "suggested",
-    "action", "state", "score", "p_clean", "probability", "decision", "label_id", "sample_id",
+    "action", "state", "score", "p_clean", "probability", "decision", "csv_decision", "label_id", "sample_id",
 ]
 
 
@@ -93,8 +105,8 @@ def decisions_frame(collection, field: str = SUGGESTIONS) -> pd.DataFrame:
     (a suggestion tagged both ways by hand counts as undecided). Rows are sorted by
     score (highest first), then image_id and class_index.
     """
-    attrs = ["label", "category_id", "class_index", "given", "suggested", "action", "state",
-             "confidence", "p_clean", "probability", "tags", "id"]
+    attrs = ["label", "class_name", "category_id", "class_index", "given", "suggested", "action", "state",
+             "confidence", "p_clean", "probability", "tags", "csv_decision", "id"]
     if len(collection) == 0:
         return pd.DataFrame(columns=FRAME_COLUMNS)
     paths = ["id", "image_id", "file_name"] + [f"{field}.classifications.{a}" for a in attrs]
@@ -104,16 +116,17 @@ def decisions_frame(collection, field: str = SUGGESTIONS) -> pd.DataFrame:
     for s, (sid, iid, fname) in enumerate(zip(sids, iids, fnames)):
         labels = per_attr[0][s] or []
         for j in range(len(labels)):
-            rec = {a: per_attr[i][s][j] for i, a in enumerate(attrs)}
+            rec = {a: (per_attr[i][s] or [None] * len(labels))[j] for i, a in enumerate(attrs)}
             rows.append(
                 {
-                    "image_id": int(iid), "file_name": fname, "class": rec["label"],
+                    "image_id": int(iid), "file_name": fname, "class": class_of(rec["label"], rec["class_name"]),
                     "category_id": int(rec["category_id"]), "class_index": int(rec["class_index"]),
                     "given": rec["given"], "suggested": int(rec["suggested"]), "action": rec["action"],
                     "state": rec["state"], "score": float(rec["confidence"]),
                     "p_clean": np.nan if rec["p_clean"] is None else float(rec["p_clean"]),
                     "probability": np.nan if rec["probability"] is None else float(rec["probability"]),
-                    "decision": _decision(rec["tags"]), "label_id": str(rec["id"]), "sample_id": str(sid),
+                    "decision": _decision(rec["tags"]), "csv_decision": str(rec["csv_decision"] or ""),
+                    "label_id": str(rec["id"]), "sample_id": str(sid),
                 }
             )
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
@@ -154,7 +167,8 @@ def read_decisions_csv(run) -> pd.DataFrame | None:
     p = run.path / DECISIONS_FILE
     if not p.exists():
         return None
-    frame = pd.read_csv(p, dtype={"class": str, "file_name": str, "decision": str}, keep_default_na=False)
+    from labelfix.validation import read_run_csv   # empty / non-UTF-8 / unparsable: one line
+    frame = read_run_csv(p, dtype={"class": str, "file_name": str, "decision": str, "csv_decision": str})
     missing = {"image_id", "class", "decision"} - set(frame.columns)
     if missing:
         raise LabelfixError(f"{p}: missing columns {', '.join(sorted(missing))}")
@@ -162,4 +176,149 @@ def read_decisions_csv(run) -> pd.DataFrame | None:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise LabelfixError(f"{p}: row {i + 2}: decision must be accepted, rejected or empty")
+    from labelfix.validation import check_decisions   # image ids, classes, category ids, one row per cell
+    check_decisions(frame, p, run.labelset)
     return frame
+
+
+def read_archive(run) -> dict[tuple[int, int, int], str]:
+    """RUN/decisions_archive.csv as ``{(image_id, category_id, suggested): decision}``
+    (empty when the file does not exist)."""
+    frame = _read_archive_frame(run)
+    if frame is None:
+        return {}
+    return {
+        (int(i), int(c), int(s)): d
+        for i, c, s, d in zip(frame["image_id"], frame["category_id"], frame["suggested"], frame["decision"])
+        if d in DECISION_TAGS
+    }
+
+
+def _read_archive_frame(run) -> pd.DataFrame | None:
+    path = Path(run.path if hasattr(run, "path") else run) / ARCHIVE_FILE
+    if not path.exists():
+        return None
+    from labelfix.validation import read_run_csv
+
+    frame = read_run_csv(path, dtype=str)
+    missing = {"image_id", "category_id", "suggested", "decision"} - set(frame.columns)
+    if missing:
+        raise LabelfixError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    try:
+        for col in ("image_id", "category_id", "suggested"):
+            frame[col] = frame[col].astype(np.int64)
+    except ValueError as e:
+        raise LabelfixError(f"{path}: image_id, category_id and suggested must be integers ({e})") from None
+    return frame
+
+
+def archive_decisions(run, frame: pd.DataFrame) -> Path:
+    """Add decided suggestions (columns :data:`ARCHIVE_COLUMNS`) to RUN/decisions_archive.csv,
+    one row per (image_id, category_id, suggested), the newest kept. Written atomically."""
+    path = Path(run.path if hasattr(run, "path") else run) / ARCHIVE_FILE
+    old = _read_archive_frame(run)
+    new = frame.reindex(columns=ARCHIVE_COLUMNS).copy()
+    for col in ("image_id", "category_id", "suggested"):
+        new[col] = new[col].astype(np.int64)
+    both = new if old is None else pd.concat([old.reindex(columns=ARCHIVE_COLUMNS), new], ignore_index=True)
+    both = both.drop_duplicates(["image_id", "category_id", "suggested"], keep="last")
+    both = both.sort_values(["image_id", "category_id", "suggested"], kind="stable")
+    atomic.write_csv(path, both[ARCHIVE_COLUMNS])
+    return path
+
+
+def _accept_value(v) -> str:
+    """A cell of the ``accept`` column -> accepted / rejected / "" (an unreadable value
+    counts as a decision so that it is kept, not dropped)."""
+    from labelfix.export.coco import _FALSE, _TRUE
+
+    t = str(v).strip().lower()
+    if t in _TRUE:
+        return ACCEPTED
+    if t in _FALSE:
+        return REJECTED
+    return "" if t in ("", "nan") else str(v)
+
+
+def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the reviewer's ``accept`` column across a new ``labelfix clean``.
+
+    ``table`` is the new corrections table about to be written to RUN/corrections.csv.
+    Its rows get the ``accept`` value of the existing corrections.csv for the same
+    (image_id, category_id, suggested), else the archived decision (written as ``yes`` /
+    ``no``). Decided rows of the old file that are no longer suggested go to
+    RUN/decisions_archive.csv. The column is added when the old file had one or when a
+    decision was restored. Values are carried as written (``Yes`` stays ``Yes``).
+
+    Returns ``(table, notes)``; the notes say what was kept, archived and restored.
+    """
+    run_path = Path(run_path)
+    old_path = run_path / "corrections.csv"
+    old = None
+    if old_path.exists():
+        from labelfix.validation import read_run_csv  # a spreadsheet's byte-order mark is fine
+
+        try:
+            old = read_run_csv(old_path, dtype=str)
+        except LabelfixError as e:
+            raise LabelfixError(f"{e}; its accept column cannot be kept: move the file away and re-run clean") from None
+    archive = read_archive(run_path)
+    has_accept = old is not None and "accept" in old.columns
+    if not has_accept and not archive:
+        return table, []
+
+    def key(i, c, s):
+        return int(i), int(c), int(s)
+
+    new_keys = [key(i, c, s) for i, c, s in zip(table["image_id"], table["category_id"], table["suggested"])]
+    new_set = set(new_keys)
+    carried: dict = {}
+    lost = []
+    if has_accept:
+        for rec in old.to_dict("records"):
+            value = str(rec.get("accept", ""))
+            try:
+                k = key(rec["image_id"], rec["category_id"], rec.get("suggested") or (rec.get("action") == "add"))
+            except (KeyError, TypeError, ValueError):
+                k = None
+            if not value.strip():
+                continue
+            if k is not None:
+                carried[k] = value
+            if k is None or k not in new_set:
+                lost.append(rec)
+    out = table.copy()
+    values, kept, restored = [], 0, 0
+    for k in new_keys:
+        if k in carried:
+            values.append(carried[k])
+            kept += 1
+        elif k in archive:
+            values.append("yes" if archive[k] == ACCEPTED else "no")
+            restored += 1
+        else:
+            values.append("")
+    notes = []
+    if has_accept or restored:
+        out["accept"] = values
+    if kept:
+        notes.append(f"kept {kept} decisions of the previous corrections.csv (accept column)")
+    if restored:
+        notes.append(f"restored {restored} decisions from {run_path / ARCHIVE_FILE} (the same change is suggested again)")
+    if lost:
+        frame = pd.DataFrame([
+            {"image_id": r.get("image_id"), "file_name": r.get("file_name", ""), "class": r.get("class", ""),
+             "category_id": r.get("category_id"),
+             "suggested": r.get("suggested") or (1 if r.get("action") == "add" else 0),
+             "action": r.get("action", ""), "score": r.get("score", ""), "decision": _accept_value(r["accept"]),
+             "source": "corrections.csv"}
+            for r in lost
+        ])
+        ok = pd.to_numeric(frame["image_id"], errors="coerce").notna() & pd.to_numeric(
+            frame["category_id"], errors="coerce").notna()
+        if (~ok).any():
+            raise LabelfixError(f"{old_path}: a decided row has no valid image_id / category_id, so its decision "
+                                "cannot be kept; fix or remove it and re-run clean")
+        archive_decisions(run_path, frame)
+        notes.append(f"{len(lost)} decisions of suggestions no longer made were kept in {run_path / ARCHIVE_FILE}")
+    return out, notes

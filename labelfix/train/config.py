@@ -9,6 +9,7 @@ that ``--resume`` and later commands see exactly what was run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from labelfix.errors import LabelfixError
+from labelfix.validation import PATH_FIELDS
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -114,11 +116,22 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
-        """Raise ``LabelfixError`` on an impossible option; return self."""
+        """Raise ``LabelfixError`` on an impossible option; return self.
+
+        Every field is type-checked (an int is an int and not a bool, a bool a bool, a
+        string a string) and every numeric option range-checked, NaN and infinities
+        refused (:data:`labelfix.validation.TRAIN_RULES`); then the checks that combine
+        options. A device other than cpu / auto must exist on this machine."""
+        from labelfix.validation import check_device, check_train_values
 
         def bad(name: str, what: str) -> None:
             raise LabelfixError(f"train: --{name.replace('_', '-')}: {what}")
 
+        checked = check_train_values(self.to_shallow_dict(), lambda n: f"train: --{n.replace('_', '-')}",
+                                     field_types())
+        for name, value in checked.items():
+            setattr(self, name, value)
+        self.absolute_paths()
         choices = {
             "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES,
@@ -135,17 +148,9 @@ class TrainConfig:
             bad("data", "no dataset given")
         if not self.out:
             bad("out", "no run directory given")
-        if not 0.0 <= self.val_split < 1.0:
-            bad("val_split", f"{self.val_split} is not in [0, 1)")
         if self.val and self.val_split:
             bad("val_split", "give either --val FILE or --val-split, not both")
-        for name in ("epochs", "batch_size", "accum_steps", "img_size"):
-            if getattr(self, name) < 1:
-                bad(name, f"{getattr(self, name)} must be >= 1")
-        if self.lr <= 0:
-            bad("lr", f"{self.lr} must be > 0")
-        if self.warmup_epochs < 0:
-            bad("warmup_epochs", "must be >= 0")
+        check_device(self.device, "train: --device", allow_auto=True)
         if self.frozen:
             if self.head != "linear":
                 bad("head", f"{self.head!r}: --frozen trains a head on pooled features; use --head linear")
@@ -154,37 +159,18 @@ class TrainConfig:
                     "--frozen trains on fixed features, which have no augmentation")
         self.randaugment = (not self.frozen) if self.randaugment is None else bool(self.randaugment)
         self.hflip = (0.0 if self.frozen else 0.5) if self.hflip is None else self.hflip
-        if not 0.0 <= self.hflip <= 1.0:
-            bad("hflip", f"{self.hflip} is not in [0, 1]")
-        if self.folds < 0 or self.folds == 1:
+        if self.folds == 1:
             bad("folds", f"{self.folds}: must be 0 (no cross-fitting) or >= 2")
         if self.rounds is not None and not self.folds:
             bad("rounds", "needs --folds (rounds of cross-fitting)")
         if self.folds and self.rounds is None:
             self.rounds = 2
-        if self.rounds is not None and self.rounds < 1:
-            bad("rounds", f"{self.rounds}: must be >= 1")
-        if self.workers < 0:
-            bad("workers", "must be >= 0")
         for name, users in MIXER_OPTIONS.items():
             if getattr(self, name) is not None and self.mix not in users:
                 bad(name, f"not used by --mix {self.mix} (only by {', '.join(users)})")
         for name, allowed in CHOICES.items():
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        checks = {
-            "mix_prob": (lambda v: 0.0 <= v <= 1.0, "is not in [0, 1]"),
-            "mixup_alpha": (lambda v: v > 0, "must be > 0"),
-            "icm_weight": (lambda v: v >= 0, "must be >= 0"),
-            "curriculum_start": (lambda v: v >= 1, "must be >= 1 (an epoch number)"),
-            "balancemix_warmup": (lambda v: v >= 0, "must be >= 0"),
-            "balancemix_delta": (lambda v: 0.5 <= v < 1.0, "must be in [0.5, 1)"),
-            "balancemix_clean_threshold": (lambda v: 0.0 < v < 1.0, "must be in (0, 1)"),
-        }
-        for name, (ok, what) in checks.items():
-            value = getattr(self, name)
-            if value is not None and not ok(value):
-                bad(name, f"{value} {what}")
         if self.loss == "role" and self.mix != "none":
             bad("mix", "--loss role needs --mix none (its label table has one row per image; "
                        "a mixed image has no single row)")
@@ -194,15 +180,37 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_shallow_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def absolute_paths(self) -> "TrainConfig":
+        """Make the path options absolute (against the current folder), so that the
+        run's config.yaml does not depend on where training was started (``fiftyone://``
+        URIs and empty values stay as they are). Returns self."""
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)) and str(value) and not str(value).startswith("fiftyone://"):
+                setattr(self, name, os.path.abspath(os.fspath(value)))
+        return self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        """Build from a mapping; unknown keys are an error (typos must not be ignored)."""
+        """Build from a mapping; unknown keys are an error (typos must not be ignored),
+        and so are values of the wrong type (checked here, naming ``source``)."""
+        from labelfix.validation import check_train_values
+
         values = {str(k).replace("-", "_"): v for k, v in values.items()}
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise LabelfixError(f"{source}: unknown option(s): {', '.join(unknown)}")
-        return cls(**values)
+        where = (lambda n: f"train: --{n.replace('_', '-')}") if source == "options" else (lambda n: f"{source}: {n}")
+        return cls(**check_train_values(values, where, field_types()))
+
+
+def field_types() -> dict[str, str]:
+    """``{field name: annotation string}`` of TrainConfig (for the type checks)."""
+    return {f.name: str(f.type) for f in fields(TrainConfig)}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -228,7 +236,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(out) - names)
     if unknown:
         raise LabelfixError(f"{path}: unknown option(s): {', '.join(unknown)}")
-    return out
+    from labelfix.validation import check_train_values
+
+    return check_train_values(out, lambda n: f"{path}: {n}", field_types())
 
 
 def package_versions() -> dict[str, str]:
@@ -255,18 +265,52 @@ def package_versions() -> dict[str, str]:
 
 
 def run_config_document(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str:
-    """The text of ``RUN/config.yaml``: ``train`` (all options), ``versions``, ``dataset``."""
+    """The text of ``RUN/config.yaml``: ``train`` (all options), ``versions``, ``dataset``.
+
+    Paths are stored so that a copied or moved run still resumes: every path absolute,
+    except paths inside the run directory, relative to it; ``out`` (where the run was
+    written) is informational: :func:`read_run_config` replaces it with the folder the
+    config was read from."""
     doc = {
-        "train": cfg.to_dict(),
+        "train": _portable_paths(cfg.to_dict()),
         "versions": package_versions(),
         "dataset": {"fingerprint": fingerprint, **(extra or {})},
     }
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def _portable_paths(values: dict[str, Any]) -> dict[str, Any]:
+    out_dir = values.get("out")
+    if not out_dir:
+        return values
+    run = os.path.realpath(os.path.abspath(out_dir))
+    values = dict(values)
+    for name in PATH_FIELDS:
+        value = values.get(name)
+        if not isinstance(value, str) or not value or value.startswith("fiftyone://"):
+            continue
+        p = os.path.realpath(os.path.abspath(value))
+        if name != "out" and (p == run or p.startswith(run.rstrip(os.sep) + os.sep)):
+            values[name] = os.path.relpath(p, run)   # inside the run: relative to it
+        else:
+            values[name] = os.path.abspath(value)
+    return values
+
+
 def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The ``TrainConfig`` stored in ``RUN/config.yaml``."""
+    """The ``TrainConfig`` stored in ``RUN/config.yaml``, with its paths resolved: ``out``
+    is ``run_dir`` (wherever the run now is), relative paths are taken relative to the
+    run directory (paths inside it; an older run's cwd-relative path is kept when it
+    does not exist there)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise LabelfixError(f"{path}: missing; is {run_dir} a labelfix run directory?")
-    return TrainConfig.from_dict(load_config_file(path), source=str(path))
+    values = load_config_file(path)
+    values["out"] = str(run_dir)
+    for name in PATH_FIELDS:
+        value = values.get(name)
+        if name == "out" or not isinstance(value, str) or not value or value.startswith("fiftyone://"):
+            continue
+        if not os.path.isabs(value) and (Path(run_dir) / value).exists():
+            values[name] = os.path.normpath(os.path.join(run_dir, value))
+    return TrainConfig.from_dict(values, source=str(path))

@@ -179,18 +179,19 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted))
                 mask = broadcast_object(np.load(mask_path) if dist.is_main else None, dist)
                 if not mask.any():
-                    say(f"round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
+                    say(f"cross-fitting round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
                     break
                 current = LabelSet(np.where(mask, np.int8(UNK), given).astype(np.int8), labelset.images,
                                    labelset.classes, labelset.image_root, dict(labelset.source), labelset.verified)
-                say(f"round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
+                say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
                     f"train as unknown")
             last = r
             for f in range(k):
                 sub = fold_dir(out, f, r)
                 sub_cfg = dataclasses.replace(cfg, folds=0, rounds=None, out=str(sub),
                                               resume=(sub / "checkpoints" / "last.pt").exists())
-                where = f"round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1 else f"fold {f + 1}/{k}"
+                where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
+                         else f"fold {f + 1}/{k}")
                 if sub_cfg.resume and _complete(sub, cfg.epochs):
                     say(f"{where}: complete")
                 else:

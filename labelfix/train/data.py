@@ -75,7 +75,7 @@ class KeyedDataset(Dataset):
         if self.cache is not None and key.index in self.cache and not self.views:
             return self.cache[key.index], labels, int(key.index), int(key.slot), None
         try:
-            image = load_rgb(labelset.image_path(key.index))
+            image = load_rgb(labelset.image_path(key.index), labelset.image_root)
         except DECODE_ERRORS:
             return None, None, int(key.index), int(key.slot), None
         transform = self.base.transform

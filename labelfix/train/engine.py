@@ -108,6 +108,8 @@ class Trainer:
         self.val_rows = np.flatnonzero(self.split == 1)
         if self.train_rows.size == 0:
             raise LabelfixError(f"{cfg.data}: no image left to train on")
+        from labelfix.validation import require_readable_images   # zero readable images: refuse
+        require_readable_images(self.labelset, self.train_rows, str(cfg.data))
         self.val_set = read_validation(cfg, self.labelset) if cfg.val else None
         self.fingerprint = self.labelset.fingerprint()
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)

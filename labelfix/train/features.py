@@ -45,14 +45,16 @@ def feature_info(path: Path) -> dict:
 
 
 def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np.ndarray], object],
-          n: int, dim: int, path: Path, *, meta: dict, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+          n: int, dim: int, path: Path, *, meta: dict, progress: Callable[[int, int], None] | None = None,
+          replace_stale: bool = False) -> np.ndarray:
     """Write the (n, dim) float16 embedding of ``n`` images to ``path`` (resumable).
 
     Args:
         forward: images (B, ...) -> pooled features float (B, dim).
         batches: rows -> iterable of ``(images or None, indices, failed)``.
         meta: what the embedding depends on (backbone, weights, image size...); a partial
-            file made with other ``meta`` is discarded, a complete one refused.
+            file made with other ``meta`` is discarded, a complete one refused (or, with
+            ``replace_stale``, recomputed: a run's final-model embedding after more epochs).
         progress: called with (rows done, n) after every chunk.
     Returns the read-only memmap of the complete array.
     """
@@ -60,7 +62,7 @@ def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np
     info_path = path.with_suffix(".json")
     partial = path.with_name(path.name + ".partial")
     info = feature_info(path)
-    if info.get("complete") and path.exists():
+    if info.get("complete") and path.exists() and (info.get("meta") == meta or not replace_stale):
         if info.get("meta") != meta:
             raise LabelfixError(f"{path}: embeddings of another model or image size ({info.get('meta')}); "
                                 f"remove the folder or use another --out")
@@ -184,7 +186,7 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
                     t.log(f"  embedded {done}/{n}")
 
             embed(forward, batches, labelset.num_images, int(model.backbone.num_features), path, meta=info,
-                  progress=report)
+                  progress=report, replace_stale=name == "embeddings")
         barrier(t.dist)
         out[name] = np.load(path, mmap_mode="r")
     return out

@@ -1,7 +1,9 @@
 """labelfix FiftyOne plugin: accept / reject suggestions and export cleaned COCO.
 
 Thin operators over :mod:`labelfix.review.decisions` and :mod:`labelfix.export.coco`.
-The review dataset records its run directory in ``dataset.info["labelfix_run"]``.
+The review dataset records its run directory in ``dataset.info["labelfix_run"]``; its
+``suggestions`` field holds one label per suggested change, ``"+ dog"`` (add) or
+``"- dog"`` (remove), and the decision is the label tag ``accepted`` / ``rejected``.
 
 Targets of accept / reject (param ``target``):
 - ``selected_labels``: the suggestions selected in the App (labels of other fields are
@@ -110,13 +112,13 @@ class ExportCleanedCoco(foo.Operator):
         )
 
     def resolve_input(self, ctx):
-        import os
-
         inputs = types.Object()
         run = ctx.dataset.info.get("labelfix_run") or ""
         inputs.str("run", label="Run directory", required=True, default=run)
+        from labelfix.io.outputs import default_output_next_to   # outputs never go inside the run
+
         inputs.str("out", label="Output COCO JSON", required=True,
-                   default=os.path.join(run, "cleaned.json") if run else None)
+                   default=default_output_next_to(run, "cleaned.json") if run else None)
         choices = types.RadioGroup()
         choices.add_choice("accepted", label="Accepted suggestions only")
         choices.add_choice("all", label="Every suggestion that is not rejected")
