@@ -112,7 +112,8 @@ def detection_metrics(
 
     Returns:
         dict with ``errors``, ``suggestions``, ``correct``, ``precision``, ``recall``,
-        ``f1``, ``ap``, ``ap_add``, ``ap_remove``, ``errors_add``, ``errors_remove``,
+        ``f1``, ``ap``, ``ap_add``, ``ap_remove``, ``ap_unknown`` (over the unknown cells:
+        how well the missing positives are ranked among them), ``errors_add``, ``errors_remove``,
         ``image_errors``, ``image_flagged``, ``image_precision``, ``image_recall``,
         ``image_f1``, ``image_ap`` (counts as float).
     """
@@ -139,6 +140,8 @@ def detection_metrics(
     rem_pop = judged & (given == POS)
     out["ap_add"] = average_precision(true[add_pop] == POS, score[add_pop])
     out["ap_remove"] = average_precision(true[rem_pop] != POS, score[rem_pop])
+    unk_pop = judged & (given == UNK)
+    out["ap_unknown"] = average_precision(true[unk_pop] == POS, score[unk_pop])
     out["errors_add"] = float((err & add_pop).sum())
     out["errors_remove"] = float((err & rem_pop).sum())
 

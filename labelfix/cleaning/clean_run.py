@@ -29,6 +29,44 @@ from labelfix.run import CORRECTIONS_COLUMNS, Run
 log = logging.getLogger(__name__)
 
 
+def fold_ensemble_logits(run: Run):
+    """Row-sliceable mean logits of a cross-fitted run's last-round fold models (the
+    ensemble checkpoint's output), when ``crossfit.unknown_judge`` says they judge the
+    unknown cells; else None."""
+    from labelfix.train.config import read_run_config
+    from labelfix.train.crossfit import fold_dir, unknown_judge
+
+    state = run.stats_state
+    if not state.get("out_of_sample") or unknown_judge(read_run_config(run.path)) != "ensemble":
+        return None
+    k = int(np.load(run.path / "folds.npy").max()) + 1
+    r = int(state.get("rounds", 1))
+    return MeanOf([np.load(fold_dir(run.path, f, r) / "stats" / "logits.npy", mmap_mode="r") for f in range(k)])
+
+
+class MeanOf:
+    """Row-sliceable float32 mean of equally shaped (N, K) arrays."""
+
+    def __init__(self, arrays):
+        self.arrays, self.shape = arrays, tuple(arrays[0].shape)
+
+    def __getitem__(self, rows):
+        return np.mean([np.asarray(a[rows], dtype=np.float32) for a in self.arrays], axis=0)
+
+
+class UnknownFrom:
+    """Row-sliceable (N, K) logits: ``held_out`` on known cells, ``ensemble`` on unknown
+    ones (a cross-fitted run whose training never gave unknown cells a target)."""
+
+    def __init__(self, held_out, ensemble, given):
+        self.held_out, self.ensemble, self.given, self.shape = held_out, ensemble, given, tuple(held_out.shape)
+
+    def __getitem__(self, rows):
+        g = np.asarray(self.given[rows])
+        return np.where(g == -1, np.asarray(self.ensemble[rows], dtype=np.float32),
+                        np.asarray(self.held_out[rows], dtype=np.float32))
+
+
 @dataclass
 class CleanResult:
     issues: LabelIssues
@@ -100,6 +138,9 @@ def clean_run(
     ls = run.labelset
     notes = _stats_notes(run)
     logits = run.stat("logits")
+    ensemble = fold_ensemble_logits(run)
+    if ensemble is not None:   # no fold model saw a label on an unknown cell: all K judge it
+        logits = UnknownFrom(logits, ensemble, ls.labels)
     losses = run.stat("loss_mean", required=False)
     two_view = run.stat("two_view", required=False)
     role = run.stat("role_logits", required=False)

@@ -27,7 +27,7 @@ from labelfix.losses.spl import ExpectedPositiveLoss, RoleLoss, estimate_kappa
 __all__ = [
     "AssumeNegativeLoss", "AsymmetricLoss", "ExpectedPositiveLoss", "LargeLossLoss", "MaskedBCELoss",
     "RoleLoss", "WeakAssumeNegativeLoss", "create_loss", "estimate_kappa", "list_losses", "register_loss",
-    "split_labels",
+    "split_labels", "trains_unknown",
 ]
 
 # name -> (factory, fixed keyword arguments the name implies)
@@ -51,6 +51,17 @@ register_loss("epr", ExpectedPositiveLoss)
 register_loss("role", RoleLoss)
 register_loss("ll-r", LargeLossLoss, mode="reject")
 register_loss("ll-ct", LargeLossLoss, mode="correct")
+
+
+def trains_unknown(name: str) -> bool:
+    """Whether the loss registered as ``name`` gives unknown cells a training target (the
+    assume-negative family, ROLE's label table, large-loss rejection do; masked BCE, ASL
+    and EPR do not). A model trained without such targets never saw a label on an unknown
+    cell, so its prediction there is out of sample even for an image it trained on
+    (``labelfix.train.crossfit`` uses this). A loss class without the attribute counts as
+    training them."""
+    factory, _ = _REGISTRY[name.lower()]
+    return bool(getattr(factory, "trains_unknown", True))
 
 
 def list_losses() -> list[str]:

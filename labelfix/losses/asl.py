@@ -36,6 +36,8 @@ class AsymmetricLoss(nn.Module):
         margin: probability shift m on the negative part (paper: 0.05).
     """
 
+    trains_unknown = False   # known cells only
+
     def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, margin: float = 0.05):
         super().__init__()
         if gamma_pos < 0 or gamma_neg < 0:

@@ -85,6 +85,9 @@ def assume_negative_target(target: torch.Tensor, known: torch.Tensor) -> torch.T
 class MaskedBCELoss(nn.Module):
     """BCE averaged over known cells; unknown cells get no loss and no gradient."""
 
+    #: whether unknown cells get a training target (see ``labelfix.losses.trains_unknown``)
+    trains_unknown = False
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
                 weight: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
         check_inputs(logits, target, known, weight)

@@ -101,6 +101,8 @@ class ExpectedPositiveLoss(nn.Module):
             through R).
     """
 
+    trains_unknown = False   # observed positives and the expected count: no label for unknown cells
+
     def __init__(self, kappa: float, observed_negatives: bool = False):
         super().__init__()
         self.kappa = _check_kappa(kappa, "epr")

@@ -97,6 +97,10 @@ class BalanceMixMixer(Mixer):
                 "balancemix_clean_threshold": self.clean_threshold, "balancemix_sampler": self.sampler_score,
                 "balancemix_refine": self.refine, "single_positive": bool(self.single_positive)}
 
+    @classmethod
+    def trains_unknown(cls, cfg) -> bool:
+        return True   # missing labels are assumed negatives
+
     def views(self, epoch: int) -> int:
         return 2 if self.p_clean is not None and self.refine == "batch" else 0
 

@@ -45,6 +45,7 @@ import torch
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import POS, UNK, LabelSet
+
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import TrainConfig, read_run_config, run_config_document
 
@@ -122,6 +123,19 @@ def trusted_cells(labelset: LabelSet, train_rows: np.ndarray) -> np.ndarray:
     if is_single_positive(given[train_rows]):
         out |= given == POS
     return out
+
+
+def unknown_judge(cfg: TrainConfig) -> str:
+    """Which statistics judge the unknown cells of a cross-fitted run: ``"ensemble"`` (the
+    mean of all K fold models) when neither the loss nor the mixing gives unknown cells a
+    training target (``labelfix.losses.trains_unknown``, ``Mixer.trains_unknown``): then no
+    model saw a label on them, every model is out of sample there, and K models trained on
+    (K-1)/K of the images each beat the one that held the image out. Else ``"held_out"``."""
+    from labelfix.losses import trains_unknown
+    from labelfix.train.mixers import mixer_class
+
+    seen = trains_unknown(cfg.loss) or mixer_class(cfg.mix).trains_unknown(cfg)
+    return "held_out" if seen else "ensemble"
 
 
 def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:

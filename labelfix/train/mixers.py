@@ -111,6 +111,12 @@ class Mixer:
         """Extra augmented views of each training image needed in ``epoch``."""
         return 0
 
+    @classmethod
+    def trains_unknown(cls, cfg) -> bool:
+        """Whether the method gives unknown cells a training target (mixing alone does
+        not: a mixed cell is unknown where a member's is)."""
+        return False
+
     def mix(self, batch: Batch) -> MixedBatch:
         return MixedBatch(batch.images, *_given_targets(batch.labels), batch.indices)
 
@@ -154,13 +160,17 @@ def list_mixers() -> list[str]:
     return list(_MIXERS)
 
 
-def create_mixer(name: str, cfg, ctx: TrainContext) -> Mixer:
-    """The mixer registered as ``name`` for this run; one clear line for an unknown name."""
+def mixer_class(name: str) -> type[Mixer]:
+    """The class registered as ``name`` (one clear line for an unknown name)."""
     try:
-        cls = _MIXERS[name]
+        return _MIXERS[name]
     except KeyError:
         raise LabelfixError(f"mix {name!r}: unknown; choose one of {', '.join(_MIXERS)}") from None
-    return cls(cfg, ctx)
+
+
+def create_mixer(name: str, cfg, ctx: TrainContext) -> Mixer:
+    """The mixer registered as ``name`` for this run; one clear line for an unknown name."""
+    return mixer_class(name)(cfg, ctx)
 
 
 register_mixer("none")(Mixer)
@@ -236,6 +246,10 @@ class LogicMixMixer(Mixer):
                            if self.mixed_loss_name == "asl" else None)
         self.curriculum_start = cfg.curriculum_start
         self.labels = None   # int8 (N, K) with pseudo-labels once the curriculum runs
+
+    @classmethod
+    def trains_unknown(cls, cfg) -> bool:
+        return cfg.curriculum_start is not None   # pseudo-labels on unknown cells
 
     def settings(self) -> dict:
         return {"mix_prob": self.prob, "logicmix_mixed_loss": self.mixed_loss_name,
