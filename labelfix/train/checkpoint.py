@@ -163,3 +163,22 @@ def check_resume_compatible(saved, given, out: Path) -> None:
         raise LabelfixError(f"{out / 'config.yaml'}: --resume with different option(s) "
                             f"{', '.join('--' + d.replace('_', '-') for d in diff)}; "
                             f"resume with the run's options or start a new --out")
+
+
+def write_run_files(t) -> None:
+    """The run directory's label set, split and ``config.yaml`` (rank 0; the label set
+    and split only for a new run)."""
+    from labelfix.train.config import run_config_document
+
+    if not t.dist.is_main:
+        return
+    t.out.mkdir(parents=True, exist_ok=True)
+    (t.out / "stats").mkdir(exist_ok=True)
+    if not t.cfg.resume:
+        t.labelset.save(t.out)
+        atomic.write_npy(t.out / "split.npy", t.split)
+    extra = {"images": int(t.labelset.num_images), "classes": int(t.labelset.num_classes),
+             "train_images": int(t.train_rows.size), "val_images": int(t.val_rows.size),
+             "source": str(t.labelset.source.get("path", t.cfg.data)),
+             "mixing": t.mixer.settings(), "weights": t.weights_info}
+    atomic.write_text(t.out / "config.yaml", run_config_document(t.cfg, t.fingerprint, extra))

@@ -154,3 +154,33 @@ def read_validation(cfg, classes: LabelSet) -> LabelSet:
     order = [val.class_names.index(n) for n in names]
     return LabelSet(np.ascontiguousarray(np.asarray(val.labels)[:, order]), val.images,
                     classes.classes.copy(), val.image_root, dict(val.source))
+
+
+def cfg_augments(cfg) -> bool:
+    """Whether the training transform is random (RandAugment or flips)."""
+    return bool(cfg.randaugment or cfg.hflip > 0)
+
+
+def build_datasets(t):
+    """(train transform, eval transform, train, eval and validation datasets) of trainer
+    ``t``: images through timm's transforms, or with ``--frozen`` rows of the embedding
+    (``features.embed_run``, computed once into ``t.features_dir``)."""
+    from labelfix.data.transforms import create_transforms
+
+    cfg, mc = t.cfg, t.model_config
+    interp = mc.get("interpolation", "bilinear")
+    train_tf = create_transforms(cfg.img_size, mc["mean"], mc["std"], train=True, randaugment=cfg.randaugment,
+                                 hflip=cfg.hflip, interpolation=interp)
+    eval_tf = create_transforms(cfg.img_size, mc["mean"], mc["std"], train=False, interpolation=interp)
+    t.eval_tf = eval_tf   # the embedding below reads it
+    if cfg.frozen:
+        from labelfix.train.features import FeatureDataset, embed_run
+
+        feats = embed_run(t, t.features_dir)
+        val = FeatureDataset(t.val_set, feats["val"]) if t.val_set is not None else None
+        return train_tf, eval_tf, FeatureDataset(t.labelset, feats["train"]), \
+            FeatureDataset(t.labelset, feats["train"]), val
+    cache: dict = {}   # without augmentation the training images are the evaluation images
+    val = KeyedDataset(t.val_set, eval_tf, random=False) if t.val_set is not None else None
+    return train_tf, eval_tf, KeyedDataset(t.labelset, train_tf, random=cfg_augments(cfg), cache=cache), \
+        KeyedDataset(t.labelset, eval_tf, random=False, cache=cache), val

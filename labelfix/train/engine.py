@@ -21,17 +21,16 @@ import numpy as np
 import torch
 
 from labelfix.errors import LabelfixError
-from labelfix.io import atomic
 from labelfix.labels import LabelSet
 from labelfix.train import checkpoint as ckpt_mod
 from labelfix.train import evaluate
-from labelfix.train.config import TrainConfig, read_run_config, run_config_document
-from labelfix.train.data import KeyedDataset, make_loader, read_validation, split_indices
+from labelfix.train.config import TrainConfig, read_run_config
+from labelfix.train.data import KeyedDataset, build_datasets, cfg_augments, make_loader, read_validation, split_indices
 from labelfix.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
 from labelfix.train.metrics import class_groups
 from labelfix.train.mixers import Batch, create_mixer
 from labelfix.train.optim import build_loss, build_optimizer, build_scheduler
-from labelfix.train.progress import Progress
+from labelfix.train.progress import Progress, format_row
 from labelfix.train.sampler import EpochBatchSampler, derive_seed
 
 
@@ -115,7 +114,6 @@ class Trainer:
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)
 
     def _build(self) -> None:
-        from labelfix.data.transforms import create_transforms
         from labelfix.models import create_model, model_config
 
         cfg = self.cfg
@@ -153,23 +151,7 @@ class Trainer:
 
             self.train_model = DDP(self.train_model,
                                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        mean, std = self.model_config["mean"], self.model_config["std"]
-        interp = self.model_config.get("interpolation", "bilinear")
-        self.train_tf = create_transforms(cfg.img_size, mean, std, train=True, randaugment=cfg.randaugment,
-                                          hflip=cfg.hflip, interpolation=interp)
-        self.eval_tf = create_transforms(cfg.img_size, mean, std, train=False, interpolation=interp)
-        if cfg.frozen:
-            from labelfix.train.features import FeatureDataset, embed_run
-
-            feats = embed_run(self, self.features_dir)
-            self.train_ds = FeatureDataset(self.labelset, feats["train"])
-            self.eval_ds = FeatureDataset(self.labelset, feats["train"])
-            self.val_ds = FeatureDataset(self.val_set, feats["val"]) if self.val_set is not None else None
-        else:
-            cache: dict = {}   # without augmentation the training images are the evaluation images
-            self.train_ds = KeyedDataset(self.labelset, self.train_tf, random=cfg_augments(cfg), cache=cache)
-            self.eval_ds = KeyedDataset(self.labelset, self.eval_tf, random=False, cache=cache)
-            self.val_ds = KeyedDataset(self.val_set, self.eval_tf, random=False) if self.val_set is not None else None
+        self.train_tf, self.eval_tf, self.train_ds, self.eval_ds, self.val_ds = build_datasets(self)
         self.mixer = create_mixer(cfg.mix, cfg, self)
         self.sampler = EpochBatchSampler(self.train_rows, cfg.batch_size, cfg.seed, self.dist.world_size,
                                          self.dist.rank, minority=self.mixer.minority_batch)
@@ -191,20 +173,6 @@ class Trainer:
         if self.device.type == "cuda" and self.cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
-
-    def _write_run_files(self) -> None:
-        if not self.dist.is_main:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "stats").mkdir(exist_ok=True)
-        if not self.cfg.resume:
-            self.labelset.save(self.out)
-            atomic.write_npy(self.out / "split.npy", self.split)
-        extra = {"images": int(self.labelset.num_images), "classes": int(self.labelset.num_classes),
-                 "train_images": int(self.train_rows.size), "val_images": int(self.val_rows.size),
-                 "source": str(self.labelset.source.get("path", self.cfg.data)),
-                 "mixing": self.mixer.settings(), "weights": self.weights_info}
-        atomic.write_text(self.out / "config.yaml", run_config_document(self.cfg, self.fingerprint, extra))
 
     # ------------------------------------------------------------------ what a mixer may use
     @property
@@ -260,7 +228,7 @@ class Trainer:
             if cfg.resume:
                 ckpt_mod.check_resume_compatible(read_run_config(self.out), cfg, self.out)
             self._build()
-            self._write_run_files()
+            ckpt_mod.write_run_files(self)
             barrier(self.dist)
             self.progress = Progress(cfg.progress and self.dist.is_main)
             with self.progress:
@@ -277,7 +245,7 @@ class Trainer:
                         self.epoch = e + 1
                         ckpt_mod.save_checkpoint(self)
                         row = evaluate.finalize_epoch(self, e, self.last_train_info, record_mean=True)
-                        self.log(_format_row(row))
+                        self.log(format_row(row))
                         for cb in self.callbacks:
                             if hasattr(cb, "on_epoch_end"):
                                 cb.on_epoch_end(self, e, row)
@@ -375,21 +343,6 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
-
-
-def cfg_augments(cfg: TrainConfig) -> bool:
-    """Whether the training transform is random (RandAugment or flips)."""
-    return bool(cfg.randaugment or cfg.hflip > 0)
-
-
-def _format_row(row: dict) -> str:
-    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
-    for key in ("val_map", "val_map_ema"):
-        if key in row and not math.isnan(row[key]):
-            parts.append(f"{key} {row[key]:.2f}")
-    parts.append(f"lr {row['lr']:.2e}")
-    parts.append(f"{row['seconds']:.1f}s")
-    return "  ".join(parts)
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:

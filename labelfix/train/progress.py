@@ -3,6 +3,7 @@ lines on stderr when the bar is off."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 
@@ -45,3 +46,14 @@ class Progress:
             self.bar.console.print(text)
         else:
             print(text, file=sys.stderr)
+
+
+def format_row(row: dict) -> str:
+    """One log line of an epoch's metrics row."""
+    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
+    for key in ("val_map", "val_map_ema"):
+        if key in row and not math.isnan(row[key]):
+            parts.append(f"{key} {row[key]:.2f}")
+    parts.append(f"lr {row['lr']:.2e}")
+    parts.append(f"{row['seconds']:.1f}s")
+    return "  ".join(parts)
