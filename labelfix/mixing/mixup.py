@@ -54,6 +54,15 @@ def mixup(x: torch.Tensor, target: torch.Tensor, known: torch.Tensor, alpha: flo
     b = x.shape[0]
     lam = float(sample_beta(alpha, alpha, 1, generator)[0])
     perm = torch.randperm(b, generator=generator, device=generator.device).to(x.device)
+    return mixup_with(x, target, known, lam, perm)
+
+
+def mixup_with(x: torch.Tensor, target: torch.Tensor, known: torch.Tensor, lam: float,
+               perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix sample i with sample ``perm[i]`` with weight ``lam`` (shapes as :func:`mixup`;
+    ``perm`` long (B,)): the images, the targets, and the known mask (known where both
+    members are known; target 0 elsewhere)."""
+    _check_batch(x, target, known)
     x_mixed = x * lam + x[perm] * (1.0 - lam)
     known_mixed = known & known[perm]
     t = target * lam + target[perm] * (1.0 - lam)

@@ -142,6 +142,7 @@ class Mixer:
 
 _MIXERS: dict[str, type[Mixer]] = {}
 
+
 def register_mixer(name: str):
     """Class decorator: register a :class:`Mixer` subclass under ``name``."""
 
@@ -179,14 +180,6 @@ register_mixer("none")(Mixer)
 def _option(cfg, name: str, default):
     value = getattr(cfg, name)
     return default if value is None else value
-
-
-def _mixed_known_targets(target, known, lam, perm):
-    """Mixup's targets: known where both members are known (module docstring of
-    labelfix.mixing.mixup)."""
-    known_mixed = known & known[perm]
-    t = target * lam + target[perm] * (1.0 - lam)
-    return torch.where(known_mixed, t, torch.zeros_like(t)), known_mixed
 
 
 @register_mixer("mixup")
@@ -333,7 +326,7 @@ class ICMixupMixer(Mixer):
         return {"mix_prob": self.prob, "mixup_alpha": self.alpha, "icm_mode": self.mode, "icm_weight": self.weight}
 
     def mix(self, batch: Batch) -> MixedBatch:
-        from labelfix.mixing.mixup import sample_beta
+        from labelfix.mixing.mixup import mixup_with, sample_beta
 
         target, known, _ = _given_targets(batch.labels)
         b = batch.images.shape[0]
@@ -341,8 +334,7 @@ class ICMixupMixer(Mixer):
         perm = torch.randperm(b, generator=self.generator)
         if float(torch.rand(1, generator=self.generator)) >= self.prob:
             lam = 1.0
-        x = batch.images * lam + batch.images[perm] * (1.0 - lam)
-        t, k = _mixed_known_targets(target, known, lam, perm)
+        x, t, k = mixup_with(batch.images, target, known, lam, perm)
         return MixedBatch(x, t, k, None, batch.indices,
                           extra={"lam": lam, "perm": perm, "target": target, "known": known})
 
@@ -358,4 +350,4 @@ class ICMixupMixer(Mixer):
 
 
 # BalanceMix lives in its own module (it keeps the most state); importing it registers it
-from labelfix.train import balancemix as _balancemix  # noqa: E402,F401  (registers itself)
+import labelfix.train.balancemix  # noqa: E402,F401  (importing it registers "balancemix")
