@@ -151,3 +151,18 @@ def test_bad_input():
         find_label_issues(given, np.zeros((4, 2)), classes=["a"])
     with pytest.raises(LabelfixError, match="relabel_threshold"):
         find_label_issues(given, np.zeros((4, 2)), relabel_threshold=0.2)
+
+
+def test_single_positive_data_never_suggests_removing_a_given_positive():
+    """Single-positive labels: every given positive is taken as verified (the probabilities
+    here make half of them look wrong); removals only when the user asks for them."""
+    rng = np.random.default_rng(3)
+    n, k = 400, 5
+    given = np.full((n, k), -1, np.int8)
+    given[np.arange(n), rng.integers(0, k, n)] = 1
+    probs = rng.uniform(0.01, 0.99, (n, k)).astype(np.float32)
+    res = find_label_issues(given, probs)
+    assert not (res.corrections["action"] == "remove").any() and len(res.corrections) > 0
+    assert (np.asarray(res.suggested)[given == 1] == 1).all()
+    asked = find_label_issues(given, probs, single_positive_removals=True)
+    assert (asked.corrections["action"] == "remove").any()

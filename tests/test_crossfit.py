@@ -204,7 +204,7 @@ def test_verified_cells_survive_export_read_train_clean(tiny, tmp_path):
     assert isinstance(pd.read_csv(res.change_log), pd.DataFrame)
 
 
-def test_unknown_cells_are_judged_by_every_fold_model_when_none_saw_a_label_there(tiny, tmp_path):
+def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_label_there(tiny, tmp_path):
     from labelfix.cleaning.clean_run import clean_run, fold_ensemble_logits
     from labelfix.train.crossfit import unknown_judge
 
@@ -222,15 +222,22 @@ def test_unknown_cells_are_judged_by_every_fold_model_when_none_saw_a_label_ther
 
     noisy, _, _ = write_noisy_coco(read_labels(tiny["train"]), "missing", 0.3, 0, tmp_path / "missing.json")
     out = tmp_path / "run"
-    train(cfg_for(tiny, out, data=str(noisy), folds=2, rounds=1), log=lambda s: None)
+    train(cfg_for(tiny, out, data=str(noisy), folds=2, rounds=2, frozen=True, epochs=3, lr=1e-2), log=lambda s: None)
+    assert json.loads((out / "stats" / "state.json").read_text())["rounds"] == 2
     res = clean_run(out, report=False, neighbours=0)   # score of an unknown cell = its probability
     given = np.load(out / "labels.npy")
     folds = np.load(out / "folds.npy")
-    ens = np.mean([np.load(fold_dir(out, f, 1) / "stats" / "logits.npy").astype(np.float32) for f in range(2)], 0)
+
+    def fold_mean(r):
+        return np.mean([np.load(fold_dir(out, f, r) / "stats" / "logits.npy").astype(np.float32)
+                        for f in range(2)], 0)
+
+    ens = fold_mean(1)   # round 1's models trained on every given label (round 2 drops the suspicious ones)
+    assert not np.allclose(ens, fold_mean(2))
     np.testing.assert_allclose(fold_ensemble_logits(__import__("labelfix").load_run(out))[:], ens, rtol=1e-6)
     held = np.load(out / "stats" / "logits.npy").astype(np.float32)
     score = np.asarray(res.issues.score)
     unk = given == -1
-    np.testing.assert_allclose(score[unk], (1 / (1 + np.exp(-ens)))[unk], atol=1e-3)   # all fold models
+    np.testing.assert_allclose(score[unk], (1 / (1 + np.exp(-ens)))[unk], atol=1e-3)   # all round-1 fold models
     np.testing.assert_allclose(score[~unk], np.abs((given == 1) - 1 / (1 + np.exp(-held)))[~unk], atol=1e-3)
     assert _json.loads((out / "stats" / "state.json").read_text())["out_of_sample"] and folds.max() == 1

@@ -63,6 +63,8 @@ def test_detection_floors(data, tmp_path, setting):
                       ema=False, progress=False, **recipe)
     train(cfg.validate(), log=lambda m: None)
     res = clean_run(tmp_path / "run", report=False)
+    if kind == "single-positive":   # every given positive is trusted: no removal is suggested
+        assert not (res.corrections["action"] == "remove").any()
     run = load_run(tmp_path / "run")
     given = np.asarray(run.labelset.labels)
     truth = np.asarray(clean.labels)

@@ -15,8 +15,8 @@ import pandas as pd
 
 from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
-from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
-                                      default_delta)
+from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES,
+                                      assign_states_block, default_delta, is_single_positive)
 from labelfix.errors import LabelfixError
 from labelfix.io.atomic import atomic_memmap
 from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
@@ -155,6 +155,7 @@ def find_label_issues(
     out_dir: str | Path | None = None,
     chunk_rows: int | None = None,
     device: str = "cpu",
+    single_positive_removals: bool = False,
     labels=None,
     pred_probs=None,
 ) -> LabelIssues:
@@ -186,6 +187,10 @@ def find_label_issues(
             used by the ``evidence`` scorer; None -> no neighbour evidence.
         verified: bool (N, K) cells a person verified in an earlier review: clean
             (p_clean 1), score 0, never suggested.
+        single_positive_removals: in the single-positive setting
+            (:func:`labelfix.cleaning.states.is_single_positive`) the given positives are
+            the only labels and are taken as verified: none is suggested for removal
+            unless this is True.
         clean_threshold: p_clean above which a known cell is clean (0.5).
         relabel_threshold: delta; None -> :func:`default_delta` (0.55 single-positive,
             else 0.975).
@@ -248,6 +253,8 @@ def find_label_issues(
     if not 0.5 <= delta < 1.0:
         raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")
     est_thr = float(estimate_threshold) if estimate_threshold is not None else DEFAULT_ESTIMATE_THRESHOLD
+    # single-positive labels: every given positive is trusted, like a verified cell
+    trust_positives = not single_positive_removals and is_single_positive(given, chunk_rows=rows)
     if not 0.5 <= est_thr < 1.0:
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
 
@@ -277,8 +284,10 @@ def find_label_issues(
             sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls if ls is not None else loss_src[a:b],
                           estimates=es, neighbours=nb)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
-            if verified is not None:   # a person's decision stands
-                vf = np.asarray(verified[a:b], dtype=bool)
+            if verified is not None or trust_positives:   # a person's decision stands
+                vf = np.zeros(g.shape, bool) if verified is None else np.asarray(verified[a:b], dtype=bool)
+                if trust_positives:
+                    vf = vf | (g == 1)
                 pc = np.where(vf & (g != UNK), np.float32(1.0), pc)
                 st = np.where(vf & (g != UNK), np.int8(CLEAN), st).astype(np.int8)
                 sc = np.where(vf, np.float32(0.0), sc)
@@ -304,6 +313,7 @@ def find_label_issues(
         p_clean=arrays["p_clean"], score=arrays["score"], state=arrays["state"], suggested=arrays["suggested"],
         corrections=corrections, gmms=fit, delta=delta, estimate_threshold=est_thr,
         settings=dict(clean_threshold=clean_threshold, scorer=scorer, monotone=monotone,
+                      trusted_single_positives=bool(trust_positives),
                       gmm=dict(fit.settings)),
     )
 

@@ -21,9 +21,13 @@ from labelfix.cli.options import FiniteFloat
               help="Issue score rule (docs/cleaning.md) [default: evidence].")
 @click.option("--neighbours", type=click.IntRange(min=0), default=10, show_default=True,
               help="Neighbours per image for the neighbour evidence (0: none).")
+@click.option("--single-positive-removals", is_flag=True,
+              help="Single-positive data: also suggest removing given positives (by default every given "
+                   "positive is trusted).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report and plots.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the GMM fits (cpu, cuda).")
-def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, scorer, neighbours, no_report, device):
+def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, scorer, neighbours,
+          single_positive_removals, no_report, device):
     """Label-wise management of a trained run: per-class GMMs (clean / re-labeled /
     ambiguous), estimates for unknown cells, ranked corrections in RUN/corrections.csv,
     per-cell arrays in RUN/cells/ and a report in RUN/report/."""
@@ -37,7 +41,7 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     with run_lock(run, "clean"):
         res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
                         max_suggestions=max_suggestions, classes=names, report=not no_report, device=device,
-                        scorer=scorer, neighbours=neighbours)
+                        scorer=scorer, neighbours=neighbours, single_positive_removals=single_positive_removals)
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
     c = res.corrections

@@ -127,10 +127,11 @@ def trusted_cells(labelset: LabelSet, train_rows: np.ndarray) -> np.ndarray:
 
 def unknown_judge(cfg: TrainConfig) -> str:
     """Which statistics judge the unknown cells of a cross-fitted run: ``"ensemble"`` (the
-    mean of all K fold models) when neither the loss nor the mixing gives unknown cells a
-    training target (``labelfix.losses.trains_unknown``, ``Mixer.trains_unknown``): then no
-    model saw a label on them, every model is out of sample there, and K models trained on
-    (K-1)/K of the images each beat the one that held the image out. Else ``"held_out"``."""
+    mean of round 1's K fold models, ``labelfix.cleaning.clean_run.fold_ensemble_logits``)
+    when neither the loss nor the mixing gives unknown cells a training target
+    (``labelfix.losses.trains_unknown``, ``Mixer.trains_unknown``): then no model saw a
+    label on them, every model is out of sample there, and K models trained on (K-1)/K of
+    the images each beat the one that held the image out. Else ``"held_out"``."""
     from labelfix.losses import trains_unknown
     from labelfix.train.mixers import mixer_class
 
