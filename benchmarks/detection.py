@@ -75,13 +75,41 @@ def make_dataset(name: str, folder: Path) -> tuple[Path, Path]:
 UNKNOWN_ERRORS = ("missing", "single-positive")
 
 
+#: flagging columns of results.csv: (method, metric) -> column
+FLAGGING = {("cleanlab", "precision"): "cleanlab_precision", ("cleanlab", "recall"): "cleanlab_recall",
+            ("labelfix", "precision_at_cleanlab_recall"): "labelfix_precision_at_cleanlab_recall"}
+
+
 def collect(frame: pd.DataFrame, dataset: str, mode: str) -> pd.DataFrame:
+    """One row per (noise, seed): each detector's AP (``ap_unknown`` where every error is
+    an unknown cell), and the flagging columns of :data:`FLAGGING`."""
+    frame = frame[frame["task"] == "detection"]
     metric = np.where(frame["kind"].isin(UNKNOWN_ERRORS), "ap_unknown", "ap")
-    det = frame[(frame["task"] == "detection") & (frame["metric"] == metric)]
-    wide = det.pivot_table(index=["noise", "seed"], columns="method", values="value").reset_index()
+    wide = frame[frame["metric"] == metric].pivot_table(index=["noise", "seed"], columns="method", values="value")
+    for (method, name), col in FLAGGING.items():
+        sel = frame[(frame["method"] == method) & (frame["metric"] == name)]
+        wide[col] = sel.set_index(["noise", "seed"])["value"]
+    wide = wide.reset_index()
     wide.insert(0, "mode", mode)
     wide.insert(0, "dataset", dataset)
     return wide
+
+
+def flagging_summary(table: pd.DataFrame) -> str:
+    """Precision of labelfix's ranking at cleanlab's recall against cleanlab's precision."""
+    lines = ["## Flagging: precision at cleanlab's recall", "",
+             "cleanlab flags its issues (`find_multilabel_issues_per_class`); labelfix flags the same number of "
+             "errors found by walking down its issue score. Goal: labelfix at least as precise.", "",
+             "| dataset | mode | noise | cleanlab recall | cleanlab precision | labelfix precision | goal |",
+             "|---|---|---|---|---|---|---|"]
+    for (dataset, mode, noise), g in table.groupby(["dataset", "mode", "noise"], sort=False):
+        if "labelfix_precision_at_cleanlab_recall" not in g or g["cleanlab_recall"].isna().all():
+            continue
+        d = g["labelfix_precision_at_cleanlab_recall"] - g["cleanlab_precision"]
+        lines.append(f"| {dataset} | {mode} | {noise} | {g['cleanlab_recall'].mean():.3f} | "
+                     f"{g['cleanlab_precision'].mean():.3f} | {g['labelfix_precision_at_cleanlab_recall'].mean():.3f}"
+                     f" | {'met' if bool((d >= 0).all()) else 'not met'} |")
+    return "\n".join(lines) + "\n"
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -124,7 +152,7 @@ def main(argv=None) -> int:
             tables.append(collect(res.results, dataset, mode))
             table = pd.concat(tables, ignore_index=True)
             atomic.write_csv(out / "results.csv", table)
-            atomic.write_text(out / "summary.md", summary(table) +
+            atomic.write_text(out / "summary.md", summary(table) + "\n" + flagging_summary(table) +
                               f"\nCommand: `{shlex.join(['python', 'benchmarks/detection.py'] + sys.argv[1:])}`; "
                               f"wall time so far {time.perf_counter() - t0:.0f} s on this machine (2 cores).\n")
             print(summary(table), flush=True)

@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from labelfix.bench.baselines import cleanlab_issues, loss_ranking
-from labelfix.bench.metrics import average_precision, detection_metrics, error_cells, suggestion_cells
+from labelfix.bench.metrics import (average_precision, detection_metrics, error_cells, precision_at_recall,
+                                    suggestion_cells)
 from labelfix.bench.runner import goals, mean_std, parse_noise
 from labelfix.errors import LabelfixError
 
@@ -66,6 +67,27 @@ def test_detection_metrics_caller_image_scores_and_unjudged_cells():
     m3 = detection_metrics(GIVEN, TRUE, s, GIVEN)
     assert np.isnan(m3["precision"]) and m3["recall"] == 0.0 and np.isnan(m3["f1"])
     assert m3["ap"] == pytest.approx((1 / 2 + 2 / 6 + 3 / 9) / 3)
+
+
+def test_precision_at_recall_walks_the_ranking():
+    # ranking .95N .9P .8P .7N .6N .5N .3P .2N .05N over 3 errors
+    assert precision_at_recall(GIVEN, TRUE, SCORE, 1 / 3) == pytest.approx(1 / 2)
+    assert precision_at_recall(GIVEN, TRUE, SCORE, 2 / 3) == pytest.approx(2 / 3)
+    assert precision_at_recall(GIVEN, TRUE, SCORE, 0.7) == pytest.approx(3 / 7)
+    assert precision_at_recall(GIVEN, TRUE, SCORE, 1.0) == pytest.approx(3 / 7)
+    # against sklearn's curve: the precision at the first threshold reaching each recall
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(1)
+    given = rng.integers(0, 2, (40, 5)).astype(np.int8)
+    true = np.where(rng.random(given.shape) < 0.2, 1 - given, given).astype(np.int8)
+    score = rng.random(given.shape)
+    prec, rec, _ = precision_recall_curve((given != true).ravel(), score.ravel())
+    for r in (0.25, 0.5, 0.9):
+        want = prec[rec >= r][-1]   # sklearn's curve runs from low to high thresholds
+        assert precision_at_recall(given, true, score, r) == pytest.approx(want)
+    assert np.isnan(precision_at_recall(GIVEN, TRUE, SCORE, float("nan")))
+    assert np.isnan(precision_at_recall(GIVEN, TRUE, SCORE, 0.0))
 
 
 def test_average_precision_degenerate_and_matches_sklearn():

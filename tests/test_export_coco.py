@@ -264,3 +264,32 @@ def test_non_coco_source_is_converted(run_dir, tmp_path):
     res = export_cleaned_coco(run_dir, out, source="csv")
     assert res.converted and res.changes == len(corr)
     np.testing.assert_array_equal(np.asarray(read_coco(out).labels), _expected(run_dir, corr))
+
+
+def test_an_accepted_addition_leaves_the_negative_list(tmp_path):
+    """A category in an image's ``neg_category_ids`` that the cleaned labels make positive
+    is dropped from the list, so the cleaned file reads back without a conflict note."""
+    import warnings
+
+    from labelfix.io.coco_write import rewrite_coco
+
+    data = {"images": [{"id": 1, "file_name": "a.png", "neg_category_ids": [2, 3]},
+                       {"id": 2, "file_name": "b.png", "neg_category_ids": [1, 3]}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]},
+                            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0, 0, 1, 1]}],
+            "categories": [{"id": c, "name": n} for c, n in ((1, "a"), (2, "b"), (3, "c"))]}
+    src = tmp_path / "src.json"
+    src.write_text(json.dumps(data))
+    ls = read_coco(src)
+    new = np.asarray(ls.labels).copy()
+    new[0, 1] = POS   # image 1: add "b", listed as a negative
+    new[1, 1] = NEG   # image 2: remove "b"
+    out = tmp_path / "cleaned.json"
+    out.write_text(json.dumps(rewrite_coco(data, ls, new)))
+    images = {im["id"]: im for im in json.loads(out.read_text())["images"]}
+    assert images[1]["neg_category_ids"] == [3] and images[2]["neg_category_ids"] == [1, 2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = read_coco(out)
+    assert not (new == UNK).any()   # every cell known: the image's list is carried over, not rebuilt
+    np.testing.assert_array_equal(np.asarray(back.labels), new)

@@ -67,6 +67,30 @@ def average_precision(target, score) -> float:
     return float(average_precision_score(target, np.asarray(score, dtype=np.float64).ravel()))
 
 
+def precision_at_recall(given, true, score, recall: float) -> float:
+    """Precision of the shortest top of the ranking by ``score`` (over the judged cells)
+    that reaches ``recall`` of the error cells: how precise a cleaner that flags by this
+    score would be at another cleaner's recall. NaN when ``recall`` is NaN or not in
+    (0, 1], or when there is no error cell.
+
+    Args:
+        given, true: int8 (N, K) labels as in :func:`detection_metrics`.
+        score: float (N, K) issue score, higher = more likely an error (NaN lowest).
+        recall: the target recall.
+    """
+    given = np.asarray(given)
+    true = _check("true", true, given.shape)
+    score = _nan_lowest(_check("score", score, given.shape))
+    judged = true != UNK
+    err = error_cells(given, true)[judged]
+    if not np.isfinite(recall) or not 0.0 < recall <= 1.0 or not err.any():
+        return float("nan")
+    order = np.argsort(-score[judged], kind="stable")
+    hits = np.cumsum(err[order])
+    n = int(np.searchsorted(hits, recall * err.sum() - 1e-9)) + 1   # first top-n reaching the recall
+    return float(hits[n - 1] / n)
+
+
 def _nan_lowest(score) -> np.ndarray:
     """float64 copy with NaN replaced by a value below every other score."""
     score = np.asarray(score, dtype=np.float64)

@@ -228,7 +228,7 @@ def run_bench(
 
     from labelfix.bench.baselines import cleanlab_issues, loss_ranking, predict_probs
     from labelfix.numeric import sigmoid
-    from labelfix.bench.metrics import detection_metrics
+    from labelfix.bench.metrics import detection_metrics, precision_at_recall
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.noise import inject_noise
     from labelfix.io import read_labels
@@ -316,7 +316,8 @@ def run_bench(
             t0 = time.perf_counter()
             res = clean_run(base / "labelfix", report=False)
             clean_secs = time.perf_counter() - t0
-            det = detection_metrics(noisy, true, np.asarray(res.issues.score), np.asarray(res.issues.suggested))
+            lf_score = np.asarray(res.issues.score)
+            det = detection_metrics(noisy, true, lf_score, np.asarray(res.issues.suggested))
             add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}", det)
             add(tag, kind, rate, seed, "time", "labelfix", f"{loss} cv{folds}x{rounds}",
                 {**secs, "clean_seconds": clean_secs})
@@ -345,6 +346,9 @@ def run_bench(
                 det = detection_metrics(noisy, true, iss.score, iss.suggested, image_score=iss.image_score,
                                         image_flagged=iss.image_flagged)
                 add(tag, kind, rate, seed, "detection", "cleanlab", source, det)
+                # labelfix flagging by its score down to cleanlab's recall: precision there
+                add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}",
+                    {"precision_at_cleanlab_recall": precision_at_recall(noisy, true, lf_score, det["recall"])})
                 add(tag, kind, rate, seed, "time", "cleanlab", source, {**cv_time, "clean_seconds": cl_secs})
                 log(f"[{tag} seed {seed}] cleanlab ({source}): AP {det['ap']:.3f} F1 {det['f1']:.3f}")
             atomic.write_csv(results_path, pd.DataFrame(rows))   # partial results after every seed

@@ -72,7 +72,10 @@ def rewrite_coco(
         if has_unknown:
             negs = [int(cat_ids[k]) for k in np.flatnonzero(new[r] == NEG)]
         else:
-            negs = sorted(set(im.get("neg_category_ids", [])) | {int(cat_ids[k]) for k in removed if new[r, k] == NEG})
+            # an earlier negative that is now positive (an accepted addition) leaves the list
+            now_pos = {int(cat_ids[k]) for k in np.flatnonzero(new[r] == POS)}
+            negs = sorted((set(im.get("neg_category_ids", [])) | {int(cat_ids[k]) for k in removed
+                                                                    if new[r, k] == NEG}) - now_pos)
         if negs or "neg_category_ids" in im:
             im["neg_category_ids"] = negs
         images.append(im)
