@@ -90,9 +90,13 @@ def synthetic_run_data(n: int, k: int, d: int, folder: Path, seed: int = 0):
     from PIL import Image
 
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (1, 1)).save(folder / "images" / "img0.png")
-    for i in range(1, n):
-        (folder / "images" / f"img{i}.png").hardlink_to(folder / "images" / "img0.png")
+    per_file = 50_000   # hard links per inode stay below ext4's limit (65,000)
+    for i in range(n):
+        if i % per_file == 0:
+            first = folder / "images" / f"img{i}.png"
+            Image.new("RGB", (1, 1)).save(first)
+        else:
+            (folder / "images" / f"img{i}.png").hardlink_to(first)
     LabelSet(noisy, images, classes, folder / "images", {"format": "synthetic"}).save(folder / "data")
     return true, noisy, feats
 
