@@ -50,30 +50,10 @@ def labelfix_run(data: Path, out: Path, args, **opts) -> dict:
 
 def plain_timm_loop(data: Path, args) -> float:
     """Images/s of a plain training loop: same model, transform, AMP dtype, batch, workers."""
-    from torch.utils.data import DataLoader, Dataset
+    from plain_loop import plain_setup
 
-    from labelfix.data.image import load_rgb
-    from labelfix.data.transforms import create_transforms
-    from labelfix.io import read_labels
-    from labelfix.models import create_model, model_config
-
-    ls = read_labels(data)
-    model = create_model(args.backbone, "linear", num_classes=ls.num_classes, img_size=args.size).cuda()
-    model = model.to(memory_format=torch.channels_last)
-    cfg = model_config(model)
-    tf = create_transforms(args.size, cfg["mean"], cfg["std"], train=True, hflip=0.0)
-    labels = torch.as_tensor((ls.labels == 1).astype("float32"))
-
-    class Images(Dataset):
-        def __len__(self):
-            return ls.num_images
-
-        def __getitem__(self, i):
-            return tf(load_rgb(ls.image_path(i))), labels[i]
-
-    loader = DataLoader(Images(), batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.workers, pin_memory=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    model, loader, opt = plain_setup(data, args.backbone, args.size, args.batch_size, args.workers,
+                                     device="cuda", channels_last=True, pin_memory=True)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     rates = []

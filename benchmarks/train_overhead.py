@@ -56,29 +56,10 @@ def run(data: Path, out: Path, opts: dict, args) -> pd.DataFrame:
 def plain_loop_images_per_s(data: Path, args) -> float:
     """Training images/s of a plain PyTorch loop: Dataset + DataLoader, forward, BCE,
     backward, AdamW step; the same model, transform, batch and threads as labelfix."""
-    from torch.utils.data import DataLoader, Dataset
+    from plain_loop import plain_setup
 
-    from labelfix.data.image import load_rgb
-    from labelfix.data.transforms import create_transforms
-    from labelfix.io import read_labels
-    from labelfix.models import create_model, model_config
-
-    ls = read_labels(data)
-    model = create_model(args.backbone, "linear", num_classes=ls.num_classes, img_size=args.size)
-    cfg = model_config(model)
-    tf = create_transforms(args.size, cfg["mean"], cfg["std"], train=True, hflip=0.0)
-    labels = torch.as_tensor((ls.labels == 1).astype("float32"))
-
-    class Images(Dataset):
-        def __len__(self):
-            return ls.num_images
-
-        def __getitem__(self, i):
-            return tf(load_rgb(ls.image_path(i))), labels[i]
-
-    loader = DataLoader(Images(), batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.workers)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    model, loader, opt = plain_setup(data, args.backbone, args.size, args.batch_size, args.workers,
+                                     device=args.device)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     rates = []
     for epoch in range(args.epochs):
