@@ -213,3 +213,28 @@ def test_mixer_options_are_checked():
         TrainConfig(data="x", out="x", mix="logicmix", balancemix_warmup=3).validate()
     with pytest.raises(LabelfixError, match="--balancemix-sampler: 'max' is not one of sum, mean"):
         TrainConfig(data="x", out="x", mix="balancemix", balancemix_sampler="max").validate()
+
+
+class _Sampler:
+    def set_minority_weights(self, w):
+        self.weights = np.asarray(w)
+
+
+def test_mean_sampler_skips_missing_cells_and_differs_from_sum_only_when_labels_are_missing():
+    rng = np.random.default_rng(0)
+    full = (rng.random((40, 5)) < 0.3).astype(np.int8)
+    missing = np.where(rng.random(full.shape) < 0.5, np.int8(-1), full)
+    logits = rng.normal(0, 2, full.shape).astype(np.float32)
+
+    def weights(labels, sampler):
+        mixer, ctx = _mixer(labels, np.zeros(labels.shape), np.ones(labels.shape), balancemix_sampler=sampler,
+                            balancemix_warmup=99)
+        ctx.sampler = _Sampler()
+        mixer.on_epoch_end(0, logits, fresh=True)
+        return ctx.sampler.weights / ctx.sampler.weights.sum()
+
+    np.testing.assert_allclose(weights(full, "mean"), weights(full, "sum"), rtol=1e-5)
+    assert not np.allclose(weights(missing, "mean"), weights(missing, "sum"), rtol=1e-3)
+    # "mean" is minority_sampling_weights over the given labels, unknown cells skipped
+    want = minority_sampling_weights(1 / (1 + np.exp(-logits)), missing, score_reduction="mean").weights
+    np.testing.assert_allclose(weights(missing, "mean"), want / want.sum(), rtol=1e-5)

@@ -138,8 +138,13 @@ class BalanceMixMixer(Mixer):
     # ------------------------------------------------------------------ per epoch
     def on_epoch_end(self, epoch: int, logits, fresh: bool) -> dict:
         rows = self.ctx.train_rows
+        # "sum" (Eq. 3) scores the training labels, missing ones assumed negative; "mean"
+        # averages over the cells a person labelled (unknown cells skipped), so an image's
+        # score does not depend on how many of its labels are missing. On fully labelled
+        # data the two differ by a constant and sample alike.
+        z = self.assumed[rows] if self.sampler_score == "sum" else self.ctx.labels[rows]
         res = minority_sampling_weights(sigmoid(np.nan_to_num(np.asarray(logits[rows], dtype=np.float32))),
-                                        self.assumed[rows], score_reduction=self.sampler_score)
+                                        z, score_reduction=self.sampler_score)
         self.ctx.sampler.set_minority_weights(res.weights)
         info = {"minority_min_max_ratio": res.min_max_ratio}
         if self.counts.any():   # states the previous management gave this epoch's cells
