@@ -54,7 +54,6 @@ def _serve(ds, address: str, port: int) -> None:
     import fiftyone as fo
 
     session = None
-    said: list[bool] = []   # "App stopped" printed
     quiet = logging.getLogger("fiftyone.core.session.session")  # its multi-line remote-session banner
     level = quiet.level
     try:
@@ -69,7 +68,7 @@ def _serve(ds, address: str, port: int) -> None:
                        f"then open http://localhost:{port}/")
         session.wait(-1)
     except KeyboardInterrupt:
-        _exit_after(STOP_SECONDS, said)
+        pass
     finally:
         if session is not None:
             try:
@@ -77,27 +76,3 @@ def _serve(ds, address: str, port: int) -> None:
             except KeyboardInterrupt:  # a second Ctrl-C while closing
                 pass
     click.echo("App stopped")
-    said.append(True)
-
-
-#: after Ctrl-C the App, its server and the database get this long to shut down
-STOP_SECONDS = 30.0
-
-
-def _exit_after(seconds: float, said: list) -> None:
-    """Exit the process (code 0) ``seconds`` from now unless it has ended (saying "App
-    stopped" if ``said`` is still empty): FiftyOne's session close or exit handlers
-    sometimes wait forever on a server or database that the same Ctrl-C already stopped."""
-    import os
-    import sys
-    import threading
-
-    def stop():
-        if not said:
-            click.echo("App stopped")
-        sys.stdout.flush()
-        os._exit(0)
-
-    timer = threading.Timer(seconds, stop)
-    timer.daemon = True
-    timer.start()
