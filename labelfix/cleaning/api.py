@@ -253,10 +253,10 @@ def find_label_issues(
     if not 0.5 <= delta < 1.0:
         raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")
     est_thr = float(estimate_threshold) if estimate_threshold is not None else DEFAULT_ESTIMATE_THRESHOLD
-    # single-positive labels: every given positive is trusted, like a verified cell
-    trust_positives = not single_positive_removals and is_single_positive(given, chunk_rows=rows)
     if not 0.5 <= est_thr < 1.0:
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
+    # single-positive labels: every given positive is trusted, like a verified cell
+    trust_positives = not single_positive_removals and is_single_positive(given, chunk_rows=rows)
 
     loss_src = losses if losses is not None else _LazyBCE(probs, given, probs_are_logits)
     prob_src = LazyProbs(probs) if probs_are_logits else probs
@@ -285,9 +285,9 @@ def find_label_issues(
                           estimates=es, neighbours=nb)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
             if verified is not None or trust_positives:   # a person's decision stands
-                vf = np.zeros(g.shape, bool) if verified is None else np.asarray(verified[a:b], dtype=bool)
-                if trust_positives:
-                    vf = vf | (g == 1)
+                vf = (g == 1) if trust_positives else np.zeros(g.shape, bool)
+                if verified is not None:
+                    vf = vf | np.asarray(verified[a:b], dtype=bool)
                 pc = np.where(vf & (g != UNK), np.float32(1.0), pc)
                 st = np.where(vf & (g != UNK), np.int8(CLEAN), st).astype(np.int8)
                 sc = np.where(vf, np.float32(0.0), sc)
