@@ -166,3 +166,19 @@ def test_single_positive_data_never_suggests_removing_a_given_positive():
     assert (np.asarray(res.suggested)[given == 1] == 1).all()
     asked = find_label_issues(given, probs, single_positive_removals=True)
     assert (asked.corrections["action"] == "remove").any()
+
+
+def test_trusted_cells_are_the_verified_ones_plus_single_positive_positives():
+    from labelfix.cleaning.states import trusted_cells
+
+    verified = np.zeros((4, 3), dtype=bool)
+    verified[0, 2] = True
+    single = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, -1], [-1, -1, 1]], dtype=np.int8)
+    out = trusted_cells(single, verified)
+    assert out.tolist() == ((single == 1) | verified).tolist()
+    assert not verified[1, 1]   # the input is not modified
+    multi = single.copy()
+    multi[2] = [1, 0, 1]   # one image with two positives: not single-positive any more
+    assert trusted_cells(multi, verified).tolist() == verified.tolist()
+    # the rule looks at the given rows only (cross-fitting: the training rows)
+    assert trusted_cells(multi, verified, rows=np.array([0, 1, 3]))[2].tolist() == [True, False, True]

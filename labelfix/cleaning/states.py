@@ -34,6 +34,19 @@ def is_single_positive(given, *, min_unknown_fraction: float = 0.5, chunk_rows: 
     return n * k > 0 and unknown > min_unknown_fraction * n * k
 
 
+def trusted_cells(given, verified, rows=None) -> np.ndarray:
+    """bool (N, K): cells no label management may call wrong: those a reviewer
+    ``verified`` (bool (N, K)) and, when the labels of ``rows`` (default: all) are
+    single-positive (:func:`is_single_positive`), every given positive, which is then the
+    only supervision and is taken as verified (docs/cleaning.md). ``find_label_issues``
+    applies the same rule chunk by chunk."""
+    given = np.asarray(given)
+    out = np.array(verified, dtype=bool, copy=True)
+    if is_single_positive(given if rows is None else given[rows]):
+        out |= given == POS
+    return out
+
+
 def default_delta(given, *, chunk_rows: int | None = None) -> float:
     """BalanceMix's re-labeling threshold: 0.55 in the single-positive setting
     (:func:`is_single_positive`), else 0.975."""

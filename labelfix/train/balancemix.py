@@ -30,7 +30,7 @@ import torch
 
 from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, DELTA_MULTI, DELTA_SINGLE_POSITIVE, RELABELED,
-                                      assign_states_block, is_single_positive)
+                                      assign_states_block, is_single_positive, trusted_cells)
 from labelfix.io import atomic
 from labelfix.labels import POS, UNK
 from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
@@ -86,7 +86,7 @@ class BalanceMixMixer(Mixer):
         self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
         self.refine = _option(cfg, "balancemix_refine", "batch")
         # single-positive data: the given positives are verified (docs/losses_and_mixing.md)
-        self.trusted = np.asarray(ctx.trusted, dtype=bool) | ((given == POS) if single else False)
+        self.trusted = trusted_cells(given, ctx.trusted, ctx.train_rows)
         self.single_positive = single
         self.p_clean: np.ndarray | None = None    # float32 (N, K) once management runs
         self.two_view: np.ndarray | None = None   # refine == "epoch": float32 (N, K), NaN = not scored

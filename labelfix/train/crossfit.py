@@ -113,16 +113,11 @@ def suspicious_cells(logits: np.ndarray, given: np.ndarray, rows: np.ndarray, tr
 
 
 def trusted_cells(labelset: LabelSet, train_rows: np.ndarray) -> np.ndarray:
-    """bool (N, K): cells no round may call suspicious: those a reviewer verified and, in
-    single-positive data (``labelfix.cleaning.states.is_single_positive``), the given
-    positives, which are the only supervision and are taken as verified."""
-    from labelfix.cleaning.states import is_single_positive
+    """bool (N, K): cells no round may call suspicious
+    (:func:`labelfix.cleaning.states.trusted_cells` of the training rows)."""
+    from labelfix.cleaning.states import trusted_cells as trusted
 
-    given = np.asarray(labelset.labels)
-    out = labelset.trusted().copy()
-    if is_single_positive(given[train_rows]):
-        out |= given == POS
-    return out
+    return trusted(labelset.labels, labelset.trusted(), train_rows)
 
 
 def unknown_judge(cfg: TrainConfig) -> str:
