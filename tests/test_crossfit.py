@@ -87,6 +87,29 @@ def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_p
     torch.testing.assert_close(model(x), expect)
 
 
+@pytest.mark.parametrize("mix", ["none", "balancemix"])
+def test_fold_models_score_their_held_out_rows_every_epoch_and_every_row_at_the_end(tiny, tmp_path, mix):
+    """Before its last epoch a fold model's evaluation pass scores only the rows whose
+    statistics are used (held out); a mixer that reads the training rows' logits
+    (BalanceMix) gets every row every epoch."""
+    seen = []
+
+    class Rows:
+        def on_epoch_end(self, trainer, epoch, row):
+            scored = np.isfinite(np.load(trainer.out / "stats" / "logits.npy").astype(np.float32)).all(1)
+            seen.append((epoch, scored, np.load(trainer.out / "split.npy")))
+
+    extra = {"balancemix_warmup": 1} if mix == "balancemix" else {}
+    train(cfg_for(tiny, tmp_path / "run", epochs=3, rounds=1, mix=mix, **extra), callbacks=[Rows()],
+          log=lambda s: None)
+    assert len(seen) == 9
+    for epoch, scored, split in seen:
+        if epoch == 2 or mix == "balancemix":
+            assert scored.all()
+        else:
+            np.testing.assert_array_equal(scored, split == 2)
+
+
 def test_cross_fitted_run_resumes_after_a_kill(tiny, tmp_path):
     class Stop(Exception):
         pass

@@ -349,3 +349,15 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path):
     with pytest.raises(LabelfixError, match="belongs to other data, split or seed"):
         train(cfg_for(tiny, b, epochs=2, seed=1, resume=True), log=quiet)
     assert (b / "checkpoints" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("asked", [None, True, False])
+def test_channels_last_on_the_cpu_only_when_asked(tiny, tmp_path, asked):
+    """--channels-last is honoured on the CPU (off by default there, docs/training.md),
+    and a channels_last run trains to finite statistics."""
+    cfg = cfg_for(tiny, tmp_path / "run", channels_last=asked, device="cpu").validate()
+    t = Trainer(cfg, log=quiet)
+    t.fit()
+    conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == bool(asked)
+    assert np.isfinite(np.load(tmp_path / "run" / "stats" / "logits.npy").astype(np.float32)).all()

@@ -78,7 +78,8 @@ def _opt(*decls, **kw):
 @_opt("--accum-steps", type=int, help=f"Gradient accumulation steps [default: {_D.accum_steps}].")
 @_opt("--clip-grad", type=float, help="Clip the gradient norm to this value [default: off].")
 @_opt("--amp/--no-amp", help="Mixed precision (bf16 where supported, else fp16) [default: on with CUDA, off on CPU].")
-@_opt("--channels-last/--no-channels-last", help="channels_last memory format on CUDA [default: on].")
+@_opt("--channels-last/--no-channels-last",
+      help="channels_last memory format [default: on with CUDA, off on CPU, where it is faster for some models only].")
 @_opt("--ema/--no-ema", help="Keep an EMA of the weights (timm ModelEmaV3) [default: off].")
 @_opt("--ema-decay", type=float, help=f"EMA decay [default: {_D.ema_decay}].")
 @_opt("--class-groups", type=click.Choice(CLASS_GROUPS),

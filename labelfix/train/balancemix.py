@@ -136,6 +136,9 @@ class BalanceMixMixer(Mixer):
         return MixedBatch(x, target, torch.ones_like(target, dtype=torch.bool), w_r, batch.indices[pos_r])
 
     # ------------------------------------------------------------------ per epoch
+    def needs_training_logits(self, epoch: int) -> bool:
+        return True   # minority sampler every epoch, label GMMs after the warm-up
+
     def on_epoch_end(self, epoch: int, logits, fresh: bool) -> dict:
         rows = self.ctx.train_rows
         # "sum" (Eq. 3) scores the training labels, missing ones assumed negative; "mean"

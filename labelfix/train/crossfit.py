@@ -48,9 +48,7 @@ from labelfix.labels import POS, UNK, LabelSet
 
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import TrainConfig, read_run_config, run_config_document
-
-HELD_OUT = 2
-
+from labelfix.train.data import HELD_OUT
 
 def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, class_names=None) -> np.ndarray:
     """int8 (N,): fold 0..k-1 of each training row, -1 elsewhere.
@@ -180,6 +178,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         trusted = trusted_cells(labelset, train_rows)
         rows: list[dict] = []
         current = labelset
+        images: dict = {}   # decoded images, shared by every fold model (labelfix.train.data.build_datasets)
         last = 1
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown
@@ -210,7 +209,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
                     # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                     Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
-                            features_dir=out / "features", keep_process_group=True).fit()
+                            features_dir=out / "features", keep_process_group=True, image_cache=images).fit()
                 frame = pd.read_csv(sub / "metrics.csv")
                 frame.insert(0, "fold", f)
                 frame.insert(0, "round", r)

@@ -125,6 +125,10 @@ def make_loader(dataset: Dataset, batch_sampler, workers: int, pin_memory: bool 
                       persistent_workers=False)
 
 
+#: split value of the rows a cross-fitted fold model holds out (0 train, 1 validation)
+HELD_OUT = 2
+
+
 def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
     """int8 (N,): 0 = train, 1 = validation; ``round(N * val_split)`` images drawn
     uniformly with a generator seeded by ``seed`` (at least one train image kept)."""
@@ -180,7 +184,9 @@ def build_datasets(t):
         val = FeatureDataset(t.val_set, feats["val"]) if t.val_set is not None else None
         return train_tf, eval_tf, FeatureDataset(t.labelset, feats["train"]), \
             FeatureDataset(t.labelset, feats["train"]), val
-    cache: dict = {}   # without augmentation the training images are the evaluation images
+    # without augmentation the training images are the evaluation images; a cross-fitted
+    # run shares one cache between its fold models (the same images, other labels)
+    cache: dict = t.image_cache if t.image_cache is not None else {}
     val = KeyedDataset(t.val_set, eval_tf, random=False) if t.val_set is not None else None
     return train_tf, eval_tf, KeyedDataset(t.labelset, train_tf, random=cfg_augments(cfg), cache=cache), \
         KeyedDataset(t.labelset, eval_tf, random=False, cache=cache), val

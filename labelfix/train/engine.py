@@ -50,9 +50,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
-                 features_dir: Path | None = None, keep_process_group: bool = False):
-        """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out) and
+                 features_dir: Path | None = None, keep_process_group: bool = False,
+                 image_cache: dict | None = None):
+        """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
         ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``)
+        and ``image_cache`` (decoded evaluation images by row, shared by the fold models)
         are given by the cross-fitting driver (``crossfit.py``) to each fold's run."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
@@ -60,6 +62,7 @@ class Trainer:
         self._given = {"labelset": labelset, "split": split}
         self.features_dir = Path(features_dir) if features_dir is not None else Path(cfg.out) / "features"
         self._keep_group = keep_process_group
+        self.image_cache = image_cache
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -126,7 +129,10 @@ class Trainer:
         if report is not None:
             self.log(f"weights: {report}")
         self.model.to(self.device)
-        if self.device.type == "cuda" and cfg.channels_last:
+        # channels_last: default on CUDA; on the CPU only when asked (faster for some
+        # models, slower for others, docs/training.md)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if cfg.frozen:
             self.model.backbone.requires_grad_(False)
@@ -170,7 +176,7 @@ class Trainer:
 
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and self.cfg.channels_last and images.dim() == 4:
+        if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 

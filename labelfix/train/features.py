@@ -164,7 +164,9 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
             info.update(run=t.run_fingerprint, epoch=int(t.epoch))
         path = Path(folder) / f"{name}.npy"
         if t.dist.is_main:
-            ds = KeyedDataset(labelset, t.eval_tf, random=False)
+            # the final embedding reuses the evaluation pass's decoded images
+            cache = getattr(getattr(t, "eval_ds", None), "cache", None) if name == "embeddings" else None
+            ds = KeyedDataset(labelset, t.eval_tf, random=False, cache=cache)
 
             def batches(rows, ds=ds):
                 loader = make_loader(ds, ShardSampler(rows, cfg.batch_size), cfg.workers,

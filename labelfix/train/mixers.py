@@ -123,6 +123,12 @@ class Mixer:
     def loss(self, logits: torch.Tensor, mixed: MixedBatch, loss_fn: Callable) -> torch.Tensor:
         return loss_fn(logits, mixed.target, mixed.known, mixed.weight, mixed.index)
 
+    def needs_training_logits(self, epoch: int) -> bool:
+        """Whether :meth:`on_epoch_end` of ``epoch`` reads the logits of the training rows
+        (a cross-fitted fold model scores only its held-out rows before the last epoch
+        otherwise, ``labelfix.train.evaluate.epoch_rows``)."""
+        return False
+
     def on_epoch_end(self, epoch: int, logits, fresh: bool) -> dict:
         """After the evaluation pass of ``epoch`` (0-based): update per-epoch state from
         the pass's logits (float16 (N, K)); ``fresh`` False on resume (rebuild the state
@@ -267,6 +273,9 @@ class LogicMixMixer(Mixer):
         if bool(o.any()):
             total = total + loss_fn(logits[o], mixed.target[o], mixed.known[o], None, mixed.index[o]) * o.sum()
         return total / logits.shape[0]
+
+    def needs_training_logits(self, epoch: int) -> bool:
+        return self.curriculum_start is not None and epoch + 1 >= self.curriculum_start
 
     def on_epoch_end(self, epoch: int, logits, fresh: bool) -> dict:
         if self.curriculum_start is None or epoch + 1 < self.curriculum_start:
