@@ -18,7 +18,8 @@ def test_demo_flow_end_to_end(tmp_path):
     from labelfix.demo import run_demo
 
     lines = []
-    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, rounds=1, log=lines.append)
+    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, rounds=1, folds=2, log=lines.append)
+    assert int(np.load(res["run"] / "folds.npy").max()) == 1   # --folds reaches the training
     # a second run replaces the folder of the first (the marker says it is a demo folder)
     lines.clear()
     res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, review_budget=30, log=lines.append)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from labelfix.cli.options import FiniteFloat
+from labelfix.demo import DEMO_EPOCHS, DEMO_TRAIN
 
 
 @click.command()
@@ -14,18 +15,20 @@ from labelfix.cli.options import FiniteFloat
               default="mislabel", show_default=True, help="Noise injected into the clean demo labels.")
 @click.option("--rate", type=FiniteFloat(0, 1), default=0.4, show_default=True,
               help="Noise rate (not used by single-positive).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=DEMO_EPOCHS, show_default=True,
               help="Training epochs of every fold model.")
+@click.option("--folds", type=click.IntRange(min=2), default=DEMO_TRAIN["folds"], show_default=True,
+              help="Cross-fitting folds of every review round's training.")
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
               help="Review rounds (train, clean, review, export).")
 @click.option("--review-budget", type=click.IntRange(min=0), default=300, show_default=True,
               help="Top suggestions the simulated reviewer decides in each round.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-review", is_flag=True, help="Skip the FiftyOne step (no MongoDB needed).")
-def demo(out, noise_kind, rate, epochs, rounds, review_budget, seed, no_review):
+def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, seed, no_review):
     """Generate the demo data, inject noise, then review rounds (train, clean, a simulated
     reviewer, export the cleaned COCO), export ONNX and predict with onnxruntime."""
     from labelfix.demo import run_demo
 
-    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, rounds=rounds, review_budget=review_budget,
+    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds, review_budget=review_budget,
              review=not no_review, log=click.echo)
