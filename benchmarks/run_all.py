@@ -21,9 +21,11 @@ HERE = Path(__file__).parent
 #: name -> command-line arguments of one benchmark run, in running order
 BENCHMARKS = {
     "train_overhead": ["train_overhead.py"],
+    "cpu_channels_last": ["cpu_channels_last.py"],
     "gmm_fit": ["gmm_fit.py"],
     "onnx_throughput": ["onnx_throughput.py"],
     "detection": ["detection.py"],
+    "folds_sweep": ["folds_sweep.py"],
     "mix_vs_bce_pretrained": ["mix_vs_bce.py", "--init", "pretrained"],
     "mix_vs_bce_random": ["mix_vs_bce.py", "--init", "random", "--seeds", "0", "--draws", "0"],
     "frozen_scale": ["frozen_scale.py"],
