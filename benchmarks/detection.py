@@ -17,7 +17,7 @@ used to choose anything). Modes:
 - ``random``: ``test_resnet`` from random initialisation (the old bench configuration).
 
 Run: ``python benchmarks/detection.py [--datasets digits,scenes] [--modes frozen,random,finetune]
-[--seeds 2] [--out benchmarks/results/detection]``. Writes ``OUT/<dataset>/<mode>/`` (the
+[--seeds 2] [--folds 3] [--out benchmarks/results/detection]``. Writes ``OUT/<dataset>/<mode>/`` (the
 run_bench outputs; finished runs are reused), ``OUT/results.csv`` (one row per setting and
 seed) and ``OUT/summary.md``, quoted in docs/benchmarks.md.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.bench.runner import DEFAULT_NOISES, run_bench
+from labelfix.bench.runner import DEFAULT_FOLDS, DEFAULT_NOISES, run_bench
 from labelfix.io import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -112,9 +112,9 @@ def flagging_summary(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(table: pd.DataFrame) -> str:
+def summary(table: pd.DataFrame, folds: int = DEFAULT_FOLDS) -> str:
     lines = ["# Label-issue detection: per-cell AP (unknown-positive AP where every error is an unknown cell)", "",
-             "labelfix: cross-fitted (3 folds x 2 rounds), evidence score; cleanlab: "
+             f"labelfix: cross-fitted ({folds} folds x 2 rounds), evidence score; cleanlab: "
              "`find_multilabel_issues_per_class` / self-confidence on the out-of-sample probabilities of the "
              "same folds; loss: in-sample masked-BCE loss of the last epoch. Goal: labelfix above both by "
              f">= {GOAL_MARGIN}. digits seed 0 is where labelfix's defaults were chosen.", "",
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="frozen,random,finetune")
     ap.add_argument("--noises", default=",".join(DEFAULT_NOISES))
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="cross-fitting folds of labelfix (and cleanlab)")
     ap.add_argument("--out", default=str(HERE / "results" / "detection"))
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -148,14 +149,15 @@ def main(argv=None) -> int:
         for mode in [m for m in args.modes.split(",") if m]:
             res = run_bench(train, test, noises=args.noises.split(","), methods=("bce",), seeds=args.seeds,
                             out=out / dataset / mode, single_positive_methods=(), command=shlex.join(sys.argv),
+                            folds=args.folds,
                             **mode_options(mode, dataset))
             tables.append(collect(res.results, dataset, mode))
             table = pd.concat(tables, ignore_index=True)
             atomic.write_csv(out / "results.csv", table)
-            atomic.write_text(out / "summary.md", summary(table) + "\n" + flagging_summary(table) +
+            atomic.write_text(out / "summary.md", summary(table, args.folds) + "\n" + flagging_summary(table) +
                               f"\nCommand: `{shlex.join(['python', 'benchmarks/detection.py'] + sys.argv[1:])}`; "
                               f"wall time so far {time.perf_counter() - t0:.0f} s on this machine (2 cores).\n")
-            print(summary(table), flush=True)
+            print(summary(table, args.folds), flush=True)
     return 0
 
 
