@@ -37,7 +37,8 @@ def _opt(*decls, **kw):
 @_opt("--frozen/--no-frozen", help="Embed every image once with the (pretrained) backbone and train only the "
                                    "head on the features: the fast mode for CPUs and large data [default: off].")
 @_opt("--folds", type=int, help="Cross-fit: train K models, each on K-1 folds, so that clean judges every label "
-                                "out of sample; the exported model is their ensemble [default: off].")
+                                "out of sample; the exported model is their ensemble; 4 is recommended "
+                                "(docs/training.md) [default: off].")
 @_opt("--rounds", type=int, help="With --folds: rounds of cross-fitting; from round 2 on, the cells the previous "
                                  "round's held-out label GMMs call suspicious train as unknown [default: 2].")
 @_opt("--loss", help=f"bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct [default: {_D.loss}].")
