@@ -8,8 +8,9 @@ Claims measured, each as (method, baseline) under one noise setting of the demo 
 - BalanceMix and ROLE above masked BCE with single-positive labels;
 - Infinite Class Mixup reported against mixup (clean labels).
 
-Also measured (no claim): BalanceMix's re-labeling once per epoch against every
-mini-batch (mislabel 40 %), and its minority sampler's per-cell mean score against the
+Also measured (no claim): BalanceMix's re-labeling schedules (labelfix's default, which
+here is "evaluation", against the paper's every mini-batch, and once per epoch on two
+views under mislabel 40 %), and its minority sampler's per-cell mean score against the
 paper's sum with half of the cells unknown.
 
 Budget (``BUDGET``, chosen once by reasoning about a CPU user's fine-tuning run, not
@@ -24,7 +25,11 @@ with the draw (other images, other test split); results are written after every 
 ``benchmarks/results/mix_vs_bce_<init>.json`` and summarised in
 ``benchmarks/results/mix_vs_bce_<init>.md`` (docs/benchmarks.md quotes them).
 
-Run: ``python benchmarks/mix_vs_bce.py [--init pretrained|random] [--seeds 0,1] [--draws 0,1]``.
+Rows of earlier invocations with the same budget are kept (a re-run replaces its own
+rows), so draws and methods can be added one invocation at a time.
+
+Run: ``python benchmarks/mix_vs_bce.py [--init pretrained|random] [--seeds 0,1] [--draws 0,1]
+[--claims-only | --methods a,b]``.
 """
 
 from __future__ import annotations
@@ -41,21 +46,31 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 #: (noise, method, training options beyond the budget); the first method of a noise is
-#: its baseline
+#: its baseline. "balancemix" is labelfix's default BalanceMix: without augmentation (this
+#: budget) its re-labeling schedule resolves to "evaluation"; "balancemix_refine_batch" is
+#: the paper's per-mini-batch schedule.
 SETTINGS = [
     ("mislabel:0.4", "bce", {"mix": "none"}),
     ("mislabel:0.4", "balancemix", {"mix": "balancemix", "balancemix_warmup": 3}),
+    ("mislabel:0.4", "balancemix_refine_batch", {"mix": "balancemix", "balancemix_warmup": 3,
+                                                 "balancemix_refine": "batch"}),
     ("mislabel:0.4", "balancemix_refine_epoch", {"mix": "balancemix", "balancemix_warmup": 3,
                                                  "balancemix_refine": "epoch"}),
     ("flip:0.2", "bce", {"mix": "none"}),
     ("flip:0.2", "balancemix", {"mix": "balancemix", "balancemix_warmup": 3}),
+    ("flip:0.2", "balancemix_refine_batch", {"mix": "balancemix", "balancemix_warmup": 3,
+                                             "balancemix_refine": "batch"}),
     ("missing:0.5", "bce", {"mix": "none"}),
     ("missing:0.5", "logicmix", {"mix": "logicmix"}),
     ("missing:0.5", "balancemix", {"mix": "balancemix", "balancemix_warmup": 3}),
     ("missing:0.5", "balancemix_sampler_mean", {"mix": "balancemix", "balancemix_warmup": 3,
                                                 "balancemix_sampler": "mean"}),
+    ("missing:0.5", "balancemix_refine_batch", {"mix": "balancemix", "balancemix_warmup": 3,
+                                                "balancemix_refine": "batch"}),
     ("single-positive", "bce", {"mix": "none"}),
     ("single-positive", "balancemix", {"mix": "balancemix", "balancemix_warmup": 3}),
+    ("single-positive", "balancemix_refine_batch", {"mix": "balancemix", "balancemix_warmup": 3,
+                                                    "balancemix_refine": "batch"}),
     ("single-positive", "role", {"mix": "none", "loss": "role"}),
     ("clean", "mixup", {"mix": "mixup"}),
     ("clean", "icmixup", {"mix": "icmixup"}),
@@ -103,13 +118,48 @@ def run_one(data: dict, noise: str, method: str, opts: dict, seed: int, init: st
     probs = predict_probs(out / "checkpoints" / "last.pt", test, batch_size=128)
     groups = class_groups((true == 1).sum(0), clean.num_images, "tertile")
     rep = map_report(np.nan_to_num(probs, nan=0.0), np.asarray(test.labels), groups)
-    return {"noise": noise, "method": method, "seed": seed, "map": rep["map"],
-            "seconds": float((out / "bench_seconds.txt").read_text())}
+    row = {"noise": noise, "method": method, "seed": seed, "map": rep["map"],
+           "seconds": float((out / "bench_seconds.txt").read_text())}
+    if opts.get("mix") == "balancemix" and noise != "clean":
+        row["management"] = management_diagnostics(out, labels, true)
+    return row
+
+
+def management_diagnostics(run: Path, given: np.ndarray, true: np.ndarray) -> dict:
+    """How well BalanceMix's label-wise management of the final epoch separates the wrong
+    training labels (given != true, unknown cells taken as the assumed negatives): ROC AUC
+    of 1 - p_G, the non-clean cells' precision and recall, and how many non-clean cells the
+    final model would re-label (c from its evaluation pass) and how many of those to the
+    true label."""
+    from sklearn.metrics import roc_auc_score
+
+    from labelfix.cleaning.states import DELTA_MULTI, DELTA_SINGLE_POSITIVE, is_single_positive
+    from labelfix.labels import UNK
+    from labelfix.numeric import sigmoid
+    from labelfix.train.balancemix import clean_probability, train_losses
+
+    assumed = np.where(given == UNK, 0, given).astype(np.int8)
+    logits = np.load(run / "stats" / "logits.npy").astype(np.float32)
+    p_clean = np.nan_to_num(clean_probability(train_losses(logits, assumed, np.arange(len(given))), assumed), nan=1.0)
+    if is_single_positive(given):   # the given positives are trusted, as in training
+        p_clean[given == 1] = 1.0
+    wrong = assumed != true
+    nonclean = p_clean <= 0.5
+    delta = DELTA_SINGLE_POSITIVE if is_single_positive(given) else DELTA_MULTI
+    p = sigmoid(logits)
+    up, down = nonclean & (p > delta), nonclean & (p < 1 - delta)
+    relabels = int((up | down).sum())
+    return {"wrong_cells": int(wrong.sum()), "auc_noisy_posterior": float(roc_auc_score(wrong.ravel(), -p_clean.ravel())),
+            "nonclean": int(nonclean.sum()), "nonclean_precision": float(wrong[nonclean].mean()),
+            "nonclean_recall": float(nonclean[wrong].mean()), "relabels": relabels,
+            "relabels_to_true": int((up & (true == 1)).sum() + (down & (true == 0)).sum())}
 
 
 def summarise(rows: list[dict], init: str) -> str:
     lines = [f"# Clean-test mAP by training method ({init} backbone, the same budget for every method)", "",
              "| noise | method | mAP per (draw, seed) | mean |", "|---|---|---|---|"]
+    order = {(noise, method): i for i, (noise, method, _) in enumerate(SETTINGS)}
+    rows = sorted(rows, key=lambda r: (order.get((r["noise"], r["method"]), len(order)), r["draw"], r["seed"]))
     by = {}
     for r in rows:
         by.setdefault((r["noise"], r["method"]), []).append(r)
@@ -124,7 +174,35 @@ def summarise(rows: list[dict], init: str) -> str:
             gaps = [a - b for a, b in pairs]
             lines.append(f"| {method} > {base} ({noise}) | {sum(g > 0 for g in gaps)} of {len(gaps)} | "
                          f"{np.mean(gaps):+.1f} |")
+    managed = [r for r in rows if "management" in r]
+    if managed:
+        lines += ["", "BalanceMix's label-wise management at the end of training (in-sample, the final model): "
+                  "wrong cells among the (assumed) training labels, ROC AUC of the noisy-component posterior "
+                  "1 - p_G for them, the non-clean cells (p_G <= 0.5), and the re-labels the final model "
+                  "makes (c from its evaluation pass).", "",
+                  "| noise | method | draw, seed | wrong cells | AUC | non-clean | precision | recall | "
+                  "re-labels | to the true label |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in managed:
+            m = r["management"]
+            lines.append(f"| {r['noise']} | {r['method']} | d{r['draw']}s{r['seed']} | {m['wrong_cells']} | "
+                         f"{m['auc_noisy_posterior']:.3f} | {m['nonclean']} | {m['nonclean_precision']:.3f} | "
+                         f"{m['nonclean_recall']:.3f} | {m['relabels']} | {m['relabels_to_true']} |")
     return "\n".join(lines) + "\n"
+
+
+def _key(row: dict) -> tuple:
+    return row["draw"], row["seed"], row["noise"], row["method"]
+
+
+def previous_rows(path: Path, budget_now: dict) -> tuple[list[dict], list[str]]:
+    """Rows and commands of earlier invocations with the same budget (rows kept unless
+    re-run now), so that draws and methods can be added one invocation at a time."""
+    if not path.exists():
+        return [], []
+    old = json.loads(path.read_text())
+    if old.get("budget") != budget_now:
+        return [], []
+    return list(old["rows"]), list(old.get("commands", [old["command"]] if "command" in old else []))
 
 
 def main(argv=None) -> int:
@@ -135,23 +213,30 @@ def main(argv=None) -> int:
     ap.add_argument("--init", choices=("pretrained", "random"), default="pretrained")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--draws", default="0,1", help="seeds of the generated demo data")
+    ap.add_argument("--methods", default=None, help="only these methods (comma-separated; default: all)")
+    ap.add_argument("--claims-only", action="store_true", help="only the methods and baselines of the claims")
     ap.add_argument("--work", default="/tmp/labelfix_mix_vs_bce", help="run directories (reused when finished)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     out = HERE / "results" / f"mix_vs_bce_{args.init}.json"
-    rows: list[dict] = []
+    rows, commands = previous_rows(out, budget(args.init))
+    commands.append(" ".join(["python", "benchmarks/mix_vs_bce.py"] + sys.argv[1:]))
+    methods = set(args.methods.split(",")) if args.methods else None
+    if args.claims_only:
+        methods = {m for _, a, b in CLAIMS for m in (a, b)}
     for draw in [int(x) for x in args.draws.split(",")]:
         data = make_demo(Path(args.work) / f"data{draw}", seed=draw) \
             if not (Path(args.work) / f"data{draw}" / "test.json").exists() else \
             {"train": Path(args.work) / f"data{draw}" / "train.json", "test": Path(args.work) / f"data{draw}" / "test.json"}
         for seed in [int(x) for x in args.seeds.split(",")]:
             for noise, method, opts in SETTINGS:
+                if methods is not None and method not in methods:
+                    continue
                 row = run_one(data, noise, method, opts, seed, args.init, Path(args.work) / args.init / f"draw{draw}")
                 row["draw"] = draw
-                rows.append(row)
+                rows = [r for r in rows if _key(r) != _key(row)] + [row]
                 print(json.dumps(row), flush=True)
-                atomic.write_json(out, {"command": " ".join(["python", "benchmarks/mix_vs_bce.py"] + sys.argv[1:]),
-                                        "budget": budget(args.init), "rows": rows})
+                atomic.write_json(out, {"commands": commands, "budget": budget(args.init), "rows": rows})
                 atomic.write_text(out.with_suffix(".md"), summarise(rows, args.init))
     return 0
 

@@ -5,8 +5,8 @@ interleaved (a shared machine's load drifts):
 
 - the cost of an epoch of each mixing method relative to plain masked-BCE training
   (training time + the method's per-epoch work; goals: LogicMix <= 1.05x, BalanceMix
-  <= 1.5x), BalanceMix with both re-labeling schedules (``--balancemix-refine batch``,
-  the paper's, and ``epoch``), and the per-epoch statistics pass that every run makes;
+  <= 1.5x), BalanceMix with its three re-labeling schedules (``--balancemix-refine
+  batch``, the paper's, ``epoch`` and ``evaluation``), and the per-epoch statistics pass that every run makes;
 - ``labelfix train``'s training images/s against a plain PyTorch loop with the same
   model (labelfix's ``create_model``), the same images decoded and transformed the same
   way by a plain ``Dataset`` + ``DataLoader`` (shuffled, ``--workers``), the same
@@ -42,6 +42,7 @@ METHODS = {
     "icmixup": {"mix": "icmixup"},
     "balancemix_batch": {"mix": "balancemix", "balancemix_warmup": 1, "balancemix_refine": "batch"},
     "balancemix_epoch": {"mix": "balancemix", "balancemix_warmup": 1, "balancemix_refine": "epoch"},
+    "balancemix_evaluation": {"mix": "balancemix", "balancemix_warmup": 1, "balancemix_refine": "evaluation"},
 }
 
 
@@ -124,7 +125,8 @@ def main() -> None:
         "stats_pass_relative": med("plain", "stats_seconds") / plain,
         "images_per_s": {"labelfix_train": labelfix_ips, "plain_pytorch_loop": loop_ips,
                          "ratio": labelfix_ips / loop_ips},
-        "goals": {"logicmix": 1.05, "balancemix_batch": 1.5, "balancemix_epoch": 1.5, "images_per_s_ratio": 0.9},
+        "goals": {"logicmix": 1.05, "balancemix_batch": 1.5, "balancemix_epoch": 1.5, "balancemix_evaluation": 1.5,
+                  "images_per_s_ratio": 0.9},
         "wall_seconds": time.perf_counter() - t_start,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

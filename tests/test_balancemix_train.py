@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from labelfix.cleaning.states import DELTA_MULTI
 from labelfix.mixing.balancemix import minority_sampling_weights
@@ -50,7 +51,7 @@ class Capture:
 def test_balancemix_epochs(tiny, tmp_path):
     cap = Capture()
     out = tmp_path / "run"
-    train(cfg_for(tiny, out, epochs=3), callbacks=[cap], log=lambda s: None)
+    train(cfg_for(tiny, out, epochs=3, balancemix_refine="batch"), callbacks=[cap], log=lambda s: None)
     labels = np.load(out / "labels.npy")
     # minority weights every epoch from the evaluation pass's probabilities
     for logits, w in zip(cap.logits, cap.weights):
@@ -85,6 +86,7 @@ class FakeContext:
 
 
 def _mixer(labels, c, p_clean, **kw):
+    kw.setdefault("balancemix_refine", "batch")   # c from the fake context's 'current model'
     cfg = TrainConfig(data="x", out="x", mix="balancemix", batch_size=len(labels), **kw)
     ctx = FakeContext(labels, c)
     mixer = BalanceMixMixer(cfg, ctx)
@@ -151,7 +153,8 @@ def test_mixed_pair_inherits_random_member():
     assert torch.all(lam >= 0.5 - 1e-6) and torch.all(lam <= 1 + 1e-6)
 
 
-def test_balancemix_resume_is_exact(tiny, tmp_path):
+@pytest.mark.parametrize("refine", ["batch", "evaluation"])
+def test_balancemix_resume_is_exact(tiny, tmp_path, refine):
     class Stop(Exception):
         pass
 
@@ -161,7 +164,7 @@ def test_balancemix_resume_is_exact(tiny, tmp_path):
                 raise Stop
 
     ref, run = tmp_path / "ref", tmp_path / "run"
-    kw = dict(balancemix_warmup=1, epochs=3)   # resume rebuilds the management from stats/
+    kw = dict(balancemix_warmup=1, epochs=3, balancemix_refine=refine)   # resume rebuilds the management from stats/
     train(cfg_for(tiny, ref, **kw), log=lambda s: None)
     with pytest.raises(Stop):
         train(cfg_for(tiny, run, **kw), callbacks=[StopAt()], log=lambda s: None)
@@ -186,7 +189,7 @@ def test_refine_views_use_the_training_augmentation(tiny, tmp_path, randaugment)
             seen["train_tf"] = trainer.train_tf
 
     train(cfg_for(tiny, tmp_path / "run", epochs=2, balancemix_warmup=1, randaugment=randaugment,
-                  hflip=0.0 if randaugment else 0.5), callbacks=[Grab()], log=lambda s: None)
+                  hflip=0.0 if randaugment else 0.5, balancemix_refine="batch"), callbacks=[Grab()], log=lambda s: None)
     assert seen["views"] == 2 and seen["transform"] is seen["train_tf"]
     names = [type(t).__name__ for t in seen["transform"].transforms]
     assert ("RandAugment" in names) == randaugment, names
@@ -204,6 +207,42 @@ def test_epoch_refine_scores_only_nonclean_cells(tiny, tmp_path):
     np.testing.assert_array_equal(~np.isnan(two_view), nonclean)
     assert cap.rows[0]["rescored_images"] == int(nonclean.any(1).sum())
     assert cap.views[0] == 0
+
+
+def test_evaluation_refine_takes_c_from_the_evaluation_pass(tiny, tmp_path):
+    """--balancemix-refine evaluation: c of every non-clean cell is the epoch's evaluation
+    pass probability (no extra views), and the next epoch trains on those decisions."""
+    cap = Capture()
+    seen = []
+
+    class Grab:
+        def on_epoch_end(self, trainer, epoch, row):
+            seen.append(None if trainer.mixer.two_view is None else trainer.mixer.two_view.copy())
+
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, epochs=2, balancemix_warmup=1, balancemix_refine="evaluation"),
+          callbacks=[cap, Grab()], log=lambda s: None)
+    nonclean = cap.p_clean[0] <= 0.5
+    assert nonclean.any() and (~nonclean).any()
+    c = seen[0]
+    np.testing.assert_array_equal(~np.isnan(c), nonclean)
+    np.testing.assert_allclose(c[nonclean], sigmoid(cap.logits[0])[nonclean], rtol=1e-6)
+    assert cap.views == [0, 0]   # no re-labeling views are decoded
+    assert cap.rows[1]["cells_relabeled"] + cap.rows[1]["cells_ambiguous"] > 0
+    assert not (out / "stats" / "two_view.npy").exists()
+
+
+@pytest.mark.parametrize("augment, want", [(dict(randaugment=False, hflip=0.0), "evaluation"),
+                                           (dict(randaugment=True, hflip=0.0), "batch"),
+                                           (dict(randaugment=False, hflip=0.5), "batch")])
+def test_auto_refine_is_batch_only_when_training_images_are_augmented(tiny, tmp_path, augment, want):
+    """The default schedule: with a deterministic training transform the two views are the
+    evaluation view, so c comes from the evaluation pass; with augmentation, per batch."""
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, epochs=1, **augment), log=lambda s: None)
+
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["dataset"]["mixing"]["balancemix_refine"] == want   # the resolved schedule is recorded
 
 
 def test_mixer_options_are_checked():

@@ -64,8 +64,10 @@ def _opt(*decls, **kw):
 @_opt("--balancemix-clean-threshold", type=float, help="A cell is clean when p_G > this [default: 0.5].")
 @_opt("--balancemix-sampler", type=click.Choice(["sum", "mean"]),
       help="Minority-sampler score: the paper's sum over cells, or their mean [default: sum].")
-@_opt("--balancemix-refine", type=click.Choice(["batch", "epoch"]),
-      help="Re-label with the current model every mini-batch (paper) or once per epoch [default: batch].")
+@_opt("--balancemix-refine", type=click.Choice(["auto", "batch", "epoch", "evaluation"]),
+      help="Re-label with the current model every mini-batch (paper), once per epoch on two training views, "
+           "or from each epoch's evaluation pass (no extra forward pass); auto: batch when training images "
+           "are augmented, else evaluation [default: auto].")
 @_opt("--epochs", type=int, help=f"Epochs [default: {_D.epochs}].")
 @_opt("--batch-size", type=int, help=f"Images per step per process [default: {_D.batch_size}].")
 @_opt("--lr", type=float, help=f"Peak learning rate [default: {_D.lr}].")

@@ -43,7 +43,7 @@ CHOICES = {
     "logicmix_mixed_loss": ("asl", "same"),
     "icm_mode": ("auto", "single", "multi"),
     "balancemix_sampler": ("sum", "mean"),
-    "balancemix_refine": ("batch", "epoch"),
+    "balancemix_refine": ("auto", "batch", "epoch", "evaluation"),
 }
 UNLABELED = ("negative", "unknown")
 CLASS_GROUPS = ("scaled", "tertile")
