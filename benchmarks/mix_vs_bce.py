@@ -220,7 +220,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     out = HERE / "results" / f"mix_vs_bce_{args.init}.json"
     rows, commands = previous_rows(out, budget(args.init))
-    commands.append(" ".join(["python", "benchmarks/mix_vs_bce.py"] + sys.argv[1:]))
+    command = " ".join(["python", "benchmarks/mix_vs_bce.py"] + sys.argv[1:])
+    if command not in commands:
+        commands.append(command)
     methods = set(args.methods.split(",")) if args.methods else None
     if args.claims_only:
         methods = {m for _, a, b in CLAIMS for m in (a, b)}
