@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score
 from labelfix.errors import LabelfixError
 from labelfix.train import TrainConfig, train
 from labelfix.train.engine import Trainer
-from labelfix.train.optim import lr_factor
+from labelfix.train.optim import build_amp, lr_factor, optimizer_step
 from labelfix.train.metrics import class_groups, map_report, per_class_ap
 from labelfix.train.sampler import EpochBatchSampler, ShardSampler
 from labelfix.train.stats import cell_bce
@@ -308,6 +308,27 @@ def test_lr_schedule_values():
     assert lr_factor(mid, 10, 2, "cosine", 0.1, 0.0) == pytest.approx(0.5)
     assert lr_factor(9, 10, 2, "onecycle", 0.1, 0.05) == pytest.approx(0.05)
     assert lr_factor(5, 10, 2, "constant") == 1.0
+
+
+def test_amp_defaults_off_on_cpu_and_bf16_when_asked():
+    cpu = torch.device("cpu")
+    assert build_amp(None, cpu) == (None, None)
+    assert build_amp(False, cpu) == (None, None)
+    assert build_amp(True, cpu) == (torch.bfloat16, None)   # no GradScaler outside fp16
+
+
+def test_optimizer_step_clips_steps_schedules_and_counts():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    before = [p.detach().clone() for p in model.parameters()]
+    (model(torch.full((2, 3), 100.0)).sum() * 100).backward()
+    assert optimizer_step(opt, sched, None, 1.0, None, model, 7) == 8
+    moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert moved.norm().item() == pytest.approx(1.0, rel=1e-5)       # lr 1 x clipped norm 1
+    assert all(p.grad is None for p in model.parameters())
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
 
 
 def test_map_on_known_cells_matches_sklearn():

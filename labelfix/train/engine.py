@@ -29,7 +29,7 @@ from labelfix.train.data import KeyedDataset, build_datasets, cfg_augments, make
 from labelfix.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
 from labelfix.train.metrics import class_groups
 from labelfix.train.mixers import Batch, create_mixer
-from labelfix.train.optim import build_loss, build_optimizer, build_scheduler
+from labelfix.train.optim import build_amp, build_loss, build_optimizer, build_scheduler, optimizer_step
 from labelfix.train.progress import Progress, format_row
 from labelfix.train.sampler import EpochBatchSampler, derive_seed
 
@@ -136,13 +136,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         if cfg.frozen:
             self.model.backbone.requires_grad_(False)
-        # AMP: default on for CUDA (bf16 where supported, else fp16 + GradScaler), off on CPU
-        use_amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
-        self.amp_dtype = None
-        if use_amp:
-            fp16 = self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-            self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.amp_dtype, self.scaler = build_amp(cfg.amp, self.device)
         self.loss_fn = build_loss(cfg, self.labels).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model, self.loss_fn)
         self.ema = None
@@ -310,7 +304,8 @@ class Trainer:
                 scaled = loss / group_size
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if last_in_group:
-                self._optimizer_step()
+                self.global_step = optimizer_step(self.optimizer, self.scheduler, self.scaler, cfg.clip_grad,
+                                                  self.ema, self.model, self.global_step)
             seen += b
             loss_sum += value * b
             elapsed = time.perf_counter() - t0
@@ -332,23 +327,6 @@ class Trainer:
             logits = self.train_model(x)
         loss = self.mixer.loss(logits.float(), mixed.to(self.device), self.loss_fn)
         return loss, x.shape[0]
-
-    def _optimizer_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                           self.cfg.clip_grad)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.global_step += 1
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step)
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:

@@ -75,3 +75,38 @@ def build_optimizer(cfg, model: nn.Module, loss: nn.Module) -> torch.optim.Optim
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def build_amp(amp: bool | None, device: torch.device):
+    """Mixed precision of a run: ``(autocast dtype or None, GradScaler or None)``.
+
+    ``amp`` None means the default: on for CUDA (bfloat16 where the GPU supports it,
+    else float16 with a ``GradScaler``), off on the CPU.
+    """
+    use_amp = amp if amp is not None else device.type == "cuda"
+    if not use_amp:
+        return None, None
+    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return (torch.float16, torch.amp.GradScaler("cuda")) if fp16 else (torch.bfloat16, None)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, scaler, clip_grad: float | None,
+                   ema, model: nn.Module, global_step: int) -> int:
+    """One optimizer step after the accumulated backward passes: unscale (fp16), clip
+    the gradient norm to ``clip_grad``, step, zero the gradients, advance the schedule
+    and the EMA (timm ``ModelEmaV3``, warm-up by step). Returns the new global step."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    global_step += 1
+    if ema is not None:
+        ema.update(model, step=global_step)
+    return global_step
