@@ -13,7 +13,7 @@
 - After each epoch (Alg. 1 lines 16-18): minority-sampler weights (Eq. 2-4, from the
   evaluation pass) and, from epoch ``warmup`` on, 2K label GMMs on the training cells'
   BCE losses -> p_G for every training cell (``p_G > clean_threshold``: clean).
-- Re-labeling (Eq. 9): ``refine="batch"`` (default, Alg. 1 line 13) refines every mini-batch
+- Re-labeling (Eq. 9): ``refine="batch"`` (Alg. 1 line 13) refines every mini-batch
   with the current model: for each image with a non-clean cell, c = mean probability over
   two views from the run's training augmentation, in eval mode without gradient; c >
   delta -> 1, c < 1 - delta -> 0, else ambiguous with BCE weight p_G (Eq. 10).

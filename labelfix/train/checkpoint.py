@@ -10,6 +10,7 @@ CPU). Loading uses ``torch.load(weights_only=True)``: a checkpoint never runs co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -149,13 +150,40 @@ def load_checkpoint(t) -> None:
 
 
 def _same(name: str, a, b, base_a: Path | None = None, base_b: Path | None = None) -> bool:
+    from labelfix.train.config import CHOICES
+
     if name in PATH_OPTIONS and a is not None and b is not None:
         return Path(a).resolve() == Path(b).resolve()
+    if a != b and a in (None, "auto") and b in (None, "auto") and "auto" in CHOICES.get(name, ()):
+        return True   # unset means auto
     return a == b
 
 
-def check_resume_compatible(saved, given, out: Path) -> None:
-    """Refuse ``--resume`` with options that change what is computed (one line naming them)."""
+def with_recorded_mixing(cfg, out: Path):
+    """``cfg`` with its unset / ``auto`` mixing options replaced by the values the run
+    resolved them to when it started (``dataset.mixing`` in ``config.yaml``), so that a
+    resume continues the run as it was even after a default changed (e.g. an older
+    BalanceMix run recorded ``balancemix_refine: batch`` before the default became
+    ``auto``)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load((Path(out) / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return cfg   # read_run_config refuses an unreadable file with its own line
+    recorded = (doc.get("dataset") or {}).get("mixing") if isinstance(doc, dict) else None
+    if not isinstance(recorded, dict):
+        return cfg   # no mixing method, or a run from before the settings were recorded
+    values = cfg.to_dict()
+    adopt = {k: v for k, v in recorded.items() if k in values and values[k] in (None, "auto") and v is not None}
+    return dataclasses.replace(cfg, **adopt).validate() if adopt else cfg
+
+
+def check_resume_compatible(saved, given, out: Path):
+    """Refuse ``--resume`` with options that change what is computed (one line naming
+    them); returns ``given`` with the run's recorded mixing defaults
+    (:func:`with_recorded_mixing`), the options to resume with."""
+    saved, given = with_recorded_mixing(saved, out), with_recorded_mixing(given, out)
     old = saved.to_dict()
     diff = [name for name, value in given.to_dict().items()
             if name not in RESUME_MUTABLE and not _same(name, old.get(name), value)]
@@ -163,6 +191,7 @@ def check_resume_compatible(saved, given, out: Path) -> None:
         raise LabelfixError(f"{out / 'config.yaml'}: --resume with different option(s) "
                             f"{', '.join('--' + d.replace('_', '-') for d in diff)}; "
                             f"resume with the run's options or start a new --out")
+    return given
 
 
 def write_run_files(t) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from labelfix.errors import LabelfixError
 from labelfix.labels import LabelSet
+from labelfix.numeric import sigmoid
 from labelfix.train import checkpoint as ckpt_mod
 from labelfix.train import evaluate
 from labelfix.train.config import TrainConfig, read_run_config
@@ -209,7 +210,8 @@ class Trainer:
 
     def score_rows(self, model, rows: np.ndarray, views: int = 0) -> np.ndarray:
         """float32 (len(rows), K): logits of ``model`` (None: the current model) on ``rows``,
-        or with ``views`` the mean probability over that many training views."""
+        or with ``views`` the mean probability over that many training views (``--frozen``:
+        the probability of the one feature vector)."""
         model = self.model if model is None else model
         n, k = self.labels.shape
         out = np.full((n, k), np.nan, dtype=np.float32)
@@ -218,6 +220,8 @@ class Trainer:
             ds = KeyedDataset(self.labelset, self.train_tf, views=views, stack_views=True,
                               random=cfg_augments(self.cfg))
         evaluate.score(self, model, ds, np.asarray(rows), out, tag=derive_seed(3, self.epoch))
+        if views and ds is self.eval_ds:   # one (feature) view: its probability, as promised
+            return sigmoid(out[np.asarray(rows)]).astype(np.float32)
         return out[np.asarray(rows)]
 
     # ------------------------------------------------------------------ main loop
@@ -226,7 +230,7 @@ class Trainer:
         try:
             self._prepare_data()
             if cfg.resume:
-                ckpt_mod.check_resume_compatible(read_run_config(self.out), cfg, self.out)
+                self.cfg = cfg = ckpt_mod.check_resume_compatible(read_run_config(self.out), cfg, self.out)
             self._build()
             ckpt_mod.write_run_files(self)
             barrier(self.dist)
