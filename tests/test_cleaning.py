@@ -53,6 +53,8 @@ def test_scorers_hand_computed():
     np.testing.assert_allclose(get_scorer("gmm")(given, **kw), [[0.6, 0.0, 0.6]], atol=1e-6)
     np.testing.assert_allclose(get_scorer("disagreement")(given, **kw), [[0.8, 0.3, 0.6]], atol=1e-6)
     np.testing.assert_allclose(get_scorer("two_view")(given, **kw), [[0.8, 0.9, 0.6]], atol=1e-6)
+    with pytest.raises(LabelfixError, match="two_view: needs two_view"):   # no silent fallback
+        get_scorer("two_view")(given, **{**kw, "two_view": None})
     np.testing.assert_allclose(get_scorer("loss")(given, **kw), [[0.8, 0.3, 0.6]], atol=1e-6)
     np.testing.assert_allclose(get_scorer("combined")(given, **kw), [[0.7, 0.45, 0.6]], atol=1e-6)
     est = np.array([[0.0, 0.0, 0.95]], np.float32)

@@ -106,6 +106,9 @@ def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, es
               neighbours=None) -> np.ndarray:
     """Known cells: |y - c| with the two-view mean probability c where finite, else p
     (the disagreement with BalanceMix's re-labeling probability)."""
+    if two_view is None:   # not a silent fallback to "disagreement"
+        raise LabelfixError("score: two_view: needs two_view (stats/two_view.npy, written by BalanceMix runs "
+                            "with --balancemix-refine epoch); use --score disagreement otherwise")
     g, known, y = _known(given)
     c = _finite_or(two_view, probs)
     return _finish(known, np.abs(y - c), probs, two_view)
