@@ -702,6 +702,45 @@ def test_other_numeric_options(world, case):
     assert after == {k: v for k, v in before.items() if not k.endswith("m.onnx")}
 
 
+def _train(w, *extra):
+    return ["train", w["labels"], "--out", w["root"] / "newrun", "--backbone", "test_resnet", "--img-size", "32",
+            "--epochs", "1", "--workers", "0", "--no-progress", *extra]
+
+
+#: an option that would have no effect in this combination is refused, never ignored
+UNUSED_OPTION_CASES = {
+    "train-momentum-adamw": (lambda w: _train(w, "--momentum", "0.5"), "--momentum: has no effect without --optimizer sgd"),
+    "train-ema-decay-no-ema": (lambda w: _train(w, "--ema-decay", "0.9"), "--ema-decay: has no effect without --ema"),
+    "train-min-lr-constant": (lambda w: _train(w, "--schedule", "constant", "--min-lr-ratio", "0.5"), "--min-lr-ratio"),
+    "train-warmup-ratio-no-warmup": (lambda w: _train(w, "--warmup-epochs", "0", "--warmup-lr-ratio", "0.5"),
+                                     "--warmup-lr-ratio"),
+    "train-balancemix-an": (lambda w: _train(w, "--mix", "balancemix", "--loss", "an"), "exactly like --loss bce"),
+    "train-icmixup-single-weight": (lambda w: _train(w, "--mix", "icmixup", "--icm-mode", "single", "--icm-weight", "2"),
+                                    "--icm-weight: not used by --mix icmixup on single-label data"),
+    "clean-sp-removals-multilabel": (lambda w: ["clean", w["run"], "--single-positive-removals"],
+                                     "labels are not single-positive"),
+    "review-port-no-launch": (lambda w: ["review", w["run"], "--port", "6000"], "--port: only used with --launch"),
+    "export-coco-name-csv": (lambda w: ["export", "coco", w["run"], "--out", w["root"] / "c.json", "--from", "csv",
+                                        "--name", "x"], "--name names the review dataset"),
+    "demo-sp-rate": (lambda w: ["demo", "--out", w["root"] / "demo", "--noise", "single-positive", "--rate", "0.2"],
+                     "--rate: single-positive noise"),
+    "info-verify-no-files": (lambda w: ["info", w["labels"], "--verify", "--no-files"], "choose one"),
+    "bench-test-without-data": (lambda w: ["bench", "--test", w["labels"], "--out", w["root"] / "b"],
+                                "--test: the demo dataset brings its own test split"),
+    "bench-sp-methods-without-sp": (lambda w: ["bench", "--noise", "flip:0.2", "--single-positive-methods", "role",
+                                               "--out", w["root"] / "b"], "--single-positive-methods: only used"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNUSED_OPTION_CASES))
+def test_unused_options_are_refused(world, case):
+    build, fragment = UNUSED_OPTION_CASES[case]
+    before = digest(world["root"])
+    res = invoke(*build(world))
+    assert_one_error(res, fragment, code=2)
+    assert digest(world["root"]) == before   # nothing written, nothing changed
+
+
 def _has_cuda() -> bool:
     try:
         import torch

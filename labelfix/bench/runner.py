@@ -254,6 +254,8 @@ def run_bench(
     TrainConfig(data="x", out="x", **train_cfg).validate()   # fail fast on a bad override
 
     t_start, c_start = time.perf_counter(), time.process_time()
+    if data is None and test is not None:
+        raise LabelfixError(f"{test}: --test: the demo dataset brings its own test split; give DATA with it")
     if data is None:
         from labelfix.data.demo import make_demo
 

@@ -256,7 +256,12 @@ def find_label_issues(
     if not 0.5 <= est_thr < 1.0:
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
     # single-positive labels: every given positive is trusted, like a verified cell
-    trust_positives = not single_positive_removals and is_single_positive(given, chunk_rows=rows)
+    single = is_single_positive(given, chunk_rows=rows)
+    if single_positive_removals and not single:
+        raise LabelfixError("single_positive_removals: the labels are not single-positive (an image has more than "
+                            "one positive, or at most half the cells are unknown), so no given positive is "
+                            "trusted to begin with")
+    trust_positives = single and not single_positive_removals
 
     loss_src = losses if losses is not None else _LazyBCE(probs, given, probs_are_logits)
     prob_src = LazyProbs(probs) if probs_are_logits else probs

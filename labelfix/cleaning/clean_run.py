@@ -160,6 +160,9 @@ def clean_run(
 
     k_nb = neighbours
     neighbours, pairs = neighbour_votes(run, k=k_nb) if k_nb else (None, None)
+    if k_nb and neighbours is None:   # a documented skip, not a silent one
+        notes.append("no complete image embedding in the run (training interrupted before its end?): "
+                     "neighbour evidence skipped, so the evidence score is the disagreement")
     if neighbours is not None:
         atomic.write_npy(run.path / "cells" / "neighbours.npy", neighbours.astype(np.float16))
         dups = duplicates_table(run, pairs)

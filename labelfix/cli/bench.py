@@ -56,6 +56,12 @@ def bench(data, test, noises, methods, single_positive_methods, seeds, folds, ro
     sp = [m.strip() for m in single_positive_methods.split(",") if m.strip()]
     if sp:
         _methods(",".join(sp))
+    from labelfix.bench.runner import parse_noise
+    from labelfix.cli.options import refuse_unused
+
+    if not any(parse_noise(n)[0] == "single-positive" for n in (noises or DEFAULT_NOISES)):
+        refuse_unused(click.get_current_context(), ("single_positive_methods",),
+                      "only used with --noise single-positive")
     overrides = {} if epochs is None else {"epochs": epochs}
     parts = ["labelfix", "bench"] + ([data] if data else []) + (["--test", test] if test else [])
     for n in noises:

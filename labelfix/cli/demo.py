@@ -28,7 +28,11 @@ from labelfix.demo import DEMO_EPOCHS, DEMO_TRAIN
 def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, seed, no_review):
     """Generate the demo data, inject noise, then review rounds (train, clean, a simulated
     reviewer, export the cleaned COCO), export ONNX and predict with onnxruntime."""
+    from labelfix.cli.options import refuse_unused
     from labelfix.demo import run_demo
 
+    if noise_kind == "single-positive":
+        refuse_unused(click.get_current_context(), ("rate",), "single-positive noise keeps one positive per "
+                      "image and has no rate")
     run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds, review_budget=review_budget,
              review=not no_review, log=click.echo)

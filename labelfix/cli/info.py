@@ -18,6 +18,10 @@ from labelfix.cli.options import data_options, read_from_options
 def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_files):
     """What is in a dataset: images, classes, positives / negatives / unknown per class,
     imbalance ratios and missing image files."""
+    from labelfix.errors import LabelfixError
+
+    if verify and no_files:
+        raise LabelfixError("info: --verify decodes the image files, --no-files skips them: choose one")
     from labelfix.info import dataset_info
 
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)

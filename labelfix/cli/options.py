@@ -35,6 +35,26 @@ def check_extension(path, suffixes, option: str, why: str) -> None:
         raise LabelfixError(f"{name}: {option} must end in {' or '.join(suffixes)} ({why})")
 
 
+def given_options(ctx: click.Context, *names: str) -> list[str]:
+    """The options among ``names`` (parameter names) that the user gave on the command
+    line or through the environment, as ``--flag`` strings (not those left at their default)."""
+    from click.core import ParameterSource
+
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [flags[n] for n in names
+            if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+
+
+def refuse_unused(ctx: click.Context, names, why: str) -> None:
+    """Refuse, with one line, options of ``names`` given by the user that have no effect
+    (``why`` says when they would): never accepted and ignored."""
+    from labelfix.errors import LabelfixError
+
+    unused = given_options(ctx, *names)
+    if unused:
+        raise LabelfixError(f"{ctx.info_name}: {', '.join(unused)}: {why}")
+
+
 def data_options(fn):
     """``--format``, ``--images``, ``--unlabeled``, ``--classes`` for commands that read labels."""
 

@@ -22,8 +22,12 @@ def review(run, name, max_predictions, launch, port, address):
     made are kept; the 'accept' column of RUN/corrections.csv (1/0/yes/no/true/false) is
     imported. Accept or reject suggestions with the label tags 'accepted' / 'rejected' or
     the labelfix plugin's operators (press ` in the App and search "labelfix")."""
+    from labelfix.cli.options import refuse_unused
     from labelfix.io.lock import run_lock
     from labelfix.review.dataset import build_review_dataset
+
+    if not launch:
+        refuse_unused(click.get_current_context(), ("port", "address"), "only used with --launch")
 
     with run_lock(run, "review"):
         ds, s = build_review_dataset(run, name, max_predictions=max_predictions)

@@ -195,6 +195,9 @@ def export_cleaned_coco(
         source = "fiftyone" if (run.path / REVIEW_FILE).exists() else "csv"
     if source not in SOURCES:
         raise LabelfixError(f"source must be one of {SOURCES}, got {source!r}")
+    if dataset_name is not None and source != "fiftyone":
+        raise LabelfixError(f"{run.path}: --name names the review dataset, but the decisions come from "
+                            f"corrections.csv (no review.json, or --from csv)")
     parse_decisions(decisions)  # fail before any work
 
     frame = decisions_from_fiftyone(run, dataset_name) if source == "fiftyone" else decisions_from_csv(run)

@@ -46,6 +46,8 @@ CHOICES = {
     "balancemix_refine": ("auto", "batch", "epoch", "evaluation"),
 }
 UNLABELED = ("negative", "unknown")
+#: losses that equal masked BCE on known cells (they differ only on unknown ones)
+UNKNOWN_ONLY_LOSSES = ("an", "wan", "ll-r", "ll-ct")
 CLASS_GROUPS = ("scaled", "tertile")
 
 
@@ -172,6 +174,17 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        # options that only act with another option: a changed value must not be ignored
+        default = {f.name: f.default for f in fields(self)}
+        for name, used, needs in (("momentum", self.optimizer == "sgd", "--optimizer sgd"),
+                                  ("ema_decay", self.ema, "--ema"),
+                                  ("min_lr_ratio", self.schedule != "constant", "a decaying --schedule"),
+                                  ("warmup_lr_ratio", self.warmup_epochs > 0, "--warmup-epochs > 0")):
+            if not used and getattr(self, name) != default[name]:
+                bad(name, f"has no effect without {needs}")
+        if self.mix == "balancemix" and self.loss in UNKNOWN_ONLY_LOSSES:
+            bad("loss", f"{self.loss!r} only changes how unknown cells train; --mix balancemix leaves none "
+                        f"(missing labels are its assumed negatives), so it would train exactly like --loss bce")
         if self.loss == "role" and self.mix != "none":
             bad("mix", "--loss role needs --mix none (its label table has one row per image; "
                        "a mixed image has no single row)")

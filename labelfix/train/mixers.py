@@ -330,6 +330,14 @@ class ICMixupMixer(Mixer):
             mode = "single" if rows.size and bool(((rows == POS).sum(1) == 1).all() and (rows != UNK).all()) \
                 else "multi"
         self.mode = mode
+        if mode == "single":   # the paper's loss replaces the classification loss
+            unused = [name for name, given in (("--loss " + cfg.loss, cfg.loss != "bce"),
+                                               ("--loss-kwargs", bool(cfg.loss_kwargs)),
+                                               ("--icm-weight", cfg.icm_weight is not None)) if given]
+            if unused:
+                raise LabelfixError(f"train: {', '.join(unused)}: not used by --mix icmixup on single-label data "
+                                    f"(the paper's loss replaces the classification loss); drop it, or pass "
+                                    f"--icm-mode multi")
 
     def settings(self) -> dict:
         return {"mix_prob": self.prob, "mixup_alpha": self.alpha, "icm_mode": self.mode, "icm_weight": self.weight}
