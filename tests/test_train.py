@@ -208,6 +208,14 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
         train(cfg_for(tiny, out, epochs=1), log=quiet)
     with pytest.raises(LabelfixError, match="--lr"):
         train(cfg_for(tiny, out, epochs=2, lr=0.5, resume=True), log=quiet)
+    train(cfg_for(tiny, out, epochs=2, resume=True), log=quiet)
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(LabelfixError, match="--epochs 1, but the run has trained 2 epochs"):
+        train(cfg_for(tiny, out, epochs=1, resume=True), log=quiet)
+    assert (out / "config.yaml").read_text() == config   # the refused resume wrote nothing
+    lines = []
+    train(cfg_for(tiny, out, epochs=2, resume=True), log=lines.append)
+    assert any("all 2 epochs trained; raise --epochs" in line for line in lines)
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):

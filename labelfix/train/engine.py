@@ -232,13 +232,19 @@ class Trainer:
             if cfg.resume:
                 self.cfg = cfg = ckpt_mod.check_resume_compatible(read_run_config(self.out), cfg, self.out)
             self._build()
+            if cfg.resume:   # before config.yaml is rewritten: a refused resume changes nothing
+                ckpt_mod.load_checkpoint(self)
+                if self.epoch > cfg.epochs:
+                    raise LabelfixError(f"{self.out}: --epochs {cfg.epochs}, but the run has trained {self.epoch} "
+                                        f"epochs; resume with --epochs {self.epoch} or more")
             ckpt_mod.write_run_files(self)
             barrier(self.dist)
             self.progress = Progress(cfg.progress and self.dist.is_main)
             with self.progress:
                 if cfg.resume:
-                    ckpt_mod.load_checkpoint(self)
                     evaluate.resume_finalize(self)
+                    if self.epoch == cfg.epochs:
+                        self.log(f"{self.out}: all {cfg.epochs} epochs trained; raise --epochs to train longer")
                 self.log(f"training {self.train_rows.size} images, {self.labelset.num_classes} classes, "
                          f"{self.micro_steps} steps/epoch on {self.device}"
                          + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
