@@ -82,7 +82,7 @@ CLAIMS = [("mislabel:0.4", "balancemix", "bce"), ("flip:0.2", "balancemix", "bce
 
 def budget(init: str) -> dict:
     base = dict(batch_size=32, warmup_epochs=0.5, workers=0, randaugment=False, hflip=0.0, ema=False,
-                progress=False, class_groups="tertile", device="cpu")
+                progress=False, device="cpu")
     if init == "random":
         return dict(base, backbone="test_resnet", img_size=48, lr=1e-2, epochs=20)
     from labelfix.models.weights import efficientnet_lite0_file

@@ -72,7 +72,7 @@ def simulate_reviewer(run_dir: Path, truth, budget: int):
 #: (benchmarks/cpu_channels_last.py).
 DEMO_TRAIN = dict(backbone="test_resnet", img_size=48, batch_size=32, lr=1e-2, warmup_epochs=0.5, mix="none",
                   folds=3, rounds=2, hflip=0.0, randaugment=False, workers=0, device="cpu", ema=False,
-                  progress=False, class_groups="tertile", channels_last=True)
+                  progress=False, channels_last=True)
 DEMO_EPOCHS = 20
 
 

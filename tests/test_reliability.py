@@ -714,6 +714,8 @@ UNUSED_OPTION_CASES = {
     "train-min-lr-constant": (lambda w: _train(w, "--schedule", "constant", "--min-lr-ratio", "0.5"), "--min-lr-ratio"),
     "train-warmup-ratio-no-warmup": (lambda w: _train(w, "--warmup-epochs", "0", "--warmup-lr-ratio", "0.5"),
                                      "--warmup-lr-ratio"),
+    "train-class-groups-no-val": (lambda w: _train(w, "--class-groups", "tertile"),
+                                  "--class-groups: cuts the validation mAP"),
     "train-balancemix-an": (lambda w: _train(w, "--mix", "balancemix", "--loss", "an"), "exactly like --loss bce"),
     "train-icmixup-single-weight": (lambda w: _train(w, "--mix", "icmixup", "--icm-mode", "single", "--icm-weight", "2"),
                                     "--icm-weight: not used by --mix icmixup on single-label data"),

@@ -68,7 +68,7 @@ DETECTORS = ("labelfix", "cleanlab", "loss")
 BENCH_TRAIN = dict(
     backbone="test_resnet", img_size=32, epochs=10, batch_size=32, lr=3e-3, warmup_epochs=0.5,
     workers=0, randaugment=False, hflip=0.0, ema=False, progress=False,
-    class_groups="tertile", device="cpu",
+    device="cpu",
 )  # hflip 0: a mirrored digit is not the same digit
 #: options of single methods at the benchmark's budget (BalanceMix's warm-up scaled to 10 epochs)
 METHOD_OPTIONS: dict[str, dict] = {"balancemix": {"balancemix_warmup": 3}}

@@ -86,7 +86,8 @@ def _opt(*decls, **kw):
 @_opt("--ema/--no-ema", help="Keep an EMA of the weights (timm ModelEmaV3) [default: off].")
 @_opt("--ema-decay", type=float, help=f"EMA decay [default: {_D.ema_decay}].")
 @_opt("--class-groups", type=click.Choice(CLASS_GROUPS),
-      help=f"How mAP's many/medium/few class groups are cut [default: {_D.class_groups}].")
+      help=f"How the validation mAP's many/medium/few class groups are cut (with --val or --val-split) "
+           f"[default: {_D.class_groups}].")
 @_opt("--workers", type=int, help=f"Data-loading processes [default: {_D.workers}].")
 @_opt("--seed", type=int, help=f"Random seed [default: {_D.seed}].")
 @_opt("--device", help=f"auto, cpu, cuda, cuda:1 ... [default: {_D.device}].")

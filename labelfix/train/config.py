@@ -182,6 +182,8 @@ class TrainConfig:
                                   ("warmup_lr_ratio", self.warmup_epochs > 0, "--warmup-epochs > 0")):
             if not used and getattr(self, name) != default[name]:
                 bad(name, f"has no effect without {needs}")
+        if self.class_groups != default["class_groups"] and not (self.val or self.val_split):
+            bad("class_groups", "cuts the validation mAP into class groups; has no effect without --val or --val-split")
         if self.mix == "balancemix" and self.loss in UNKNOWN_ONLY_LOSSES:
             bad("loss", f"{self.loss!r} only changes how unknown cells train; --mix balancemix leaves none "
                         f"(missing labels are its assumed negatives), so it would train exactly like --loss bce")
