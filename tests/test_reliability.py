@@ -716,6 +716,8 @@ UNUSED_OPTION_CASES = {
                                      "--warmup-lr-ratio"),
     "train-class-groups-no-val": (lambda w: _train(w, "--class-groups", "tertile"),
                                   "--class-groups: cuts the validation mAP"),
+    "train-curriculum-after-training": (lambda w: _train(w, "--mix", "logicmix", "--curriculum-start", "1"),
+                                        "--curriculum-start: 1: pseudo-labels made at the end of epoch E"),
     "train-balancemix-an": (lambda w: _train(w, "--mix", "balancemix", "--loss", "an"), "exactly like --loss bce"),
     "train-icmixup-single-weight": (lambda w: _train(w, "--mix", "icmixup", "--icm-mode", "single", "--icm-weight", "2"),
                                     "--icm-weight: not used by --mix icmixup on single-label data"),

@@ -184,6 +184,9 @@ class TrainConfig:
                 bad(name, f"has no effect without {needs}")
         if self.class_groups != default["class_groups"] and not (self.val or self.val_split):
             bad("class_groups", "cuts the validation mAP into class groups; has no effect without --val or --val-split")
+        if self.curriculum_start is not None and self.curriculum_start >= self.epochs:
+            bad("curriculum_start", f"{self.curriculum_start}: pseudo-labels made at the end of epoch E train from "
+                                    f"epoch E + 1, so with --epochs {self.epochs} it must be below {self.epochs}")
         if self.mix == "balancemix" and self.loss in UNKNOWN_ONLY_LOSSES:
             bad("loss", f"{self.loss!r} only changes how unknown cells train; --mix balancemix leaves none "
                         f"(missing labels are its assumed negatives), so it would train exactly like --loss bce")
