@@ -35,22 +35,17 @@ def check_extension(path, suffixes, option: str, why: str) -> None:
         raise LabelfixError(f"{name}: {option} must end in {' or '.join(suffixes)} ({why})")
 
 
-def given_options(ctx: click.Context, *names: str) -> list[str]:
-    """The options among ``names`` (parameter names) that the user gave on the command
-    line or through the environment, as ``--flag`` strings (not those left at their default)."""
+def refuse_unused(ctx: click.Context, names, why: str) -> None:
+    """Refuse, with one line, the options of ``names`` (parameter names) that the user gave
+    (command line or environment, not left at their default) although they have no
+    effect here (``why`` says when they would): never accepted and ignored."""
     from click.core import ParameterSource
 
-    flags = {p.name: p.opts[0] for p in ctx.command.params}
-    return [flags[n] for n in names
-            if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
-
-
-def refuse_unused(ctx: click.Context, names, why: str) -> None:
-    """Refuse, with one line, options of ``names`` given by the user that have no effect
-    (``why`` says when they would): never accepted and ignored."""
     from labelfix.errors import LabelfixError
 
-    unused = given_options(ctx, *names)
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    unused = [flags[n] for n in names
+              if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
     if unused:
         raise LabelfixError(f"{ctx.info_name}: {', '.join(unused)}: {why}")
 

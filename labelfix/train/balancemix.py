@@ -40,8 +40,8 @@ from labelfix.io import atomic
 from labelfix.labels import POS, UNK
 from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
 from labelfix.numeric import sigmoid
-from labelfix.train.mixers import Batch, MixedBatch, Mixer, _option, register_mixer
 from labelfix.train.data import cfg_augments
+from labelfix.train.mixers import Batch, MixedBatch, Mixer, _option, register_mixer
 from labelfix.train.sampler import derive_seed
 from labelfix.train.stats import CHUNK_ROWS, cell_bce
 
@@ -100,7 +100,7 @@ class BalanceMixMixer(Mixer):
         self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)
         self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
         self.refine = _option(cfg, "balancemix_refine", "auto")
-        if self.refine == "auto":
+        if self.refine == "auto":   # only then does the training transform matter
             self.refine = resolve_refine(self.refine, cfg_augments(cfg))
         # single-positive data: the given positives are verified (docs/losses_and_mixing.md)
         self.trusted = trusted_cells(given, ctx.trusted, ctx.train_rows)

@@ -159,21 +159,24 @@ def _same(name: str, a, b, base_a: Path | None = None, base_b: Path | None = Non
     return a == b
 
 
-def with_recorded_mixing(cfg, out: Path):
-    """``cfg`` with its unset / ``auto`` mixing options replaced by the values the run
-    resolved them to when it started (``dataset.mixing`` in ``config.yaml``), so that a
-    resume continues the run as it was even after a default changed (e.g. an older
-    BalanceMix run recorded ``balancemix_refine: batch`` before the default became
-    ``auto``)."""
+def recorded_mixing(out: Path) -> dict:
+    """The mixing options a run resolved when it started (``dataset.mixing`` in
+    ``config.yaml``; empty for no mixing method or a run from before they were recorded)."""
     import yaml
 
     try:
         doc = yaml.safe_load((Path(out) / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
-        return cfg   # read_run_config refuses an unreadable file with its own line
+        return {}   # read_run_config refuses an unreadable file with its own line
     recorded = (doc.get("dataset") or {}).get("mixing") if isinstance(doc, dict) else None
-    if not isinstance(recorded, dict):
-        return cfg   # no mixing method, or a run from before the settings were recorded
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def with_recorded_mixing(cfg, recorded: dict):
+    """``cfg`` with its unset / ``auto`` mixing options replaced by the ``recorded`` values
+    (:func:`recorded_mixing`), so that a resume continues the run as it was even after a
+    default changed (e.g. an older BalanceMix run recorded ``balancemix_refine: batch``
+    before the default became ``auto``)."""
     values = cfg.to_dict()
     adopt = {k: v for k, v in recorded.items() if k in values and values[k] in (None, "auto") and v is not None}
     return dataclasses.replace(cfg, **adopt).validate() if adopt else cfg
@@ -183,7 +186,8 @@ def check_resume_compatible(saved, given, out: Path):
     """Refuse ``--resume`` with options that change what is computed (one line naming
     them); returns ``given`` with the run's recorded mixing defaults
     (:func:`with_recorded_mixing`), the options to resume with."""
-    saved, given = with_recorded_mixing(saved, out), with_recorded_mixing(given, out)
+    recorded = recorded_mixing(out)
+    saved, given = with_recorded_mixing(saved, recorded), with_recorded_mixing(given, recorded)
     old = saved.to_dict()
     diff = [name for name, value in given.to_dict().items()
             if name not in RESUME_MUTABLE and not _same(name, old.get(name), value)]

@@ -220,7 +220,7 @@ class Trainer:
             ds = KeyedDataset(self.labelset, self.train_tf, views=views, stack_views=True,
                               random=cfg_augments(self.cfg))
         evaluate.score(self, model, ds, np.asarray(rows), out, tag=derive_seed(3, self.epoch))
-        if views and ds is self.eval_ds:   # one (feature) view: its probability, as promised
+        if views and self.cfg.frozen:   # one (feature) view: its probability, as promised
             return sigmoid(out[np.asarray(rows)]).astype(np.float32)
         return out[np.asarray(rows)]
 
