@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from labelfix.errors import LabelfixError
 from labelfix.cleaning.states import DELTA_MULTI
 from labelfix.mixing.balancemix import minority_sampling_weights
 from labelfix.numeric import sigmoid
@@ -182,7 +183,6 @@ def test_resume_keeps_the_schedule_the_run_started_with(tiny, tmp_path):
     """A run started when the unset schedule meant "batch" (config.yaml: train
     balancemix_refine null, dataset.mixing "batch") resumes with "batch" although "auto"
     now resolves to "evaluation" here; an explicit other schedule is refused."""
-    from labelfix.errors import LabelfixError
 
     ref, run = tmp_path / "ref", tmp_path / "run"
     kw = dict(balancemix_warmup=1, balancemix_delta=0.55, hflip=0.0)   # auto would resolve to evaluation
@@ -277,14 +277,13 @@ def test_auto_refine_is_batch_only_when_training_images_are_augmented(tiny, tmp_
     """The default schedule: with a deterministic training transform the two views are the
     evaluation view, so c comes from the evaluation pass; with augmentation, per batch."""
     out = tmp_path / "run"
-    train(cfg_for(tiny, out, epochs=1, **augment), log=lambda s: None)
+    train(cfg_for(tiny, out, epochs=1, balancemix_warmup=1, **augment), log=lambda s: None)
 
     recorded = yaml.safe_load((out / "config.yaml").read_text())
     assert recorded["dataset"]["mixing"]["balancemix_refine"] == want   # the resolved schedule is recorded
 
 
 def test_mixer_options_are_checked():
-    from labelfix.errors import LabelfixError
 
     with pytest.raises(LabelfixError, match="--balancemix-warmup: not used by --mix logicmix"):
         TrainConfig(data="x", out="x", mix="logicmix", balancemix_warmup=3).validate()
@@ -318,7 +317,6 @@ def test_mean_sampler_skips_missing_cells_and_differs_from_sum_only_when_labels_
 
 
 def test_resume_accepts_auto_for_an_unset_schedule(tmp_path):
-    from labelfix.errors import LabelfixError
     from labelfix.train.checkpoint import check_resume_compatible
 
     base = dict(data="x", out=str(tmp_path), mix="balancemix")
@@ -326,3 +324,18 @@ def test_resume_accepts_auto_for_an_unset_schedule(tmp_path):
     check_resume_compatible(unset, TrainConfig(**base, balancemix_refine="auto").validate(), tmp_path)
     with pytest.raises(LabelfixError, match="--balancemix-refine"):
         check_resume_compatible(unset, TrainConfig(**base, balancemix_refine="batch").validate(), tmp_path)
+
+
+@pytest.mark.parametrize("kw, ok", [
+    (dict(epochs=5), False),                                           # default warm-up 10: never runs
+    (dict(epochs=12), True),
+    (dict(epochs=3, balancemix_warmup=4), False),
+    (dict(epochs=3, balancemix_warmup=3), True),                       # fitted once, after the last epoch
+])
+def test_warmup_that_never_runs_is_refused(kw, ok):
+    cfg = TrainConfig(data="x", out="x", mix="balancemix", **kw)
+    if ok:
+        cfg.validate()
+    else:
+        with pytest.raises(LabelfixError, match="--balancemix-warmup: .*would never run; pass --balancemix-warmup"):
+            cfg.validate()

@@ -117,7 +117,7 @@ def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, es
 @register_scorer("loss")
 def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
               neighbours=None) -> np.ndarray:
-    """Default. Known cells: 1 - exp(-mean BCE). For one epoch this is |y - p|; for a mean over
+    """Known cells: 1 - exp(-mean BCE). For one epoch this is |y - p|; for a mean over
     epochs, one minus the geometric mean of the probability given to the label."""
     if losses is None:
         raise LabelfixError("score: loss: needs losses")

@@ -46,6 +46,8 @@ from labelfix.train.sampler import derive_seed
 from labelfix.train.stats import CHUNK_ROWS, cell_bce
 
 REFINES = ("auto", "batch", "epoch", "evaluation")
+#: warm-up epochs before the first label management (methods.md "BalanceMix" defaults)
+DEFAULT_WARMUP = 10
 
 
 def resolve_refine(refine: str, augments: bool) -> str:
@@ -95,7 +97,7 @@ class BalanceMixMixer(Mixer):
         given = ctx.labels
         self.assumed = np.where(given == UNK, 0, given).astype(np.int8)
         single = is_single_positive(given[ctx.train_rows])
-        self.warmup = _option(cfg, "balancemix_warmup", 10)
+        self.warmup = _option(cfg, "balancemix_warmup", DEFAULT_WARMUP)
         self.delta = _option(cfg, "balancemix_delta", DELTA_SINGLE_POSITIVE if single else DELTA_MULTI)
         self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)
         self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
@@ -215,5 +217,5 @@ class BalanceMixMixer(Mixer):
         self.pair_generator.set_state(state["pair_generator"])
 
 
-__all__ = ["AMBIGUOUS", "CLEAN", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability", "resolve_refine",
+__all__ = ["AMBIGUOUS", "CLEAN", "DEFAULT_WARMUP", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability", "resolve_refine",
            "train_losses"]

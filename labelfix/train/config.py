@@ -190,10 +190,27 @@ class TrainConfig:
         if self.mix == "balancemix" and self.loss in UNKNOWN_ONLY_LOSSES:
             bad("loss", f"{self.loss!r} only changes how unknown cells train; --mix balancemix leaves none "
                         f"(missing labels are its assumed negatives), so it would train exactly like --loss bce")
+        if self.mix == "balancemix":
+            self._check_balancemix_warmup(bad)
         if self.loss == "role" and self.mix != "none":
             bad("mix", "--loss role needs --mix none (its label table has one row per image; "
                        "a mixed image has no single row)")
         return self
+
+    def _check_balancemix_warmup(self, bad) -> None:
+        """BalanceMix's label management is first fitted at the end of epoch W (the
+        warm-up) and trains from epoch W + 1; W = --epochs fits it once after the last
+        epoch (its statistics: the metrics row, ``stats/two_view.npy`` with
+        ``--balancemix-refine epoch``; a resumed run with more epochs trains with it). W
+        beyond --epochs: it would never run, refused."""
+        from labelfix.train.balancemix import DEFAULT_WARMUP
+
+        w = DEFAULT_WARMUP if self.balancemix_warmup is None else self.balancemix_warmup
+        if w > self.epochs:
+            what = f"{w}" + (" (the default)" if self.balancemix_warmup is None else "")
+            bad("balancemix_warmup", f"{what}: label management starts after the warm-up, so with --epochs "
+                                     f"{self.epochs} it would never run; pass --balancemix-warmup {self.epochs - 1} "
+                                     f"or fewer (it then trains from epoch {self.epochs}), or more --epochs")
 
     # ------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
