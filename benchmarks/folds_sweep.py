@@ -57,7 +57,7 @@ def run_one(work: Path, k: int, epochs: int, seed: int) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     train(TrainConfig(data=str(data / "train_mislabel.json"), out=str(run), epochs=epochs, seed=seed,
-                      **dict(DEMO_TRAIN, folds=k)), log=lambda s: None)
+                      **dict(DEMO_TRAIN, folds=k, fold_workers=1)), log=lambda s: None)
     seconds = time.perf_counter() - t0
     res = clean_run(run, report=False)
     corr = res.corrections

@@ -124,6 +124,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "folds": Rule(integer=True, low=0),
     "rounds": Rule(integer=True, low=1, none_ok=True),
     "workers": Rule(integer=True, low=0),
+    "fold_workers": Rule(integer=True, low=1),
     "seed": Rule(integer=True, low=0, high=2**63 - 1),
     "hflip": Rule(low=0.0, high=1.0, none_ok=True),
     "mix_prob": Rule(low=0.0, high=1.0, none_ok=True),

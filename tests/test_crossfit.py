@@ -264,3 +264,97 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     np.testing.assert_allclose(score[unk], (1 / (1 + np.exp(-ens)))[unk], atol=1e-3)   # all round-1 fold models
     np.testing.assert_allclose(score[~unk], np.abs((given == 1) - 1 / (1 + np.exp(-held)))[~unk], atol=1e-3)
     assert _json.loads((out / "stats" / "state.json").read_text())["out_of_sample"] and folds.max() == 1
+
+
+# ------------------------------------------------------------------ --fold-workers (labelfix.train.foldpool)
+def test_fold_workers_train_the_same_fold_models_side_by_side(tiny, tmp_path):
+    """Two worker processes (one thread each, as this test's process) give the statistics and
+    ensemble of the sequential run."""
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    train(cfg_for(tiny, seq), log=lambda s: None)
+    lines = []
+    summary = train(cfg_for(tiny, par, fold_workers=2), log=lines.append)
+    for name in ("logits.npy", "loss_mean.npy", "round1/suspicious.npy"):
+        np.testing.assert_array_equal(np.load(seq / "stats" / name), np.load(par / "stats" / name))
+    a = torch.load(seq / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(par / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert len(summary["metrics"]) == 3 * 2 * 2   # folds x rounds x epochs, read back from every fold
+    # every fold's log lines reach the caller, prefixed with their fold
+    assert any(line.startswith("cross-fitting round 2/2, fold 3/3: epoch 2") for line in lines), lines[:5]
+
+
+def test_fold_workers_refusals(tiny, tmp_path):
+    with pytest.raises(LabelfixError, match="--fold-workers: .*no effect without --folds"):
+        cfg_for(tiny, tmp_path / "a", folds=0, fold_workers=2).validate()
+    with pytest.raises(LabelfixError, match="--fold-workers: not with --frozen"):
+        cfg_for(tiny, tmp_path / "b", frozen=True, fold_workers=2).validate()
+    with pytest.raises(LabelfixError, match="--fold-workers: callbacks run in this process"):
+        train(cfg_for(tiny, tmp_path / "c", fold_workers=2), callbacks=[object()], log=lambda s: None)
+
+
+def test_a_fold_error_in_a_worker_is_one_line_in_the_driver(tiny, tmp_path):
+    """A fold model that refuses its data (here: no image can be read) stops the run with
+    that fold's own message."""
+    import shutil
+
+    lonely = tmp_path / "noimages"
+    lonely.mkdir()
+    shutil.copy(tiny["train"], lonely / "train.json")   # the images stay behind
+    with pytest.raises(LabelfixError, match="no .*readable|could be read|cannot be read|none of"):
+        train(cfg_for(tiny, tmp_path / "run", data=str(lonely / "train.json"), fold_workers=2), log=lambda s: None)
+
+
+def _fold_train_cmd(tiny, out, epochs):
+    import sys
+
+    return [sys.executable, "-m", "labelfix", "train", str(tiny["train"]), "--out", str(out), "--backbone",
+            "test_resnet", "--img-size", "32", "--epochs", str(epochs), "--batch-size", "8", "--workers", "0",
+            "--no-progress", "--lr", "1e-3", "--no-randaugment", "--hflip", "0", "--folds", "3", "--rounds", "1",
+            "--fold-workers", "2"]
+
+
+def _wait_for_fold_epochs(run, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(run.glob("folds/round1/fold*/checkpoints/last.pt"))) >= 2:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the fold workers did not finish an epoch")
+
+
+def test_fold_workers_stop_on_ctrl_c_and_resume(tiny, tmp_path):
+    """SIGINT to the driver alone: the workers stop at a clean point, the command says
+    so in one line (exit 130), and --resume finishes the run."""
+    import signal
+    import subprocess
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_fold_train_cmd(tiny, run, 16), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_fold_epochs(run)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped: interrupted while training folds" in err and "Traceback" not in err
+    res = subprocess.run(_fold_train_cmd(tiny, run, 16) + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (run / "checkpoints" / "last.pt").exists()
+
+
+def test_fold_workers_exit_when_the_driver_is_killed(tiny, tmp_path):
+    import signal
+    import subprocess
+
+    import psutil
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_fold_train_cmd(tiny, run, 400), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_fold_epochs(run)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [p.pid for p in alive]

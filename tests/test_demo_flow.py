@@ -22,10 +22,10 @@ def test_demo_flow_end_to_end(tmp_path):
     assert int(np.load(res["run"] / "folds.npy").max()) == 1   # --folds reaches the training
     # a second run replaces the folder of the first (the marker says it is a demo folder)
     lines.clear()
-    res = run_demo(tmp_path / "demo", epochs=1, n_train=96, n_test=48, review_budget=30, log=lines.append)
+    res = run_demo(tmp_path / "demo", epochs=1, n_train=200, n_test=48, review_budget=30, log=lines.append)
     steps = [ln.split("]")[0] + "]" for ln in lines if ln.startswith("[")]
     assert steps == ["[data]"] + ["[round 1/2]"] * 3 + ["[round 2/2]"] * 4 + ["[export]"]
-    assert sum("epoch 1 " in ln for ln in lines) == 3 * 2 * 2   # a line per epoch: 3 folds x 2 rounds, 2 review rounds
+    assert sum("epoch 1 " in ln for ln in lines) == 4 * 2 * 2   # a line per epoch: 4 folds x 2 rounds, 2 review rounds
     # round 2 trusts what the reviewer decided in round 1: those cells are verified, none suggested again
     r1, r2 = res["rounds"]
     assert r1["verified"] == 0 and r2["verified"] == r1["reviewed"] > 0 and r2["verified_suggested"] == 0

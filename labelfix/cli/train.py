@@ -41,6 +41,9 @@ def _opt(*decls, **kw):
                                 "(docs/training.md) [default: off].")
 @_opt("--rounds", type=int, help="With --folds: rounds of cross-fitting; from round 2 on, the cells the previous "
                                  "round's held-out label GMMs call suspicious train as unknown [default: 2].")
+@_opt("--fold-workers", type=int, help="With --folds on the CPU: train this many fold models side by side, each "
+                                       "in its own process with its share of the CPU threads; small models train "
+                                       "faster so (docs/training.md) [default: 1].")
 @_opt("--loss", help=f"bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct [default: {_D.loss}].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
 @_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")

@@ -24,7 +24,7 @@ from labelfix.io import atomic
 from labelfix.train.distributed import all_gather_object, barrier
 
 #: options that may change on --resume (they do not change what is computed, or extend it)
-RESUME_MUTABLE = {"epochs", "workers", "device", "progress", "resume"}
+RESUME_MUTABLE = {"epochs", "workers", "fold_workers", "device", "progress", "resume"}
 #: options holding paths: compared after resolving them
 PATH_OPTIONS = {"data", "out", "images", "val", "weights", "class_descriptions"}
 

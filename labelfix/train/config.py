@@ -113,6 +113,7 @@ class TrainConfig:
     class_groups: str = "scaled"
     # runtime
     workers: int = 4
+    fold_workers: int = 1
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -168,6 +169,11 @@ class TrainConfig:
             bad("rounds", "needs --folds (rounds of cross-fitting)")
         if self.folds and self.rounds is None:
             self.rounds = 2
+        if self.fold_workers > 1 and not self.folds:
+            bad("fold_workers", "trains cross-fitting's fold models side by side; has no effect without --folds")
+        if self.fold_workers > 1 and self.frozen:
+            bad("fold_workers", "not with --frozen: its fold heads share one embedding that the first fold "
+                                "writes, and each trains in seconds")
         for name, users in MIXER_OPTIONS.items():
             if getattr(self, name) is not None and self.mix not in users:
                 bad(name, f"not used by --mix {self.mix} (only by {', '.join(users)})")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +50,7 @@ from labelfix.labels import POS, UNK, LabelSet
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import TrainConfig, read_run_config, run_config_document
 from labelfix.train.data import HELD_OUT
+from labelfix.train.foldpool import FoldJob
 
 def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, class_names=None) -> np.ndarray:
     """int8 (N,): fold 0..k-1 of each training row, -1 elsewhere.
@@ -146,6 +148,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     k = cfg.folds
     say = log or (lambda s: None)
     dist = init_distributed(resolve_device(cfg.device).type)
+    pool = None
     try:
         if cfg.resume:
             if not (out / "folds.npy").exists():
@@ -180,6 +183,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         current = labelset
         images: dict = {}   # decoded images, shared by every fold model (labelfix.train.data.build_datasets)
         last = 1
+        pool = open_fold_pool(cfg, callbacks, dist, out / "features")
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown
                 mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
@@ -195,22 +199,30 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
                     f"train as unknown")
             last = r
+            jobs = []
             for f in range(k):
                 sub = fold_dir(out, f, r)
-                sub_cfg = dataclasses.replace(cfg, folds=0, rounds=None, out=str(sub),
-                                              resume=(sub / "checkpoints" / "last.pt").exists())
+                sub_cfg = dataclasses.replace(cfg, folds=0, rounds=None, out=str(sub), fold_workers=1,
+                                              resume=(sub / "checkpoints" / "last.pt").exists(),
+                                              progress=cfg.progress and pool is None)
                 where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
                          else f"fold {f + 1}/{k}")
                 if sub_cfg.resume and _complete(sub, cfg.epochs):
                     say(f"{where}: complete")
-                else:
-                    say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
-                        f"holding out {int((folds == f).sum())}")
-                    fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
-                    # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
-                    Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
-                            features_dir=out / "features", keep_process_group=True, image_cache=images).fit()
-                frame = pd.read_csv(sub / "metrics.csv")
+                    continue
+                say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
+                    f"holding out {int((folds == f).sum())}")
+                fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
+                if pool is not None:
+                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where))
+                    continue
+                # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
+                Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
+                        features_dir=out / "features", keep_process_group=True, image_cache=images).fit()
+            if pool is not None:   # without a log function the fold lines go where a Trainer's would
+                pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
+            for f in range(k):
+                frame = pd.read_csv(fold_dir(out, f, r) / "metrics.csv")
                 frame.insert(0, "fold", f)
                 frame.insert(0, "round", r)
                 rows += frame.to_dict("records")
@@ -222,7 +234,27 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         say(f"cross-fitted {k} folds: held-out statistics in {out / 'stats'}, ensemble in {out / 'checkpoints'}")
         return {"epochs": cfg.epochs, "metrics": rows, "skipped": 0, "out": str(out), "folds": k}
     finally:
+        if pool is not None:
+            pool.close()
         cleanup(dist)
+
+
+def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, features_dir: Path):
+    """The :class:`labelfix.train.foldpool.FoldPool` of ``--fold-workers W`` (> 1), else
+    None. One line refuses what it cannot do: GPUs (use torchrun), callbacks (they run
+    in this process; the folds would run in others)."""
+    if cfg.fold_workers <= 1:
+        return None
+    from labelfix.train.distributed import resolve_device
+    from labelfix.train.foldpool import FoldPool
+
+    if resolve_device(cfg.device).type != "cpu" or dist.enabled:
+        raise LabelfixError("train: --fold-workers: trains fold models side by side on the CPU; on GPUs use "
+                            "torchrun (docs/training.md)")
+    if callbacks:
+        raise LabelfixError("train: --fold-workers: callbacks run in this process, the fold models in others; "
+                            "use --fold-workers 1 with callbacks")
+    return FoldPool(cfg.fold_workers, features_dir)
 
 
 def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k: int) -> None:
