@@ -332,13 +332,18 @@ def test_fold_workers_stop_on_ctrl_c_and_resume(tiny, tmp_path):
     import subprocess
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(_fold_train_cmd(tiny, run, 16), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_fold_train_cmd(tiny, run, 400), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     _wait_for_fold_epochs(run)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "stopped: interrupted while training folds" in err and "Traceback" not in err
-    res = subprocess.run(_fold_train_cmd(tiny, run, 16) + ["--resume"], capture_output=True, text=True, timeout=600)
+    done = [int(torch.load(p, weights_only=True)["epoch"]) for p in run.glob("folds/round1/fold*/checkpoints/last.pt")]
+    assert done and max(done) < 400
+    # finish with one epoch more than the furthest fold (fewer than a fold trained is refused)
+    res = subprocess.run(_fold_train_cmd(tiny, run, max(done) + 1) + ["--resume"], capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "checkpoints" / "last.pt").exists()
 
