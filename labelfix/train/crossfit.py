@@ -254,7 +254,7 @@ def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, features_dir:
     if callbacks:
         raise LabelfixError("train: --fold-workers: callbacks run in this process, the fold models in others; "
                             "use --fold-workers 1 with callbacks")
-    return FoldPool(cfg.fold_workers, features_dir)
+    return FoldPool(cfg.fold_workers, features_dir, cfg.folds)
 
 
 def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k: int) -> None:

@@ -4,8 +4,8 @@ A small model does not keep two CPU threads busy: two processes of one thread ea
 two fold models in less time than one process with two threads trains them one after the
 other (demo recipe, 2 cores: 1.60x, docs/training.md). :class:`FoldPool` starts W
 ``spawn`` processes once per cross-fitted run; each takes fold jobs from a queue, trains
-them with its share of the threads (``torch.get_num_threads() // W``) and keeps its
-decoded images for the next fold. The driver (``crossfit.train_folds``) gets every log
+them with its share of the threads (``torch.get_num_threads()`` over min(W, K)) and
+keeps its decoded images for the next fold. The driver (``crossfit.train_folds``) gets every log
 line, prefixed with the fold, through one result queue.
 
 Failure modes, each tested in tests/test_crossfit.py:
@@ -91,11 +91,11 @@ class FoldPool:
     ``run(jobs, say)`` trains the jobs, at most ``workers`` at a time, passing every log
     line to ``say``; it returns when all are done, or raises (module docstring)."""
 
-    def __init__(self, workers: int, features_dir: Path, threads: int | None = None):
+    def __init__(self, workers: int, features_dir: Path, folds: int):
         import torch
 
-        self.workers = int(workers)
-        self.threads = threads or max(1, torch.get_num_threads() // self.workers)
+        self.workers = min(int(workers), int(folds))   # never more processes than folds
+        self.threads = max(1, torch.get_num_threads() // self.workers)
         self.features_dir = str(features_dir)
         self._ctx = mp.get_context("spawn")
         self._tasks = self._ctx.Queue()
