@@ -20,6 +20,7 @@ Failure modes, each tested in tests/test_crossfit.py:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -85,6 +86,24 @@ def _worker(tasks, results, threads: int, parent: int, features_dir: str) -> Non
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _ctrl_c_as_flag():
+    """While the driver reads the workers' queue, Ctrl-C sets an event instead of raising
+    KeyboardInterrupt: an exception in the middle of reading a message would leave the
+    pipe mid-message and the next read would block for ever. (Outside the main thread,
+    where handlers cannot be set, the event never fires and Ctrl-C reaches the workers
+    from the terminal.)"""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class FoldPool:
     """``workers`` fold-training processes for one cross-fitted run (a context manager).
 
@@ -123,8 +142,10 @@ class FoldPool:
         for job in jobs:
             self._tasks.put(job)
         pending = {job.fold for job in jobs}
-        try:
+        with _ctrl_c_as_flag() as stop:
             while pending:
+                if stop.is_set():
+                    self._interrupt(pending)
                 try:
                     kind, fold, payload = self._results.get(timeout=0.5)
                 except queue_mod.Empty:
@@ -142,8 +163,6 @@ class FoldPool:
                     pending.discard(fold)
                 else:
                     self._fail(payload)
-        except KeyboardInterrupt:
-            self._interrupt(pending)
 
     def _fail(self, payload) -> None:
         name, text = payload
