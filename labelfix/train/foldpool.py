@@ -5,8 +5,8 @@ two fold models in less time than one process with two threads trains them one a
 other (demo recipe, 2 cores: 1.60x, docs/training.md). :class:`FoldPool` starts W
 ``spawn`` processes once per cross-fitted run; each takes fold jobs from a queue, trains
 them with its share of the threads (``torch.get_num_threads()`` over min(W, K)) and
-keeps its decoded images for the next fold. The driver (``crossfit.train_folds``) gets every log
-line, prefixed with the fold, through one result queue.
+keeps its decoded images for the next fold. The driver (``crossfit.train_folds``) gets
+every log line, prefixed with the fold, through one result queue.
 
 Failure modes, each tested in tests/test_crossfit.py:
 
@@ -105,7 +105,7 @@ def _ctrl_c_as_flag():
 
 
 class FoldPool:
-    """``workers`` fold-training processes for one cross-fitted run (a context manager).
+    """``workers`` fold-training processes for one cross-fitted run (``close()`` ends them).
 
     ``run(jobs, say)`` trains the jobs, at most ``workers`` at a time, passing every log
     line to ``say``; it returns when all are done, or raises (module docstring)."""
@@ -121,12 +121,6 @@ class FoldPool:
         self._results = self._ctx.Queue()
         self._procs: list = []
         self._closed = False
-
-    def __enter__(self) -> "FoldPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _start(self, n: int) -> None:
         while len(self._procs) < min(n, self.workers):
