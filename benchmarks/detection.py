@@ -17,7 +17,7 @@ used to choose anything). Modes:
 - ``random``: ``test_resnet`` from random initialisation (the old bench configuration).
 
 Run: ``python benchmarks/detection.py [--datasets digits,scenes] [--modes frozen,random,finetune]
-[--seeds 2] [--folds 3] [--out benchmarks/results/detection]``. Writes ``OUT/<dataset>/<mode>/`` (the
+[--seeds 2] [--folds 3] [--fold-workers 1] [--out benchmarks/results/detection]``. Writes ``OUT/<dataset>/<mode>/`` (the
 run_bench outputs; finished runs are reused), ``OUT/results.csv`` (one row per setting and
 seed) and ``OUT/summary.md``, quoted in docs/benchmarks.md.
 """
@@ -139,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--noises", default=",".join(DEFAULT_NOISES))
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="cross-fitting folds of labelfix (and cleanlab)")
+    ap.add_argument("--fold-workers", type=int, default=1,
+                    help="fold models trained side by side on the CPU (labelfix train --fold-workers; "
+                         "not with frozen features, which train one at a time)")
     ap.add_argument("--out", default=str(HERE / "results" / "detection"))
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
         for mode in [m for m in args.modes.split(",") if m]:
             res = run_bench(train, test, noises=args.noises.split(","), methods=("bce",), seeds=args.seeds,
                             out=out / dataset / mode, single_positive_methods=(), command=shlex.join(sys.argv),
-                            folds=args.folds,
+                            folds=args.folds, fold_workers=1 if mode == "frozen" else args.fold_workers,
                             **mode_options(mode, dataset))
             tables.append(collect(res.results, dataset, mode))
             table = pd.concat(tables, ignore_index=True)

@@ -222,6 +222,27 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         torch.set_num_threads(old)
 
 
+def test_bench_fold_workers_reach_the_cross_fitted_runs_only(tiny_demo, tmp_path, monkeypatch):
+    """--fold-workers trains labelfix's fold models side by side; the full-data masked-BCE
+    run of the loss ranking (no folds) is not refused for it."""
+    from labelfix.bench import runner
+    from labelfix.cli import main
+
+    monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
+    out = tmp_path / "bench"
+    args = ["bench", str(tiny_demo["train"]), "--test", str(tiny_demo["test"]), "--noise", "flip:0.2",
+            "--methods", "bce", "--seeds", "1", "--folds", "2", "--rounds", "1", "--fold-workers", "2",
+            "--epochs", "1", "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    base = out / "runs" / "flip_0.2" / "seed0"
+    assert "fold_workers: 2" in (base / "labelfix" / "config.yaml").read_text()
+    assert "fold_workers: 1" in (base / "bce" / "config.yaml").read_text()
+    assert "--fold-workers 2" in (out / "command.txt").read_text()
+    det = pd.read_csv(out / "results.csv").query("task == 'detection' and metric == 'ap'")
+    assert set(det["method"]) == {"labelfix", "cleanlab", "loss"}
+
+
 def test_bench_needs_test_with_data(tiny_demo, tmp_path):
     from labelfix.cli import main
 

@@ -64,10 +64,16 @@ def test_scorers_hand_computed():
     logits = np.array([[-3.0, 0.5, 2.0]], np.float32)
     np.testing.assert_allclose(bce_losses(logits, given, logits=True),
                                bce_losses(1 / (1 + np.exp(-logits)), given), rtol=1e-5)
-    # evidence: the probability mixed 3:1 with the neighbours' vote where there is one
+    # evidence: the probability mixed 3:1 with the neighbours' vote where there is one ...
     nb = np.array([[0.0, 1.0, np.nan]], np.float32)
-    np.testing.assert_allclose(get_scorer("evidence")(given, **kw, neighbours=nb), [[0.85, 0.475, 0.8]], atol=1e-6)
-    np.testing.assert_allclose(get_scorer("evidence")(given, **kw), [[0.8, 0.3, 0.8]], atol=1e-6)
+    no_gmm = {**kw, "p_clean": None}
+    np.testing.assert_allclose(get_scorer("evidence")(given, **no_gmm, neighbours=nb), [[0.85, 0.475, 0.8]],
+                               atol=1e-6)
+    np.testing.assert_allclose(get_scorer("evidence")(given, **no_gmm), [[0.8, 0.3, 0.8]], atol=1e-6)
+    # ... and the disagreement of known cells times 1 - p_clean / 2 (the unknown cell keeps q)
+    np.testing.assert_allclose(get_scorer("evidence")(given, **kw, neighbours=nb), [[0.85 * 0.8, 0.475 * 0.5, 0.8]],
+                               atol=1e-6)
+    np.testing.assert_allclose(get_scorer("evidence")(given, **kw), [[0.8 * 0.8, 0.3 * 0.5, 0.8]], atol=1e-6)
     assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined", "evidence"}
     with pytest.raises(LabelfixError):
         get_scorer("nope")
@@ -125,6 +131,21 @@ def test_find_label_issues_logits_memmap_out_dir(tmp_path):
     assert len(a.corrections) == len(b.corrections)
     paths = write_cell_arrays(tmp_path / "copy", b, chunk_rows=7)
     np.testing.assert_array_equal(np.load(paths["suggested"]), b.suggested)
+
+
+def test_losses_fit_the_gmms_and_dynamics_feed_the_loss_score():
+    true, given, probs = _noisy(seed=2, n=300, k=3)
+    rng = np.random.default_rng(0)
+    fit = bce_losses(probs, given)
+    history = (fit + rng.random(fit.shape)).astype(np.float32)   # e.g. the mean over epochs
+    both = find_label_issues(given, probs, losses=fit, dynamics=history, scorer="loss", chunk_rows=41)
+    alone = find_label_issues(given, probs, losses=fit, scorer="loss")
+    np.testing.assert_array_equal(both.p_clean, alone.p_clean)        # the GMMs fit ``losses``
+    known = given != -1
+    np.testing.assert_allclose(both.score[known], -np.expm1(-history[known]), atol=1e-6)
+    np.testing.assert_allclose(alone.score[known], -np.expm1(-fit[known]), atol=1e-6)
+    with pytest.raises(LabelfixError, match="dynamics: shape"):
+        find_label_issues(given, probs, dynamics=history[:, :2])
 
 
 def test_degenerate_inputs_no_crash():

@@ -262,7 +262,18 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     score = np.asarray(res.issues.score)
     unk = given == -1
     np.testing.assert_allclose(score[unk], (1 / (1 + np.exp(-ens)))[unk], atol=1e-3)   # all round-1 fold models
-    np.testing.assert_allclose(score[~unk], np.abs((given == 1) - 1 / (1 + np.exp(-held)))[~unk], atol=1e-3)
+    # known cells: the last round's held-out disagreement, discounted by the GMMs fitted on
+    # round 1's held-out losses (labelfix.cleaning.clean_run.management_losses)
+    from labelfix.cleaning import find_label_issues
+    from labelfix.numeric import bce_logits
+
+    round1 = np.load(out / "stats" / "round1" / "logits.npy").astype(np.float32)
+    ref = find_label_issues(given, 1 / (1 + np.exp(-held)), losses=bce_logits(round1, given))
+    p_clean = np.asarray(res.issues.p_clean)
+    np.testing.assert_allclose(p_clean[~unk], ref.p_clean[~unk], atol=1e-5)
+    assert not np.allclose(p_clean[~unk], find_label_issues(given, 1 / (1 + np.exp(-held))).p_clean[~unk], atol=1e-3)
+    np.testing.assert_allclose(score[~unk], (np.abs((given == 1) - 1 / (1 + np.exp(-held))) * (1 - p_clean / 2))[~unk],
+                               atol=1e-3)
     assert _json.loads((out / "stats" / "state.json").read_text())["out_of_sample"] and folds.max() == 1
 
 

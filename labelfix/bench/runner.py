@@ -169,6 +169,8 @@ def _train_once(cfg, log) -> tuple[dict, bool]:
         from labelfix.train.config import read_run_config
 
         saved, wanted = read_run_config(run_dir).to_dict(), cfg.to_dict()
+        for k in ("data", "out"):   # the run records absolute paths; --out may be relative
+            saved[k], wanted[k] = (str(Path(d[k]).resolve()) if d.get(k) else d.get(k) for d in (saved, wanted))
         diff = sorted(k for k in wanted if k not in ("resume", "progress", "workers") and saved.get(k) != wanted[k])
         if diff:
             raise LabelfixError(f"{run_dir}: was trained with other options ({', '.join(diff)}); "
@@ -194,6 +196,7 @@ def run_bench(
     *,
     folds: int = DEFAULT_FOLDS,
     rounds: int = DEFAULT_ROUNDS,
+    fold_workers: int = 1,
     single_positive_methods: Sequence[str] = SINGLE_POSITIVE_METHODS,
     baselines: Sequence[str] = ("cleanlab", "loss"),
     command: str | None = None,
@@ -214,6 +217,8 @@ def run_bench(
         folds: cross-fitting folds of labelfix's detection run (and of cleanlab's
             out-of-sample probabilities: the same folds).
         rounds: cross-fitting rounds of labelfix's detection run.
+        fold_workers: fold models of the cross-fitted runs trained side by side on the
+            CPU (``labelfix train --fold-workers``; the same models as one at a time).
         single_positive_methods: methods added in the single-positive setting.
         baselines: subset of ``("cleanlab", "loss")`` (loss ranking needs method ``bce``).
         command: the command line to record in ``command.txt``.
@@ -313,7 +318,8 @@ def run_bench(
             # labelfix detection: a cross-fitted run (folds x rounds), then clean
             loss, mix = detection_recipe(kind)
             det_cfg = TrainConfig(data=str(base / "data"), out=str(base / "labelfix"), loss=loss, mix=mix, seed=seed,
-                                  folds=folds, rounds=rounds, **_method_options(loss, train_cfg, kappa))
+                                  folds=folds, rounds=rounds, fold_workers=fold_workers,
+                                  **_method_options(loss, train_cfg, kappa))
             secs, reused = _train_once(det_cfg, quiet)
             t0 = time.perf_counter()
             res = clean_run(base / "labelfix", report=False)
@@ -338,7 +344,8 @@ def run_bench(
                     probs_logits = np.load(base / "labelfix" / "stats" / "round1" / "logits.npy")
                 else:
                     cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=CLEANLAB_LOSS,
-                                         mix="none", seed=seed, folds=folds, rounds=1, **train_cfg)
+                                         mix="none", seed=seed, folds=folds, rounds=1, fold_workers=fold_workers,
+                                         **train_cfg)
                     cv_time = {"cv_seconds": _train_once(cv_cfg, quiet)[0]["train_seconds"]}
                     source = f"{CLEANLAB_LOSS} cv{folds}"
                     probs_logits = np.load(base / "cleanlab_cv" / "stats" / "logits.npy")

@@ -71,8 +71,9 @@ class LazyProbs:
         return sigmoid(self.base[rows])
 
 
-class _LazyBCE:
-    """Row-sliceable BCE losses of probs against the given labels (unknown -> against 0)."""
+class LazyBCE:
+    """Row-sliceable BCE losses of probs (or logits) against the given labels (unknown ->
+    against 0), computed chunk by chunk."""
 
     def __init__(self, probs, given, logits: bool):
         self.probs, self.given, self.logits, self.shape = probs, given, logits, tuple(given.shape)
@@ -86,8 +87,8 @@ def _check_shape(name, arr, shape):
         raise LabelfixError(f"{name}: shape {tuple(arr.shape)}: does not match given {tuple(shape)}")
 
 
-def _checked_inputs(given, probs, losses, two_view, estimates, neighbours, verified, labels, pred_probs,
-                    probs_are_logits):
+def _checked_inputs(given, probs, losses, dynamics, two_view, estimates, neighbours, verified, labels,
+                    pred_probs, probs_are_logits):
     """Aliases resolved, containers converted, values checked (labelfix.validation)."""
     if labels is not None:
         if given is not None:
@@ -107,6 +108,7 @@ def _checked_inputs(given, probs, losses, two_view, estimates, neighbours, verif
     if not isinstance(probs, LazyProbs):   # LazyProbs: labelfix's own logits (run statistics)
         check_probabilities(probs, "probs", logits=bool(probs_are_logits))
     losses = as_cell_array(losses, "losses", shape)
+    dynamics = as_cell_array(dynamics, "dynamics", shape)
     out = []
     for name, arr in (("two_view", two_view), ("estimates", estimates), ("neighbours", neighbours)):
         arr = as_cell_array(arr, name, shape)
@@ -116,7 +118,7 @@ def _checked_inputs(given, probs, losses, two_view, estimates, neighbours, verif
     verified = as_cell_array(verified, "verified", shape)
     if verified is not None and np.dtype(verified.dtype) != np.bool_:
         raise LabelfixError(f"verified: dtype {np.dtype(verified.dtype)}: must be a bool (N, K) matrix")
-    return (given, probs, losses, *out, verified)
+    return (given, probs, losses, dynamics, *out, verified)
 
 
 def _suggest_block(given, state, target, probs, two_view, estimates, est_thr):
@@ -143,6 +145,7 @@ def find_label_issues(
     neighbours=None,
     verified=None,
     *,
+    dynamics=None,
     clean_threshold: float = 0.5,
     relabel_threshold: float | None = None,
     estimate_threshold: float | None = None,
@@ -176,8 +179,11 @@ def find_label_issues(
         given: int8 (N, K) given labels, 1 / 0 / -1 (unknown). May be a memmap.
         probs: float (N, K) predicted probabilities (or logits with
             ``probs_are_logits=True``), ideally out-of-sample.
-        losses: float (N, K) per-cell losses for the GMMs (e.g. the mean BCE over
-            epochs); None -> BCE of ``probs`` against ``given`` (unknown -> against 0).
+        losses: float (N, K) per-cell losses for the GMMs (a cross-fitted run: round
+            1's held-out BCE; else e.g. the mean BCE over epochs); None -> BCE of
+            ``probs`` against ``given`` (unknown -> against 0).
+        dynamics: float (N, K) per-cell loss averaged over the training epochs (training
+            dynamics), the input of the ``loss`` scorer; None -> ``losses``.
         two_view: float (N, K) BalanceMix two-view mean probability, NaN where not
             computed; None -> ``probs`` is used for re-labeling.
         estimates: float (N, K) estimated P(positive) for unknown cells (e.g. ROLE's
@@ -228,8 +234,9 @@ def find_label_issues(
         >>> issues = find_label_issues(labels, probs)                    # doctest: +SKIP
         >>> issues.corrections.head()                                    # doctest: +SKIP
     """
-    given, probs, losses, two_view, estimates, neighbours, verified = _checked_inputs(
-        given, probs, losses, two_view, estimates, neighbours, verified, labels, pred_probs, probs_are_logits)
+    given, probs, losses, dynamics, two_view, estimates, neighbours, verified = _checked_inputs(
+        given, probs, losses, dynamics, two_view, estimates, neighbours, verified, labels, pred_probs,
+        probs_are_logits)
     shape = tuple(given.shape)
     N, K = shape
     if classes is not None:
@@ -263,7 +270,8 @@ def find_label_issues(
                             "trusted to begin with")
     trust_positives = single and not single_positive_removals
 
-    loss_src = losses if losses is not None else _LazyBCE(probs, given, probs_are_logits)
+    loss_src = losses if losses is not None else LazyBCE(probs, given, probs_are_logits)
+    dyn_src = dynamics if dynamics is not None else loss_src
     prob_src = LazyProbs(probs) if probs_are_logits else probs
     fit = _gmm.fit_label_gmms(loss_src, given, chunk_rows=rows, device=device, **(gmm_options or {}))
 
@@ -281,12 +289,12 @@ def find_label_issues(
             pr = np.asarray(prob_src[a:b], dtype=np.float32)
             tv = None if two_view is None else np.asarray(two_view[a:b], dtype=np.float32)
             es = None if estimates is None else np.asarray(estimates[a:b], dtype=np.float32)
-            ls = None if losses is None else np.asarray(losses[a:b], dtype=np.float32)
+            ls = np.asarray(dyn_src[a:b], dtype=np.float32)
             nb = None if neighbours is None else np.asarray(neighbours[a:b], dtype=np.float32)
             pc = _gmm.clean_posterior_rows(loss_src, given, fit, a, b, monotone=monotone, device=device)
             relabel_c = _scores._finite_or(tv, pr)
             st, tg, _ = assign_states_block(g, pc, relabel_c, clean_threshold=clean_threshold, delta=delta)
-            sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls if ls is not None else loss_src[a:b],
+            sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls,
                           estimates=es, neighbours=nb)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
             if verified is not None or trust_positives:   # a person's decision stands

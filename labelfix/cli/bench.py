@@ -37,10 +37,14 @@ def _methods(value: str) -> list[str]:
               help="Cross-fitting folds of labelfix's detection run and of the cleanlab baseline (the same folds).")
 @click.option("--rounds", type=click.IntRange(1), default=DEFAULT_ROUNDS, show_default=True,
               help="Cross-fitting rounds of labelfix's detection run.")
+@click.option("--fold-workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Fold models of the cross-fitted runs trained side by side on the CPU (as `labelfix train "
+                   "--fold-workers`).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs [default: the bench config's].")
 @click.option("--out", type=click.Path(file_okay=False), default="bench", show_default=True,
               help="Output folder (results.csv, summary.md, summary.png, runs/).")
-def bench(data, test, noises, methods, single_positive_methods, seeds, folds, rounds, epochs, out):
+def bench(data, test, noises, methods, single_positive_methods, seeds, folds, rounds, fold_workers, epochs,
+          out):
     """Benchmark label-issue detection (labelfix vs cleanlab vs loss ranking) and clean-test
     mAP of each training method under injected label noise.
 
@@ -67,10 +71,13 @@ def bench(data, test, noises, methods, single_positive_methods, seeds, folds, ro
     for n in noises:
         parts += ["--noise", n]
     parts += ["--methods", methods, "--single-positive-methods", single_positive_methods, "--seeds", str(seeds),
-              "--folds", str(folds), "--rounds", str(rounds)] + (["--epochs", str(epochs)] if epochs is not None else []) + ["--out", out]
+              "--folds", str(folds), "--rounds", str(rounds)]
+    parts += ["--fold-workers", str(fold_workers)] if fold_workers > 1 else []
+    parts += (["--epochs", str(epochs)] if epochs is not None else []) + ["--out", out]
     command = shlex.join(parts)
     result = run_bench(data, test, noises=list(noises) or list(DEFAULT_NOISES), methods=_methods(methods),
-                       seeds=seeds, out=out, folds=folds, rounds=rounds, single_positive_methods=sp, command=command,
+                       seeds=seeds, out=out, folds=folds, rounds=rounds, fold_workers=fold_workers,
+                       single_positive_methods=sp, command=command,
                        log=lambda s: click.echo(s, err=True), **overrides)
     for name, path in result.paths.items():
         click.echo(f"{name}: {path}")
