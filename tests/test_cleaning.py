@@ -64,17 +64,18 @@ def test_scorers_hand_computed():
     logits = np.array([[-3.0, 0.5, 2.0]], np.float32)
     np.testing.assert_allclose(bce_losses(logits, given, logits=True),
                                bce_losses(1 / (1 + np.exp(-logits)), given), rtol=1e-5)
-    # evidence: the probability mixed 3:1 with the neighbours' vote where there is one ...
+    # evidence: the probability mixed 3:1 with the neighbours' vote where there is one
     nb = np.array([[0.0, 1.0, np.nan]], np.float32)
-    no_gmm = {**kw, "p_clean": None}
-    np.testing.assert_allclose(get_scorer("evidence")(given, **no_gmm, neighbours=nb), [[0.85, 0.475, 0.8]],
-                               atol=1e-6)
-    np.testing.assert_allclose(get_scorer("evidence")(given, **no_gmm), [[0.8, 0.3, 0.8]], atol=1e-6)
-    # ... and the disagreement of known cells times 1 - p_clean / 2 (the unknown cell keeps q)
-    np.testing.assert_allclose(get_scorer("evidence")(given, **kw, neighbours=nb), [[0.85 * 0.8, 0.475 * 0.5, 0.8]],
-                               atol=1e-6)
-    np.testing.assert_allclose(get_scorer("evidence")(given, **kw), [[0.8 * 0.8, 0.3 * 0.5, 0.8]], atol=1e-6)
-    assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined", "evidence"}
+    np.testing.assert_allclose(get_scorer("evidence")(given, **kw, neighbours=nb), [[0.85, 0.475, 0.8]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("evidence")(given, **kw), [[0.8, 0.3, 0.8]], atol=1e-6)
+    # evidence_gmm: the known cells' evidence times 1 - p_clean / 2 (the unknown cell keeps q)
+    np.testing.assert_allclose(get_scorer("evidence_gmm")(given, **kw, neighbours=nb),
+                               [[0.85 * 0.8, 0.475 * 0.5, 0.8]], atol=1e-6)
+    np.testing.assert_allclose(get_scorer("evidence_gmm")(given, **kw), [[0.8 * 0.8, 0.3 * 0.5, 0.8]], atol=1e-6)
+    with pytest.raises(LabelfixError, match="evidence_gmm: needs p_clean"):
+        get_scorer("evidence_gmm")(given, **{**kw, "p_clean": None})
+    assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined", "evidence",
+                                  "evidence_gmm"}
     with pytest.raises(LabelfixError):
         get_scorer("nope")
 

@@ -262,8 +262,8 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     score = np.asarray(res.issues.score)
     unk = given == -1
     np.testing.assert_allclose(score[unk], (1 / (1 + np.exp(-ens)))[unk], atol=1e-3)   # all round-1 fold models
-    # known cells: the last round's held-out disagreement, discounted by the GMMs fitted on
-    # round 1's held-out losses (labelfix.cleaning.clean_run.management_losses)
+    # known cells: the last round's held-out disagreement; the GMMs (states, suggestions)
+    # fit round 1's held-out losses (labelfix.cleaning.clean_run.management_losses)
     from labelfix.cleaning import find_label_issues
     from labelfix.numeric import bce_logits
 
@@ -272,8 +272,7 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     p_clean = np.asarray(res.issues.p_clean)
     np.testing.assert_allclose(p_clean[~unk], ref.p_clean[~unk], atol=1e-5)
     assert not np.allclose(p_clean[~unk], find_label_issues(given, 1 / (1 + np.exp(-held))).p_clean[~unk], atol=1e-3)
-    np.testing.assert_allclose(score[~unk], (np.abs((given == 1) - 1 / (1 + np.exp(-held))) * (1 - p_clean / 2))[~unk],
-                               atol=1e-3)
+    np.testing.assert_allclose(score[~unk], np.abs((given == 1) - 1 / (1 + np.exp(-held)))[~unk], atol=1e-3)
     assert _json.loads((out / "stats" / "state.json").read_text())["out_of_sample"] and folds.max() == 1
 
 

@@ -95,6 +95,22 @@ class UnknownFrom:
                         np.asarray(self.held_out[rows], dtype=np.float32))
 
 
+def run_evidence(run: Run) -> dict:
+    """The inputs of :func:`find_label_issues` that a run's training recorded, as keyword
+    arguments (``given``, ``probs``, ``losses``, ``dynamics``, ``two_view``,
+    ``estimates``, ``verified``; all row-sliceable, memory-mapped where stored): what
+    ``labelfix clean`` scores, less the neighbours' votes, which it computes itself."""
+    ls = run.labelset
+    logits = run.stat("logits")
+    ensemble = fold_ensemble_logits(run)
+    if ensemble is not None:   # no fold model saw a label on an unknown cell: all K judge it
+        logits = UnknownFrom(logits, ensemble, ls.labels)
+    role = run.stat("role_logits", required=False)
+    return dict(given=ls.labels, probs=LazyProbs(logits), losses=management_losses(run),
+                dynamics=run.stat("loss_mean", required=False), two_view=run.stat("two_view", required=False),
+                estimates=None if role is None else LazyProbs(role), verified=ls.verified)
+
+
 @dataclass
 class CleanResult:
     issues: LabelIssues
@@ -168,14 +184,7 @@ def clean_run(
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
     notes = _stats_notes(run)
-    logits = run.stat("logits")
-    ensemble = fold_ensemble_logits(run)
-    if ensemble is not None:   # no fold model saw a label on an unknown cell: all K judge it
-        logits = UnknownFrom(logits, ensemble, ls.labels)
-    losses = management_losses(run)
-    dynamics = run.stat("loss_mean", required=False)
-    two_view = run.stat("two_view", required=False)
-    role = run.stat("role_logits", required=False)
+    evidence = run_evidence(run)
     if classes:
         unknown = sorted(set(classes) - set(ls.class_names))
         if unknown:
@@ -197,14 +206,8 @@ def clean_run(
                          f"{int(dups['crosses_split'].sum())} in groups crossing the validation split); "
                          f"see cells/duplicates.csv")
     issues = find_label_issues(
-        ls.labels,
-        LazyProbs(logits),
-        losses=losses,
-        dynamics=dynamics,
-        two_view=two_view,
-        estimates=None if role is None else LazyProbs(role),
+        **evidence,
         neighbours=neighbours,
-        verified=ls.verified,
         scorer=scorer or DEFAULT_SCORER,
         single_positive_removals=single_positive_removals,
         clean_threshold=clean_threshold,
@@ -229,5 +232,6 @@ def clean_run(
     if report:
         from labelfix.cleaning.report import write_report
 
-        report_path = write_report(run, issues, table, notes, losses=losses, probs=LazyProbs(logits))
+        report_path = write_report(run, issues, table, notes, losses=evidence["losses"],
+                                   probs=evidence["probs"])
     return CleanResult(issues, table, notes, report_path)

@@ -152,26 +152,37 @@ def evidence_estimate(probs, neighbours=None, weight: float = NEIGHBOUR_WEIGHT) 
     return np.where(np.isfinite(q), (1.0 - weight) * p + weight * q, p).astype(np.float32)
 
 
-#: share of a cell's disagreement taken away when the label GMMs call the cell clean
-#: (``evidence``; docs/cleaning.md)
-CLEAN_DISCOUNT = 0.5
-
-
 @register_scorer("evidence")
 def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
                    neighbours=None) -> np.ndarray:
-    """Known cells: |y - q| (1 - CLEAN_DISCOUNT p_clean), unknown cells: q, with q the
-    held-out model probability mixed with the neighbours' label vote
-    (:func:`evidence_estimate`) and p_clean the label GMMs' clean posterior (BalanceMix's
-    label-wise management; in a cross-fitted run fitted on round 1's held-out losses, so
-    it is evidence from other models than the last round's q). Without p_clean: |y - q|."""
+    """Known cells: |y - q|, unknown cells: q, with q the held-out model probability mixed
+    with the neighbours' label vote (:func:`evidence_estimate`)."""
     g, known, y = _known(given)
     q = evidence_estimate(probs, neighbours)
-    dis = np.abs(y - q)
-    if p_clean is not None:   # product of the two: a cell both call wrong ranks first
-        dis = dis * (1.0 - CLEAN_DISCOUNT * _finite_or(p_clean, 1.0))
-    out = np.where(known, dis, q)
+    out = np.where(known, np.abs(y - q), q)
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+#: share of a cell's ``evidence`` score taken away when the label GMMs call it clean
+#: (``evidence_gmm``; docs/cleaning.md)
+CLEAN_DISCOUNT = 0.5
+
+
+@register_scorer("evidence_gmm")
+def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
+                       neighbours=None) -> np.ndarray:
+    """Known cells: ``evidence`` x (1 - CLEAN_DISCOUNT p_clean), unknown cells: q. With
+    p_clean the label GMMs' clean posterior (BalanceMix's label-wise management; in a
+    cross-fitted run fitted on round 1's held-out losses, so a second judge beside the
+    last round's q), a cell both call wrong ranks first. It assumes what the GMMs assume,
+    that the wrong labels are the minority of each (class, given label) group: it ranked
+    better under mislabel noise and worse under symmetric flips (docs/cleaning.md)."""
+    if p_clean is None:
+        raise LabelfixError("score: evidence_gmm: needs p_clean")
+    g, known, _ = _known(given)
+    out = score_evidence(given, probs=probs, neighbours=neighbours)
+    discounted = out * (1.0 - CLEAN_DISCOUNT * _finite_or(p_clean, 1.0))
+    return np.where(known, discounted, out).astype(np.float32)
 
 
 # chosen on the demo data, seed 0, cross-fitted masked-BCE runs (3 folds x 2 rounds):

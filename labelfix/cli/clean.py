@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from labelfix.cleaning.scores import list_scorers
 from labelfix.cli.options import FiniteFloat
 
 
@@ -16,8 +17,7 @@ from labelfix.cli.options import FiniteFloat
                    "[default: 0.975, 0.55 for single-positive data].")
 @click.option("--max-suggestions", type=click.IntRange(min=0), default=None, help="Keep only the top suggestions.")
 @click.option("--classes", default=None, help="Comma-separated class names to suggest corrections for.")
-@click.option("--score", "scorer", type=click.Choice(["evidence", "disagreement", "loss", "gmm", "combined",
-                                                      "two_view"]), default=None,
+@click.option("--score", "scorer", type=click.Choice(list_scorers()), default=None,
               help="Issue score rule (docs/cleaning.md) [default: evidence].")
 @click.option("--neighbours", type=click.IntRange(min=0), default=10, show_default=True,
               help="Neighbours per image for the neighbour evidence (0: none).")

@@ -1,0 +1,120 @@
+"""Every issue score rule of ``labelfix clean`` on finished detection runs, without retraining.
+
+For each cross-fitted run that ``benchmarks/detection.py`` left in ``DIR/<dataset>/<mode>/
+runs/<noise>/seed<s>/labelfix``: the inputs ``labelfix clean`` scores
+(``labelfix.cleaning.clean_run.run_evidence``, and the neighbours' votes that the
+benchmark's own ``clean`` wrote to ``cells/neighbours.npy``), every rule of
+``labelfix.cleaning.scores.list_scorers()`` (``two_view`` only where the run recorded it),
+and the per-cell AP of the label errors (over the unknown cells where every error is an
+unknown cell, as in the detection benchmark). cleanlab's and the loss ranking's AP come
+from the benchmark's ``results.csv`` of the same runs, for reference.
+
+Run: ``python benchmarks/rescore.py DIR [DIR ...] [--name rescore]``. Writes
+``benchmarks/results/<name>.json`` (one row per run) and ``.md`` (means over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from detection import UNKNOWN_ERRORS, collect  # noqa: E402  (benchmarks/detection.py)
+
+
+def runs_of(root: Path):
+    """(dataset, mode, noise tag, seed, run dir) of every finished labelfix run under ``root``."""
+    for run in sorted(root.glob("*/*/runs/*/seed*/labelfix")):
+        if (run / "cells" / "score.npy").exists():
+            seed_dir = run.parent
+            yield (seed_dir.parents[3].name, seed_dir.parents[2].name, seed_dir.parent.name,
+                   int(seed_dir.name[4:]), run)
+
+
+def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: Path) -> dict:
+    from labelfix.bench.metrics import detection_metrics
+    from labelfix.cleaning import find_label_issues, list_scorers
+    from labelfix.cleaning.clean_run import run_evidence
+    from labelfix.io import read_labels
+    from labelfix.run import Run
+
+    run = Run(run_dir)
+    evidence = run_evidence(run)
+    true = np.asarray(read_labels(root / "data" / dataset / "train.json").labels)
+    given = np.asarray(evidence["given"])
+    kind = tag.split("_")[0]
+    metric = "ap_unknown" if kind in UNKNOWN_ERRORS else "ap"
+    neighbours = run.cell("neighbours", required=False)
+    row = {"dataset": dataset, "mode": mode, "noise": tag, "seed": seed}
+    for name in list_scorers():
+        if name == "two_view" and evidence["two_view"] is None:
+            continue
+        issues = find_label_issues(**evidence, neighbours=neighbours, scorer=name)
+        row[name] = detection_metrics(given, true, np.asarray(issues.score))[metric]
+    return row
+
+
+def baselines(root: Path) -> pd.DataFrame:
+    """cleanlab's and the loss ranking's AP per (dataset, mode, noise tag, seed)."""
+    frames = []
+    for path in sorted(root.glob("*/*/results.csv")):
+        wide = collect(pd.read_csv(path), path.parents[1].name, path.parent.name)
+        wide["noise"] = wide["noise"].str.replace(":", "_")
+        wide = wide.rename(columns={"cleanlab": "baseline: cleanlab", "loss": "baseline: loss ranking"})
+        frames.append(wide[["dataset", "mode", "noise", "seed"] + [c for c in wide if c.startswith("baseline")]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def table(frame: pd.DataFrame) -> str:
+    rules = [c for c in frame.columns if c not in ("dataset", "mode", "noise", "seed", "source")]
+    mean = frame.groupby(["source", "dataset", "mode", "noise"], sort=False)[rules].mean()
+    seeds = frame.groupby(["source", "dataset", "mode", "noise"], sort=False)["seed"].apply(
+        lambda s: ",".join(str(int(x)) for x in sorted(s)))
+    lines = ["| runs | dataset | mode | noise | seeds | " + " | ".join(rules) + " |",
+             "|---|---|---|---|---|" + "---|" * len(rules)]
+    for key, r in mean.iterrows():
+        lines.append("| " + " | ".join(key) + f" | {seeds[key]} | " +
+                     " | ".join("" if pd.isna(r[c]) else f"{r[c]:.3f}" for c in rules) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="output folders of benchmarks/detection.py")
+    ap.add_argument("--name", default="rescore", help="results file name in benchmarks/results/")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = []
+    for d in args.dirs:
+        root = Path(d)
+        found = [rescore(root, *r) for r in runs_of(root)]
+        if not found:
+            raise SystemExit(f"{root}: no finished detection run under <dataset>/<mode>/runs/")
+        frame = pd.DataFrame(found)
+        base = baselines(root)
+        if len(base):
+            frame = frame.merge(base, on=["dataset", "mode", "noise", "seed"], how="left")
+        frame.insert(0, "source", root.name)
+        rows.append(frame)
+        print(f"{root}: {len(found)} runs rescored", file=sys.stderr, flush=True)
+    frame = pd.concat(rows, ignore_index=True)
+    out = HERE / "results" / args.name
+    out.with_suffix(".json").write_text(json.dumps(frame.to_dict("records"), indent=1) + "\n")
+    text = (f"# Issue score rules on finished detection runs\n\nPer-cell AP of the label errors (over the "
+            f"unknown cells for {', '.join(UNKNOWN_ERRORS)}), mean over seeds; `evidence` is the default; "
+            f"the baselines from the same runs' results.csv.\n\n{table(frame)}\n\nCommand: `python "
+            f"benchmarks/rescore.py {' '.join(args.dirs)} --name {args.name}` ({time.perf_counter() - t0:.0f} s).\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
