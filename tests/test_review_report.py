@@ -105,10 +105,21 @@ def test_report_cards_classes_precision(cleaned):
         c: (int(size[c]), int(adds.get(c, 0)), int(size[c] - adds.get(c, 0))) for c in size.index}
     assert [int(r[1]) for r in rows] == sorted((int(r[1]) for r in rows), reverse=True)
 
-    # estimated precision: mean probability that the suggested label is right
-    right = np.where(corr["action"] == "add", corr["probability"], 1 - corr["probability"])
+    # estimated precision: mean probability that the suggested label is right, the run's
+    # probabilities calibrated per class against the given labels (Platt scaling)
+    from labelfix.cleaning.calibration import fit_platt
+    from labelfix.cleaning.clean_run import run_evidence
+    from labelfix.cleaning.report import right_probability
+    from labelfix.run import Run
+
+    ev = run_evidence(Run(run))
+    params = fit_platt(ev["probs"][np.arange(len(ev["given"]))], np.asarray(ev["given"]))
+    cal = dict(zip(Run(run).labelset.class_names, map(tuple, params)))
+    right = right_probability(corr, cal)
+    raw = np.where(corr["action"] == "add", corr["probability"], 1 - corr["probability"])
+    assert not np.allclose(right, raw)
     assert f"<td>all ({len(corr)})</td><td class='n'>{right.mean():.3f}</td>" in text
-    assert "estimate from the model&#x27;s probabilities" in text and "calibrated" in text
+    assert "an estimate, not a measurement" in text and "Platt scaling" in text
 
 
 def test_plot_titles_do_not_overlap(cleaned):
@@ -142,6 +153,46 @@ def test_estimated_precision_top_n():
     for rec in table.itertuples():
         mine = corr["class"] == rec[1]
         assert rec.estimated_precision == pytest.approx(np.nanmean(right[mine]))
+
+
+def test_platt_calibration_recovers_an_overconfident_model_and_ignores_unknown_cells():
+    """fit_platt per class = sklearn's logistic regression on the logit of the known
+    cells; on a model whose logits are 3x too confident it finds a slope near 1/3."""
+    from sklearn.linear_model import LogisticRegression
+
+    from labelfix.cleaning.calibration import apply_platt, fit_platt
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    z = rng.normal(0, 4, (n, 3))
+    given = (rng.random((n, 3)) < 1 / (1 + np.exp(-z / 3))).astype(np.int8)
+    given[:, 2] = 0                                     # one label value only: identity
+    probs = 1 / (1 + np.exp(-z))
+    unknown = rng.random((n, 3)) < 0.3
+    params = fit_platt(probs, np.where(unknown, np.int8(-1), given))
+    ref = LogisticRegression(C=1e4).fit(z[~unknown[:, 0], :1], given[~unknown[:, 0], 0] == 1)
+    assert params[0] == pytest.approx([ref.coef_[0, 0], ref.intercept_[0]], abs=1e-3)
+    assert params[0, 0] == pytest.approx(1 / 3, abs=0.03) and params[1, 0] == pytest.approx(1 / 3, abs=0.03)
+    assert params[2].tolist() == [1.0, 0.0]
+    # the unknown cells' values do not matter
+    flipped = np.where(unknown, np.int8(-1), given)
+    assert np.allclose(fit_platt(np.where(unknown, 1 - probs, probs), flipped), params)
+    got = apply_platt(probs[:5, 0], [0] * 5, params)
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-(params[0, 0] * z[:5, 0] + params[0, 1]))), rtol=1e-4)
+
+
+def test_estimated_precision_uses_the_calibration_of_each_class():
+    from labelfix.cleaning.report import estimated_precision, right_probability
+
+    p1 = 1 / (1 + np.exp(-1.0))
+    corr = pd.DataFrame({"class": ["cat", "cat", "dog", "eel"], "action": ["add", "remove", "add", "add"],
+                         "probability": [p1, p1, p1, np.nan]})
+    cal = {"cat": (2.0, 0.0), "dog": (1.0, -1.0)}
+    s2 = 1 / (1 + np.exp(-2.0))
+    np.testing.assert_allclose(right_probability(corr, cal)[:3], [s2, 1 - s2, 0.5])
+    assert np.isnan(right_probability(corr, cal)[3])
+    assert estimated_precision(corr, calibration=cal)["estimated_precision"].iloc[-1] == pytest.approx(
+        (s2 + 1 - s2 + 0.5) / 3)
 
 
 def test_report_without_readable_images(tmp_path):

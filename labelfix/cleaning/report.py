@@ -35,9 +35,9 @@ THUMB_SIZE = 128  # longest side in pixels (small images are enlarged to it)
 PRECISION_AT = (50, 100, 300)
 ESTIMATE_NOTE = (
     "Estimated precision = the mean, over the suggestions, of the probability that the suggested label is "
-    "right: the model's calibrated held-out probability of the class for an addition, one minus it for a "
-    "removal. It is an estimate from the model's probabilities, not a measurement: check it against your "
-    "own review of a sample."
+    "right: the held-out probability of the class calibrated per class against the given labels (Platt "
+    "scaling) for an addition, one minus it for a removal. It is an estimate, not a measurement, and an "
+    "optimistic one (docs/cleaning.md): check it against your own review of a sample."
 )
 
 
@@ -57,22 +57,30 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def right_probability(corrections: pd.DataFrame) -> np.ndarray:
-    """Per suggestion, the model's probability that the suggested label is right:
-    ``probability`` for an addition, ``1 - probability`` for a removal (NaN when the
-    probability is missing)."""
+def right_probability(corrections: pd.DataFrame, calibration: dict | None = None) -> np.ndarray:
+    """Per suggestion, the probability that the suggested label is right: ``probability``
+    for an addition, ``1 - probability`` for a removal (NaN when the probability is
+    missing). ``calibration``: class name -> (a, b) of
+    :func:`labelfix.cleaning.calibration.fit_platt`, applied to ``probability`` first
+    (classes not in it stay as they are)."""
     if "probability" not in corrections.columns:
         return np.full(len(corrections), np.nan)
     p = pd.to_numeric(corrections["probability"], errors="coerce").to_numpy(np.float64)
+    if calibration:
+        from labelfix.cleaning.calibration import apply_platt
+
+        names = corrections["class"].astype(str).to_numpy()
+        params = np.array([calibration.get(n, (1.0, 0.0)) for n in names], dtype=np.float64).reshape(-1, 2)
+        p = apply_platt(p, np.arange(len(p)), params)
     return np.where(corrections["action"].to_numpy() == "add", p, 1.0 - p)
 
 
-def estimated_precision(corrections: pd.DataFrame, at=PRECISION_AT) -> pd.DataFrame:
+def estimated_precision(corrections: pd.DataFrame, at=PRECISION_AT, calibration: dict | None = None) -> pd.DataFrame:
     """Estimated precision of the top-N suggestions (corrections sorted by score):
     one row per N in ``at`` below the number of suggestions, plus ``all``. Columns
     ``top``, ``suggestions``, ``with_probability``, ``estimated_precision``,
-    ``expected_right``."""
-    right = right_probability(corrections)
+    ``expected_right``. ``calibration``: as in :func:`right_probability`."""
+    right = right_probability(corrections, calibration)
     rows = []
     n = len(corrections)
     for top in [k for k in at if k < n] + [n]:
@@ -88,15 +96,16 @@ def estimated_precision(corrections: pd.DataFrame, at=PRECISION_AT) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def per_class_table(corrections: pd.DataFrame) -> pd.DataFrame:
+def per_class_table(corrections: pd.DataFrame, calibration: dict | None = None) -> pd.DataFrame:
     """Per class with suggestions: suggestions, additions, removals and the estimated
-    precision of its suggestions; most suggestions first (ties: class name)."""
+    precision of its suggestions (``calibration`` as in :func:`right_probability`); most
+    suggestions first (ties: class name)."""
     if not len(corrections):
         return pd.DataFrame(columns=["class", "suggestions", "additions", "removals", "estimated_precision"])
     frame = pd.DataFrame({
         "class": corrections["class"].astype(str).to_numpy(),
         "add": (corrections["action"] == "add").to_numpy(),
-        "right": right_probability(corrections),
+        "right": right_probability(corrections, calibration),
     })
     g = frame.groupby("class", sort=False)
     out = pd.DataFrame({
@@ -127,7 +136,7 @@ def _thumbnail(src: Path, dst: Path) -> bool:
     return True
 
 
-def _cards(run, corrections: pd.DataFrame, out: Path) -> str:
+def _cards(run, corrections: pd.DataFrame, out: Path, calibration: dict | None = None) -> str:
     """HTML cards for the top suggestions, with thumbnails written to ``out/thumbs``."""
     top = corrections.head(TOP_THUMBNAILS)
     thumbs = out / "thumbs"
@@ -146,7 +155,7 @@ def _cards(run, corrections: pd.DataFrame, out: Path) -> str:
     for old in thumbs.glob("*.jpg"):  # thumbnails of an earlier report
         if old.name not in keep:
             old.unlink()
-    right = right_probability(top)
+    right = right_probability(top, calibration)
     cards = []
     for i, rec in enumerate(top.to_dict("records")):
         add = rec["action"] == "add"
@@ -289,9 +298,14 @@ def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, lo
         "re-labeling threshold (delta)": issues.delta,
         "GMM groups fitted": f"{int((~fit.degenerate).sum())} of {fit.degenerate.size}",
     }
-    precision = estimated_precision(corrections)
-    classes = per_class_table(corrections)
-    cards = _cards(run, corrections, out)
+    from labelfix.cleaning.calibration import fit_platt
+
+    sample_probs = np.asarray(probs[rows], np.float64) if probs is not None else None
+    calibration = (dict(zip(names, map(tuple, fit_platt(sample_probs, given))))
+                   if sample_probs is not None else None)
+    precision = estimated_precision(corrections, calibration=calibration)
+    classes = per_class_table(corrections, calibration)
+    cards = _cards(run, corrections, out, calibration)
 
     def fmt(v):
         return "n/a" if isinstance(v, float) and not np.isfinite(v) else f"{v:.3f}" if isinstance(v, float) else v
