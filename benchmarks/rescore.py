@@ -6,8 +6,10 @@ runs/<noise>/seed<s>/labelfix``: the inputs ``labelfix clean`` scores
 benchmark's own ``clean`` wrote to ``cells/neighbours.npy``), every rule of
 ``labelfix.cleaning.scores.list_scorers()`` (``two_view`` only where the run recorded it),
 and the per-cell AP of the label errors (over the unknown cells where every error is an
-unknown cell, as in the detection benchmark). cleanlab's and the loss ranking's AP come
-from the benchmark's ``results.csv`` of the same runs, for reference.
+unknown cell, as in the detection benchmark), and each rule's flagging precision at
+cleanlab's recall (``labelfix.bench.metrics.precision_at_recall``). cleanlab's and the
+loss ranking's AP, and cleanlab's recall and precision, come from the benchmark's
+``results.csv`` of the same runs.
 
 Run: ``python benchmarks/rescore.py DIR [DIR ...] [--name rescore]``. Writes
 ``benchmarks/results/<name>.json`` (one row per run) and ``.md`` (means over seeds).
@@ -38,8 +40,13 @@ def runs_of(root: Path):
                    int(seed_dir.name[4:]), run)
 
 
-def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: Path) -> dict:
-    from labelfix.bench.metrics import detection_metrics
+#: suffix of the columns holding a rule's precision at cleanlab's recall
+AT_RECALL = " @cl-recall"
+
+
+def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: Path,
+            cleanlab_recall: float = float("nan")) -> dict:
+    from labelfix.bench.metrics import detection_metrics, precision_at_recall
     from labelfix.cleaning import find_label_issues, list_scorers
     from labelfix.cleaning.clean_run import run_evidence
     from labelfix.io import read_labels
@@ -56,8 +63,9 @@ def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: P
     for name in list_scorers():
         if name == "two_view" and evidence["two_view"] is None:
             continue
-        issues = find_label_issues(**evidence, neighbours=neighbours, scorer=name)
-        row[name] = detection_metrics(given, true, np.asarray(issues.score))[metric]
+        score = np.asarray(find_label_issues(**evidence, neighbours=neighbours, scorer=name).score)
+        row[name] = detection_metrics(given, true, score)[metric]
+        row[name + AT_RECALL] = precision_at_recall(given, true, score, cleanlab_recall)
     return row
 
 
@@ -68,12 +76,14 @@ def baselines(root: Path) -> pd.DataFrame:
         wide = collect(pd.read_csv(path), path.parents[1].name, path.parent.name)
         wide["noise"] = wide["noise"].str.replace(":", "_")
         wide = wide.rename(columns={"cleanlab": "baseline: cleanlab", "loss": "baseline: loss ranking"})
-        frames.append(wide[["dataset", "mode", "noise", "seed"] + [c for c in wide if c.startswith("baseline")]])
+        wide = wide.rename(columns={"cleanlab_recall": "cleanlab recall", "cleanlab_precision": "cleanlab precision"})
+        frames.append(wide[["dataset", "mode", "noise", "seed", "cleanlab recall", "cleanlab precision"]
+                           + [c for c in wide if c.startswith("baseline")]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def table(frame: pd.DataFrame) -> str:
-    rules = [c for c in frame.columns if c not in ("dataset", "mode", "noise", "seed", "source")]
+def table(frame: pd.DataFrame, rules: list[str]) -> str:
+    """Means over seeds of the ``rules`` columns, one row per (runs, dataset, mode, noise)."""
     mean = frame.groupby(["source", "dataset", "mode", "noise"], sort=False)[rules].mean()
     seeds = frame.groupby(["source", "dataset", "mode", "noise"], sort=False)["seed"].apply(
         lambda s: ",".join(str(int(x)) for x in sorted(s)))
@@ -94,11 +104,13 @@ def main(argv=None) -> int:
     rows = []
     for d in args.dirs:
         root = Path(d)
-        found = [rescore(root, *r) for r in runs_of(root)]
+        base = baselines(root)
+        recall = ({} if not len(base) else
+                  base.set_index(["dataset", "mode", "noise", "seed"])["cleanlab recall"].to_dict())
+        found = [rescore(root, *r, cleanlab_recall=recall.get(r[:4], float("nan"))) for r in runs_of(root)]
         if not found:
             raise SystemExit(f"{root}: no finished detection run under <dataset>/<mode>/runs/")
         frame = pd.DataFrame(found)
-        base = baselines(root)
         if len(base):
             frame = frame.merge(base, on=["dataset", "mode", "noise", "seed"], how="left")
         frame.insert(0, "source", root.name)
@@ -107,9 +119,16 @@ def main(argv=None) -> int:
     frame = pd.concat(rows, ignore_index=True)
     out = HERE / "results" / args.name
     out.with_suffix(".json").write_text(json.dumps(frame.to_dict("records"), indent=1) + "\n")
+    keys = ("dataset", "mode", "noise", "seed", "source")
+    ap_cols = [c for c in frame.columns if c not in keys and not c.endswith(AT_RECALL) and "cleanlab " not in c]
+    flag_cols = ["cleanlab recall", "cleanlab precision"] + [c for c in frame.columns if c.endswith(AT_RECALL)]
     text = (f"# Issue score rules on finished detection runs\n\nPer-cell AP of the label errors (over the "
             f"unknown cells for {', '.join(UNKNOWN_ERRORS)}), mean over seeds; `evidence` is the default; "
-            f"the baselines from the same runs' results.csv.\n\n{table(frame)}\n\nCommand: `python "
+            f"the baselines from the same runs' results.csv.\n\n{table(frame, ap_cols)}\n\n"
+            f"## Flagging: each rule's precision at cleanlab's recall\n\ncleanlab's recall and precision "
+            f"(`find_multilabel_issues_per_class`) from results.csv; each rule flags the shortest top of its "
+            f"ranking that finds as many errors. Goal: at least cleanlab's precision.\n\n"
+            f"{table(frame, flag_cols)}\n\nCommand: `python "
             f"benchmarks/rescore.py {' '.join(args.dirs)} --name {args.name}` ({time.perf_counter() - t0:.0f} s).\n")
     out.with_suffix(".md").write_text(text)
     print(text)

@@ -74,8 +74,18 @@ def test_scorers_hand_computed():
     np.testing.assert_allclose(get_scorer("evidence_gmm")(given, **kw), [[0.8 * 0.8, 0.3 * 0.5, 0.8]], atol=1e-6)
     with pytest.raises(LabelfixError, match="evidence_gmm: needs p_clean"):
         get_scorer("evidence_gmm")(given, **{**kw, "p_clean": None})
+    # posterior: Bayes' rule under the class's noise rates (rho0, rho1) = (0.1, 0.3)
+    rates = np.array([[0.1, 0.3], [0.1, 0.3], [0.1, 0.3]])
+    q = np.array([0.15, 0.475, 0.8])   # the evidence estimate (3:1 with the neighbours' vote)
+    want = [0.1 * (1 - q[0]) / (0.1 * (1 - q[0]) + 0.7 * q[0]),   # given positive
+            0.3 * q[1] / (0.3 * q[1] + 0.9 * (1 - q[1])),          # given negative
+            q[2]]                                                  # unknown: P(positive)
+    np.testing.assert_allclose(get_scorer("posterior")(given, **kw, neighbours=nb, noise_rates=rates), [want],
+                               atol=1e-6)
+    with pytest.raises(LabelfixError, match="posterior: needs noise_rates"):
+        get_scorer("posterior")(given, **kw)
     assert set(list_scorers()) == {"gmm", "disagreement", "two_view", "loss", "combined", "evidence",
-                                  "evidence_gmm"}
+                                  "evidence_gmm", "posterior"}
     with pytest.raises(LabelfixError):
         get_scorer("nope")
 
@@ -206,3 +216,47 @@ def test_trusted_cells_are_the_verified_ones_plus_single_positive_positives():
     assert trusted_cells(multi, verified).tolist() == verified.tolist()
     # the rule looks at the given rows only (cross-fitting: the training rows)
     assert trusted_cells(multi, verified, rows=np.array([0, 1, 3]))[2].tolist() == [True, False, True]
+
+
+def test_confident_joint_matches_cleanlab_per_class():
+    cl_count = pytest.importorskip("cleanlab.count")
+    from labelfix.cleaning.noise_rates import confident_joint, given_counts, noise_rates
+
+    true, given, probs = _noisy(seed=3, n=401, k=5)
+    probs[7] = np.nan   # an image the model did not score: not counted
+    joint = confident_joint(given, probs, chunk_rows=37)
+    for k in range(given.shape[1]):
+        m = (given[:, k] != -1) & np.isfinite(probs[:, k])
+        q = probs[m, k].astype(np.float64)
+        want = cl_count.compute_confident_joint(given[m, k], np.stack([1 - q, q], 1), calibrate=False)
+        np.testing.assert_array_equal(joint[k], want)
+    # rows calibrated to the given-label counts (JAIR 2021 Eq. 2), then P(y~ | y*) with the pseudo-count
+    counts = given_counts(given, chunk_rows=50)
+    assert counts.tolist() == [[int((given[:, k] == 0).sum()), int((given[:, k] == 1).sum())]
+                               for k in range(given.shape[1])]
+    j = np.array([[[90, 10], [5, 45]]])
+    c = j + np.array([[[0, 0.5], [0.5, 0]]])
+    cal = c / c.sum(2, keepdims=True) * np.array([[200, 100]])[:, :, None]
+    rho0 = cal[0, 1, 0] / (cal[0, 0, 0] + cal[0, 1, 0])
+    rho1 = cal[0, 0, 1] / (cal[0, 0, 1] + cal[0, 1, 1])
+    np.testing.assert_allclose(noise_rates(j, np.array([[200, 100]])), [[rho0, rho1]])
+
+
+def test_posterior_score_ranks_a_doubtful_cell_of_a_noisy_class_first():
+    """Two classes, the same model doubt on one given positive each: the class whose labels
+    carry many confidently wrong positives ranks its doubtful cell above the clean class's."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    true = (rng.random((n, 2)) < 0.4).astype(np.int8)
+    probs = np.where(true == 1, rng.beta(12, 2, (n, 2)), rng.beta(2, 12, (n, 2))).astype(np.float32)
+    given = true.copy()
+    noisy = (true[:, 0] == 0) & (rng.random(n) < 0.25)   # class 0: many false positives
+    given[noisy, 0] = 1
+    given[:2] = 1
+    probs[:2] = 0.3   # rows 0 and 1: the same doubtful given positive in both classes
+    iss = find_label_issues(given, probs, scorer="posterior", chunk_rows=333)
+    rho = np.array(iss.settings["noise_rates"])
+    assert rho[0, 0] > 3 * rho[1, 0]   # P(y~=1 | y*=0) far higher in class 0
+    assert iss.score[0, 0] > iss.score[0, 1]
+    plain = find_label_issues(given, probs, scorer="evidence")
+    assert plain.score[0, 0] == pytest.approx(plain.score[0, 1])

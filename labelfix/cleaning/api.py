@@ -15,6 +15,7 @@ import pandas as pd
 
 from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
+from labelfix.cleaning.noise_rates import estimate_noise_rates
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES,
                                       assign_states_block, default_delta, is_single_positive)
 from labelfix.errors import LabelfixError
@@ -80,6 +81,18 @@ class LazyBCE:
 
     def __getitem__(self, rows):
         return _scores.bce_losses(self.probs[rows], self.given[rows], logits=self.logits)
+
+
+class EvidenceRows:
+    """Row-sliceable ``evidence`` estimate q (model probability mixed with the neighbours'
+    vote, :func:`labelfix.cleaning.scores.evidence_estimate`), computed chunk by chunk."""
+
+    def __init__(self, probs, neighbours):
+        self.probs, self.neighbours, self.shape = probs, neighbours, tuple(probs.shape)
+
+    def __getitem__(self, rows):
+        nb = None if self.neighbours is None else np.asarray(self.neighbours[rows], dtype=np.float32)
+        return _scores.evidence_estimate(np.asarray(self.probs[rows], dtype=np.float32), nb)
 
 
 def _check_shape(name, arr, shape):
@@ -190,7 +203,8 @@ def find_label_issues(
             label estimator); None -> two_view / probs.
         neighbours: float (N, K) the neighbours' label vote (share of known neighbour
             labels that are positive, NaN where none; ``labelfix.cleaning.neighbours``),
-            used by the ``evidence`` scorer; None -> no neighbour evidence.
+            used by the ``evidence``, ``evidence_gmm`` and ``posterior`` scorers; None ->
+            no neighbour evidence.
         verified: bool (N, K) cells a person verified in an earlier review: clean
             (p_clean 1), score 0, never suggested.
         single_positive_removals: in the single-positive setting
@@ -204,7 +218,10 @@ def find_label_issues(
             exceeds it; None -> 0.5 (the estimate's own decision threshold).
         max_suggestions: keep only the top-scoring corrections.
         classes: class names; adds a ``class`` column to ``corrections``.
-        scorer: issue score rule (``labelfix.cleaning.scores.list_scorers()``).
+        scorer: issue score rule (``labelfix.cleaning.scores.list_scorers()``). For
+            ``posterior`` the per-class noise rates are estimated over all rows first
+            (confident joint, :mod:`labelfix.cleaning.noise_rates`) and recorded in
+            ``settings["noise_rates"]``.
         gmm_options: keyword options of :func:`labelfix.cleaning.gmm.fit_label_gmms`
             (max_iter, tol, reg_covar, em, bins, min_cells).
         monotone: p_clean never increases with the loss (see ``posterior_values``).
@@ -274,6 +291,9 @@ def find_label_issues(
     dyn_src = dynamics if dynamics is not None else loss_src
     prob_src = LazyProbs(probs) if probs_are_logits else probs
     fit = _gmm.fit_label_gmms(loss_src, given, chunk_rows=rows, device=device, **(gmm_options or {}))
+    rates = None
+    if score_fn.needs_noise_rates:   # a pass over all rows before the scores (confident joint)
+        rates = estimate_noise_rates(given, EvidenceRows(prob_src, neighbours), chunk_rows=rows)
 
     cand = {c: [] for c in ("i", "k", "g", "s", "st", "score", "p", "prob")}
     with contextlib.ExitStack() as stack:
@@ -295,7 +315,7 @@ def find_label_issues(
             relabel_c = _scores._finite_or(tv, pr)
             st, tg, _ = assign_states_block(g, pc, relabel_c, clean_threshold=clean_threshold, delta=delta)
             sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls,
-                          estimates=es, neighbours=nb)
+                          estimates=es, neighbours=nb, noise_rates=rates)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
             if verified is not None or trust_positives:   # a person's decision stands
                 vf = (g == 1) if trust_positives else np.zeros(g.shape, bool)
@@ -327,7 +347,8 @@ def find_label_issues(
         corrections=corrections, gmms=fit, delta=delta, estimate_threshold=est_thr,
         settings=dict(clean_threshold=clean_threshold, scorer=scorer, monotone=monotone,
                       trusted_single_positives=bool(trust_positives),
-                      gmm=dict(fit.settings)),
+                      gmm=dict(fit.settings),
+                      noise_rates=None if rates is None else rates.round(6).tolist()),
     )
 
 

@@ -9,7 +9,11 @@ Every scorer has the same signature and is array-in / array-out on one block of 
 (so callers apply it chunk by chunk to memory-mapped inputs)::
 
     scorer(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-           neighbours=None) -> float32 array, same shape as ``given``
+           neighbours=None, noise_rates=None) -> float32 array, same shape as ``given``
+
+A scorer registered with ``needs_noise_rates=True`` gets ``noise_rates``, float (K, 2)
+per-class noise rates that :func:`find_label_issues` estimates over all rows first
+(``labelfix.cleaning.noise_rates``).
 
 For unknown cells every scorer returns the model's positive estimate: the two-view
 probability where finite, else the model probability. ``estimates`` (ROLE's label
@@ -33,8 +37,11 @@ Scorer = Callable[..., np.ndarray]
 _SCORERS: dict[str, Scorer] = {}
 
 
-def register_scorer(name: str):
+def register_scorer(name: str, *, needs_noise_rates: bool = False):
+    """Decorator: register ``fn`` as scoring rule ``name``. ``needs_noise_rates``: the caller
+    estimates the per-class noise rates over all rows first and passes ``noise_rates``."""
     def deco(fn: Scorer) -> Scorer:
+        fn.needs_noise_rates = needs_noise_rates
         _SCORERS[name] = fn
         return fn
     return deco
@@ -85,7 +92,7 @@ def _finish(known, known_score, probs, two_view) -> np.ndarray:
 
 @register_scorer("gmm")
 def score_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None) -> np.ndarray:
+              neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: 1 - p_clean (the GMM's noisy-component posterior)."""
     if p_clean is None:
         raise LabelfixError("score: gmm: needs p_clean")
@@ -95,7 +102,7 @@ def score_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimat
 
 @register_scorer("disagreement")
 def score_disagreement(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None) -> np.ndarray:
+              neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: |y - p|, one minus the model's probability of the given label."""
     g, known, y = _known(given)
     return _finish(known, np.abs(y - np.asarray(probs, dtype=np.float32)), probs, two_view)
@@ -103,7 +110,7 @@ def score_disagreement(given, *, probs, p_clean=None, two_view=None, losses=None
 
 @register_scorer("two_view")
 def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None) -> np.ndarray:
+              neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: |y - c| with the two-view mean probability c where finite, else p
     (the disagreement with BalanceMix's re-labeling probability)."""
     if two_view is None:   # not a silent fallback to "disagreement"
@@ -116,7 +123,7 @@ def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, es
 
 @register_scorer("loss")
 def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None) -> np.ndarray:
+              neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: 1 - exp(-mean BCE). For one epoch this is |y - p|; for a mean over
     epochs, one minus the geometric mean of the probability given to the label."""
     if losses is None:
@@ -127,7 +134,7 @@ def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estima
 
 @register_scorer("combined")
 def score_combined(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None) -> np.ndarray:
+              neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: mean of the GMM noisy posterior 1 - p_clean and the
     disagreement |y - c| (c = two-view probability where finite, else p). p_clean ranks
     cells within a (class, label) group but saturates at 0 / 1; the disagreement breaks
@@ -154,7 +161,7 @@ def evidence_estimate(probs, neighbours=None, weight: float = NEIGHBOUR_WEIGHT) 
 
 @register_scorer("evidence")
 def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-                   neighbours=None) -> np.ndarray:
+                   neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: |y - q|, unknown cells: q, with q the held-out model probability mixed
     with the neighbours' label vote (:func:`evidence_estimate`)."""
     g, known, y = _known(given)
@@ -170,7 +177,7 @@ CLEAN_DISCOUNT = 0.5
 
 @register_scorer("evidence_gmm")
 def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-                       neighbours=None) -> np.ndarray:
+                       neighbours=None, noise_rates=None) -> np.ndarray:
     """Known cells: ``evidence`` x (1 - CLEAN_DISCOUNT p_clean), unknown cells: q. With
     p_clean the label GMMs' clean posterior (BalanceMix's label-wise management; in a
     cross-fitted run fitted on round 1's held-out losses, so a second judge beside the
@@ -183,6 +190,23 @@ def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None
     out = score_evidence(given, probs=probs, neighbours=neighbours)
     discounted = out * (1.0 - CLEAN_DISCOUNT * _finite_or(p_clean, 1.0))
     return np.where(known, discounted, out).astype(np.float32)
+
+
+@register_scorer("posterior", needs_noise_rates=True)
+def score_posterior(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
+                    neighbours=None, noise_rates=None) -> np.ndarray:
+    """Known cells: the posterior P(true label != given label) under confident learning's
+    per-class noise rates (``labelfix.cleaning.noise_rates.error_posterior``), with q the
+    ``evidence`` estimate as P(positive); unknown cells: q. A cell of a class whose given
+    labels look clean (few confidently wrong cells) ranks below an equally doubtful cell
+    of a noisy class: flagging is more precise when the noise sits in some classes or one
+    direction (e.g. missing labels; docs/cleaning.md), at some cost in AP under symmetric
+    flips."""
+    from labelfix.cleaning.noise_rates import error_posterior
+
+    if noise_rates is None:
+        raise LabelfixError("score: posterior: needs noise_rates (find_label_issues estimates them)")
+    return error_posterior(given, evidence_estimate(probs, neighbours), noise_rates)
 
 
 # chosen on the demo data, seed 0, cross-fitted masked-BCE runs (3 folds x 2 rounds):
