@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 
 def _errors(labels: np.ndarray, truth: np.ndarray) -> int:
@@ -48,9 +49,9 @@ def _fresh_folder(out: Path) -> Path:
 
 def simulate_reviewer(run_dir: Path, truth, budget: int):
     """Stand in for a person: look at the ``budget`` highest-scoring suggestions of
-    ``corrections.csv``, accept those that agree with the true labels, reject the rest,
-    and write the decisions to its ``accept`` column (the CSV review workflow of
-    docs/review.md). Returns the reviewed rows."""
+    ``corrections.csv`` not decided yet, accept those that agree with the true labels,
+    reject the rest, and write the decisions to its ``accept`` column (the CSV review
+    workflow of docs/review.md). Returns the rows decided now."""
     from labelfix.io import atomic
     from labelfix.run import load_run
 
@@ -58,11 +59,15 @@ def simulate_reviewer(run_dir: Path, truth, budget: int):
     rows = truth.image_rows().loc[corr["image_id"]].to_numpy()
     cols = truth.class_columns().loc[corr["category_id"]].to_numpy()
     right = np.asarray(truth.labels)[rows, cols] == corr["suggested"].to_numpy()
-    reviewed = np.arange(len(corr)) < budget
-    corr["accept"] = np.where(reviewed, np.where(right, "yes", "no"), "")
+    before = (corr["accept"].fillna("").astype(str).str.strip().to_numpy() if "accept" in corr.columns
+              else np.full(len(corr), "", dtype=object))
+    open_rows = np.flatnonzero(before == "")[:budget]
+    now = np.zeros(len(corr), dtype=bool)
+    now[open_rows] = True
+    corr["accept"] = np.where(now, np.where(right, "yes", "no"), before)
     atomic.write_csv(run_dir / "corrections.csv", corr)
-    out = corr[reviewed].copy()
-    out["accept"] = right[reviewed]
+    out = corr[now].copy()
+    out["accept"] = right[now]
     return out
 
 
@@ -98,6 +103,7 @@ def run_demo(
     rounds: int = 2,
     review: bool = True,
     review_budget: int = 300,
+    review_batch: int = 100,
     n_train: int = 1200,
     n_test: int = 400,
     log: Callable[[str], None] = print,
@@ -105,7 +111,9 @@ def run_demo(
     """Run the whole flow into ``out`` with ``rounds`` review rounds; returns a dict of the
     key numbers (``n_train`` / ``n_test`` shrink the data for quick checks;
     ``review_budget`` is how many of the top suggestions the simulated reviewer looks at
-    in each round; ``folds``: cross-fitting folds of each round's training).
+    in each round, ``review_batch`` how many at a time, with ``labelfix clean`` between
+    batches so that the next batch is ranked with what the reviewer decided (docs/review.md);
+    ``folds``: cross-fitting folds of each round's training).
 
     Each round trains on the current labels (round 1: the noisy file; round r: the
     cleaned file of round r - 1, whose verified cells are trusted), cleans, lets the
@@ -147,21 +155,31 @@ def run_demo(
         log(f"[round {r}/{rounds}] clean: {len(c)} suggestions ({int((c['action'] == 'add').sum())} add, "
             f"{int((c['action'] == 'remove').sum())} remove; {verified} verified cells in the labels, {again} of "
             f"them suggested) -> {run / 'corrections.csv'}, report {cleaned.report}")
+        batches = []
+        while sum(len(b) for b in batches) < review_budget:
+            if batches:   # re-rank what is left with the decisions so far
+                clean_run(run, report=False)
+            batch = simulate_reviewer(run, clean, budget=min(review_batch, review_budget - sum(map(len, batches))))
+            if not len(batch):
+                break
+            batches.append(batch)
+            log(f"[round {r}/{rounds}] review batch {len(batches)}: {int(batch['accept'].sum())} of {len(batch)} "
+                f"right" + (", ranked after learning from the decisions before it" if len(batches) > 1 else ""))
+        decided = pd.concat(batches) if batches else pd.DataFrame({"accept": []})
+        accepted = int(decided["accept"].sum())
         if review and r == rounds:
             from labelfix.review.dataset import build_review_dataset
 
             _, summary = build_review_dataset(run)
             log(f"[round {r}/{rounds}] review: FiftyOne dataset '{summary.name}' with {summary.suggestions} "
                 f"suggestions; open it with `labelfix review {run} --launch`")
-        decided = simulate_reviewer(run, clean, budget=review_budget)
-        accepted = int(decided["accept"].sum())
         target = out / (f"cleaned_round{r}.json" if r < rounds else "cleaned.json")
         exp = export_cleaned_coco(run, target, decisions="accepted", source="csv")
         errors.append(_errors(np.asarray(read_labels(target).labels), truth))
         rows.append({"round": r, "reviewed": len(decided), "accepted": accepted, "errors": errors[-1],
                      "verified": verified, "verified_suggested": again, "seconds": time.perf_counter() - tr})
         log(f"[round {r}/{rounds}] a simulated reviewer checked the top {len(decided)} suggestions against the true "
-            f"labels: {accepted} right (accepted), {len(decided) - accepted} wrong (rejected), precision "
+            f"labels, {review_batch} at a time: {accepted} right (accepted), {len(decided) - accepted} wrong (rejected), precision "
             f"{accepted / max(len(decided), 1):.2f}; export coco -> {target} ({exp.changes} changes, "
             f"{exp.verified} verified cells); label errors {errors[-2]} -> {errors[-1]} "
             f"({time.perf_counter() - tr:.0f}s)")

@@ -127,3 +127,85 @@ def test_corrupt_stats_shape(tmp_path):
     atomic.write_npy(run / "stats" / "logits.npy", np.zeros((3, 3), np.float16))
     res = CliRunner().invoke(main, ["clean", str(run)])
     assert res.exit_code == 2 and "does not match the labels" in res.output
+
+
+def test_direction_weights_hand_computed():
+    from labelfix.cleaning.calibration import direction_weights, reweight_scores
+
+    score = np.array([0.9, 0.8, 0.9, 0.9, 0.7])
+    is_add = np.array([True, True, False, False, False])
+    accepted = np.array([True, True, True, False, False])
+    # r = (accepted + prior) / (score mass + prior): removals (1 + 2) / (2.5 + 2), additions (2 + 2) / (1.7 + 2)
+    r = np.array([3 / 4.5, 4 / 3.7])
+    np.testing.assert_allclose(direction_weights(score, is_add, accepted, prior=2), r / r.max())
+    w = direction_weights(score, is_add, accepted, prior=2)
+    given = np.array([[1, 0, -1]], np.int8)   # removal, addition, addition (unknown cell)
+    np.testing.assert_allclose(reweight_scores(np.array([[0.5, 0.5, 0.4]]), given, w),
+                               [[0.5 * w[0], 0.5, 0.4]], rtol=1e-6)
+    # no decision in a direction: its weight comes from the prior alone (r = 1)
+    assert direction_weights(score[:2], is_add[:2], [True, True], prior=20)[0] == pytest.approx(
+        (20 + 1.7) / (20 + 2))
+    # agreeing decisions move nothing much; the prior keeps a handful from swinging the ranking
+    assert direction_weights([0.99] * 3, [False] * 3, [False] * 3).min() > 0.85
+
+
+def test_clean_learns_from_decisions_and_can_be_told_not_to(tmp_path):
+    """A reviewer who accepts every addition and rejects every removal among the first
+    suggestions: the next clean scales the removals down (the cell arrays and the table),
+    keeps every decision, and stays sorted; --no-learn-from-decisions gives the raw scores."""
+    truth, given, logits, flip = noisy_problem(seed=3, n=600)
+    run = make_run(tmp_path / "run", given, logits)
+    assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
+    raw = np.array(load_run(run).cell("score"))
+    corr = pd.read_csv(run / "corrections.csv")
+    assert {"add", "remove"} <= set(corr["action"][:40])
+    corr["accept"] = np.where(corr.index < 40, np.where(corr["action"] == "add", "yes", "no"), "")
+    corr.to_csv(run / "corrections.csv", index=False)
+    decided = {(i, c, s): a for i, c, s, a in zip(corr["image_id"], corr["category_id"], corr["suggested"],
+                                                   corr["accept"]) if a}
+
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "learned from 40 of your decisions" in res.output and "removal scores x" in res.output
+    score = np.array(load_run(run).cell("score"))
+    pos = given == 1
+    ratio = score[pos & (raw > 0)] / raw[pos & (raw > 0)]
+    assert np.allclose(ratio, ratio[0], rtol=1e-3) and ratio[0] < 0.9   # removals scaled, order kept
+    np.testing.assert_allclose(score[~pos], raw[~pos], rtol=1e-6)       # additions unchanged
+    new = pd.read_csv(run / "corrections.csv", keep_default_na=False)
+    assert (np.diff(new["score"].to_numpy()) <= 1e-9).all()
+    kept = {(i, c, s): a for i, c, s, a in zip(new["image_id"], new["category_id"], new["suggested"], new["accept"])
+            if a}
+    assert kept == decided
+    assert new["action"][:40].tolist().count("add") > corr["action"][:40].tolist().count("add")
+
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--no-learn-from-decisions"])
+    assert res.exit_code == 0 and "learned from" not in res.output
+    np.testing.assert_allclose(np.array(load_run(run).cell("score")), raw, rtol=1e-6)
+
+
+def test_known_decisions_sources(tmp_path):
+    """The archive, the accept column and the App's decisions.csv, newest winning; an
+    accept value edited after its import beats the App's copy."""
+    from labelfix.review.decisions import ARCHIVE_COLUMNS, known_decisions
+
+    truth, given, logits, flip = noisy_problem(seed=4, n=50, k=3)
+    run = make_run(tmp_path / "run", given, logits)
+    pd.DataFrame([[100, "im0.png", "c0", 1, 1, "add", 0.9, "rejected", "corrections.csv"],
+                  [101, "im1.png", "c0", 1, 0, "remove", 0.9, "accepted", "fiftyone"]],
+                 columns=ARCHIVE_COLUMNS).to_csv(run / "decisions_archive.csv", index=False)
+    pd.DataFrame({"image_id": [100, 102, 103], "file_name": ["im0.png", "im2.png", "im3.png"],
+                  "class": ["c0", "c1", "c2"], "category_id": [1, 2, 3], "given": ["0", "1", "0"],
+                  "suggested": [1, 0, 1], "action": ["add", "remove", "add"], "state": "re-labeled",
+                  "score": [0.9, 0.8, 0.7], "p_clean": 0.1, "probability": 0.5,
+                  "accept": ["yes", "no", "yes"]}).to_csv(run / "corrections.csv", index=False)
+    pd.DataFrame({"image_id": [102, 103], "file_name": ["im2.png", "im3.png"], "class": ["c1", "c2"],
+                  "category_id": [2, 3], "action": ["remove", "add"], "score": [0.8, 0.7],
+                  "decision": ["accepted", "rejected"], "csv_decision": ["rejected", ""]}).to_csv(
+        run / "decisions.csv", index=False)
+    assert known_decisions(run) == {
+        (100, 1, 1): True,    # the accept column is newer than the archive
+        (101, 1, 0): True,    # archive only
+        (102, 2, 0): True,    # the App changed the imported "no"
+        (103, 3, 1): True,    # "yes" typed after the App's import (csv_decision empty): the CSV wins
+    }

@@ -22,9 +22,14 @@ def test_demo_flow_end_to_end(tmp_path):
     assert int(np.load(res["run"] / "folds.npy").max()) == 1   # --folds reaches the training
     # a second run replaces the folder of the first (the marker says it is a demo folder)
     lines.clear()
-    res = run_demo(tmp_path / "demo", epochs=1, n_train=200, n_test=48, review_budget=30, log=lines.append)
+    res = run_demo(tmp_path / "demo", epochs=1, n_train=200, n_test=48, review_budget=30, review_batch=12,
+                   log=lines.append)
     steps = [ln.split("]")[0] + "]" for ln in lines if ln.startswith("[")]
-    assert steps == ["[data]"] + ["[round 1/2]"] * 3 + ["[round 2/2]"] * 4 + ["[export]"]
+    # train, clean, three review batches (12 + 12 + 6), the FiftyOne step in the last round, the summary
+    assert steps == ["[data]"] + ["[round 1/2]"] * 6 + ["[round 2/2]"] * 7 + ["[export]"]
+    batches = [ln for ln in lines if "review batch" in ln]
+    assert [ln.split(": ")[1].split(" right")[0].split(" of ")[1] for ln in batches] == ["12", "12", "6"] * 2
+    assert all(("learning from the decisions" in ln) == (" batch 1:" not in ln) for ln in batches)
     assert sum("epoch 1 " in ln for ln in lines) == 4 * 2 * 2   # a line per epoch: 4 folds x 2 rounds, 2 review rounds
     # round 2 trusts what the reviewer decided in round 1: those cells are verified, none suggested again
     r1, r2 = res["rounds"]
@@ -38,7 +43,8 @@ def test_demo_flow_end_to_end(tmp_path):
     previous = read_labels(tmp_path / "demo" / "cleaned_round1.json")
     cleaned = read_labels(res["cleaned"])
     assert int((np.asarray(previous.labels) != np.asarray(cleaned.labels)).sum()) == res["accepted"]
-    assert set(corr["accept"].astype(str)) <= {"yes", "no", ""}
+    assert set(corr["accept"].fillna("").astype(str)) <= {"yes", "no", ""}
+    assert int(corr["accept"].isin(["yes", "no"]).sum()) == r2["reviewed"] == 30
     meta = json.loads((res["run"] / "review.json").read_text())
     assert meta  # review step recorded its FiftyOne dataset
     preds = res["predictions"]

@@ -111,6 +111,47 @@ def run_evidence(run: Run) -> dict:
                 estimates=None if role is None else LazyProbs(role), verified=ls.verified)
 
 
+def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
+    """Re-weight the scores by the reviewer's decisions on the suggestions of ``table``
+    (``cells/score.npy`` rewritten, ``table`` re-sorted); ``(issues, table, notes)``."""
+    import dataclasses
+
+    from labelfix.cleaning.calibration import direction_weights, reweight_scores
+    from labelfix.review.decisions import known_decisions
+
+    known = known_decisions(run)
+    if not known or not len(table):
+        return issues, table, []
+    keys = zip(table["image_id"].astype(int), table["category_id"].astype(int), table["suggested"].astype(int))
+    decision = pd.Series([known.get(k) for k in keys], index=table.index, dtype=object)
+    decided = decision.notna().to_numpy()
+    if not decided.any():
+        return issues, table, []
+    is_add = (table["action"] == "add").to_numpy()
+    accepted = decision[decided].astype(bool).to_numpy()
+    weights = direction_weights(table["score"].to_numpy()[decided], is_add[decided], accepted)
+    path = run.path / "cells" / "score.npy"
+    given = run.labelset.labels
+    old = np.load(path, mmap_mode="r")
+    rows = max(1, 2_000_000 // max(1, old.shape[1]))
+    with atomic.atomic_memmap(path, old.shape, np.float32) as out:
+        for a in range(0, old.shape[0], rows):
+            out[a:a + rows] = reweight_scores(old[a:a + rows], given[a:a + rows], weights)
+    del old
+    issues = dataclasses.replace(issues, score=np.load(path, mmap_mode="r"))
+    table = table.copy()
+    table["score"] = reweight_scores(table["score"].to_numpy(), np.where(is_add, 0, 1), weights).astype(
+        np.float64).round(6)
+    table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    parts = [f"{name}: {int(accepted[is_add[decided] == d].sum())} of {int((is_add[decided] == d).sum())} accepted"
+             for name, d in (("additions", True), ("removals", False))]
+    scaled = [f"{name} x {w:.2f}" for name, w in (("removal scores", weights[0]), ("addition scores", weights[1]))
+              if w < 1]
+    return issues, table, [
+        f"learned from {int(decided.sum())} of your decisions on these suggestions ({'; '.join(parts)}): "
+        f"{', '.join(scaled) or 'scores unchanged'} (docs/review.md; --no-learn-from-decisions turns this off)"]
+
+
 @dataclass
 class CleanResult:
     issues: LabelIssues
@@ -164,6 +205,7 @@ def clean_run(
     scorer: str | None = None,
     neighbours: int = 10,
     single_positive_removals: bool = False,
+    learn_from_decisions: bool = True,
 ) -> CleanResult:
     """Score every cell of a run and write ``cells/*.npy``, ``corrections.csv`` and
     ``report/`` into it.
@@ -180,6 +222,10 @@ def clean_run(
         neighbours: neighbours per image for the neighbour evidence (0: none).
         single_positive_removals: also suggest removing given positives of
             single-positive data (by default they are trusted).
+        learn_from_decisions: when a person has decided some of this run's suggestions
+            (accept column, the App's decisions.csv, the archive), weigh the scores of
+            additions against removals by how many of each the person accepted
+            (:func:`labelfix.cleaning.calibration.direction_weights`; docs/review.md).
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
@@ -217,6 +263,9 @@ def clean_run(
     )
     notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
     table = corrections_table(run, issues.corrections)
+    if learn_from_decisions:
+        issues, table, note = _learn_from_decisions(run, issues, table)
+        notes += note
     if classes:
         table = table[table["class"].isin(set(classes))]
     if max_suggestions is not None:

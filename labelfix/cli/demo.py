@@ -23,9 +23,12 @@ from labelfix.demo import DEMO_EPOCHS, DEMO_TRAIN
               help="Review rounds (train, clean, review, export).")
 @click.option("--review-budget", type=click.IntRange(min=0), default=300, show_default=True,
               help="Top suggestions the simulated reviewer decides in each round.")
+@click.option("--review-batch", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Suggestions the simulated reviewer decides at a time; clean re-ranks the rest with its "
+                   "decisions between batches (docs/review.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-review", is_flag=True, help="Skip the FiftyOne step (no MongoDB needed).")
-def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, seed, no_review):
+def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, review_batch, seed, no_review):
     """Generate the demo data, inject noise, then review rounds (train, clean, a simulated
     reviewer, export the cleaned COCO), export ONNX and predict with onnxruntime."""
     from labelfix.cli.options import refuse_unused
@@ -34,5 +37,5 @@ def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, seed, no_r
     if noise_kind == "single-positive":
         refuse_unused(click.get_current_context(), ("rate",), "single-positive noise keeps one positive per "
                       "image and has no rate")
-    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds, review_budget=review_budget,
-             review=not no_review, log=click.echo)
+    run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds,
+             review_budget=review_budget, review_batch=review_batch, review=not no_review, log=click.echo)

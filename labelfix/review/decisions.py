@@ -322,3 +322,42 @@ def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[s
         archive_decisions(run_path, frame)
         notes.append(f"{len(lost)} decisions of suggestions no longer made were kept in {run_path / ARCHIVE_FILE}")
     return out, notes
+
+
+def known_decisions(run) -> dict[tuple[int, int, int], bool]:
+    """Every decision a person made on a run's suggestions so far, read-only:
+    ``{(image_id, category_id, suggested): accepted}``.
+
+    Sources, newest last: RUN/decisions_archive.csv; the ``accept`` column of
+    RUN/corrections.csv (the CSV workflow); RUN/decisions.csv (the App), whose decision
+    wins unless the ``accept`` value was edited after it was imported (it differs from the
+    row's ``csv_decision``). Unreadable ``accept`` values are not decisions here.
+    """
+    from labelfix.run import Run, load_run
+    from labelfix.validation import read_run_csv
+
+    run = run if isinstance(run, Run) else load_run(run)
+    out = {k: d == ACCEPTED for k, d in read_archive(run).items()}
+    accept: dict[tuple[int, int, int], str] = {}
+    path = run.path / "corrections.csv"
+    if path.exists():
+        frame = read_run_csv(path, dtype=str)
+        if "accept" in frame.columns:
+            for rec in frame.to_dict("records"):
+                value = _accept_value(rec.get("accept", ""))
+                try:
+                    k = (int(rec["image_id"]), int(rec["category_id"]), int(rec["suggested"]))
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if value in DECISION_TAGS:
+                    accept[k] = value
+                    out[k] = value == ACCEPTED
+    app = read_decisions_csv(run)
+    if app is not None and "category_id" in app.columns and "action" in app.columns:
+        csv_dec = app["csv_decision"] if "csv_decision" in app.columns else pd.Series([""] * len(app))
+        for i, c, a, d, imp in zip(app["image_id"], app["category_id"], app["action"], app["decision"], csv_dec):
+            k = (int(i), int(c), 1 if a == "add" else 0)
+            edited = k in accept and accept[k] != (imp if isinstance(imp, str) else "")
+            if d in DECISION_TAGS and not edited:
+                out[k] = d == ACCEPTED
+    return out

@@ -1,0 +1,129 @@
+"""Review in batches: does ranking with the reviewer's decisions so far raise the precision
+of what a person is shown?
+
+For each finished run (a labelfix demo folder's ``run1``, and the cross-fitted runs that
+``benchmarks/detection.py`` left under ``DIR/<dataset>/<mode>/runs/<noise>/seed<s>/labelfix``),
+with the true labels the benchmark knows: the suggestions ``labelfix clean`` makes (default
+score), then a simulated reviewer who decides the ``--budget`` top suggestions, ``--batch`` at
+a time, answering with the truth. Between batches the remaining suggestions are ranked as
+``labelfix clean`` ranks them after decisions (``labelfix.cleaning.calibration.
+direction_weights`` / ``reweight_scores``, one column per ``--priors`` value), against the
+same reviewer without learning (the plain top ``--budget``). Reported: the share of the
+reviewed suggestions that were right.
+
+Run: ``python benchmarks/review_loop.py [--demo DEMO_DIR] [DIR ...] [--batch 100] [--budget 300]
+[--priors 1,5,20,50] [--name review_loop]``. Writes ``benchmarks/results/<name>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+
+
+def suggestions(run_dir: Path, truth_path: Path):
+    """(corrections frame of ``find_label_issues`` with the default score, bool right per row)."""
+    from labelfix.cleaning import find_label_issues
+    from labelfix.cleaning.clean_run import run_evidence
+    from labelfix.io import read_labels
+    from labelfix.run import Run
+
+    run = Run(run_dir)
+    evidence = run_evidence(run)
+    issues = find_label_issues(**evidence, neighbours=run.cell("neighbours", required=False))
+    c = issues.corrections
+    true = np.asarray(read_labels(truth_path).labels)
+    return c, true[c["image_index"].to_numpy(), c["class_index"].to_numpy()] == c["suggested"].to_numpy()
+
+
+def review(score: np.ndarray, is_add: np.ndarray, right: np.ndarray, *, budget: int, batch: int,
+           prior: float | None) -> float:
+    """Share right among the ``budget`` suggestions a reviewer decides ``batch`` at a time;
+    ``prior`` None: no learning (the plain ranking)."""
+    from labelfix.cleaning.calibration import direction_weights, reweight_scores
+
+    decided = np.zeros(len(score), dtype=bool)
+    current = score
+    while decided.sum() < min(budget, len(score)):
+        open_rows = np.flatnonzero(~decided)
+        take = open_rows[np.argsort(-current[open_rows], kind="stable")][:min(batch, budget - int(decided.sum()))]
+        decided[take] = True
+        if prior is not None:
+            w = direction_weights(score[decided], is_add[decided], right[decided], prior=prior)
+            current = reweight_scores(score, np.where(is_add, 0, 1), w)
+    return float(right[decided].mean())
+
+
+def runs_of(args):
+    if args.demo:
+        demo = Path(args.demo)
+        yield "demo", "random", "mislabel_0.4", 0, demo / "run1", demo / "data" / "train.json"
+    for d in args.dirs:
+        root = Path(d)
+        for run in sorted(root.glob("*/*/runs/*/seed*/labelfix")):
+            if (run / "cells" / "score.npy").exists():
+                s = run.parent
+                yield (s.parents[3].name, s.parents[2].name, s.parent.name, int(s.name[4:]), run,
+                       root / "data" / s.parents[3].name / "train.json")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="*", help="output folders of benchmarks/detection.py")
+    ap.add_argument("--demo", help="a `labelfix demo` output folder (its run1 is the choice run)")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--priors", default="20", help="comma-separated DECISION_PRIOR values to compare")
+    ap.add_argument("--name", default="review_loop")
+    args = ap.parse_args(argv)
+    priors = [float(p) for p in args.priors.split(",")]
+    t0 = time.perf_counter()
+    rows = []
+    for dataset, mode, noise, seed, run, truth in runs_of(args):
+        c, right = suggestions(run, truth)
+        score = c["score"].to_numpy(np.float64)
+        is_add = (c["action"] == "add").to_numpy()
+        row = {"dataset": dataset, "mode": mode, "noise": noise, "seed": seed, "suggestions": len(c),
+               "plain": review(score, is_add, right, budget=args.budget, batch=args.batch, prior=None)}
+        for p in priors:
+            row[f"learned (prior {p:g})"] = review(score, is_add, right, budget=args.budget, batch=args.batch, prior=p)
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+    if not rows:
+        raise SystemExit("no run found: give --demo and / or detection benchmark folders")
+    frame = pd.DataFrame(rows)
+    cols = [c for c in frame.columns if c == "plain" or c.startswith("learned")]
+    main_col = f"learned (prior {priors[0]:g})"
+    frame["gain"] = frame[main_col] - frame["plain"]
+    out = HERE / "results" / args.name
+    out.with_suffix(".json").write_text(json.dumps(frame.to_dict("records"), indent=1) + "\n")
+    lines = ["| dataset | mode | noise | seed | suggestions | " + " | ".join(cols) + " | gain |",
+             "|---|---|---|---|---|" + "---|" * (len(cols) + 1)]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['dataset']} | {r['mode']} | {r['noise']} | {r['seed']} | {r['suggestions']} | "
+                     + " | ".join(f"{r[c]:.3f}" for c in cols) + f" | {r['gain']:+.3f} |")
+    others = frame[frame["dataset"] != "demo"]
+    text = (f"# Review in batches: precision of the reviewed suggestions\n\nA simulated reviewer decides the top "
+            f"{args.budget} suggestions (default score), {args.batch} at a time; `plain`: ranked by the score "
+            f"alone; `learned`: after each batch the rest are ranked as `labelfix clean` ranks them with the "
+            f"decisions so far. The demo run (seed 0) is where the prior was chosen.\n\n" + "\n".join(lines)
+            + f"\n\nOther runs ({len(others)}): plain {others['plain'].mean():.3f}, {main_col} "
+            f"{others[main_col].mean():.3f}; better in {int((others['gain'] > 0).sum())}, equal in "
+            f"{int((others['gain'] == 0).sum())}, worse in {int((others['gain'] < 0).sum())} (largest loss "
+            f"{others['gain'].min():+.3f}).\n\nCommand: `python benchmarks/review_loop.py "
+            f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({time.perf_counter() - t0:.0f} s).\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
