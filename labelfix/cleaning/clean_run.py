@@ -117,6 +117,7 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     import dataclasses
 
     from labelfix.cleaning.calibration import direction_weights, reweight_scores
+    from labelfix.cleaning.gmm import default_chunk_rows
     from labelfix.review.decisions import known_decisions
 
     known = known_decisions(run)
@@ -133,7 +134,7 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     path = run.path / "cells" / "score.npy"
     given = run.labelset.labels
     old = np.load(path, mmap_mode="r")
-    rows = max(1, 2_000_000 // max(1, old.shape[1]))
+    rows = default_chunk_rows(old.shape[1])
     with atomic.atomic_memmap(path, old.shape, np.float32) as out:
         for a in range(0, old.shape[0], rows):
             out[a:a + rows] = reweight_scores(old[a:a + rows], given[a:a + rows], weights)
