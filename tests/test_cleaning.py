@@ -175,6 +175,12 @@ def test_degenerate_inputs_no_crash():
     assert np.isfinite(iss.score).all() and ((iss.score >= 0) & (iss.score <= 1)).all()
     empty = find_label_issues(np.full((5, 2), -1, np.int8), np.full((5, 2), 0.5, np.float32))
     assert len(empty.corrections) == 0 and list(empty.corrections.columns) == CORRECTION_COLUMNS
+    # the noise-rate rule on the same degenerate classes (and a class with positives only)
+    given[:, 3] = np.where(given[:, 3] == 0, -1, given[:, 3])
+    probs[5] = np.nan   # an image the model did not score
+    post = find_label_issues(given, probs, scorer="posterior")
+    assert np.isfinite(post.score).all() and ((post.score >= 0) & (post.score <= 1)).all()
+    assert np.isfinite(post.settings["noise_rates"]).all()
 
 
 def test_bad_input():
