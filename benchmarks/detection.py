@@ -17,9 +17,12 @@ used to choose anything). Modes:
 - ``random``: ``test_resnet`` from random initialisation (the old bench configuration).
 
 Run: ``python benchmarks/detection.py [--datasets digits,scenes] [--modes frozen,random,finetune]
-[--seeds 2] [--folds 3] [--fold-workers 1] [--out benchmarks/results/detection]``. Writes ``OUT/<dataset>/<mode>/`` (the
-run_bench outputs; finished runs are reused), ``OUT/results.csv`` (one row per setting and
-seed) and ``OUT/summary.md``, quoted in docs/benchmarks.md.
+[--seeds 2] [--first-seed 0] [--folds 3] [--fold-workers 1] [--out benchmarks/results/detection]
+[--include-results DIR]``. Writes ``OUT/<dataset>/<mode>/`` (the run_bench outputs; finished
+runs are reused), ``OUT/results.csv`` (one row per setting and seed of this run) and
+``OUT/summary.md``, quoted in docs/benchmarks.md. To add seeds to a finished benchmark, run
+the new ones into their own ``--out`` with ``--first-seed`` and name the earlier folder with
+``--include-results``: its rows join this run's summary (not its results.csv).
 """
 
 from __future__ import annotations
@@ -132,12 +135,28 @@ def summary(table: pd.DataFrame, folds: int = DEFAULT_FOLDS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_earlier(table: pd.DataFrame, earlier: list[pd.DataFrame]) -> pd.DataFrame:
+    """``table`` with the rows of earlier runs' results of the same settings and other seeds
+    (a row of a seed this run also has is this run's)."""
+    keys = ["dataset", "mode", "noise", "seed"]
+    mine = set(map(tuple, table[keys].astype(str).to_numpy()))
+    rows = [t[[tuple(r) not in mine for r in t[keys].astype(str).to_numpy()]] for t in earlier]
+    settings = set(map(tuple, table[keys[:3]].astype(str).to_numpy()))
+    rows = [r[[tuple(k) in settings for k in r[keys[:3]].astype(str).to_numpy()]] for r in rows]
+    both = pd.concat([*rows, table], ignore_index=True)
+    return both.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="digits,scenes")
     ap.add_argument("--modes", default="frozen,random,finetune")
     ap.add_argument("--noises", default=",".join(DEFAULT_NOISES))
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=2, help="number of seeds: first-seed, first-seed + 1, ...")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--include-results", action="append", default=[], metavar="DIR",
+                    help="an earlier detection.py output folder whose results.csv rows (other seeds) join the "
+                         "summary; repeatable")
     ap.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="cross-fitting folds of labelfix (and cleanlab)")
     ap.add_argument("--fold-workers", type=int, default=1,
                     help="fold models trained side by side on the CPU (labelfix train --fold-workers; "
@@ -145,18 +164,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "detection"))
     args = ap.parse_args(argv)
     out = Path(args.out)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    earlier = [pd.read_csv(Path(d) / "results.csv") for d in args.include_results]
     t0 = time.perf_counter()
     tables = []
     for dataset in [d for d in args.datasets.split(",") if d]:
         train, test = make_dataset(dataset, out / "data" / dataset)
         for mode in [m for m in args.modes.split(",") if m]:
-            res = run_bench(train, test, noises=args.noises.split(","), methods=("bce",), seeds=args.seeds,
+            res = run_bench(train, test, noises=args.noises.split(","), methods=("bce",), seeds=seeds,
                             out=out / dataset / mode, single_positive_methods=(), command=shlex.join(sys.argv),
                             folds=args.folds, fold_workers=1 if mode == "frozen" else args.fold_workers,
                             **mode_options(mode, dataset))
             tables.append(collect(res.results, dataset, mode))
             table = pd.concat(tables, ignore_index=True)
             atomic.write_csv(out / "results.csv", table)
+            table = with_earlier(table, earlier)
             atomic.write_text(out / "summary.md", summary(table, args.folds) + "\n" + flagging_summary(table) +
                               f"\nCommand: `{shlex.join(['python', 'benchmarks/detection.py'] + sys.argv[1:])}`; "
                               f"wall time so far {time.perf_counter() - t0:.0f} s on this machine (2 cores).\n")
