@@ -18,7 +18,6 @@ Run: ``python benchmarks/rescore.py DIR [DIR ...] [--name rescore]``. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from detection import UNKNOWN_ERRORS, collect  # noqa: E402  (benchmarks/detection.py)
+from report import write_results  # noqa: E402
 
 
 def runs_of(root: Path):
@@ -117,8 +117,6 @@ def main(argv=None) -> int:
         rows.append(frame)
         print(f"{root}: {len(found)} runs rescored", file=sys.stderr, flush=True)
     frame = pd.concat(rows, ignore_index=True)
-    out = HERE / "results" / args.name
-    out.with_suffix(".json").write_text(json.dumps(frame.to_dict("records"), indent=1) + "\n")
     keys = ("dataset", "mode", "noise", "seed", "source")
     ap_cols = [c for c in frame.columns if c not in keys and not c.endswith(AT_RECALL) and "cleanlab " not in c]
     flag_cols = ["cleanlab recall", "cleanlab precision"] + [c for c in frame.columns if c.endswith(AT_RECALL)]
@@ -130,8 +128,7 @@ def main(argv=None) -> int:
             f"ranking that finds as many errors. Goal: at least cleanlab's precision.\n\n"
             f"{table(frame, flag_cols)}\n\nCommand: `python "
             f"benchmarks/rescore.py {' '.join(args.dirs)} --name {args.name}` ({time.perf_counter() - t0:.0f} s).\n")
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.name, frame, text)
     return 0
 
 

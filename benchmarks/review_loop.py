@@ -18,7 +18,6 @@ Run: ``python benchmarks/review_loop.py [--demo DEMO_DIR] [DIR ...] [--batch 100
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import write_results  # noqa: E402  (benchmarks/report.py)
 
 
 def suggestions(run_dir: Path, truth_path: Path):
@@ -103,8 +104,6 @@ def main(argv=None) -> int:
     cols = [c for c in frame.columns if c == "plain" or c.startswith("learned")]
     main_col = f"learned (prior {priors[0]:g})"
     frame["gain"] = frame[main_col] - frame["plain"]
-    out = HERE / "results" / args.name
-    out.with_suffix(".json").write_text(json.dumps(frame.to_dict("records"), indent=1) + "\n")
     lines = ["| dataset | mode | noise | seed | suggestions | " + " | ".join(cols) + " | gain |",
              "|---|---|---|---|---|" + "---|" * (len(cols) + 1)]
     for _, r in frame.iterrows():
@@ -120,8 +119,7 @@ def main(argv=None) -> int:
             f"{int((others['gain'] == 0).sum())}, worse in {int((others['gain'] < 0).sum())} (largest loss "
             f"{others['gain'].min():+.3f}).\n\nCommand: `python benchmarks/review_loop.py "
             f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({time.perf_counter() - t0:.0f} s).\n")
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.name, frame, text)
     return 0
 
 
