@@ -1,17 +1,19 @@
 """Review in batches: does ranking with the reviewer's decisions so far raise the precision
 of what a person is shown?
 
-For each finished run (a labelfix demo folder's ``run1``, and the cross-fitted runs that
+For each finished run (the first round's run of ``labelfix demo`` folders, and the cross-fitted runs that
 ``benchmarks/detection.py`` left under ``DIR/<dataset>/<mode>/runs/<noise>/seed<s>/labelfix``),
 with the true labels the benchmark knows: the suggestions ``labelfix clean`` makes (default
 score), then a simulated reviewer who decides the ``--budget`` top suggestions, ``--batch`` at
 a time, answering with the truth. Between batches the remaining suggestions are ranked as
 ``labelfix clean`` ranks them after decisions (``labelfix.cleaning.calibration.
-direction_weights`` / ``reweight_scores``, one column per ``--priors`` value), against the
-same reviewer without learning (the plain top ``--budget``). Reported: the share of the
-reviewed suggestions that were right.
+decision_weights`` / ``reweight_scores``, one column per ``--priors`` value, and one with a
+single weight per direction for the first prior), against the same reviewer without
+learning (the plain top ``--budget``). Reported: the share of the reviewed suggestions that
+were right. The demo run of seed 0 is where the prior was chosen; the summary line is over
+the other runs.
 
-Run: ``python benchmarks/review_loop.py [--demo DEMO_DIR] [DIR ...] [--batch 100] [--budget 300]
+Run: ``python benchmarks/review_loop.py [--demo DEMO_DIR ...] [DIR ...] [--batch 100] [--budget 300]
 [--priors 1,5,20,50] [--name review_loop]``. Writes ``benchmarks/results/<name>.json`` and ``.md``.
 """
 
@@ -45,11 +47,12 @@ def suggestions(run_dir: Path, truth_path: Path):
     return c, true[c["image_index"].to_numpy(), c["class_index"].to_numpy()] == c["suggested"].to_numpy()
 
 
-def review(score: np.ndarray, is_add: np.ndarray, right: np.ndarray, *, budget: int, batch: int,
-           prior: float | None) -> float:
+def review(score: np.ndarray, is_add: np.ndarray, classes: np.ndarray, right: np.ndarray, *, budget: int,
+           batch: int, prior: float | None, class_prior: float | None = None) -> float:
     """Share right among the ``budget`` suggestions a reviewer decides ``batch`` at a time;
-    ``prior`` None: no learning (the plain ranking)."""
-    from labelfix.cleaning.calibration import direction_weights, reweight_scores
+    ``prior`` None: no learning (the plain ranking); ``class_prior`` inf: one weight per
+    direction (``decision_weights``)."""
+    from labelfix.cleaning.calibration import decision_weights, reweight_scores
 
     decided = np.zeros(len(score), dtype=bool)
     current = score
@@ -58,15 +61,19 @@ def review(score: np.ndarray, is_add: np.ndarray, right: np.ndarray, *, budget: 
         take = open_rows[np.argsort(-current[open_rows], kind="stable")][:min(batch, budget - int(decided.sum()))]
         decided[take] = True
         if prior is not None:
-            w = direction_weights(score[decided], is_add[decided], right[decided], prior=prior)
-            current = reweight_scores(score, np.where(is_add, 0, 1), w)
+            w = decision_weights(score[decided], is_add[decided], right[decided], classes[decided],
+                                 int(classes.max()) + 1, prior=prior, class_prior=class_prior)
+            current = reweight_scores(score, np.where(is_add, 0, 1), w, classes)
     return float(right[decided].mean())
 
 
 def runs_of(args):
-    if args.demo:
-        demo = Path(args.demo)
-        yield "demo", "random", "mislabel_0.4", 0, demo / "run1", demo / "data" / "train.json"
+    for demo in map(Path, args.demo):
+        run = demo / "run1" if (demo / "run1").exists() else demo / "run"
+        from labelfix.run import Run
+
+        seed = int(Run(run).config.get("train", {}).get("seed", 0))
+        yield "demo", "random", "mislabel_0.4", seed, run, demo / "data" / "train.json"
     for d in args.dirs:
         root = Path(d)
         for run in sorted(root.glob("*/*/runs/*/seed*/labelfix")):
@@ -79,7 +86,9 @@ def runs_of(args):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="*", help="output folders of benchmarks/detection.py")
-    ap.add_argument("--demo", help="a `labelfix demo` output folder (its run1 is the choice run)")
+    ap.add_argument("--demo", action="append", default=[],
+                    help="a `labelfix demo` output folder (its first round's run; seed 0 is the choice run); "
+                         "repeatable")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=300)
     ap.add_argument("--priors", default="20", help="comma-separated DECISION_PRIOR values to compare")
@@ -92,16 +101,20 @@ def main(argv=None) -> int:
         c, right = suggestions(run, truth)
         score = c["score"].to_numpy(np.float64)
         is_add = (c["action"] == "add").to_numpy()
+        classes = c["class_index"].to_numpy()
         row = {"dataset": dataset, "mode": mode, "noise": noise, "seed": seed, "suggestions": len(c),
-               "plain": review(score, is_add, right, budget=args.budget, batch=args.batch, prior=None)}
+               "plain": review(score, is_add, classes, right, budget=args.budget, batch=args.batch, prior=None)}
+        row[f"per direction (prior {priors[0]:g})"] = review(score, is_add, classes, right, budget=args.budget,
+                                                             batch=args.batch, prior=priors[0], class_prior=np.inf)
         for p in priors:
-            row[f"learned (prior {p:g})"] = review(score, is_add, right, budget=args.budget, batch=args.batch, prior=p)
+            row[f"learned (prior {p:g})"] = review(score, is_add, classes, right, budget=args.budget, batch=args.batch,
+                                                   prior=p)
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
     if not rows:
         raise SystemExit("no run found: give --demo and / or detection benchmark folders")
     frame = pd.DataFrame(rows)
-    cols = [c for c in frame.columns if c == "plain" or c.startswith("learned")]
+    cols = [c for c in frame.columns if c == "plain" or c.startswith(("learned", "per direction"))]
     main_col = f"learned (prior {priors[0]:g})"
     frame["gain"] = frame[main_col] - frame["plain"]
     lines = ["| dataset | mode | noise | seed | suggestions | " + " | ".join(cols) + " | gain |",
@@ -109,15 +122,20 @@ def main(argv=None) -> int:
     for _, r in frame.iterrows():
         lines.append(f"| {r['dataset']} | {r['mode']} | {r['noise']} | {r['seed']} | {r['suggestions']} | "
                      + " | ".join(f"{r[c]:.3f}" for c in cols) + f" | {r['gain']:+.3f} |")
-    others = frame[frame["dataset"] != "demo"]
+    others = frame[~((frame["dataset"] == "demo") & (frame["seed"] == 0))]
+    direction_col = f"per direction (prior {priors[0]:g})"
+    vs_direction = others[main_col] - others[direction_col]
     text = (f"# Review in batches: precision of the reviewed suggestions\n\nA simulated reviewer decides the top "
             f"{args.budget} suggestions (default score), {args.batch} at a time; `plain`: ranked by the score "
             f"alone; `learned`: after each batch the rest are ranked as `labelfix clean` ranks them with the "
-            f"decisions so far. The demo run (seed 0) is where the prior was chosen.\n\n" + "\n".join(lines)
+            f"decisions so far, per class and direction; `per direction`: one weight per direction. The demo run "
+            f"of seed 0 is where the prior was chosen; the summary is over the other runs.\n\n" + "\n".join(lines)
             + f"\n\nOther runs ({len(others)}): plain {others['plain'].mean():.3f}, {main_col} "
             f"{others[main_col].mean():.3f}; better in {int((others['gain'] > 0).sum())}, equal in "
             f"{int((others['gain'] == 0).sum())}, worse in {int((others['gain'] < 0).sum())} (largest loss "
-            f"{others['gain'].min():+.3f}).\n\nCommand: `python benchmarks/review_loop.py "
+            f"{others['gain'].min():+.3f}). Per class against one weight per direction ({direction_col} "
+            f"{others[direction_col].mean():.3f}): better in {int((vs_direction > 0).sum())}, equal in "
+            f"{int((vs_direction == 0).sum())}, worse in {int((vs_direction < 0).sum())}.\n\nCommand: `python benchmarks/review_loop.py "
             f"{' '.join(sys.argv[1:] if argv is None else argv)}` ({time.perf_counter() - t0:.0f} s).\n")
     write_results(args.name, frame, text)
     return 0

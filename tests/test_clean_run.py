@@ -129,24 +129,31 @@ def test_corrupt_stats_shape(tmp_path):
     assert res.exit_code == 2 and "does not match the labels" in res.output
 
 
-def test_direction_weights_hand_computed():
-    from labelfix.cleaning.calibration import direction_weights, reweight_scores
+def test_decision_weights_hand_computed():
+    from labelfix.cleaning.calibration import decision_weights, reweight_scores
 
     score = np.array([0.9, 0.8, 0.9, 0.9, 0.7])
     is_add = np.array([True, True, False, False, False])
     accepted = np.array([True, True, True, False, False])
-    # r = (accepted + prior) / (score mass + prior): removals (1 + 2) / (2.5 + 2), additions (2 + 2) / (1.7 + 2)
-    r = np.array([3 / 4.5, 4 / 3.7])
-    np.testing.assert_allclose(direction_weights(score, is_add, accepted, prior=2), r / r.max())
-    w = direction_weights(score, is_add, accepted, prior=2)
-    given = np.array([[1, 0, -1]], np.int8)   # removal, addition, addition (unknown cell)
-    np.testing.assert_allclose(reweight_scores(np.array([[0.5, 0.5, 0.4]]), given, w),
-                               [[0.5 * w[0], 0.5, 0.4]], rtol=1e-6)
-    # no decision in a direction: its weight comes from the prior alone (r = 1)
-    assert direction_weights(score[:2], is_add[:2], [True, True], prior=20)[0] == pytest.approx(
-        (20 + 1.7) / (20 + 2))
-    # agreeing decisions move nothing much; the prior keeps a handful from swinging the ranking
-    assert direction_weights([0.99] * 3, [False] * 3, [False] * 3).min() > 0.85
+    classes = np.array([0, 1, 1, 1, 0])
+    # directions: r_d = (accepted + prior) / (score mass + prior), removals (1 + 2) / (2.5 + 2),
+    # additions (2 + 2) / (1.7 + 2); classes: r_kd = (accepted_kd + prior r_d) / (mass_kd + prior)
+    r_rm, r_add = 3 / 4.5, 4 / 3.7
+    r = np.array([[(0 + 2 * r_rm) / (0.7 + 2), (1 + 2 * r_add) / (0.9 + 2)],
+                  [(1 + 2 * r_rm) / (1.8 + 2), (1 + 2 * r_add) / (0.8 + 2)],
+                  [r_rm, r_add]])   # class 2: no decision, its directions' ratios
+    w = decision_weights(score, is_add, accepted, classes, 3, prior=2)
+    np.testing.assert_allclose(w, r / r.max())
+    given = np.array([[1, 0, -1], [0, 1, 1]], np.int8)   # per column: the class's removal / addition weight
+    np.testing.assert_allclose(reweight_scores(np.full((2, 3), 0.5), given, w),
+                               0.5 * np.array([[w[0, 0], w[1, 1], w[2, 1]], [w[0, 1], w[1, 0], w[2, 0]]]), rtol=1e-6)
+    # 1-D suggestions with their classes give the same weights
+    np.testing.assert_allclose(reweight_scores(np.full(3, 0.5), np.array([1, 0, 1]), w, classes=[2, 2, 0]),
+                               0.5 * np.array([w[2, 0], w[2, 1], w[0, 0]]), rtol=1e-6)
+    # the priors keep a handful of decisions from swinging the ranking: three rejected
+    # removals (two in class 0) cost that class's removals about a fifth of their score
+    w = decision_weights([0.99] * 3, [False] * 3, [False] * 3, [0, 0, 1], 2)
+    assert 0.75 < w[0, 0] < w[1, 0] < w[0, 1] == w[1, 1] == 1.0
 
 
 def test_clean_learns_from_decisions_and_can_be_told_not_to(tmp_path):
@@ -166,12 +173,18 @@ def test_clean_learns_from_decisions_and_can_be_told_not_to(tmp_path):
 
     res = CliRunner().invoke(main, ["clean", str(run), "--no-report"])
     assert res.exit_code == 0, res.output
-    assert "learned from 40 of your decisions" in res.output and "removal scores x" in res.output
+    assert "learned from 40 of your decisions" in res.output and "lowest removals of" in res.output
     score = np.array(load_run(run).cell("score"))
     pos = given == 1
-    ratio = score[pos & (raw > 0)] / raw[pos & (raw > 0)]
-    assert np.allclose(ratio, ratio[0], rtol=1e-3) and ratio[0] < 0.9   # removals scaled, order kept
-    np.testing.assert_allclose(score[~pos], raw[~pos], rtol=1e-6)       # additions unchanged
+    ratios = {}
+    for k in range(given.shape[1]):   # one weight per (class, direction): the order within it is kept
+        for d, m in ((0, pos[:, k]), (1, ~pos[:, k])):
+            m = m & (raw[:, k] > 0)
+            r = score[m, k] / raw[m, k]
+            assert np.allclose(r, r[0], rtol=1e-3)
+            ratios[k, d] = r[0]
+    assert max(v for (k, d), v in ratios.items() if d == 0) < 0.9   # removals scaled down ...
+    assert max(v for (k, d), v in ratios.items() if d == 0) < min(v for (k, d), v in ratios.items() if d == 1)
     new = pd.read_csv(run / "corrections.csv", keep_default_na=False)
     assert (np.diff(new["score"].to_numpy()) <= 1e-9).all()
     kept = {(i, c, s): a for i, c, s, a in zip(new["image_id"], new["category_id"], new["suggested"], new["accept"])

@@ -62,40 +62,60 @@ def apply_platt(probs, columns, params: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- reviewer's decisions
 # labelfix's own rule (docs/review.md, "Learning from your decisions"): a ratio estimator of
-# how much of the precision the scores promise the reviewer confirms, per direction of change.
+# how much of the precision the scores promise the reviewer confirms, per direction of change
+# and, shrunk towards its direction, per class (a two-level empirical-Bayes estimate).
 
-#: pseudo-decisions per direction that agree with the scores: the weight of a direction
-#: moves away from 1 only as the reviewer's decisions accumulate. Chosen on the demo's
-#: round-1 run (seed 0; any value from 1 to 50 gave 0.83 to 0.84 over the top 300,
-#: benchmarks/review_loop.py); reported on the other runs there.
+#: pseudo-decisions that agree with the level above: a direction's weight moves away from 1,
+#: and a class's away from its direction's, only as the reviewer's decisions accumulate.
+#: Chosen on the demo's round-1 run (seed 0; 0.857 over the top 300 against 0.823 / 0.853
+#: for 5 / 50, benchmarks/review_loop.py); reported on the other runs there.
 DECISION_PRIOR = 20.0
 
 
-def direction_weights(score, is_add, accepted, *, prior: float = DECISION_PRIOR) -> np.ndarray:
-    """float64 (2,): score weights (removals, additions) learned from decided suggestions.
+def decision_weights(score, is_add, accepted, classes, n_classes: int, *,
+                     prior: float = DECISION_PRIOR, class_prior: float | None = None) -> np.ndarray:
+    """float64 (K, 2): score weights per class for (removals, additions), learned from the
+    decided suggestions.
 
-    For each direction d, r_d = (accepted_d + prior) / (sum of the scores of d's decided
-    suggestions + prior): the precision the reviewer measured over the precision the scores
-    promised, shrunk towards 1 by ``prior`` pseudo-decisions that agree with the scores. The
-    weights are r / max(r), so the more reliable direction keeps its scores and the other's
-    are scaled down; within a direction the order never changes.
+    For each direction d, r_d = (accepted_d + prior) / (promised_d + prior), with promised_d
+    the sum of the scores of d's decided suggestions: the precision the reviewer measured
+    over the one the scores promised, shrunk towards 1. For class k,
+    r_kd = (accepted_kd + prior r_d) / (promised_kd + prior): the same ratio on k's decided
+    suggestions of direction d, shrunk towards r_d (a class with no decision gets r_d). The
+    weights are r / max(r): the most reliable (class, direction) keeps its scores, the
+    others are scaled down; within one (class, direction) the order never changes.
 
     Args:
         score: float (n,) issue scores in [0, 1] of the decided suggestions.
         is_add: bool (n,) True for an addition (given 0 or unknown -> 1), False for a removal.
         accepted: bool (n,) the reviewer's decision.
-        prior: pseudo-decisions per direction (:data:`DECISION_PRIOR`).
+        classes: int (n,) class index of each suggestion, in [0, n_classes).
+        n_classes: K.
+        prior: pseudo-decisions of a direction (:data:`DECISION_PRIOR`).
+        class_prior: pseudo-decisions of a class within a direction (None: ``prior``;
+            ``inf``: one weight per direction, every class alike).
     """
     score = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
-    is_add = np.asarray(is_add, dtype=bool)
-    accepted = np.asarray(accepted, dtype=bool)
-    r = np.array([(accepted[is_add == d].sum() + prior) / (score[is_add == d].sum() + prior) for d in (False, True)])
+    add = np.asarray(is_add, dtype=bool).astype(np.int64)
+    ok = np.asarray(accepted, dtype=bool).astype(np.float64)
+    cls = np.asarray(classes, dtype=np.int64)
+    cell = cls * 2 + add   # (class, direction) -> flat index
+    accepted_kd = np.bincount(cell, weights=ok, minlength=2 * n_classes).reshape(n_classes, 2)
+    promised_kd = np.bincount(cell, weights=score, minlength=2 * n_classes).reshape(n_classes, 2)
+    r_d = (accepted_kd.sum(0) + prior) / (promised_kd.sum(0) + prior)
+    c = prior if class_prior is None else float(class_prior)
+    r = np.broadcast_to(r_d, (n_classes, 2)) if np.isinf(c) else (accepted_kd + c * r_d) / (promised_kd + c)
     return r / r.max()
 
 
-def reweight_scores(score, given, weights) -> np.ndarray:
-    """float32 issue scores with :func:`direction_weights` applied per cell: a given
-    positive (a removal if suggested) gets ``weights[0]``, a given negative or unknown
-    cell (an addition) ``weights[1]``. Shapes as ``score``; ``given`` int8 1 / 0 / -1."""
-    w = np.where(np.asarray(given) == 1, weights[0], weights[1])
-    return (np.asarray(score, dtype=np.float64) * w).astype(np.float32)
+def reweight_scores(score, given, weights, classes=None) -> np.ndarray:
+    """float32 issue scores with :func:`decision_weights` (K, 2) applied: a given positive
+    (a removal if suggested) gets its class's removal weight, a given negative or unknown
+    cell (an addition) its class's addition weight.
+
+    ``score`` and ``given`` (int8 1 / 0 / -1) are either a block of rows (n, K), the class
+    being the column, or 1-D (n,) suggestions with ``classes`` (n,) their class indices."""
+    w = np.asarray(weights, dtype=np.float64)
+    k = slice(None) if classes is None else np.asarray(classes, dtype=np.int64)
+    out = np.where(np.asarray(given) == 1, w[k, 0], w[k, 1]) * np.asarray(score, dtype=np.float64)
+    return out.astype(np.float32)

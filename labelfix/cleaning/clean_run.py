@@ -116,7 +116,7 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     (``cells/score.npy`` rewritten, ``table`` re-sorted); ``(issues, table, notes)``."""
     import dataclasses
 
-    from labelfix.cleaning.calibration import direction_weights, reweight_scores
+    from labelfix.cleaning.calibration import decision_weights, reweight_scores
     from labelfix.cleaning.gmm import default_chunk_rows
     from labelfix.review.decisions import known_decisions
 
@@ -128,11 +128,15 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     decided = decision.notna().to_numpy()
     if not decided.any():
         return issues, table, []
+    labelset = run.labelset
+    class_of = pd.Series(np.arange(len(labelset.classes)), index=labelset.classes["category_id"].to_numpy())
+    cls = class_of.loc[table["category_id"].to_numpy()].to_numpy()
     is_add = (table["action"] == "add").to_numpy()
     accepted = decision[decided].astype(bool).to_numpy()
-    weights = direction_weights(table["score"].to_numpy()[decided], is_add[decided], accepted)
+    weights = decision_weights(table["score"].to_numpy()[decided], is_add[decided], accepted, cls[decided],
+                               len(labelset.classes))
     path = run.path / "cells" / "score.npy"
-    given = run.labelset.labels
+    given = labelset.labels
     old = np.load(path, mmap_mode="r")
     rows = default_chunk_rows(old.shape[1])
     with atomic.atomic_memmap(path, old.shape, np.float32) as out:
@@ -141,16 +145,19 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     del old
     issues = dataclasses.replace(issues, score=np.load(path, mmap_mode="r"))
     table = table.copy()
-    table["score"] = reweight_scores(table["score"].to_numpy(), np.where(is_add, 0, 1), weights).astype(
+    table["score"] = reweight_scores(table["score"].to_numpy(), np.where(is_add, 0, 1), weights, cls).astype(
         np.float64).round(6)
     table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     parts = [f"{name}: {int(accepted[is_add[decided] == d].sum())} of {int((is_add[decided] == d).sum())} accepted"
              for name, d in (("additions", True), ("removals", False))]
-    scaled = [f"{name} x {w:.2f}" for name, w in (("removal scores", weights[0]), ("addition scores", weights[1]))
-              if w < 1]
+    names = labelset.classes["name"].astype(str).to_numpy()
+    lowest = np.argsort(weights, axis=None, kind="stable")[:3]
+    scaled = [f"{('removals', 'additions')[j % 2]} of {names[j // 2]!r} x {weights.flat[j]:.2f}"
+              for j in lowest if weights.flat[j] < 0.995]
     return issues, table, [
-        f"learned from {int(decided.sum())} of your decisions on these suggestions ({'; '.join(parts)}): "
-        f"{', '.join(scaled) or 'scores unchanged'} (docs/review.md; --no-learn-from-decisions turns this off)"]
+        f"learned from {int(decided.sum())} of your decisions on these suggestions ({'; '.join(parts)}): scores "
+        f"weighted per class and direction, {'lowest ' + ', '.join(scaled) if scaled else 'unchanged'} "
+        f"(docs/review.md; --no-learn-from-decisions turns this off)"]
 
 
 @dataclass
@@ -226,7 +233,7 @@ def clean_run(
         learn_from_decisions: when a person has decided some of this run's suggestions
             (accept column, the App's decisions.csv, the archive), weigh the scores of
             additions against removals by how many of each the person accepted
-            (:func:`labelfix.cleaning.calibration.direction_weights`; docs/review.md).
+            (:func:`labelfix.cleaning.calibration.decision_weights`; docs/review.md).
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
