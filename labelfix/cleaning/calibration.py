@@ -2,7 +2,7 @@
 # logistic regression on the model's logit, one per class; fitted here against the *given*
 # labels of the known cells, the only labels a run has (labelfix's choice, docs/cleaning.md).
 """Calibration: per class of held-out probabilities, for the report's estimated precision;
-per direction of change of the issue scores, against the reviewer's decisions.
+per class and direction of change of the issue scores, against the reviewer's decisions.
 
 A cross-fitted model's held-out probabilities are far too confident to read as the
 chance that a suggestion is right: on the demo data the top 300 suggestions' mean
