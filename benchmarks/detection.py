@@ -181,7 +181,8 @@ def main(argv=None) -> int:
             table = with_earlier(table, earlier)
             atomic.write_text(out / "summary.md", summary(table, args.folds) + "\n" + flagging_summary(table) +
                               f"\nCommand: `{shlex.join(['python', 'benchmarks/detection.py'] + sys.argv[1:])}`; "
-                              f"wall time so far {time.perf_counter() - t0:.0f} s on this machine (2 cores).\n")
+                              f"wall time of this invocation so far {time.perf_counter() - t0:.0f} s on this machine "
+                              "(2 cores; finished runs found on disk are reused, not timed).\n")
             print(summary(table, args.folds), flush=True)
     return 0
 
