@@ -231,9 +231,9 @@ def clean_run(
         single_positive_removals: also suggest removing given positives of
             single-positive data (by default they are trusted).
         learn_from_decisions: when a person has decided some of this run's suggestions
-            (accept column, the App's decisions.csv, the archive), weigh the scores of
-            additions against removals by how many of each the person accepted
-            (:func:`labelfix.cleaning.calibration.decision_weights`; docs/review.md).
+            (accept column, the App's decisions.csv, the archive), weigh the scores per
+            class and direction (addition / removal) by the share of each the person
+            accepted (:func:`labelfix.cleaning.calibration.decision_weights`; docs/review.md).
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset

@@ -25,8 +25,8 @@ from labelfix.cli.options import FiniteFloat
               help="Single-positive data: also suggest removing given positives (by default every given "
                    "positive is trusted).")
 @click.option("--learn-from-decisions/--no-learn-from-decisions", default=True, show_default=True,
-              help="Weigh additions against removals by how many of each you accepted among this run's "
-                   "suggestions decided so far (docs/review.md).")
+              help="Weigh the scores per class and direction (add / remove) by the share of each you "
+                   "accepted among this run's suggestions decided so far (docs/review.md).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report and plots.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the GMM fits (cpu, cuda).")
 def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, scorer, neighbours,
