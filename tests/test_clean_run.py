@@ -222,3 +222,41 @@ def test_known_decisions_sources(tmp_path):
         (102, 2, 0): True,    # the App changed the imported "no"
         (103, 3, 1): True,    # "yes" typed after the App's import (csv_decision empty): the CSV wins
     }
+
+
+def test_clean_with_run_averages_held_out_logits_and_refuses_other_labels(tmp_path):
+    """--with-run: the scores equal those of one run holding the mean logits; a run on other
+    labels, of another kind (cross-fitted or not) or the run itself is refused with one
+    line, before anything is written."""
+    truth, given, logits, flip = noisy_problem(seed=5)
+    rng = np.random.default_rng(1)
+    other_logits = logits + rng.normal(0, 2.0, logits.shape)
+    run = make_run(tmp_path / "run", given, logits)
+    other = make_run(tmp_path / "other", given, other_logits)
+    mean = make_run(tmp_path / "mean", given, (logits.astype(np.float16).astype(np.float32)
+                                               + other_logits.astype(np.float16).astype(np.float32)) / 2)
+    res = CliRunner().invoke(main, ["clean", str(run), "--with-run", str(other), "--no-report", "--neighbours", "0"])
+    assert res.exit_code == 0, res.output
+    assert "the mean of this run's held-out logits and those of" in res.output
+    assert CliRunner().invoke(main, ["clean", str(mean), "--no-report", "--neighbours", "0"]).exit_code == 0
+    np.testing.assert_allclose(np.array(load_run(run).cell("score")), np.array(load_run(mean).cell("score")),
+                               atol=2e-3)
+    alone = make_run(tmp_path / "alone", given, logits)
+    assert CliRunner().invoke(main, ["clean", str(alone), "--no-report", "--neighbours", "0"]).exit_code == 0
+    assert not np.allclose(np.array(load_run(alone).cell("score")), np.array(load_run(run).cell("score")), atol=2e-3)
+
+    changed = given.copy()
+    changed[3, 1] = 1 - changed[3, 1]
+    bad = make_run(tmp_path / "bad", changed, other_logits)
+    before = (run / "corrections.csv").read_bytes()
+    for args, message in (([str(bad)], "its given labels differ"), ([str(run)], "names the run being cleaned"),
+                          ([str(tmp_path / "nowhere")], "run directory not found")):
+        res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", *args])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    crossfit = make_run(tmp_path / "crossfit", given, other_logits)
+    atomic.write_json(crossfit / "stats" / "state.json", {"epochs_recorded": 3, "last_epoch": 3, "complete": True,
+                                                          "out_of_sample": True, "rounds": 1})
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", str(crossfit)])
+    assert res.exit_code == 2 and "one run is cross-fitted" in res.output
+    assert (run / "corrections.csv").read_bytes() == before

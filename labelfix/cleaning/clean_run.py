@@ -95,16 +95,50 @@ class UnknownFrom:
                         np.asarray(self.held_out[rows], dtype=np.float32))
 
 
-def run_evidence(run: Run) -> dict:
-    """The inputs of :func:`find_label_issues` that a run's training recorded, as keyword
-    arguments (``given``, ``probs``, ``losses``, ``dynamics``, ``two_view``,
-    ``estimates``, ``verified``; all row-sliceable, memory-mapped where stored): what
-    ``labelfix clean`` scores, less the neighbours' votes, which it computes itself."""
-    ls = run.labelset
+def held_out_logits(run: Run):
+    """Row-sliceable (N, K) logits that judge the run's cells: ``stats/logits.npy``, with
+    the round-1 fold ensemble on unknown cells where :func:`fold_ensemble_logits` applies."""
     logits = run.stat("logits")
     ensemble = fold_ensemble_logits(run)
     if ensemble is not None:   # no fold model saw a label on an unknown cell: all K judge it
-        logits = UnknownFrom(logits, ensemble, ls.labels)
+        logits = UnknownFrom(logits, ensemble, run.labelset.labels)
+    return logits
+
+
+def check_same_labels(run: Run, other: Run, *, chunk_rows: int = 65_536) -> None:
+    """Refuse (one line) a run to average with ``run`` unless it was trained on the same
+    images, classes and given labels, and is cross-fitted exactly when ``run`` is."""
+    a, b = run.labelset, other.labelset
+    where = f"{other.path}: --with-run"
+    if not a.images["image_id"].equals(b.images["image_id"]):
+        raise LabelfixError(f"{where}: its images are not {run.path}'s (image ids or their order differ)")
+    if not a.classes["category_id"].equals(b.classes["category_id"]):
+        raise LabelfixError(f"{where}: its classes are not {run.path}'s (category ids or their order differ)")
+    for s in range(0, a.num_images, chunk_rows):
+        if not np.array_equal(a.labels[s:s + chunk_rows], b.labels[s:s + chunk_rows]):
+            raise LabelfixError(f"{where}: its given labels differ from {run.path}'s (first in rows from {s}): "
+                                "only runs trained on the same labels can be averaged")
+    if bool(run.stats_state.get("out_of_sample")) != bool(other.stats_state.get("out_of_sample")):
+        raise LabelfixError(f"{where}: one run is cross-fitted (held-out probabilities) and the other is not; "
+                            "average runs of the same kind")
+
+
+def run_evidence(run: Run, with_runs: Sequence[Run] = ()) -> dict:
+    """The inputs of :func:`find_label_issues` that a run's training recorded, as keyword
+    arguments (``given``, ``probs``, ``losses``, ``dynamics``, ``two_view``,
+    ``estimates``, ``verified``; all row-sliceable, memory-mapped where stored): what
+    ``labelfix clean`` scores, less the neighbours' votes, which it computes itself.
+
+    ``with_runs``: other runs on the same labels (:func:`check_same_labels`) whose
+    held-out logits are averaged with the run's into ``probs`` (an ensemble of runs, e.g.
+    ROLE and assume-negative models on single-positive labels, docs/cleaning.md); every
+    other input stays the run's own."""
+    ls = run.labelset
+    logits = held_out_logits(run)
+    for other in with_runs:
+        check_same_labels(run, other)
+    if with_runs:
+        logits = MeanOf([logits] + [held_out_logits(o) for o in with_runs])
     role = run.stat("role_logits", required=False)
     return dict(given=ls.labels, probs=LazyProbs(logits), losses=management_losses(run),
                 dynamics=run.stat("loss_mean", required=False), two_view=run.stat("two_view", required=False),
@@ -214,6 +248,7 @@ def clean_run(
     neighbours: int = 10,
     single_positive_removals: bool = False,
     learn_from_decisions: bool = True,
+    with_runs: Sequence[str | Path] = (),
 ) -> CleanResult:
     """Score every cell of a run and write ``cells/*.npy``, ``corrections.csv`` and
     ``report/`` into it.
@@ -234,11 +269,22 @@ def clean_run(
             (accept column, the App's decisions.csv, the archive), weigh the scores per
             class and direction (addition / removal) by the share of each the person
             accepted (:func:`labelfix.cleaning.calibration.decision_weights`; docs/review.md).
+        with_runs: other run directories trained on the same labels: their held-out
+            probabilities are averaged with this run's (:func:`run_evidence`).
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
     notes = _stats_notes(run)
-    evidence = run_evidence(run)
+    others = [Run(p) for p in with_runs]
+    for other in others:
+        if other.path.resolve() == run.path.resolve():
+            raise LabelfixError(f"{other.path}: --with-run names the run being cleaned")
+        if not (other.path / "stats" / "logits.npy").exists():
+            raise LabelfixError(f"{other.path}: --with-run: no stats/logits.npy (not a finished training run)")
+    evidence = run_evidence(run, others)
+    if others:
+        notes.append(f"model probabilities: the mean of this run's held-out logits and those of "
+                     f"{', '.join(str(o.path) for o in others)}")
     if classes:
         unknown = sorted(set(classes) - set(ls.class_names))
         if unknown:

@@ -27,10 +27,13 @@ from labelfix.cli.options import FiniteFloat
 @click.option("--learn-from-decisions/--no-learn-from-decisions", default=True, show_default=True,
               help="Weigh the scores per class and direction (add / remove) by the share of each you "
                    "accepted among this run's suggestions decided so far (docs/review.md).")
+@click.option("--with-run", "with_runs", multiple=True, type=click.Path(file_okay=False),
+              help="Another run trained on the same labels (e.g. another loss): its held-out probabilities "
+                   "are averaged with RUN's; repeatable (docs/cleaning.md, 'Averaging runs').")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report and plots.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the GMM fits (cpu, cuda).")
 def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, scorer, neighbours,
-          single_positive_removals, learn_from_decisions, no_report, device):
+          single_positive_removals, learn_from_decisions, with_runs, no_report, device):
     """Label-wise management of a trained run: per-class GMMs (clean / re-labeled /
     ambiguous), estimates for unknown cells, ranked corrections in RUN/corrections.csv,
     per-cell arrays in RUN/cells/ and a report in RUN/report/."""
@@ -45,7 +48,7 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
         res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
                         max_suggestions=max_suggestions, classes=names, report=not no_report, device=device,
                         scorer=scorer, neighbours=neighbours, single_positive_removals=single_positive_removals,
-                        learn_from_decisions=learn_from_decisions)
+                        learn_from_decisions=learn_from_decisions, with_runs=with_runs)
     for note in res.notes:
         click.echo(f"note: {note}", err=True)
     c = res.corrections
