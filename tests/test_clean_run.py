@@ -248,9 +248,12 @@ def test_clean_with_run_averages_held_out_logits_and_refuses_other_labels(tmp_pa
     changed = given.copy()
     changed[3, 1] = 1 - changed[3, 1]
     bad = make_run(tmp_path / "bad", changed, other_logits)
+    untrained = make_run(tmp_path / "untrained", given, other_logits)
+    (untrained / "stats" / "logits.npy").unlink()
     before = (run / "corrections.csv").read_bytes()
     for args, message in (([str(bad)], "its given labels differ"), ([str(run)], "names the run being cleaned"),
-                          ([str(tmp_path / "nowhere")], "run directory not found")):
+                          ([str(tmp_path / "nowhere")], "run directory not found"),
+                          ([str(untrained)], "no stats/logits.npy")):
         res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", *args])
         assert res.exit_code == 2 and message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
