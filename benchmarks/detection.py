@@ -139,11 +139,12 @@ def with_earlier(table: pd.DataFrame, earlier: list[pd.DataFrame]) -> pd.DataFra
     """``table`` with the rows of earlier runs' results of the same settings and other seeds
     (a row of a seed this run also has is this run's)."""
     keys = ["dataset", "mode", "noise", "seed"]
-    mine = set(map(tuple, table[keys].astype(str).to_numpy()))
-    rows = [t[[tuple(r) not in mine for r in t[keys].astype(str).to_numpy()]] for t in earlier]
-    settings = set(map(tuple, table[keys[:3]].astype(str).to_numpy()))
-    rows = [r[[tuple(k) in settings for k in r[keys[:3]].astype(str).to_numpy()]] for r in rows]
-    both = pd.concat([*rows, table], ignore_index=True)
+    if not earlier:
+        return table
+    old = pd.concat(earlier, ignore_index=True).merge(table[keys[:3]].drop_duplicates(), on=keys[:3])
+    old = old.merge(table[keys], on=keys, how="left", indicator=True)
+    old = old[old.pop("_merge") == "left_only"]
+    both = pd.concat([old, table], ignore_index=True)
     return both.sort_values(keys, kind="stable").reset_index(drop=True)
 
 

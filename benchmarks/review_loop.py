@@ -68,10 +68,10 @@ def review(score: np.ndarray, is_add: np.ndarray, classes: np.ndarray, right: np
 
 
 def runs_of(args):
+    from labelfix.run import Run
+
     for demo in map(Path, args.demo):
         run = demo / "run1" if (demo / "run1").exists() else demo / "run"
-        from labelfix.run import Run
-
         seed = int(Run(run).config.get("train", {}).get("seed", 0))
         yield "demo", "random", "mislabel_0.4", seed, run, demo / "data" / "train.json"
     for d in args.dirs:

@@ -105,9 +105,14 @@ def held_out_logits(run: Run):
     return logits
 
 
-def check_same_labels(run: Run, other: Run, *, chunk_rows: int = 65_536) -> None:
-    """Refuse (one line) a run to average with ``run`` unless it was trained on the same
-    images, classes and given labels, and is cross-fitted exactly when ``run`` is."""
+def check_with_run(run: Run, other: Run, *, chunk_rows: int = 65_536) -> None:
+    """Refuse (one line) a run to average with ``run`` unless it is another finished run
+    (``stats/logits.npy``) trained on the same images, classes and given labels, and is
+    cross-fitted exactly when ``run`` is."""
+    if other.path.resolve() == run.path.resolve():
+        raise LabelfixError(f"{other.path}: --with-run names the run being cleaned")
+    if not (other.path / "stats" / "logits.npy").exists():
+        raise LabelfixError(f"{other.path}: --with-run: no stats/logits.npy (not a finished training run)")
     a, b = run.labelset, other.labelset
     where = f"{other.path}: --with-run"
     if not a.images["image_id"].equals(b.images["image_id"]):
@@ -129,14 +134,14 @@ def run_evidence(run: Run, with_runs: Sequence[Run] = ()) -> dict:
     ``estimates``, ``verified``; all row-sliceable, memory-mapped where stored): what
     ``labelfix clean`` scores, less the neighbours' votes, which it computes itself.
 
-    ``with_runs``: other runs on the same labels (:func:`check_same_labels`) whose
+    ``with_runs``: other runs on the same labels (:func:`check_with_run`) whose
     held-out logits are averaged with the run's into ``probs`` (an ensemble of runs, e.g.
     ROLE and assume-negative models on single-positive labels, docs/cleaning.md); every
     other input stays the run's own."""
     ls = run.labelset
     logits = held_out_logits(run)
     for other in with_runs:
-        check_same_labels(run, other)
+        check_with_run(run, other)
     if with_runs:
         logits = MeanOf([logits] + [held_out_logits(o) for o in with_runs])
     role = run.stat("role_logits", required=False)
@@ -163,12 +168,11 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     if not decided.any():
         return issues, table, []
     labelset = run.labelset
-    class_of = pd.Series(np.arange(len(labelset.classes)), index=labelset.classes["category_id"].to_numpy())
-    cls = class_of.loc[table["category_id"].to_numpy()].to_numpy()
+    cls = labelset.class_columns().loc[table["category_id"].to_numpy()].to_numpy()
     is_add = (table["action"] == "add").to_numpy()
     accepted = decision[decided].astype(bool).to_numpy()
     weights = decision_weights(table["score"].to_numpy()[decided], is_add[decided], accepted, cls[decided],
-                               len(labelset.classes))
+                               labelset.num_classes)
     path = run.path / "cells" / "score.npy"
     given = labelset.labels
     old = np.load(path, mmap_mode="r")
@@ -184,7 +188,7 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
     table = table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     parts = [f"{name}: {int(accepted[is_add[decided] == d].sum())} of {int((is_add[decided] == d).sum())} accepted"
              for name, d in (("additions", True), ("removals", False))]
-    names = labelset.classes["name"].astype(str).to_numpy()
+    names = labelset.class_names
     lowest = np.argsort(weights, axis=None, kind="stable")[:3]
     scaled = [f"{('removals', 'additions')[j % 2]} of {names[j // 2]!r} x {weights.flat[j]:.2f}"
               for j in lowest if weights.flat[j] < 0.995]
@@ -276,11 +280,6 @@ def clean_run(
     ls = run.labelset
     notes = _stats_notes(run)
     others = [Run(p) for p in with_runs]
-    for other in others:
-        if other.path.resolve() == run.path.resolve():
-            raise LabelfixError(f"{other.path}: --with-run names the run being cleaned")
-        if not (other.path / "stats" / "logits.npy").exists():
-            raise LabelfixError(f"{other.path}: --with-run: no stats/logits.npy (not a finished training run)")
     evidence = run_evidence(run, others)
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "
