@@ -165,7 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / "detection"))
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.seeds < 1 or args.first_seed < 0:
+        raise SystemExit("--seeds must be at least 1 and --first-seed at least 0")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for d in map(Path, args.include_results):
+        if d.resolve() == out.resolve():   # this run rewrites OUT/results.csv: the earlier rows would be lost
+            raise SystemExit(f"--include-results {d}: is --out itself; write the new seeds to another folder")
+        if not (d / "results.csv").is_file():
+            raise SystemExit(f"--include-results {d}: no results.csv (not a detection.py output folder)")
     earlier = [pd.read_csv(Path(d) / "results.csv") for d in args.include_results]
     t0 = time.perf_counter()
     tables = []
