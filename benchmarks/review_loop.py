@@ -67,6 +67,14 @@ def review(score: np.ndarray, is_add: np.ndarray, classes: np.ndarray, right: np
     return float(right[decided].mean())
 
 
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """The runs :func:`runs_of` walks: detection benchmark folders and ``--demo`` folders."""
+    ap.add_argument("dirs", nargs="*", help="output folders of benchmarks/detection.py")
+    ap.add_argument("--demo", action="append", default=[],
+                    help="a `labelfix demo` output folder (its first round's run; seed 0 is the choice run); "
+                         "repeatable")
+
+
 def runs_of(args):
     from labelfix.run import Run
 
@@ -85,10 +93,7 @@ def runs_of(args):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dirs", nargs="*", help="output folders of benchmarks/detection.py")
-    ap.add_argument("--demo", action="append", default=[],
-                    help="a `labelfix demo` output folder (its first round's run; seed 0 is the choice run); "
-                         "repeatable")
+    add_run_arguments(ap)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--budget", type=int, default=300)
     ap.add_argument("--priors", default="20", help="comma-separated DECISION_PRIOR values to compare")

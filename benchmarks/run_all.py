@@ -26,6 +26,7 @@ BENCHMARKS = {
     "onnx_throughput": ["onnx_throughput.py"],
     "detection": ["detection.py"],
     "folds_sweep": ["folds_sweep.py"],
+    "review_rounds": ["review_rounds.py"],
     "mix_vs_bce_pretrained": ["mix_vs_bce.py", "--init", "pretrained"],
     "mix_vs_bce_random": ["mix_vs_bce.py", "--init", "random", "--seeds", "0", "--draws", "0"],
     "frozen_scale": ["frozen_scale.py"],

@@ -1,0 +1,104 @@
+"""The benchmark scripts' own logic (benchmarks/*.py): what their tables are computed from
+and the bad arguments they refuse. The scripts' full runs are the benchmarks themselves;
+here only the pieces that decide a number or a refusal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import detection
+        import discount_sweep
+        import report
+        import review_loop
+        import review_rounds
+        yield {"detection": detection, "discount_sweep": discount_sweep, "report": report,
+               "review_loop": review_loop, "review_rounds": review_rounds}
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _row(seed, ap, noise="flip:0.2"):
+    return {"dataset": "digits", "mode": "frozen", "noise": noise, "seed": seed, "labelfix": ap}
+
+
+def test_with_earlier_adds_other_seeds_and_keeps_this_runs_rows(bench_modules):
+    with_earlier = bench_modules["detection"].with_earlier
+    now = pd.DataFrame([_row(1, 0.7)])
+    earlier = pd.DataFrame([_row(0, 0.5), _row(1, 0.1), _row(0, 0.9, noise="mislabel:0.4")])
+    both = with_earlier(now, [earlier])
+    # seed 0 of the same setting joins; the earlier seed 1 is replaced by this run's; the
+    # setting this run does not have stays out
+    assert both[["noise", "seed", "labelfix"]].values.tolist() == [["flip:0.2", 0, 0.5], ["flip:0.2", 1, 0.7]]
+    assert with_earlier(now, []) is now
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--first-seed", "-1"], "--first-seed at least 0"),
+    (["--include-results", "{tmp}/nothing"], "no results.csv"),
+    (["--include-results", "{tmp}/out"], "is --out itself"),
+])
+def test_detection_refuses_bad_arguments_before_training(bench_modules, tmp_path, args, message):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.csv").write_text("dataset\n")
+    argv = [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "out"), "--datasets", ""]
+    with pytest.raises(SystemExit) as err:
+        bench_modules["detection"].main(argv)
+    assert message in str(err.value)
+
+
+def test_review_loop_plain_is_the_top_of_the_ranking_and_learning_skips_a_wrong_direction(bench_modules):
+    review = bench_modules["review_loop"].review
+    n = 400
+    score = np.linspace(1.0, 0.0, n)
+    is_add = np.arange(n) % 2 == 0          # additions and removals interleaved by score
+    right = is_add.copy()                   # every addition right, every removal wrong
+    classes = np.zeros(n, dtype=int)
+    plain = review(score, is_add, classes, right, budget=100, batch=20, prior=None)
+    assert plain == pytest.approx(right[:100].mean())
+    learned = review(score, is_add, classes, right, budget=100, batch=20, prior=5.0)
+    assert learned > plain + 0.2   # after the first batch, removals sink below the additions
+
+
+def test_discounted_score(bench_modules):
+    discounted = bench_modules["discount_sweep"].discounted
+    evidence = np.array([[0.8, 0.6, 0.4]], np.float32)
+    p_clean = np.array([[1.0, 0.5, np.nan]], np.float32)
+    known = np.array([[True, True, False]])
+    assert np.array_equal(discounted(evidence, p_clean, known, 0.0), evidence)
+    np.testing.assert_allclose(discounted(evidence, p_clean, known, 0.5), [[0.4, 0.45, 0.4]], rtol=1e-6)
+    # an unknown cell keeps its evidence; a NaN p_clean counts as clean on a known cell
+    # (as in labelfix.cleaning.scores.score_evidence_gmm)
+    np.testing.assert_allclose(discounted(evidence, np.full((1, 3), np.nan, np.float32), known, 1.0),
+                               [[0.0, 0.0, 0.4]], rtol=1e-6)
+
+
+def test_write_results_writes_json_and_markdown(bench_modules, tmp_path, monkeypatch, capsys):
+    report = bench_modules["report"]
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    path = report.write_results("x", pd.DataFrame([{"a": 1, "b": 0.5}]), "# table\n")
+    assert path == tmp_path / "x.md" and path.read_text() == "# table\n"
+    assert json.loads((tmp_path / "x.json").read_text()) == [{"a": 1, "b": 0.5}]
+    assert "# table" in capsys.readouterr().out
+
+
+def test_review_rounds_summary_compares_errors_fixed_per_decision(bench_modules):
+    row = {"seed": 0, "errors_before": 100, "two_rounds_decided": 40, "two_rounds_accepted": 30,
+           "round1_accepted": 18, "round2_accepted": 12, "two_rounds_errors_after": 70,
+           "one_round_decided": 40, "one_round_accepted": 20, "one_round_errors_after": 80}
+    text = bench_modules["review_rounds"].summarise(pd.DataFrame([row]), 20, 10, "cmd", 1.0)
+    assert "| 0 | 100 | 30 (18 + 12) / 40 = 0.750 | 70 | 20 / 40 = 0.500 | 80 |" in text
+    assert "two rounds 0.750, one round 0.500 (ratio 1.50)" in text
