@@ -25,6 +25,24 @@ CORRECTIONS_COLUMNS = [
 CORRECTIONS_REQUIRED = ("image_id", "class", "category_id", "action", "score")
 
 
+def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A per-cell ``.npy`` array of a run (memory-mapped), checked: readable without
+    pickles, numbers (float, int or unsigned; not strings, objects, complex or bool), and
+    of ``shape`` (N, K); else one line naming the file."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        reason = "not a plain numeric array (object data, or not an .npy file)" if "pickle" in str(e) else str(e)
+        raise LabelfixError(f"{path}: unreadable array: {reason}") from None
+    except OSError as e:
+        raise LabelfixError(f"{path}: unreadable array: {e}") from None
+    if arr.dtype.kind not in "fiu":
+        raise LabelfixError(f"{path}: dtype {arr.dtype}: expected numbers (float or integer)")
+    if arr.shape != tuple(shape):
+        raise LabelfixError(f"{path}: shape {arr.shape} does not match the labels {tuple(shape)}")
+    return arr
+
+
 class Run:
     """A labelfix run directory (read side). Arrays are opened memory-mapped."""
 
@@ -63,25 +81,35 @@ class Run:
             return np.load(p, mmap_mode="r")
         return np.zeros(self.labelset.num_images, np.int8)
 
+    @property
+    def folds(self) -> np.ndarray | None:
+        """int (N,): the cross-fitting fold of every image (-1: validation rows); None
+        when the run is not cross-fitted (no ``folds.npy``)."""
+        p = self.path / "folds.npy"
+        if not p.exists():
+            return None
+        n = self.labelset.num_images
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise LabelfixError(f"{p}: unreadable array: {e}") from None
+        if arr.dtype.kind not in "iu" or arr.shape != (n,):
+            raise LabelfixError(f"{p}: dtype {arr.dtype}, shape {arr.shape}: expected integer folds of shape ({n},)")
+        return arr
+
     def _array(self, folder: str, name: str, required: bool) -> np.ndarray | None:
         p = self.path / folder / f"{name}.npy"
         if not p.exists():
             if required:
-                raise LabelfixError(f"{p}: missing; {'run `labelfix train`' if folder == 'stats' else 'run `labelfix clean`'} first")
+                raise LabelfixError(f"{p}: missing; {'run `labelfix train`' if folder.startswith('stats') else 'run `labelfix clean`'} first")
             return None
-        try:
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise LabelfixError(f"{p}: unreadable array: {e}") from None
-        n, k = self.labelset.labels.shape
-        if arr.shape != (n, k):
-            raise LabelfixError(f"{p}: shape {arr.shape} does not match the labels ({n}, {k})")
-        return arr
+        return read_cell_array(p, self.labelset.labels.shape)
 
-    def stat(self, name: str, required: bool = True) -> np.ndarray | None:
+    def stat(self, name: str, required: bool = True, *, round: int | None = None) -> np.ndarray | None:
         """A per-cell statistic written by training: ``logits``, ``loss_mean``,
-        ``two_view``, ``role_logits`` (float (N, K), memory-mapped)."""
-        return self._array("stats", name, required)
+        ``two_view``, ``role_logits`` (float (N, K), memory-mapped); ``round``: the merged
+        held-out statistics of one cross-fitting round (``stats/round<r>/``)."""
+        return self._array("stats" if round is None else f"stats/round{int(round)}", name, required)
 
     def cell(self, name: str, required: bool = True) -> np.ndarray | None:
         """A per-cell output of clean: ``p_clean``, ``score``, ``state``, ``suggested``."""

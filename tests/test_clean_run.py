@@ -262,4 +262,91 @@ def test_clean_with_run_averages_held_out_logits_and_refuses_other_labels(tmp_pa
                                                           "out_of_sample": True, "rounds": 1})
     res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", str(crossfit)])
     assert res.exit_code == 2 and "one run is cross-fitted" in res.output
+    # the same run twice (also through a link) would count twice in the mean
+    (tmp_path / "link").symlink_to(other)
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", str(other),
+                                    "--with-run", str(tmp_path / "link")])
+    assert res.exit_code == 2 and "names the same run twice" in res.output, res.output
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", str(tmp_path / "nowhere")])
+    assert res.output.startswith("error: --with-run: ")
     assert (run / "corrections.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full((3, 3), "abc"), "dtype <U3: expected numbers"),
+    (np.zeros((400, 5), np.complex64), "dtype complex64: expected numbers"),
+])
+def test_statistics_of_another_dtype_are_refused(tmp_path, array, message):
+    truth, given, logits, _ = noisy_problem(seed=4)
+    run = make_run(tmp_path / "run", given, logits)
+    np.save(run / "stats" / "logits.npy", array)
+    res = CliRunner().invoke(main, ["clean", str(run)])
+    assert res.exit_code == 2 and message in res.output and "logits.npy" in res.output, res.output
+
+
+def test_corrupt_round_statistics_of_a_cross_fitted_run_give_one_line(tmp_path):
+    truth, given, logits, _ = noisy_problem(seed=4)
+    run = make_run(tmp_path / "run", given, logits)
+    atomic.write_json(run / "stats" / "state.json", {"epochs_recorded": 3, "last_epoch": 3, "complete": True,
+                                                     "out_of_sample": True, "rounds": 1})
+    (run / "stats" / "round1").mkdir()
+    from labelfix.cleaning.clean_run import fold_ensemble_logits, management_losses
+    from labelfix.errors import LabelfixError
+    from labelfix.run import Run
+
+    (run / "stats" / "round1" / "logits.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(LabelfixError, match="round1/logits.npy: unreadable array"):
+        management_losses(Run(run))
+    np.save(run / "stats" / "round1" / "logits.npy", np.zeros((7, 5), np.float16))
+    with pytest.raises(LabelfixError, match="round1/logits.npy: shape .* does not match the labels"):
+        management_losses(Run(run))
+    atomic.write_text(run / "config.yaml", "train:\n  data: data.json\n  folds: 3\n")
+    with pytest.raises(LabelfixError, match="folds.npy: missing in a cross-fitted run"):
+        fold_ensemble_logits(Run(run))
+    np.save(run / "folds.npy", np.zeros(3, np.int8))
+    with pytest.raises(LabelfixError, match=r"folds.npy: dtype int8, shape \(3,\): expected integer folds"):
+        fold_ensemble_logits(Run(run))
+
+
+def _decide(run, edit):
+    """Decide the first three suggestions of a cleaned run in its CSV, then ``edit`` it."""
+    corr = pd.read_csv(run / "corrections.csv", dtype=str, keep_default_na=False)
+    corr["accept"] = ["yes", "no", "yes"] + [""] * (len(corr) - 3)
+    edit(corr)
+    corr.to_csv(run / "corrections.csv", index=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.__setitem__("accept", ["maybe"] + list(c["accept"][1:])), "row 2: accept must be"),
+    (lambda c: c.rename(columns={"accept": "Accept"}, inplace=True), "column 'Accept': the decisions column"),
+    (lambda c: c.__setitem__("image_id", ["999999"] + list(c["image_id"][1:])), "row 2: image_id 999999 is not an image of the run"),
+])
+def test_clean_refuses_a_corrections_file_whose_decisions_it_cannot_keep(tmp_path, edit, message):
+    """A hand-edited corrections.csv that export coco would refuse is refused by clean too,
+    before anything is written: its decisions are never dropped silently."""
+    truth, given, logits, _ = noisy_problem(seed=6)
+    run = make_run(tmp_path / "run", given, logits)
+    assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
+    _decide(run, edit)
+    before = {p.name: p.read_bytes() for p in [run / "corrections.csv", *sorted((run / "cells").iterdir())]}
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--clean-threshold", "0.9"])
+    assert res.exit_code == 2 and message in res.output and "re-run clean" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in [run / "corrections.csv", *sorted((run / "cells").iterdir())]} == before
+
+
+def test_clean_keeps_decisions_written_by_a_spreadsheet_as_floats(tmp_path):
+    """A spreadsheet that saves suggested as 1.0 / 0.0: the decisions are kept, also for
+    suggestions that are no longer made (they go to the archive)."""
+    truth, given, logits, _ = noisy_problem(seed=6)
+    run = make_run(tmp_path / "run", given, logits)
+    assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
+    _decide(run, lambda c: c.__setitem__("suggested", [f"{float(v):.1f}" for v in c["suggested"]]))
+    decided = pd.read_csv(run / "corrections.csv").head(3)
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--max-suggestions", "1"])
+    assert res.exit_code == 0, res.output
+    from labelfix.review.decisions import known_decisions
+
+    known = known_decisions(run)
+    for rec, accepted in zip(decided.to_dict("records"), (True, False, True)):
+        assert known[(rec["image_id"], rec["category_id"], int(rec["suggested"]))] == accepted

@@ -328,6 +328,16 @@ def test_cli_export_and_predict(tmp_path):
     df = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert df["file"].tolist() == [str(p) for p in imgs]
 
+    # nothing readable: an error naming the first file and why, no output written
+    (tmp_path / "empty.png").write_bytes(b"")
+    res = runner.invoke(main, ["predict", str(out), str(tmp_path / "empty.png"), str(tmp_path / "imgs" / "bad.png"),
+                               "--out", str(tmp_path / "none.csv")])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'empty.png'}: UnidentifiedImageError: not an "
+                                                   f"image file PIL can read (unknown format, or empty); none of "
+                                                   f"the 2 image(s) could be read")
+    assert not (tmp_path / "none.csv").exists()
+
     res = runner.invoke(main, ["predict", str(out), str(imgs[0]), "--threshold", "0"])
     assert res.exit_code == 0
     assert f"{imgs[0]},{';'.join(NAMES)}" in res.output

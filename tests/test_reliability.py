@@ -732,6 +732,8 @@ UNUSED_OPTION_CASES = {
     "demo-sp-rate": (lambda w: ["demo", "--out", w["root"] / "demo", "--noise", "single-positive", "--rate", "0.2"],
                      "--rate: single-positive noise"),
     "info-verify-no-files": (lambda w: ["info", w["labels"], "--verify", "--no-files"], "choose one"),
+    "info-images-no-files": (lambda w: ["info", w["labels"], "--images", w["root"], "--no-files"],
+                             "--images says where the image files are"),
     "bench-test-without-data": (lambda w: ["bench", "--test", w["labels"], "--out", w["root"] / "b"],
                                 "--test: the demo dataset brings its own test split"),
     "bench-sp-methods-without-sp": (lambda w: ["bench", "--noise", "flip:0.2", "--single-positive-methods", "role",

@@ -44,11 +44,18 @@ def fold_ensemble_logits(run: Run):
     from labelfix.train.config import read_run_config
     from labelfix.train.crossfit import fold_dir, unknown_judge
 
+    from labelfix.run import read_cell_array
+
     state = run.stats_state
     if not state.get("out_of_sample") or unknown_judge(read_run_config(run.path)) != "ensemble":
         return None
-    k = int(np.load(run.path / "folds.npy").max()) + 1
-    return MeanOf([np.load(fold_dir(run.path, f, 1) / "stats" / "logits.npy", mmap_mode="r") for f in range(k)])
+    folds = run.folds
+    if folds is None:
+        raise LabelfixError(f"{run.path / 'folds.npy'}: missing in a cross-fitted run (stats/state.json says "
+                            f"out_of_sample); `labelfix train --resume` rewrites it")
+    k = int(folds.max()) + 1
+    shape = run.labelset.labels.shape
+    return MeanOf([read_cell_array(fold_dir(run.path, f, 1) / "stats" / "logits.npy", shape) for f in range(k)])
 
 
 def management_losses(run: Run):
@@ -68,7 +75,7 @@ def management_losses(run: Run):
         if not path.exists():
             raise LabelfixError(f"{path}: missing: a cross-fitted run keeps round 1's held-out logits there "
                                 f"(`labelfix train --resume` rewrites it)")
-        return LazyBCE(np.load(path, mmap_mode="r"), run.labelset.labels, logits=True)
+        return LazyBCE(run.stat("logits", round=1), run.labelset.labels, logits=True)
     return run.stat("loss_mean", required=False)
 
 
@@ -111,8 +118,9 @@ def check_with_run(run: Run, other: Run, *, chunk_rows: int = 65_536) -> None:
     cross-fitted exactly when ``run`` is."""
     if other.path.resolve() == run.path.resolve():
         raise LabelfixError(f"{other.path}: --with-run names the run being cleaned")
-    if not (other.path / "stats" / "logits.npy").exists():
-        raise LabelfixError(f"{other.path}: --with-run: no stats/logits.npy (not a finished training run)")
+    for name in ("logits.npy", "state.json"):
+        if not (other.path / "stats" / name).exists():
+            raise LabelfixError(f"{other.path}: --with-run: no stats/{name} (not a finished training run)")
     a, b = run.labelset, other.labelset
     where = f"{other.path}: --with-run"
     if not a.images["image_id"].equals(b.images["image_id"]):
@@ -198,6 +206,24 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
         f"(docs/review.md; --no-learn-from-decisions turns this off)"]
 
 
+def _other_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """The ``--with-run`` folders as runs; each once (a folder named twice, also through a
+    link, would count twice in the mean)."""
+    out, seen = [], {}
+    for p in paths:
+        try:
+            other = Run(p)
+        except LabelfixError as e:
+            raise LabelfixError(f"--with-run: {e}") from None
+        key = other.path.resolve()
+        if key in seen:
+            raise LabelfixError(f"{p}: --with-run names the same run twice (also as {seen[key]}); "
+                                f"name every run once")
+        seen[key] = p
+        out.append(other)
+    return out
+
+
 @dataclass
 class CleanResult:
     issues: LabelIssues
@@ -278,8 +304,11 @@ def clean_run(
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
+    from labelfix.review.decisions import check_decision_file
+
+    check_decision_file(run)   # a reviewer's decisions are never dropped by a file clean cannot read
     notes = _stats_notes(run)
-    others = [Run(p) for p in with_runs]
+    others = _other_runs(with_runs)
     evidence = run_evidence(run, others)
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "

@@ -60,9 +60,8 @@ def neighbour_votes(run: Run, k: int = DEFAULT_K) -> tuple[np.ndarray | None, np
     if frozen is not None:
         res = neighbour_estimates(frozen, votes, np.arange(n), np.flatnonzero(split == 0), k=k)
         return res.estimate, res.duplicates
-    folds_path = run.path / "folds.npy"
-    if folds_path.exists():
-        folds = np.load(folds_path)
+    folds = run.folds
+    if folds is not None:
         rounds = int(run.stats_state.get("rounds") or 1)
         out = np.full((n, kk), np.nan, dtype=np.float32)
         pairs = []

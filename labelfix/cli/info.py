@@ -22,6 +22,8 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
 
     if verify and no_files:
         raise LabelfixError("info: --verify decodes the image files, --no-files skips them: choose one")
+    if images is not None and no_files:
+        raise LabelfixError("info: --images says where the image files are, --no-files skips them: choose one")
     from labelfix.info import dataset_info
 
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)

@@ -23,6 +23,11 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return rv
 
+    def _describe_range(self) -> str:   # click writes "x<=None" for an unbounded range
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
+
 
 def check_extension(path, suffixes, option: str, why: str) -> None:
     """An output's name must end with one of ``suffixes`` (the format it is written in):

@@ -39,6 +39,8 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
                                if left_out else ""))
     df = run_predict(model, files, batch_size=batch_size, threshold=threshold)
     skipped = left_out + list(df.attrs.get("skipped", []))
+    if not len(df):   # nothing to write: an error, not an empty table
+        raise LabelfixError(f"{skipped[0][0]}: {skipped[0][1]}; none of the {len(skipped)} image(s) could be read")
     if out is None:
         df[["file", "labels"]].to_csv(sys.stdout, index=False)
     elif out.suffix.lower() == ".csv":

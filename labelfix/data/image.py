@@ -117,7 +117,12 @@ def load_rgb(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
     (RGBA, LA, palette with a transparent index, tRNS colour keys) composited onto
     :data:`BACKGROUND` (black). Raises one of ``DECODE_ERRORS`` on a missing, truncated,
     corrupt, non-regular or (with ``root``) out-of-folder file."""
-    with open_image_file(path, root) as fh, Image.open(fh) as im:
-        im.load()  # force the full decode so that truncated files fail here
-        im = ImageOps.exif_transpose(im)
-        return _to_rgb(im)
+    with open_image_file(path, root) as fh:
+        try:
+            im = Image.open(fh)
+        except Image.UnidentifiedImageError:   # PIL names the file handle, not the file
+            raise Image.UnidentifiedImageError("not an image file PIL can read (unknown format, or empty)") from None
+        with im:
+            im.load()  # force the full decode so that truncated files fail here
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)

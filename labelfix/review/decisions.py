@@ -219,7 +219,7 @@ def archive_decisions(run, frame: pd.DataFrame) -> Path:
     old = _read_archive_frame(run)
     new = frame.reindex(columns=ARCHIVE_COLUMNS).copy()
     for col in ("image_id", "category_id", "suggested"):
-        new[col] = new[col].astype(np.int64)
+        new[col] = pd.to_numeric(new[col]).astype(np.int64)   # "1.0" from a spreadsheet too
     both = new if old is None else pd.concat([old.reindex(columns=ARCHIVE_COLUMNS), new], ignore_index=True)
     both = both.drop_duplicates(["image_id", "category_id", "suggested"], keep="last")
     both = both.sort_values(["image_id", "category_id", "suggested"], kind="stable")
@@ -238,6 +238,42 @@ def _accept_value(v) -> str:
     if t in _FALSE:
         return REJECTED
     return "" if t in ("", "nan") else str(v)
+
+
+def _int(value) -> int:
+    """An id or a 0 / 1 of a CSV read as text: ``526`` and ``1.0`` alike (ValueError else)."""
+    f = float(value)
+    if not f.is_integer():
+        raise ValueError(f"{value!r} is not an integer")
+    return int(f)
+
+
+def cell_key(image_id, category_id, suggested) -> tuple[int, int, int]:
+    """``(image_id, category_id, suggested)`` as ints: the key of a decision."""
+    return _int(image_id), _int(category_id), _int(suggested)
+
+
+def check_decision_file(run) -> None:
+    """Refuse, before ``labelfix clean`` writes anything, a RUN/corrections.csv whose
+    decisions it could not carry over: what ``export coco`` refuses (the schema checks of
+    :func:`labelfix.review.dataset.suggestion_rows`, ``accept`` values other than
+    1/0/true/false/yes/no/empty), and a column that is ``accept`` but for case or spaces
+    (its decisions would be read as none). One line naming the file and the row."""
+    from labelfix.review.dataset import suggestion_rows
+    from labelfix.run import Run, load_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    path = run.path / "corrections.csv"
+    if not path.exists():
+        return
+    hint = "; fix it or move it away, then re-run clean (its decisions would be lost)"
+    try:
+        frame = suggestion_rows(run)
+    except LabelfixError as e:
+        raise LabelfixError(f"{e}{hint}") from None
+    near = [c for c in frame.columns if c != "accept" and str(c).strip().lower() == "accept"]
+    if near and "accept" not in frame.columns:
+        raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'{hint}")
 
 
 def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -267,9 +303,7 @@ def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     if not has_accept and not archive:
         return table, []
 
-    def key(i, c, s):
-        return int(i), int(c), int(s)
-
+    key = cell_key
     new_keys = [key(i, c, s) for i, c, s in zip(table["image_id"], table["category_id"], table["suggested"])]
     new_set = set(new_keys)
     carried: dict = {}
@@ -346,7 +380,7 @@ def known_decisions(run) -> dict[tuple[int, int, int], bool]:
             for rec in frame.to_dict("records"):
                 value = _accept_value(rec.get("accept", ""))
                 try:
-                    k = (int(rec["image_id"]), int(rec["category_id"]), int(rec["suggested"]))
+                    k = cell_key(rec["image_id"], rec["category_id"], rec["suggested"])
                 except (KeyError, TypeError, ValueError):
                     continue
                 if value in DECISION_TAGS:
