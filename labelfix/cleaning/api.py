@@ -282,8 +282,9 @@ def find_label_issues(
     # single-positive labels: every given positive is trusted, like a verified cell
     single = is_single_positive(given, chunk_rows=rows)
     if single_positive_removals and not single:
-        raise LabelfixError("single_positive_removals: the labels are not single-positive (an image has more than "
-                            "one positive, or at most half the cells are unknown), so no given positive is "
+        raise LabelfixError("single_positive_removals (`clean --single-positive-removals`): the labels are not "
+                            "single-positive (an image has more than one positive, or at most half the cells are "
+                            "unknown), so no given positive is "
                             "trusted to begin with")
     trust_positives = single and not single_positive_removals
 
