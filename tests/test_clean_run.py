@@ -197,6 +197,44 @@ def test_clean_learns_from_decisions_and_can_be_told_not_to(tmp_path):
     np.testing.assert_allclose(np.array(load_run(run).cell("score")), raw, rtol=1e-6)
 
 
+def test_decision_precision_model():
+    from labelfix.cleaning.calibration import MIN_DECISIONS, decision_precision_model
+
+    rng = np.random.default_rng(0)
+    score = rng.uniform(0.5, 1.0, 200)
+    is_add = rng.random(200) < 0.5
+    accepted = rng.random(200) < np.where(is_add, score, score - 0.4)   # removals less often right
+    model = decision_precision_model(score, is_add, accepted)
+    p = model(np.array([0.6, 0.95, 0.6, 0.95]), np.array([True, True, False, False]))
+    assert p[1] > p[0] and p[3] > p[2] and p[0] > p[2] and ((0 < p) & (p < 1)).all()
+    assert decision_precision_model(score[:MIN_DECISIONS - 1], is_add[:MIN_DECISIONS - 1],
+                                    accepted[:MIN_DECISIONS - 1]) is None
+    all_yes = decision_precision_model(score[:30], is_add[:30], np.ones(30, bool))
+    assert all_yes(np.array([0.1, 0.9]), np.array([True, False])).tolist() == [31 / 32, 31 / 32]
+
+
+def test_clean_reports_the_precision_it_expects_from_your_decisions(tmp_path):
+    """After decisions, clean estimates from them how many of the undecided suggestions are
+    right (a note and a report section); a reviewer who rejects half of them hears less
+    than one who accepts them all."""
+    truth, given, logits, flip = noisy_problem(seed=3, n=600)
+    run = make_run(tmp_path / "run", given, logits)
+    assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
+    corr = pd.read_csv(run / "corrections.csv")
+    estimates = []
+    for pattern in (["yes"], ["yes", "no"]):
+        corr["accept"] = [pattern[i % len(pattern)] if i < 60 else "" for i in range(len(corr))]
+        corr.to_csv(run / "corrections.csv", index=False)
+        res = CliRunner().invoke(main, ["clean", str(run), "--no-learn-from-decisions"])
+        assert res.exit_code == 0, res.output
+        note = [line for line in res.output.splitlines() if "decisions so far" in line]
+        assert len(note) == 1 and f"your 60 decisions so far: {60 // len(pattern)} accepted" in note[0]
+        estimates.append(float(note[0].split("estimated from them, ")[1].split(" ")[0]))
+        assert "Estimated from your decisions" in (run / "report" / "index.html").read_text()
+        corr = pd.read_csv(run / "corrections.csv")
+    assert estimates[0] > estimates[1]
+
+
 def test_known_decisions_sources(tmp_path):
     """The archive, the accept column and the App's decisions.csv, newest winning; an
     accept value edited after its import beats the App's copy."""

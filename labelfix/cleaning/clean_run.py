@@ -158,20 +158,19 @@ def run_evidence(run: Run, with_runs: Sequence[Run] = ()) -> dict:
                 estimates=None if role is None else LazyProbs(role), verified=ls.verified)
 
 
-def _learn_from_decisions(run: Run, issues, table: pd.DataFrame):
-    """Re-weight the scores by the reviewer's decisions on the suggestions of ``table``
+def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict):
+    """Re-weight the scores by the reviewer's decisions ``known``
+    (:func:`labelfix.review.decisions.known_decisions`) on the suggestions of ``table``
     (``cells/score.npy`` rewritten, ``table`` re-sorted); ``(issues, table, notes)``."""
     import dataclasses
 
     from labelfix.cleaning.calibration import decision_weights, reweight_scores
     from labelfix.cleaning.gmm import default_chunk_rows
-    from labelfix.review.decisions import known_decisions
+    from labelfix.review.decisions import table_decisions
 
-    known = known_decisions(run)
     if not known or not len(table):
         return issues, table, []
-    keys = zip(table["image_id"].astype(int), table["category_id"].astype(int), table["suggested"].astype(int))
-    decision = pd.Series([known.get(k) for k in keys], index=table.index, dtype=object)
+    decision = table_decisions(table, known)
     decided = decision.notna().to_numpy()
     if not decided.any():
         return issues, table, []
@@ -345,8 +344,11 @@ def clean_run(
     )
     notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
     table = corrections_table(run, issues.corrections)
+    from labelfix.review.decisions import known_decisions, table_decisions
+
+    known = known_decisions(run)
     if learn_from_decisions:
-        issues, table, note = _learn_from_decisions(run, issues, table)
+        issues, table, note = _learn_from_decisions(run, issues, table, known)
         notes += note
     if classes:
         table = table[table["class"].isin(set(classes))]
@@ -358,11 +360,16 @@ def clean_run(
 
     table, kept = carry_decisions(run.path, table)
     notes += kept
+    from labelfix.cleaning.report import decision_estimate
+
+    from_decisions = decision_estimate(table, table_decisions(table, known)) if known else None
+    if from_decisions is not None:
+        notes.append(from_decisions.attrs["note"])
     atomic.write_csv(run.path / "corrections.csv", table)
     report_path = None
     if report:
         from labelfix.cleaning.report import write_report
 
         report_path = write_report(run, issues, table, notes, losses=evidence["losses"],
-                                   probs=evidence["probs"])
+                                   probs=evidence["probs"], from_decisions=from_decisions)
     return CleanResult(issues, table, notes, report_path)

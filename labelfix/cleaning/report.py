@@ -96,6 +96,42 @@ def estimated_precision(corrections: pd.DataFrame, at=PRECISION_AT, calibration:
     return pd.DataFrame(rows)
 
 
+def decision_estimate(corrections: pd.DataFrame, decisions: pd.Series, at=PRECISION_AT) -> pd.DataFrame | None:
+    """Estimated precision of the next undecided suggestions, from the reviewer's own
+    decisions (:func:`labelfix.cleaning.calibration.decision_precision_model` fitted on
+    the decided rows' scores and directions): one row per N in ``at`` below the number of
+    undecided suggestions, plus ``all``, columns as :func:`estimated_precision`; None with
+    too few decisions. ``attrs["note"]``: one line for clean's notes; ``attrs["decided"]``,
+    ``attrs["accepted"]``: the counts.
+
+    Args:
+        corrections: the corrections table in its order (score, action).
+        decisions: per row True / False / None (:func:`labelfix.review.decisions.table_decisions`).
+    """
+    from labelfix.cleaning.calibration import decision_precision_model
+
+    decided = decisions.notna().to_numpy()
+    score = pd.to_numeric(corrections["score"], errors="coerce").to_numpy(np.float64)
+    is_add = (corrections["action"] == "add").to_numpy()
+    accepted = decisions[decided].astype(bool).to_numpy()
+    model = decision_precision_model(score[decided], is_add[decided], accepted)
+    if model is None or decided.all():
+        return None
+    right = model(score[~decided], is_add[~decided])
+    n = int((~decided).sum())
+    rows = [{"top": f"next {top}" if top < n else f"all undecided ({n})", "suggestions": int(top),
+             "with_probability": int(top), "estimated_precision": float(right[:top].mean()),
+             "expected_right": float(right[:top].sum())} for top in [k for k in at if k < n] + [n]]
+    out = pd.DataFrame(rows)
+    first = out.iloc[min(1, len(out) - 1)]   # the next 100, or all when fewer are left
+    which = f"next {first['suggestions']}" if first["suggestions"] < n else f"{n}"
+    out.attrs.update(decided=int(decided.sum()), accepted=int(accepted.sum()), note=(
+        f"your {int(decided.sum())} decisions so far: {int(accepted.sum())} accepted ({accepted.mean():.2f}); "
+        f"estimated from them, {first['estimated_precision']:.2f} of the {which} undecided suggestions are right "
+        f"(when it falls, export and train the next round: docs/review.md)"))
+    return out
+
+
 def per_class_table(corrections: pd.DataFrame, calibration: dict | None = None) -> pd.DataFrame:
     """Per class with suggestions: suggestions, additions, removals and the estimated
     precision of its suggestions (``calibration`` as in :func:`right_probability`); most
@@ -202,8 +238,11 @@ def _noise_rates(given, state, chunk: int = 65536) -> tuple[np.ndarray, np.ndarr
         return pos_bad / pos, neg_bad / neg
 
 
-def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, losses=None, probs=None) -> Path:
-    """Write ``RUN/report/index.html`` and its PNG plots; returns the HTML path."""
+def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, losses=None, probs=None,
+                 from_decisions: pd.DataFrame | None = None) -> Path:
+    """Write ``RUN/report/index.html`` and its PNG plots; returns the HTML path.
+    ``from_decisions``: :func:`decision_estimate`'s table, shown beside the estimate from
+    the given labels."""
     from labelfix.cleaning.scores import bce_losses
 
     plt = _figure()
@@ -339,6 +378,18 @@ def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, lo
                      f"<td class='n'>{r.expected_right:.1f}</td><td class='n'>{r.with_probability}</td></tr>"
                      for r in precision.itertuples()) + "</table>")
     parts.append(f"<p class='note'>{html.escape(ESTIMATE_NOTE)}</p>")
+    if from_decisions is not None:
+        a = from_decisions.attrs
+        parts.append("<h2 id='from-decisions'>Estimated from your decisions</h2>")
+        parts.append(f"<p class='note'>You decided {a['decided']} suggestions and accepted {a['accepted']}. A "
+                     f"logistic regression of your decisions on the score and the direction estimates how many of "
+                     f"the undecided suggestions, in the order of corrections.csv, are right: a better guide than "
+                     f"the estimate above (docs/review.md).</p>")
+        parts.append("<table class='data'><tr><th>undecided suggestions</th><th>estimated precision</th>"
+                     "<th>expected right</th></tr>" + "".join(
+                         f"<tr><td>{html.escape(r.top)}</td><td class='n'>{fmt(r.estimated_precision)}</td>"
+                         f"<td class='n'>{r.expected_right:.1f}</td></tr>" for r in from_decisions.itertuples())
+                     + "</table>")
     parts.append(f"<h2 id='top'>Top {min(TOP_THUMBNAILS, len(corrections))} suggestions</h2>")
     parts.append("<p class='note'>Highest score first. <b style='color:#1a7f1a'>+ class</b>: add the label "
                  "(given 0 or unknown); <b style='color:#b51f1f'>&minus; class</b>: remove it (given 1). "

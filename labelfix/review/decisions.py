@@ -358,6 +358,14 @@ def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     return out, notes
 
 
+def table_decisions(table: pd.DataFrame, known: dict[tuple[int, int, int], bool]) -> pd.Series:
+    """Per row of a corrections table (columns image_id, category_id, suggested), the
+    decision of :func:`known_decisions` on it: True (accepted), False (rejected) or None
+    (undecided); same index as ``table``."""
+    keys = zip(table["image_id"].astype(int), table["category_id"].astype(int), table["suggested"].astype(int))
+    return pd.Series([known.get(k) for k in keys], index=table.index, dtype=object)
+
+
 def known_decisions(run) -> dict[tuple[int, int, int], bool]:
     """Every decision a person made on a run's suggestions so far, read-only:
     ``{(image_id, category_id, suggested): accepted}``.
