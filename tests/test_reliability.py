@@ -688,7 +688,25 @@ OTHER_OPTION_CASES = {
                                       "min-score", "--min-score", "nan"], "--min-score"),
     "demo-rate-nan": (lambda w: ["demo", "--out", w["root"] / "demo", "--rate", "nan", "--no-review"], "--rate"),
     "bench-seeds-0": (lambda w: ["bench", "--seeds", "0", "--out", w["root"] / "b"], "--seeds"),
+    # train: refused when the data and options are read; the --out folder it made is removed again
+    "train-val-split-rounds-to-none": (lambda w: _train(w, "--val-split", "0.01"),
+                                       "--val-split 0.01: 8 images x 0.01 rounds to no validation image"),
+    "train-loss-kwargs-not-a-number": (lambda w: _train(w, "--loss", "asl", "--loss-kwargs", "{gamma_neg: abc}"),
+                                       "loss 'asl': gamma_neg: 'abc' is not a number"),
+    "train-loss-kwargs-kappa-string": (lambda w: _train(w, "--loss", "epr", "--loss-kwargs", "{kappa: abc}"),
+                                       "loss epr: kappa='abc': expected a finite number"),
+    "train-loss-kwargs-of-no-options": (lambda w: _train(w, "--loss-kwargs", "{args: 1}"),
+                                        "args: not an option of this loss (options: none)"),
+    "train-all-unknown": (lambda w: ["train", _all_unknown(w)] + _train(w)[2:], "no known label in the training images"),
 }
+
+
+def _all_unknown(w) -> Path:
+    """A wide CSV of the world's images with every cell empty (unknown)."""
+    rows = (w["wide"]).read_text().splitlines()
+    path = w["root"] / "unknown.csv"
+    path.write_text("\n".join([rows[0]] + [r.split(",")[0] + "," * (r.count(",")) for r in rows[1:]]) + "\n")
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(OTHER_OPTION_CASES))
@@ -698,6 +716,7 @@ def test_other_numeric_options(world, case):
     before = digest(world["root"])
     res = invoke(*argv)
     assert_one_error(res, flag, code=2)
+    assert not (world["root"] / "newrun").exists()   # train removes the --out folder it made
     after = {k: v for k, v in digest(world["root"]).items() if not k.endswith("m.onnx")}
     assert after == {k: v for k, v in before.items() if not k.endswith("m.onnx")}
 

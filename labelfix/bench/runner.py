@@ -243,7 +243,6 @@ def run_bench(
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     quiet = (lambda s: None)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(int(seeds))) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
     if not seeds:
         raise LabelfixError("--seeds: at least one seed is needed")
@@ -261,6 +260,9 @@ def run_bench(
     t_start, c_start = time.perf_counter(), time.process_time()
     if data is None and test is not None:
         raise LabelfixError(f"{test}: --test: the demo dataset brings its own test split; give DATA with it")
+    if data is not None and test is None:
+        raise LabelfixError(f"{data}: --test: clean test labels are required for mAP when DATA is given")
+    out.mkdir(parents=True, exist_ok=True)   # only once the arguments hold: no empty folder after a refusal
     if data is None:
         from labelfix.data.demo import make_demo
 
@@ -269,8 +271,6 @@ def run_bench(
             log(f"generating the demo dataset into {demo_dir}")
             make_demo(demo_dir)
         data, test = demo_dir / "train.json", demo_dir / "test.json"
-    elif test is None:
-        raise LabelfixError(f"{data}: --test: clean test labels are required for mAP when DATA is given")
     clean = read_labels(data)
     if (np.asarray(clean.labels) == -1).all():
         raise LabelfixError(f"{data}: labels: every cell is unknown")

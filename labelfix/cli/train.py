@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -160,16 +161,28 @@ def train(data, config_file, **flags):
     click.echo(msg)
 
 
+@contextlib.contextmanager
 def _rank0_lock(out: str):
     """The run-directory lock, held by the first process only (under torchrun every rank
-    runs this command and they share the run directory)."""
-    import contextlib
+    runs this command and they share the run directory). A run directory this command
+    created is removed again when training fails before writing anything into it (bad
+    data or weights): no empty folder is left behind."""
     import os
     from pathlib import Path
 
     from labelfix.io.lock import run_lock
 
     if os.environ.get("RANK", "0") != "0":
-        return contextlib.nullcontext()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    return run_lock(out, "train")
+        yield
+        return
+    path = Path(out)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with run_lock(out, "train"):
+            yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()   # only an empty folder
+        raise

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Callable
 
 from torch import nn
@@ -82,12 +83,18 @@ def create_loss(name: str, **kwargs) -> nn.Module:
     clash = sorted(set(kwargs) & set(fixed))
     if clash:
         raise LabelfixError(f"loss {name!r}: {', '.join(clash)}: fixed by the loss name")
-    accepted = inspect.signature(factory).parameters
+    accepted = {p: v for p, v in inspect.signature(factory).parameters.items()
+                if v.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
     extra = sorted(set(kwargs) - set(accepted))
     if extra:
         raise LabelfixError(f"loss {name!r}: {', '.join(extra)}: not an option of this loss "
                             f"(options: {', '.join(p for p in accepted if p not in fixed) or 'none'})")
+    for key, value in kwargs.items():   # a number where the default is one (YAML may give a string or list)
+        default = accepted[key].default
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise LabelfixError(f"loss {name!r}: {key}: {value!r} is not a number")
     try:
         return factory(**fixed, **kwargs)
-    except TypeError as err:  # a required argument is missing
+    except (TypeError, ValueError) as err:  # a required argument is missing, a value out of range
         raise LabelfixError(f"loss {name!r}: {err}") from None

@@ -15,6 +15,7 @@ B x K (all cells of the batch), then the regulariser is added:
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -84,6 +85,8 @@ def _observed_term(logits: torch.Tensor, target: torch.Tensor, known: torch.Tens
 
 
 def _check_kappa(kappa: float, name: str) -> float:
+    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real):
+        raise LabelfixError(f"loss {name}: kappa={kappa!r}: expected a finite number >= 0")
     kappa = float(kappa)
     if not math.isfinite(kappa) or kappa < 0:
         raise LabelfixError(f"loss {name}: kappa={kappa}: expected a finite value >= 0")

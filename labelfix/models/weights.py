@@ -98,7 +98,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as err:  # corrupt zip, pickle refused by weights_only, bad header...
-        raise LabelfixError(f"{path}: not a readable weights file ({_first_line(err)})") from err
+        reason = _first_line(err) if str(err).strip() else type(err).__name__
+        if isinstance(err, KeyError):   # torch's legacy reader on a file that is not a checkpoint
+            reason = f"not a PyTorch or safetensors file (KeyError {reason})"
+        raise LabelfixError(f"{path}: not a readable weights file ({reason})") from err
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LabelfixError(f"{path}: not a state dict of tensors")
     return strip_prefixes(sd)
