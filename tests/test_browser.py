@@ -120,7 +120,8 @@ def test_app_grid_sample_operators_and_accept(fo, demo_data, tmp_path, chromium,
         page.wait_for_timeout(500)
         page.keyboard.press("`")
         page.keyboard.type("labelfix")
-        for label in ("labelfix: accept suggestions", "labelfix: reject suggestions", "labelfix: export cleaned COCO"):
+        for label in ("labelfix: accept suggestions", "labelfix: reject suggestions",
+                      "labelfix: re-rank with my decisions", "labelfix: export cleaned COCO"):
             expect(page.get_by_text(label, exact=True)).to_be_visible(timeout=30_000)
         page.screenshot(path=str(shots / "review_operators.png"))
 

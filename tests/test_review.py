@@ -309,6 +309,54 @@ def test_operators_change_exactly_the_targets(fo, review):
     assert (csv.decision == "rejected").sum() == (f.decision == "rejected").sum()
 
 
+def test_rerank_operator_learns_from_the_app_decisions(fo, demo_data, tmp_path):
+    """Decide suggestions in the App, run the re-rank operator: clean learns from those
+    decisions, the dataset is updated in place, every decision keeps its tag."""
+    import fiftyone.operators as foo
+
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import decisions_frame
+
+    from labelfix.io import atomic
+
+    run_dir = make_run(demo_data, tmp_path / "run")
+    given = np.asarray(LabelSet.load(run_dir).labels)
+    rng = np.random.default_rng(3)   # a judge that disagrees often: many suggestions
+    atomic.write_npy(run_dir / "stats" / "logits.npy",
+                     (np.where(given == POS, 1.0, -1.0) + rng.normal(0, 2.5, given.shape)).astype(np.float16))
+    clean_run(run_dir, report=False)   # the suggestions clean makes from the run's logits
+    name = unique()
+    ds, summary = build_review_dataset(run_dir, name)
+    try:
+        f = decisions_frame(ds)
+        assert (f.action == "add").sum() >= 15 and (f.action == "remove").sum() >= 12, f.action.value_counts()
+        adds = f[f.action == "add"].label_id.iloc[:10].tolist()
+        removes = f[f.action == "remove"].label_id.iloc[:10].tolist()
+        acc, rej = "@labelfix/review/accept_suggestions", "@labelfix/review/reject_suggestions"
+        sel = lambda ids: [{"label_id": i, "field": "suggestions"} for i in ids]  # noqa: E731
+        foo.execute_operator(acc, ctx=dict(dataset=ds, selected_labels=sel(adds), params={"target": "selected_labels"}))
+        foo.execute_operator(rej, ctx=dict(dataset=ds, selected_labels=sel(removes),
+                                           params={"target": "selected_labels"}))
+        before = decisions_frame(ds).set_index(["image_id", "class", "action"])
+        res = foo.execute_operator("@labelfix/review/rerank_suggestions", ctx=dict(dataset=ds, params={}))
+        assert "learned from 20 of your decisions" in res.result["notes"], res.result
+        assert "your 20 decisions so far: 10 accepted" in res.result["notes"]
+        ds.reload()
+        after = decisions_frame(ds).set_index(["image_id", "class", "action"])
+        decided = before[before.decision != ""]
+        assert len(decided) == 20
+        assert after.loc[decided.index, "decision"].tolist() == decided.decision.tolist()
+        assert res.result["to_review"] == int((after.decision == "").sum())
+        # the undecided removals were scaled down against the undecided additions
+        undecided = after[after.decision == ""]
+        ratio = (undecided["score"] / before.loc[undecided.index, "score"]).groupby(level="action").mean()
+        assert ratio["remove"] < ratio["add"]
+    finally:
+        if fo.dataset_exists(name):
+            fo.load_dataset(name).delete()
+
+
 def test_export_from_fiftyone_and_operator(fo, review, tmp_path):
     import fiftyone.operators as foo
 

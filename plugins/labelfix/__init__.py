@@ -1,6 +1,8 @@
-"""labelfix FiftyOne plugin: accept / reject suggestions and export cleaned COCO.
+"""labelfix FiftyOne plugin: accept / reject suggestions, re-rank the rest with your
+decisions, and export cleaned COCO.
 
-Thin operators over :mod:`labelfix.review.decisions` and :mod:`labelfix.export.coco`.
+Thin operators over :mod:`labelfix.review.decisions`, :mod:`labelfix.cleaning.clean_run`,
+:mod:`labelfix.review.dataset` and :mod:`labelfix.export.coco`.
 The review dataset records its run directory in ``dataset.info["labelfix_run"]``; its
 ``suggestions`` field holds one label per suggested change, ``"+ dog"`` (add) or
 ``"- dog"`` (remove), and the decision is the label tag ``accepted`` / ``rejected``.
@@ -101,6 +103,51 @@ class RejectSuggestions(_DecisionOperator):
     decision, verb = "rejected", "reject"
 
 
+class RerankSuggestions(foo.Operator):
+    """``labelfix clean`` on the dataset's run with the decisions made so far, then the
+    review dataset updated in place (docs/review.md, "Learning from your decisions"): the
+    undecided suggestions are re-scored and re-ranked, decided ones keep their tags."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="rerank_suggestions",
+            label="labelfix: re-rank with my decisions",
+            description="Run labelfix clean with your decisions so far and update the suggestions",
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.view("about", types.Notice(label="Re-scores the undecided suggestions with what you accepted and "
+                                                "rejected so far (labelfix clean on the run), then reloads them."))
+        return types.Property(inputs, view=types.View(label="labelfix: re-rank with my decisions"))
+
+    def execute(self, ctx):
+        from labelfix.cleaning.clean_run import clean_run
+        from labelfix.errors import LabelfixError
+        from labelfix.io.lock import run_lock
+        from labelfix.review import decisions
+        from labelfix.review.dataset import build_review_dataset
+
+        run = ctx.dataset.info.get("labelfix_run")
+        if not run:
+            raise LabelfixError(f"dataset {ctx.dataset.name!r}: not a labelfix review dataset (no labelfix_run)")
+        with run_lock(run, "clean"):
+            decisions.sync_decisions(ctx.dataset)   # the App's decisions, as clean reads them
+            cleaned = clean_run(run)
+            _, summary = build_review_dataset(run, ctx.dataset.name)
+        ctx.ops.reload_dataset()
+        return {"suggestions": summary.suggestions, "to_review": summary.to_review,
+                "notes": "\n".join(n for n in cleaned.notes if "decisions" in n)}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("suggestions", label="Suggestions")
+        outputs.int("to_review", label="Still to review")
+        outputs.str("notes", label="What clean learned from your decisions")
+        return types.Property(outputs)
+
+
 class ExportCleanedCoco(foo.Operator):
     @property
     def config(self):
@@ -150,4 +197,5 @@ class ExportCleanedCoco(foo.Operator):
 def register(p):
     p.register(AcceptSuggestions)
     p.register(RejectSuggestions)
+    p.register(RerankSuggestions)
     p.register(ExportCleanedCoco)
