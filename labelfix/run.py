@@ -101,7 +101,10 @@ class Run:
         p = self.path / folder / f"{name}.npy"
         if not p.exists():
             if required:
-                raise LabelfixError(f"{p}: missing; {'run `labelfix train`' if folder.startswith('stats') else 'run `labelfix clean`'} first")
+                hint = ("`labelfix train --resume` rewrites a cross-fitted run's round statistics"
+                        if folder.startswith("stats/round") else
+                        f"run `labelfix {'train' if folder.startswith('stats') else 'clean'}` first")
+                raise LabelfixError(f"{p}: missing; {hint}")
             return None
         return read_cell_array(p, self.labelset.labels.shape)
 

@@ -390,14 +390,17 @@ def _int_column(frame, col: str, path) -> np.ndarray:
     if series.dtype.kind in "iu":
         return series.to_numpy(np.int64)
     codes, values = _categories(series)
-    ok = np.array([bool(_INT_RE.fullmatch(v)) for v in values], dtype=bool)
+    matches = [_INT_RE.fullmatch(v) for v in values]
+    ok = np.array([m is not None for m in matches], dtype=bool)
     bad = _first(~ok[codes]) if len(values) else None
     if bad is not None:
         raise LabelfixError(f"{path}: row {bad + 2}: {col} {_show(series.iloc[bad])} is not an integer")
-    return np.array([int(v) for v in values], dtype=np.int64)[codes] if len(values) else np.zeros(0, np.int64)
+    return (np.array([int(m.group(1)) for m in matches], dtype=np.int64)[codes] if len(values)
+            else np.zeros(0, np.int64))
 
 
-_INT_RE = re.compile(r"[+-]?\d{1,18}")
+#: an integer, also as a spreadsheet may save it (``526.0``)
+_INT_RE = re.compile(r"([+-]?\d{1,18})(?:\.0*)?")
 
 
 def _categories(series) -> tuple[np.ndarray, list[str]]:
@@ -532,6 +535,16 @@ def _check_unique_cells(frame, path, labelset, rows, cols) -> None:
 
 
 # =========================================================================== images
+
+
+def require_known_labels(labels, rows, where: str, chunk_rows: int = 65_536) -> None:
+    """Refuse to train on rows whose cells are all unknown (nothing to learn): one line
+    naming the data. Chunked, stops at the first known cell."""
+    for s in range(0, len(rows), chunk_rows):
+        if (np.asarray(labels[rows[s:s + chunk_rows]]) != -1).any():
+            return
+    raise LabelfixError(f"{where}: no known label in the training images (every cell is unknown): nothing to "
+                        f"train on; see `labelfix info {where}`")
 
 
 def require_readable_images(labelset, rows, where: str) -> None:

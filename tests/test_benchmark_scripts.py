@@ -86,6 +86,18 @@ def test_discounted_score(bench_modules):
                                [[0.0, 0.0, 0.4]], rtol=1e-6)
 
 
+def test_discounted_score_is_evidence_gmm_at_its_discount(bench_modules):
+    from labelfix.cleaning.scores import CLEAN_DISCOUNT, score_evidence, score_evidence_gmm
+
+    rng = np.random.default_rng(0)
+    given = rng.choice(np.array([1, 0, -1], np.int8), (50, 4))
+    probs, p_clean = rng.random((50, 4)).astype(np.float32), rng.random((50, 4)).astype(np.float32)
+    p_clean[given == -1] = np.nan
+    ours = bench_modules["discount_sweep"].discounted(score_evidence(given, probs=probs), p_clean, given != -1,
+                                                      CLEAN_DISCOUNT)
+    np.testing.assert_allclose(ours, score_evidence_gmm(given, probs=probs, p_clean=p_clean), rtol=1e-6)
+
+
 def test_write_results_writes_json_and_markdown(bench_modules, tmp_path, monkeypatch, capsys):
     report = bench_modules["report"]
     monkeypatch.setattr(report, "RESULTS", tmp_path)

@@ -373,13 +373,40 @@ def test_clean_refuses_a_corrections_file_whose_decisions_it_cannot_keep(tmp_pat
     assert {p.name: p.read_bytes() for p in [run / "corrections.csv", *sorted((run / "cells").iterdir())]} == before
 
 
-def test_clean_keeps_decisions_written_by_a_spreadsheet_as_floats(tmp_path):
-    """A spreadsheet that saves suggested as 1.0 / 0.0: the decisions are kept, also for
-    suggestions that are no longer made (they go to the archive)."""
+def test_clean_checks_every_decision_file_before_writing_and_ignores_files_without_decisions(tmp_path):
     truth, given, logits, _ = noisy_problem(seed=6)
     run = make_run(tmp_path / "run", given, logits)
     assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
-    _decide(run, lambda c: c.__setitem__("suggested", [f"{float(v):.1f}" for v in c["suggested"]]))
+    # the App's decisions.csv with a bad value: refused before anything is written
+    corr = pd.read_csv(run / "corrections.csv")
+    pd.DataFrame({"image_id": corr["image_id"][:1], "class": corr["class"][:1], "category_id": corr["category_id"][:1],
+                  "action": corr["action"][:1], "decision": ["maybe"]}).to_csv(run / "decisions.csv", index=False)
+    before = {p.name: p.read_bytes() for p in [run / "corrections.csv", *sorted((run / "cells").iterdir())]}
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--clean-threshold", "0.9",
+                                    "--no-learn-from-decisions"])
+    assert res.exit_code == 2 and "decisions.csv" in res.output and "maybe" in res.output, res.output
+    assert {p.name: p.read_bytes() for p in [run / "corrections.csv", *sorted((run / "cells").iterdir())]} == before
+    (run / "decisions.csv").unlink()
+    # a corrections.csv without decisions is replaced whatever else is wrong with it
+    corr.drop(columns=["category_id"]).to_csv(run / "corrections.csv", index=False)
+    assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
+    assert "category_id" in pd.read_csv(run / "corrections.csv").columns
+
+
+def test_clean_keeps_decisions_written_by_a_spreadsheet_as_floats(tmp_path):
+    """A spreadsheet that saves numbers as 1.0 / 0.0 / 526.0 (ids, suggested, accept):
+    the decisions are kept, also for suggestions that are no longer made (they go to the
+    archive)."""
+    truth, given, logits, _ = noisy_problem(seed=6)
+    run = make_run(tmp_path / "run", given, logits)
+    assert CliRunner().invoke(main, ["clean", str(run), "--no-report"]).exit_code == 0
+
+    def as_floats(c):
+        for col in ("suggested", "image_id", "category_id"):
+            c[col] = [f"{float(v):.1f}" for v in c[col]]
+        c["accept"] = [{"yes": "1.0", "no": "0.0"}.get(v, v) for v in c["accept"]]
+
+    _decide(run, as_floats)
     decided = pd.read_csv(run / "corrections.csv").head(3)
     res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--max-suggestions", "1"])
     assert res.exit_code == 0, res.output
@@ -388,3 +415,25 @@ def test_clean_keeps_decisions_written_by_a_spreadsheet_as_floats(tmp_path):
     known = known_decisions(run)
     for rec, accepted in zip(decided.to_dict("records"), (True, False, True)):
         assert known[(rec["image_id"], rec["category_id"], int(rec["suggested"]))] == accepted
+
+
+def test_last_clean_options_round_trip_and_refuse_a_corrupt_file(tmp_path):
+    from labelfix.cleaning.clean_run import clean_run, last_clean_options
+    from labelfix.errors import LabelfixError
+
+    truth, given, logits, _ = noisy_problem(seed=6)
+    run = make_run(tmp_path / "run", given, logits)
+    assert last_clean_options(run) == {}
+    first = clean_run(run, report=False, max_suggestions=7, classes=["c1", "c2"], scorer="disagreement",
+                      neighbours=0)
+    options = last_clean_options(run)
+    assert (options["max_suggestions"], options["classes"], options["scorer"], options["report"]) == (
+        7, ["c1", "c2"], "disagreement", False)
+    again = clean_run(run, **options)
+    pd.testing.assert_frame_equal(again.corrections, first.corrections)
+    (run / "cells" / "clean.json").write_text("{not json")
+    with pytest.raises(LabelfixError, match="clean.json: corrupt JSON"):
+        last_clean_options(run)
+    (run / "cells" / "clean.json").write_text('{"bogus": 1}')
+    with pytest.raises(LabelfixError, match="not the options of a labelfix clean"):
+        last_clean_options(run)

@@ -325,9 +325,9 @@ def test_rerank_operator_learns_from_the_app_decisions(fo, demo_data, tmp_path):
     rng = np.random.default_rng(3)   # a judge that disagrees often: many suggestions
     atomic.write_npy(run_dir / "stats" / "logits.npy",
                      (np.where(given == POS, 1.0, -1.0) + rng.normal(0, 2.5, given.shape)).astype(np.float16))
-    clean_run(run_dir, report=False)   # the suggestions clean makes from the run's logits
+    clean_run(run_dir, report=False, max_suggestions=60)   # the suggestions clean makes from the run's logits
     name = unique()
-    ds, summary = build_review_dataset(run_dir, name)
+    ds, summary = build_review_dataset(run_dir, name, max_predictions=3)
     try:
         f = decisions_frame(ds)
         assert (f.action == "add").sum() >= 15 and (f.action == "remove").sum() >= 12, f.action.value_counts()
@@ -346,12 +346,14 @@ def test_rerank_operator_learns_from_the_app_decisions(fo, demo_data, tmp_path):
         after = decisions_frame(ds).set_index(["image_id", "class", "action"])
         decided = before[before.decision != ""]
         assert len(decided) == 20
-        assert after.loc[decided.index, "decision"].tolist() == decided.decision.tolist()
+        kept = decided.index.intersection(after.index)   # rejected removals may fall below the top 60
+        assert len(kept) >= 10 and after.loc[kept, "decision"].tolist() == decided.loc[kept, "decision"].tolist()
         assert res.result["to_review"] == int((after.decision == "").sum())
-        # the undecided removals were scaled down against the undecided additions
-        undecided = after[after.decision == ""]
-        ratio = (undecided["score"] / before.loc[undecided.index, "score"]).groupby(level="action").mean()
-        assert ratio["remove"] < ratio["add"]
+        # the options of the last clean and review hold: 60 suggestions, 3 predictions per sample
+        assert res.result["suggestions"] == len(after) == 60
+        assert max(len(s.predictions.classifications) for s in ds) == 3
+        # clean learned that removals are wrong here: they are scaled down
+        assert "lowest removals of" in res.result["notes"]
     finally:
         if fo.dataset_exists(name):
             fo.load_dataset(name).delete()

@@ -71,10 +71,6 @@ def management_losses(run: Run):
     statistics) ``stats/loss_mean.npy``, the small-loss trick's mean over epochs; None
     when the run has none (``find_label_issues`` then takes the BCE of the logits)."""
     if run.stats_state.get("out_of_sample"):
-        path = run.path / "stats" / "round1" / "logits.npy"
-        if not path.exists():
-            raise LabelfixError(f"{path}: missing: a cross-fitted run keeps round 1's held-out logits there "
-                                f"(`labelfix train --resume` rewrites it)")
         return LazyBCE(run.stat("logits", round=1), run.labelset.labels, logits=True)
     return run.stat("loss_mean", required=False)
 
@@ -223,6 +219,30 @@ def _other_runs(paths: Sequence[str | Path]) -> list[Run]:
     return out
 
 
+#: RUN/cells/clean.json: the options of the run's last clean (the App's re-rank reuses them)
+CLEAN_OPTIONS_FILE = "clean.json"
+CLEAN_OPTIONS = ("clean_threshold", "relabel_threshold", "max_suggestions", "classes", "report", "scorer",
+                 "neighbours", "single_positive_removals", "learn_from_decisions", "with_runs")
+
+
+def last_clean_options(run: Run | str | Path) -> dict:
+    """The keyword arguments of the run's last :func:`clean_run` (``cells/clean.json``;
+    {} before the first), for running it again the same way."""
+    import json
+
+    run = run if isinstance(run, Run) else Run(run)
+    path = run.path / "cells" / CLEAN_OPTIONS_FILE
+    if not path.exists():
+        return {}
+    try:
+        options = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise LabelfixError(f"{path}: corrupt JSON; re-run `labelfix clean {run.path}`") from None
+    if not isinstance(options, dict) or set(options) - set(CLEAN_OPTIONS):
+        raise LabelfixError(f"{path}: not the options of a labelfix clean; re-run `labelfix clean {run.path}`")
+    return options
+
+
 @dataclass
 class CleanResult:
     issues: LabelIssues
@@ -306,6 +326,9 @@ def clean_run(
     from labelfix.review.decisions import check_decision_file
 
     check_decision_file(run)   # a reviewer's decisions are never dropped by a file clean cannot read
+    from labelfix.review.decisions import known_decisions, table_decisions
+
+    known = known_decisions(run)   # every decision file read (and checked) before anything is written
     notes = _stats_notes(run)
     others = _other_runs(with_runs)
     evidence = run_evidence(run, others)
@@ -344,12 +367,15 @@ def clean_run(
     )
     notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
     table = corrections_table(run, issues.corrections)
-    from labelfix.review.decisions import known_decisions, table_decisions
-
-    known = known_decisions(run)
     if learn_from_decisions:
         issues, table, note = _learn_from_decisions(run, issues, table, known)
         notes += note
+    from labelfix.cleaning.report import decision_estimate
+
+    # from every decided suggestion, before --classes / --max-suggestions (as the learning)
+    from_decisions = decision_estimate(table, table_decisions(table, known)) if known else None
+    if from_decisions is not None:
+        notes.append(from_decisions.attrs["note"])
     if classes:
         table = table[table["class"].isin(set(classes))]
     if max_suggestions is not None:
@@ -360,12 +386,12 @@ def clean_run(
 
     table, kept = carry_decisions(run.path, table)
     notes += kept
-    from labelfix.cleaning.report import decision_estimate
-
-    from_decisions = decision_estimate(table, table_decisions(table, known)) if known else None
-    if from_decisions is not None:
-        notes.append(from_decisions.attrs["note"])
     atomic.write_csv(run.path / "corrections.csv", table)
+    atomic.write_json(run.path / "cells" / CLEAN_OPTIONS_FILE, dict(
+        clean_threshold=clean_threshold, relabel_threshold=relabel_threshold, max_suggestions=max_suggestions,
+        classes=list(classes) if classes else None, report=report, scorer=scorer, neighbours=k_nb,
+        single_positive_removals=single_positive_removals, learn_from_decisions=learn_from_decisions,
+        with_runs=[str(o.path.resolve()) for o in others]))
     report_path = None
     if report:
         from labelfix.cleaning.report import write_report

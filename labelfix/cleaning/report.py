@@ -123,7 +123,8 @@ def decision_estimate(corrections: pd.DataFrame, decisions: pd.Series, at=PRECIS
              "with_probability": int(top), "estimated_precision": float(right[:top].mean()),
              "expected_right": float(right[:top].sum())} for top in [k for k in at if k < n] + [n]]
     out = pd.DataFrame(rows)
-    first = out.iloc[min(1, len(out) - 1)]   # the next 100, or all when fewer are left
+    hundred = out[out["suggestions"] == 100]
+    first = hundred.iloc[0] if len(hundred) else out.iloc[-1]   # the next 100, or all when fewer are left
     which = f"next {first['suggestions']}" if first["suggestions"] < n else f"{n}"
     out.attrs.update(decided=int(decided.sum()), accepted=int(accepted.sum()), note=(
         f"your {int(decided.sum())} decisions so far: {int(accepted.sum())} accepted ({accepted.mean():.2f}); "

@@ -40,8 +40,8 @@ from labelfix.run import Run, load_run
 SOURCES = ("fiftyone", "csv")
 MODES = ("accepted", "all", "min-score")
 CHANGE_LOG_COLUMNS = ["image_id", "file_name", "class", "category_id", "old", "new", "action", "score"]
-_TRUE = {"1", "true", "yes", "y"}
-_FALSE = {"0", "false", "no", "n"}
+_TRUE = {"1", "1.0", "true", "yes", "y"}   # 1.0 / 0.0: a spreadsheet's number format
+_FALSE = {"0", "0.0", "false", "no", "n"}
 
 
 @dataclass

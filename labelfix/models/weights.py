@@ -100,7 +100,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # corrupt zip, pickle refused by weights_only, bad header...
         reason = _first_line(err) if str(err).strip() else type(err).__name__
         if isinstance(err, KeyError):   # torch's legacy reader on a file that is not a checkpoint
-            reason = f"not a PyTorch or safetensors file (KeyError {reason})"
+            reason = f"not a PyTorch or safetensors file (KeyError{' ' + str(err) if str(err).strip() else ''})"
         raise LabelfixError(f"{path}: not a readable weights file ({reason})") from err
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise LabelfixError(f"{path}: not a state dict of tensors")

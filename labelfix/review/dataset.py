@@ -541,6 +541,7 @@ def build_review_dataset(
         ds = fo.Dataset(name, persistent=True)
     ds.info["labelfix_run"] = run_path
     ds.info["labelfix_classes"] = class_names
+    ds.info["labelfix_max_predictions"] = max_predictions   # the plugin's re-rank keeps it
     ds.default_classes = class_names
     ds.save()
 

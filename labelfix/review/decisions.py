@@ -175,7 +175,8 @@ def read_decisions_csv(run) -> pd.DataFrame | None:
     bad = ~frame["decision"].isin(["", *DECISION_TAGS])
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise LabelfixError(f"{p}: row {i + 2}: decision must be accepted, rejected or empty")
+        raise LabelfixError(f"{p}: row {i + 2}: decision {frame['decision'].iloc[i]!r} must be accepted, rejected "
+                            f"or empty")
     from labelfix.validation import check_decisions   # image ids, classes, category ids, one row per cell
     check_decisions(frame, p, run.labelset)
     return frame
@@ -262,18 +263,26 @@ def check_decision_file(run) -> None:
     from labelfix.review.dataset import suggestion_rows
     from labelfix.run import Run, load_run
 
+    from labelfix.validation import read_run_csv
+
     run = run if isinstance(run, Run) else load_run(run)
     path = run.path / "corrections.csv"
     if not path.exists():
         return
     hint = "; fix it or move it away, then re-run clean (its decisions would be lost)"
     try:
-        frame = suggestion_rows(run)
+        header = [str(c) for c in read_run_csv(path, nrows=0).columns]
     except LabelfixError as e:
         raise LabelfixError(f"{e}{hint}") from None
-    near = [c for c in frame.columns if c != "accept" and str(c).strip().lower() == "accept"]
-    if near and "accept" not in frame.columns:
+    near = [c for c in header if c != "accept" and c.strip().lower() == "accept"]
+    if near and "accept" not in header:
         raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'{hint}")
+    if "accept" not in header:
+        return   # no decision in it: clean replaces it
+    try:
+        suggestion_rows(run)
+    except LabelfixError as e:
+        raise LabelfixError(f"{e}{hint}") from None
 
 
 def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -362,7 +371,7 @@ def table_decisions(table: pd.DataFrame, known: dict[tuple[int, int, int], bool]
     """Per row of a corrections table (columns image_id, category_id, suggested), the
     decision of :func:`known_decisions` on it: True (accepted), False (rejected) or None
     (undecided); same index as ``table``."""
-    keys = zip(table["image_id"].astype(int), table["category_id"].astype(int), table["suggested"].astype(int))
+    keys = map(cell_key, table["image_id"], table["category_id"], table["suggested"])
     return pd.Series([known.get(k) for k in keys], index=table.index, dtype=object)
 
 
@@ -398,7 +407,7 @@ def known_decisions(run) -> dict[tuple[int, int, int], bool]:
     if app is not None and "category_id" in app.columns and "action" in app.columns:
         csv_dec = app["csv_decision"] if "csv_decision" in app.columns else pd.Series([""] * len(app))
         for i, c, a, d, imp in zip(app["image_id"], app["category_id"], app["action"], app["decision"], csv_dec):
-            k = (int(i), int(c), 1 if a == "add" else 0)
+            k = cell_key(i, c, 1 if a == "add" else 0)
             edited = k in accept and accept[k] != (imp if isinstance(imp, str) else "")
             if d in DECISION_TAGS and not edited:
                 out[k] = d == ACCEPTED

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from labelfix.errors import LabelfixError
-from labelfix.labels import UNK, LabelSet
+from labelfix.labels import LabelSet
 from labelfix.numeric import sigmoid
 from labelfix.train import checkpoint as ckpt_mod
 from labelfix.train import evaluate
@@ -111,11 +111,9 @@ class Trainer:
         self.val_rows = np.flatnonzero(self.split == 1)
         if self.train_rows.size == 0:
             raise LabelfixError(f"{cfg.data}: no image left to train on")
-        if not (self.labels[self.train_rows] != UNK).any():
-            raise LabelfixError(f"{cfg.data}: no known label in the training images (every cell is unknown): "
-                                f"nothing to train on; see `labelfix info {cfg.data}`")
-        from labelfix.validation import require_readable_images   # zero readable images: refuse
-        require_readable_images(self.labelset, self.train_rows, str(cfg.data))
+        from labelfix.validation import require_known_labels, require_readable_images
+        require_known_labels(self.labels, self.train_rows, str(cfg.data))   # nothing to learn: refuse
+        require_readable_images(self.labelset, self.train_rows, str(cfg.data))   # zero readable images: refuse
         self.val_set = read_validation(cfg, self.labelset) if cfg.val else None
         self.fingerprint = self.labelset.fingerprint()
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)

@@ -104,9 +104,10 @@ class RejectSuggestions(_DecisionOperator):
 
 
 class RerankSuggestions(foo.Operator):
-    """``labelfix clean`` on the dataset's run with the decisions made so far, then the
-    review dataset updated in place (docs/review.md, "Learning from your decisions"): the
-    undecided suggestions are re-scored and re-ranked, decided ones keep their tags."""
+    """``labelfix clean`` on the dataset's run with the decisions made so far and the
+    options of the run's last clean (``cells/clean.json``), then the review dataset updated
+    in place (docs/review.md, "Learning from your decisions"): the undecided suggestions
+    are re-scored and re-ranked, decided ones keep their tags."""
 
     @property
     def config(self):
@@ -123,19 +124,20 @@ class RerankSuggestions(foo.Operator):
         return types.Property(inputs, view=types.View(label="labelfix: re-rank with my decisions"))
 
     def execute(self, ctx):
-        from labelfix.cleaning.clean_run import clean_run
+        from labelfix.cleaning.clean_run import clean_run, last_clean_options
         from labelfix.errors import LabelfixError
         from labelfix.io.lock import run_lock
         from labelfix.review import decisions
-        from labelfix.review.dataset import build_review_dataset
+        from labelfix.review.dataset import DEFAULT_MAX_PREDICTIONS, build_review_dataset
 
         run = ctx.dataset.info.get("labelfix_run")
         if not run:
             raise LabelfixError(f"dataset {ctx.dataset.name!r}: not a labelfix review dataset (no labelfix_run)")
         with run_lock(run, "clean"):
             decisions.sync_decisions(ctx.dataset)   # the App's decisions, as clean reads them
-            cleaned = clean_run(run)
-            _, summary = build_review_dataset(run, ctx.dataset.name)
+            cleaned = clean_run(run, **last_clean_options(run))   # the options of the run's last clean
+            _, summary = build_review_dataset(run, ctx.dataset.name, max_predictions=ctx.dataset.info.get(
+                "labelfix_max_predictions", DEFAULT_MAX_PREDICTIONS))
         ctx.ops.reload_dataset()
         return {"suggestions": summary.suggestions, "to_review": summary.to_review,
                 "notes": "\n".join(n for n in cleaned.notes if "decisions" in n)}
