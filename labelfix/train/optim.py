@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from labelfix.errors import LabelfixError
+
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str,
               warmup_ratio: float = 0.01, min_ratio: float = 0.01) -> float:
@@ -51,7 +53,12 @@ def build_loss(cfg, labels: np.ndarray) -> nn.Module:
         kw.setdefault("seed", cfg.seed)
         kw.update(num_samples=int(labels.shape[0]), num_classes=int(labels.shape[1]),
                   given_labels=np.asarray(labels))
-    return create_loss(name, **kw)
+    try:
+        return create_loss(name, **kw)
+    except LabelfixError as err:
+        if not cfg.loss_kwargs:
+            raise
+        raise LabelfixError(f"--loss-kwargs: {err}") from None   # name the option the value came from
 
 
 def build_optimizer(cfg, model: nn.Module, loss: nn.Module) -> torch.optim.Optimizer:
