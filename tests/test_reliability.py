@@ -690,7 +690,7 @@ OTHER_OPTION_CASES = {
     "bench-seeds-0": (lambda w: ["bench", "--seeds", "0", "--out", w["root"] / "b"], "--seeds"),
     # train: refused when the data and options are read; the --out folder it made is removed again
     "train-val-split-rounds-to-none": (lambda w: _train(w, "--val-split", "0.01"),
-                                       "--val-split 0.01: 8 images x 0.01 rounds to no validation image"),
+                                       "--val-split (val_split) 0.01: 8 images x 0.01 rounds to no validation image"),
     "train-loss-kwargs-not-a-number": (lambda w: _train(w, "--loss", "asl", "--loss-kwargs", "{gamma_neg: abc}"),
                                        "loss 'asl': gamma_neg: 'abc' is not a number"),
     "train-loss-kwargs-kappa-string": (lambda w: _train(w, "--loss", "epr", "--loss-kwargs", "{kappa: abc}"),

@@ -138,8 +138,8 @@ def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
     split = np.zeros(num_images, dtype=np.int8)
     n_val = int(round(num_images * val_split))
     if val_split > 0 and n_val == 0:   # accepted and ignored otherwise
-        raise LabelfixError(f"--val-split {val_split:g}: {num_images} images x {val_split:g} rounds to no validation "
-                            f"image; use at least {1 / num_images:.2g}, or 0 for none")
+        raise LabelfixError(f"--val-split (val_split) {val_split:g}: {num_images} images x {val_split:g} rounds "
+                            f"to no validation image; use at least {1 / num_images:.2g}, or 0 for none")
     n_val = min(n_val, num_images - 1)
     if n_val > 0:
         g = torch.Generator().manual_seed(int(seed) + 7919)
