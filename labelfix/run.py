@@ -25,17 +25,22 @@ CORRECTIONS_COLUMNS = [
 CORRECTIONS_REQUIRED = ("image_id", "class", "category_id", "action", "score")
 
 
-def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A per-cell ``.npy`` array of a run (memory-mapped), checked: readable without
-    pickles, numbers (float, int or unsigned; not strings, objects, complex or bool), and
-    of ``shape`` (N, K); else one line naming the file."""
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` without pickles; one line naming the file when it cannot be read."""
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as e:
         reason = "not a plain numeric array (object data, or not an .npy file)" if "pickle" in str(e) else str(e)
         raise LabelfixError(f"{path}: unreadable array: {reason}") from None
     except OSError as e:
         raise LabelfixError(f"{path}: unreadable array: {e}") from None
+
+
+def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A per-cell ``.npy`` array of a run (memory-mapped), checked: readable without
+    pickles, numbers (float, int or unsigned; not strings, objects, complex or bool), and
+    of ``shape`` (N, K); else one line naming the file."""
+    arr = _load_npy(path, mmap_mode="r")
     if arr.dtype.kind not in "fiu":
         raise LabelfixError(f"{path}: dtype {arr.dtype}: expected numbers (float or integer)")
     if arr.shape != tuple(shape):
@@ -89,10 +94,7 @@ class Run:
         if not p.exists():
             return None
         n = self.labelset.num_images
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise LabelfixError(f"{p}: unreadable array: {e}") from None
+        arr = _load_npy(p)
         if arr.dtype.kind not in "iu" or arr.shape != (n,):
             raise LabelfixError(f"{p}: dtype {arr.dtype}, shape {arr.shape}: expected integer folds of shape ({n},)")
         return arr

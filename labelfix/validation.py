@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from labelfix.errors import LabelfixError
+from labelfix.labels import UNK
 
 # =========================================================================== numbers
 
@@ -534,17 +535,17 @@ def _check_unique_cells(frame, path, labelset, rows, cols) -> None:
                             f"class {frame['class'].iloc[bad]!r}")
 
 
-# =========================================================================== images
-
-
 def require_known_labels(labels, rows, where: str, chunk_rows: int = 65_536) -> None:
     """Refuse to train on rows whose cells are all unknown (nothing to learn): one line
     naming the data. Chunked, stops at the first known cell."""
     for s in range(0, len(rows), chunk_rows):
-        if (np.asarray(labels[rows[s:s + chunk_rows]]) != -1).any():
+        if (np.asarray(labels[rows[s:s + chunk_rows]]) != UNK).any():
             return
     raise LabelfixError(f"{where}: no known label in the training images (every cell is unknown): nothing to "
                         f"train on; see `labelfix info {where}`")
+
+
+# =========================================================================== images
 
 
 def require_readable_images(labelset, rows, where: str) -> None:

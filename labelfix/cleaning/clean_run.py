@@ -41,10 +41,9 @@ def fold_ensemble_logits(run: Run):
     clean. On the demo digits (seed 0, missing 50 %) the unknown-positive AP of the
     round-1 ensemble was 0.905 / 0.601 (random init / frozen) against 0.870 / 0.575 for
     round 2's (docs/benchmarks.md)."""
+    from labelfix.run import read_cell_array
     from labelfix.train.config import read_run_config
     from labelfix.train.crossfit import fold_dir, unknown_judge
-
-    from labelfix.run import read_cell_array
 
     state = run.stats_state
     if not state.get("out_of_sample") or unknown_judge(read_run_config(run.path)) != "ensemble":
@@ -323,11 +322,10 @@ def clean_run(
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
-    from labelfix.review.decisions import check_decision_file
+    from labelfix.cleaning.report import decision_estimate
+    from labelfix.review.decisions import carry_decisions, check_decision_file, known_decisions, table_decisions
 
     check_decision_file(run)   # a reviewer's decisions are never dropped by a file clean cannot read
-    from labelfix.review.decisions import known_decisions, table_decisions
-
     known = known_decisions(run)   # every decision file read (and checked) before anything is written
     notes = _stats_notes(run)
     others = _other_runs(with_runs)
@@ -370,8 +368,6 @@ def clean_run(
     if learn_from_decisions:
         issues, table, note = _learn_from_decisions(run, issues, table, known)
         notes += note
-    from labelfix.cleaning.report import decision_estimate
-
     # from every decided suggestion, before --classes / --max-suggestions (as the learning)
     from_decisions = decision_estimate(table, table_decisions(table, known)) if known else None
     if from_decisions is not None:
@@ -382,8 +378,6 @@ def clean_run(
         table = table.head(max_suggestions)
     table = table.reset_index(drop=True)
     # the reviewer's accept column survives a re-run (docs/review.md, "Decisions across re-runs")
-    from labelfix.review.decisions import carry_decisions
-
     table, kept = carry_decisions(run.path, table)
     notes += kept
     atomic.write_csv(run.path / "corrections.csv", table)

@@ -262,7 +262,6 @@ def check_decision_file(run) -> None:
     (its decisions would be read as none). One line naming the file and the row."""
     from labelfix.review.dataset import suggestion_rows
     from labelfix.run import Run, load_run
-
     from labelfix.validation import read_run_csv
 
     run = run if isinstance(run, Run) else load_run(run)
@@ -312,20 +311,18 @@ def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     if not has_accept and not archive:
         return table, []
 
-    key = cell_key
-    new_keys = [key(i, c, s) for i, c, s in zip(table["image_id"], table["category_id"], table["suggested"])]
+    new_keys = list(map(cell_key, table["image_id"], table["category_id"], table["suggested"]))
     new_set = set(new_keys)
     carried: dict = {}
     lost = []
     if has_accept:
-        for rec in old.to_dict("records"):
+        for rec in old[old["accept"].astype(str).str.strip() != ""].to_dict("records"):   # the decided rows
             value = str(rec.get("accept", ""))
             try:
-                k = key(rec["image_id"], rec["category_id"], rec.get("suggested") or (rec.get("action") == "add"))
+                k = cell_key(rec["image_id"], rec["category_id"],
+                             rec.get("suggested") or (rec.get("action") == "add"))
             except (KeyError, TypeError, ValueError):
                 k = None
-            if not value.strip():
-                continue
             if k is not None:
                 carried[k] = value
             if k is None or k not in new_set:
@@ -371,8 +368,16 @@ def table_decisions(table: pd.DataFrame, known: dict[tuple[int, int, int], bool]
     """Per row of a corrections table (columns image_id, category_id, suggested), the
     decision of :func:`known_decisions` on it: True (accepted), False (rejected) or None
     (undecided); same index as ``table``."""
-    keys = map(cell_key, table["image_id"], table["category_id"], table["suggested"])
-    return pd.Series([known.get(k) for k in keys], index=table.index, dtype=object)
+    out = pd.Series([None] * len(table), index=table.index, dtype=object)
+    if not known or not len(table):
+        return out
+    cols = ["image_id", "category_id", "suggested"]
+    keys = pd.MultiIndex.from_frame(table[cols].apply(pd.to_numeric).astype(np.int64))
+    found = pd.Series(list(known.values()), index=pd.MultiIndex.from_tuples(list(known), names=cols),
+                      dtype=object).reindex(keys).to_numpy()
+    decided = pd.notna(found)
+    out[decided] = found[decided]
+    return out
 
 
 def known_decisions(run) -> dict[tuple[int, int, int], bool]:
@@ -394,7 +399,8 @@ def known_decisions(run) -> dict[tuple[int, int, int], bool]:
     if path.exists():
         frame = read_run_csv(path, dtype=str)
         if "accept" in frame.columns:
-            for rec in frame.to_dict("records"):
+            decided = frame[frame["accept"].astype(str).str.strip() != ""]   # undecided rows say nothing
+            for rec in decided.to_dict("records"):
                 value = _accept_value(rec.get("accept", ""))
                 try:
                     k = cell_key(rec["image_id"], rec["category_id"], rec["suggested"])
