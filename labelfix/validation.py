@@ -404,6 +404,18 @@ def _int_column(frame, col: str, path) -> np.ndarray:
 _INT_RE = re.compile(r"([+-]?\d{1,18})(?:\.0*)?")
 
 
+def parse_int(value) -> int:
+    """One id or 0 / 1 of a CSV cell: ``526`` and ``526.0`` (as a spreadsheet saves it)
+    alike, exactly (no float rounding of large ids); bools and ints pass through.
+    ValueError for anything else (``1.5``, ``1e3``, ``nan``, text)."""
+    if isinstance(value, (bool, np.bool_, numbers.Integral)):
+        return int(value)
+    m = _INT_RE.fullmatch(str(value).strip())
+    if m is None:
+        raise ValueError(f"{value!r} is not an integer")
+    return int(m.group(1))
+
+
 def _categories(series) -> tuple[np.ndarray, list[str]]:
     """(codes, distinct values as stripped strings) of a column: the checks then work on
     the few distinct values instead of every row (tables with tens of millions of rows)."""

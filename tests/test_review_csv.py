@@ -335,3 +335,16 @@ def test_plugin_operators_still_tag_suggestions(fo, run_dir):  # noqa: F811
         assert os.path.exists(Path(ds.info["labelfix_run"]) / "decisions.csv")
     finally:
         ds.delete()
+
+
+def test_decision_keys_parse_spreadsheet_numbers_exactly():
+    """The key of a decision reads ids as every CSV check does: ``526.0`` as 526, large
+    ids without float rounding, and refuses what is not an integer."""
+    from labelfix.review.decisions import cell_key
+
+    big = 2**53 + 1   # a float would round it to 2**53
+    assert cell_key("526.0", " 3 ", True) == (526, 3, 1)
+    assert cell_key(str(big), 7, "0.0") == (big, 7, 0)
+    for bad in ("1.5", "1e3", "nan", "", "abc"):
+        with pytest.raises(ValueError):
+            cell_key(bad, 1, 1)

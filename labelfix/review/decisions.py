@@ -241,17 +241,13 @@ def _accept_value(v) -> str:
     return "" if t in ("", "nan") else str(v)
 
 
-def _int(value) -> int:
-    """An id or a 0 / 1 of a CSV read as text: ``526`` and ``1.0`` alike (ValueError else)."""
-    f = float(value)
-    if not f.is_integer():
-        raise ValueError(f"{value!r} is not an integer")
-    return int(f)
-
-
 def cell_key(image_id, category_id, suggested) -> tuple[int, int, int]:
-    """``(image_id, category_id, suggested)`` as ints: the key of a decision."""
-    return _int(image_id), _int(category_id), _int(suggested)
+    """``(image_id, category_id, suggested)`` as ints (CSV text such as ``526.0`` read by
+    :func:`labelfix.validation.parse_int`, the parser of every CSV check): the key of a
+    decision."""
+    from labelfix.validation import parse_int
+
+    return parse_int(image_id), parse_int(category_id), parse_int(suggested)
 
 
 def check_decision_file(run) -> None:

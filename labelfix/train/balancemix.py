@@ -16,7 +16,11 @@
 - Re-labeling (Eq. 9): ``refine="batch"`` (Alg. 1 line 13) refines every mini-batch
   with the current model: for each image with a non-clean cell, c = mean probability over
   two views from the run's training augmentation, in eval mode without gradient; c >
-  delta -> 1, c < 1 - delta -> 0, else ambiguous with BCE weight p_G (Eq. 10).
+  delta -> 1, c < 1 - delta -> 0, else ambiguous with BCE weight p_G (Eq. 10). View 1
+  is the training image itself (already a draw of the training augmentation: no extra
+  decoding), view 2 one more draw that the loader adds; the second view is scored only
+  for images where it can change a decision (:func:`needs_second_view`, exact), and with
+  a deterministic training transform not at all (both views are the training image).
   ``refine="epoch"`` computes c once per epoch after the GMM fit (two training views,
   one extra pass); ``refine="evaluation"`` takes c from the epoch's evaluation pass (one
   view, evaluation transform, no extra forward pass). ``refine="auto"`` (the default) is
@@ -53,10 +57,28 @@ DEFAULT_WARMUP = 10
 def resolve_refine(refine: str, augments: bool) -> str:
     """The re-labeling schedule a run uses: ``"auto"`` is ``"batch"`` (Algorithm 1) when the
     training transform is random, else ``"evaluation"`` (the views would equal the
-    evaluation pass's view; docs/benchmarks.md measured 98.8 % of the decisions alike)."""
+    evaluation pass's view; docs/benchmarks.md measured 98.7 % of the decisions alike)."""
     if refine != "auto":
         return refine
     return "batch" if augments else "evaluation"
+
+
+def needs_second_view(first: np.ndarray, nonclean: np.ndarray, delta: float) -> np.ndarray:
+    """bool (B,): the images whose second view can change a re-labeling decision.
+
+    c = (p1 + p2) / 2 with p2 in [0, 1], so c > delta needs p1 > 2 delta - 1 and
+    c < 1 - delta needs p1 < 2 - 2 delta. An image whose non-clean cells all have p1
+    between those bounds keeps every such cell ambiguous whatever its second view says,
+    and p1 alone (inside [1 - delta, delta]) then gives the same decisions as c.
+
+    Args:
+        first: float32 (B, K) probabilities of the first view.
+        nonclean: bool (B, K) cells that management re-labels (p_G <= threshold).
+        delta: the re-labeling threshold (>= 0.5).
+    """
+    eps = 1e-6   # float rounding of the mean: score the second view when in doubt
+    can_flip = (first > 2.0 * delta - 1.0 - eps) | (first < 2.0 - 2.0 * delta + eps)
+    return (can_flip & nonclean).any(axis=1)
 
 
 def train_losses(logits, given, train_rows: np.ndarray) -> np.ndarray:
@@ -102,14 +124,16 @@ class BalanceMixMixer(Mixer):
         self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)
         self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
         self.refine = _option(cfg, "balancemix_refine", "auto")
+        self.augments = cfg_augments(cfg)   # False with --frozen (features have no augmentation)
         if self.refine == "auto":   # only then does the training transform matter
-            self.refine = resolve_refine(self.refine, cfg_augments(cfg))
+            self.refine = resolve_refine(self.refine, self.augments)
         # single-positive data: the given positives are verified (docs/losses_and_mixing.md)
         self.trusted = trusted_cells(given, ctx.trusted, ctx.train_rows)
         self.single_positive = single
         self.p_clean: np.ndarray | None = None    # float32 (N, K) once management runs
         self.two_view: np.ndarray | None = None   # refine != "batch": c, float32 (N, K), NaN = not scored
         self.counts = np.zeros(3, dtype=np.int64)
+        self.views_scored = np.zeros(2, dtype=np.int64)   # refine="batch": first / second views this epoch
 
     def settings(self) -> dict:
         return {"balancemix_warmup": self.warmup, "balancemix_delta": float(self.delta),
@@ -121,9 +145,32 @@ class BalanceMixMixer(Mixer):
         return True   # missing labels are assumed negatives
 
     def views(self, epoch: int) -> int:
-        return 2 if self.p_clean is not None and self.refine == "batch" else 0
+        # view 1 is the training image; a deterministic transform needs no second one
+        return 1 if self.p_clean is not None and self.refine == "batch" and self.augments else 0
 
     # ------------------------------------------------------------------ per step
+    def _refine_batch(self, batch: Batch, pos: torch.Tensor, nonclean: np.ndarray) -> np.ndarray:
+        """``refine="batch"``: c float32 (b, K) of the samples ``pos`` from the current
+        model (NaN on images without a non-clean cell, which are not scored)."""
+        c = np.full(nonclean.shape, np.nan, dtype=np.float32)
+        todo = np.flatnonzero(nonclean.any(1))
+        if not todo.size:
+            return c
+        at = pos[torch.from_numpy(todo)]
+        # view 1: the training image itself, a draw of the training augmentation (no
+        # extra decoding); with a deterministic transform it is also view 2
+        first = self.ctx.probabilities(batch.images[at]).numpy()
+        c[todo] = first
+        self.views_scored[0] += todo.size
+        if batch.views is None:
+            return c
+        second = np.flatnonzero(needs_second_view(first, nonclean[todo], self.delta))
+        self.views_scored[1] += second.size
+        if second.size:
+            p2 = self.ctx.probabilities(batch.views[at[torch.from_numpy(second)], 0]).numpy()
+            c[todo[second]] = (first[second] + p2) / 2
+        return c
+
     def _targets(self, batch: Batch, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Training target float (b, K) and weight (b, K) or None of the samples ``pos``."""
         idx = batch.indices[pos].numpy()
@@ -132,10 +179,7 @@ class BalanceMixMixer(Mixer):
             return torch.from_numpy((g == POS).astype(np.float32)), None
         pc = self.p_clean[idx]
         if self.refine == "batch":
-            c = np.full(g.shape, np.nan, dtype=np.float32)
-            todo = np.flatnonzero((pc <= self.clean_threshold).any(1))
-            if todo.size:
-                c[todo] = self.ctx.probabilities(batch.views[pos][torch.from_numpy(todo)]).numpy()
+            c = self._refine_batch(batch, pos, pc <= self.clean_threshold)
         else:
             c = self.two_view[idx]
         state, target, weight = assign_states_block(g, pc, c, clean_threshold=self.clean_threshold, delta=self.delta)
@@ -171,7 +215,10 @@ class BalanceMixMixer(Mixer):
         info = {"minority_min_max_ratio": res.min_max_ratio}
         if self.counts.any():   # states the previous management gave this epoch's cells
             info.update({f"cells_{name}": int(v) for name, v in zip(("clean", "relabeled", "ambiguous"), self.counts)})
+        if self.views_scored.any():   # re-labeling forward passes: images scored on one / two views
+            info.update(relabel_first_views=int(self.views_scored[0]), relabel_second_views=int(self.views_scored[1]))
         self.counts[:] = 0
+        self.views_scored[:] = 0
         if epoch + 1 < self.warmup:
             self.p_clean = None
             return info
@@ -217,5 +264,5 @@ class BalanceMixMixer(Mixer):
         self.pair_generator.set_state(state["pair_generator"])
 
 
-__all__ = ["AMBIGUOUS", "CLEAN", "DEFAULT_WARMUP", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability", "resolve_refine",
-           "train_losses"]
+__all__ = ["AMBIGUOUS", "CLEAN", "DEFAULT_WARMUP", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability",
+           "needs_second_view", "resolve_refine", "train_losses"]
