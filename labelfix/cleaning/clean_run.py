@@ -325,8 +325,10 @@ def clean_run(
     from labelfix.cleaning.report import decision_estimate
     from labelfix.review.decisions import carry_decisions, check_decision_file, known_decisions, table_decisions
 
-    check_decision_file(run)   # a reviewer's decisions are never dropped by a file clean cannot read
-    known = known_decisions(run)   # every decision file read (and checked) before anything is written
+    # a reviewer's decisions are never dropped by a file clean cannot read: every decision
+    # file is read (and checked) before anything is written; corrections.csv once
+    old_corrections = check_decision_file(run)
+    known = known_decisions(run, old_corrections)
     notes = _stats_notes(run)
     others = _other_runs(with_runs)
     evidence = run_evidence(run, others)
@@ -378,7 +380,7 @@ def clean_run(
         table = table.head(max_suggestions)
     table = table.reset_index(drop=True)
     # the reviewer's accept column survives a re-run (docs/review.md, "Decisions across re-runs")
-    table, kept = carry_decisions(run.path, table)
+    table, kept = carry_decisions(run.path, table, old_corrections)
     notes += kept
     atomic.write_csv(run.path / "corrections.csv", table)
     atomic.write_json(run.path / "cells" / CLEAN_OPTIONS_FILE, dict(

@@ -250,12 +250,17 @@ def cell_key(image_id, category_id, suggested) -> tuple[int, int, int]:
     return parse_int(image_id), parse_int(category_id), parse_int(suggested)
 
 
-def check_decision_file(run) -> None:
+def check_decision_file(run) -> pd.DataFrame | None:
     """Refuse, before ``labelfix clean`` writes anything, a RUN/corrections.csv whose
     decisions it could not carry over: what ``export coco`` refuses (the schema checks of
     :func:`labelfix.review.dataset.suggestion_rows`, ``accept`` values other than
     1/0/true/false/yes/no/empty), and a column that is ``accept`` but for case or spaces
-    (its decisions would be read as none). One line naming the file and the row."""
+    (its decisions would be read as none). One line naming the file and the row.
+
+    Returns the file as text (``dtype=str``) when it holds an ``accept`` column, an empty
+    frame when it holds no decision, None when there is none: :func:`known_decisions` and
+    :func:`carry_decisions` take it instead of reading the file again (it can hold
+    millions of rows)."""
     from labelfix.review.dataset import suggestion_rows
     from labelfix.run import Run, load_run
     from labelfix.validation import read_run_csv
@@ -263,7 +268,7 @@ def check_decision_file(run) -> None:
     run = run if isinstance(run, Run) else load_run(run)
     path = run.path / "corrections.csv"
     if not path.exists():
-        return
+        return None
     hint = "; fix it or move it away, then re-run clean (its decisions would be lost)"
     try:
         header = [str(c) for c in read_run_csv(path, nrows=0).columns]
@@ -273,14 +278,31 @@ def check_decision_file(run) -> None:
     if near and "accept" not in header:
         raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'{hint}")
     if "accept" not in header:
-        return   # no decision in it: clean replaces it
+        return pd.DataFrame()   # no decision in it: clean replaces it
     try:
         suggestion_rows(run)
+        return read_run_csv(path, dtype=str)
     except LabelfixError as e:
         raise LabelfixError(f"{e}{hint}") from None
 
 
-def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def _decided_rows(path: Path, corrections: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The rows of corrections.csv (as text) with a non-empty ``accept``: from
+    ``corrections`` when given (:func:`check_decision_file`'s read), else read from
+    ``path``; None when there is no file or no ``accept`` column."""
+    if corrections is None:
+        if not path.exists():
+            return None
+        from labelfix.validation import read_run_csv   # a spreadsheet's byte-order mark is fine
+
+        corrections = read_run_csv(path, dtype=str)
+    if "accept" not in corrections.columns:
+        return None
+    return corrections[corrections["accept"].astype(str).str.strip() != ""]
+
+
+def carry_decisions(run_path, table: pd.DataFrame,
+                    corrections: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Keep the reviewer's ``accept`` column across a new ``labelfix clean``.
 
     ``table`` is the new corrections table about to be written to RUN/corrections.csv.
@@ -290,20 +312,17 @@ def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     RUN/decisions_archive.csv. The column is added when the old file had one or when a
     decision was restored. Values are carried as written (``Yes`` stays ``Yes``).
 
+    ``corrections``: the old file as text when already read (:func:`check_decision_file`).
     Returns ``(table, notes)``; the notes say what was kept, archived and restored.
     """
     run_path = Path(run_path)
     old_path = run_path / "corrections.csv"
-    old = None
-    if old_path.exists():
-        from labelfix.validation import read_run_csv  # a spreadsheet's byte-order mark is fine
-
-        try:
-            old = read_run_csv(old_path, dtype=str)
-        except LabelfixError as e:
-            raise LabelfixError(f"{e}; its accept column cannot be kept: move the file away and re-run clean") from None
+    try:
+        decided = _decided_rows(old_path, corrections)
+    except LabelfixError as e:
+        raise LabelfixError(f"{e}; its accept column cannot be kept: move the file away and re-run clean") from None
     archive = read_archive(run_path)
-    has_accept = old is not None and "accept" in old.columns
+    has_accept = decided is not None
     if not has_accept and not archive:
         return table, []
 
@@ -312,7 +331,7 @@ def carry_decisions(run_path, table: pd.DataFrame) -> tuple[pd.DataFrame, list[s
     carried: dict = {}
     lost = []
     if has_accept:
-        for rec in old[old["accept"].astype(str).str.strip() != ""].to_dict("records"):   # the decided rows
+        for rec in decided.to_dict("records"):
             value = str(rec.get("accept", ""))
             try:
                 k = cell_key(rec["image_id"], rec["category_id"],
@@ -376,7 +395,7 @@ def table_decisions(table: pd.DataFrame, known: dict[tuple[int, int, int], bool]
     return out
 
 
-def known_decisions(run) -> dict[tuple[int, int, int], bool]:
+def known_decisions(run, corrections: pd.DataFrame | None = None) -> dict[tuple[int, int, int], bool]:
     """Every decision a person made on a run's suggestions so far, read-only:
     ``{(image_id, category_id, suggested): accepted}``.
 
@@ -384,27 +403,23 @@ def known_decisions(run) -> dict[tuple[int, int, int], bool]:
     RUN/corrections.csv (the CSV workflow); RUN/decisions.csv (the App), whose decision
     wins unless the ``accept`` value was edited after it was imported (it differs from the
     row's ``csv_decision``). Unreadable ``accept`` values are not decisions here.
+    ``corrections``: RUN/corrections.csv as text when already read (:func:`check_decision_file`).
     """
     from labelfix.run import Run, load_run
-    from labelfix.validation import read_run_csv
 
     run = run if isinstance(run, Run) else load_run(run)
     out = {k: d == ACCEPTED for k, d in read_archive(run).items()}
     accept: dict[tuple[int, int, int], str] = {}
-    path = run.path / "corrections.csv"
-    if path.exists():
-        frame = read_run_csv(path, dtype=str)
-        if "accept" in frame.columns:
-            decided = frame[frame["accept"].astype(str).str.strip() != ""]   # undecided rows say nothing
-            for rec in decided.to_dict("records"):
-                value = _accept_value(rec.get("accept", ""))
-                try:
-                    k = cell_key(rec["image_id"], rec["category_id"], rec["suggested"])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if value in DECISION_TAGS:
-                    accept[k] = value
-                    out[k] = value == ACCEPTED
+    decided = _decided_rows(run.path / "corrections.csv", corrections)   # undecided rows say nothing
+    for rec in ([] if decided is None else decided.to_dict("records")):
+        value = _accept_value(rec.get("accept", ""))
+        try:
+            k = cell_key(rec["image_id"], rec["category_id"], rec["suggested"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if value in DECISION_TAGS:
+            accept[k] = value
+            out[k] = value == ACCEPTED
     app = read_decisions_csv(run)
     if app is not None and "category_id" in app.columns and "action" in app.columns:
         csv_dec = app["csv_decision"] if "csv_decision" in app.columns else pd.Series([""] * len(app))
