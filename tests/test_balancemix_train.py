@@ -83,6 +83,9 @@ class FakeContext:
         self.rank, self.world_size, self.ema_model, self.out, self.sampler = 0, 1, None, None, None
         self.asked = []
 
+    def sum_over_ranks(self, values):
+        return np.asarray(values, np.float64)
+
     def probabilities(self, images):
         code = images.flatten(1)[:, 0].long().numpy()   # each image tensor carries 10 * row + view
         self.asked.append(code.tolist())

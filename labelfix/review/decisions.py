@@ -257,10 +257,10 @@ def check_decision_file(run) -> pd.DataFrame | None:
     1/0/true/false/yes/no/empty), and a column that is ``accept`` but for case or spaces
     (its decisions would be read as none). One line naming the file and the row.
 
-    Returns the file as text (``dtype=str``) when it holds an ``accept`` column, an empty
-    frame when it holds no decision, None when there is none: :func:`known_decisions` and
-    :func:`carry_decisions` take it instead of reading the file again (it can hold
-    millions of rows)."""
+    Returns its decided rows as text (``dtype=str``, non-empty ``accept``) when it holds an
+    ``accept`` column, an empty frame when it holds none, None when there is no file:
+    :func:`known_decisions` and :func:`carry_decisions` take them instead of reading the
+    file again (it can hold millions of rows; only the decided ones are kept)."""
     from labelfix.review.dataset import suggestion_rows
     from labelfix.run import Run, load_run
     from labelfix.validation import read_run_csv
@@ -281,15 +281,16 @@ def check_decision_file(run) -> pd.DataFrame | None:
         return pd.DataFrame()   # no decision in it: clean replaces it
     try:
         suggestion_rows(run)
-        return read_run_csv(path, dtype=str)
+        return _decided_rows(path, read_run_csv(path, dtype=str))
     except LabelfixError as e:
         raise LabelfixError(f"{e}{hint}") from None
 
 
 def _decided_rows(path: Path, corrections: pd.DataFrame | None) -> pd.DataFrame | None:
     """The rows of corrections.csv (as text) with a non-empty ``accept``: from
-    ``corrections`` when given (:func:`check_decision_file`'s read), else read from
-    ``path``; None when there is no file or no ``accept`` column."""
+    ``corrections`` when given (the file or its decided rows, as
+    :func:`check_decision_file` returns them), else read from ``path``; None when there is
+    no file or no ``accept`` column."""
     if corrections is None:
         if not path.exists():
             return None

@@ -213,10 +213,12 @@ class BalanceMixMixer(Mixer):
                                         z, score_reduction=self.sampler_score)
         self.ctx.sampler.set_minority_weights(res.weights)
         info = {"minority_min_max_ratio": res.min_max_ratio}
-        if self.counts.any():   # states the previous management gave this epoch's cells
-            info.update({f"cells_{name}": int(v) for name, v in zip(("clean", "relabeled", "ambiguous"), self.counts)})
-        if self.views_scored.any():   # re-labeling forward passes: images scored on one / two views
-            info.update(relabel_first_views=int(self.views_scored[0]), relabel_second_views=int(self.views_scored[1]))
+        # every rank's steps (each rank calls on_epoch_end)
+        counts, views_scored = np.split(self.ctx.sum_over_ranks(np.r_[self.counts, self.views_scored]).astype(np.int64), [3])
+        if counts.any():   # states the previous management gave this epoch's cells
+            info.update({f"cells_{name}": int(v) for name, v in zip(("clean", "relabeled", "ambiguous"), counts)})
+        if views_scored.any():   # re-labeling forward passes: images scored on one / two views
+            info.update(relabel_first_views=int(views_scored[0]), relabel_second_views=int(views_scored[1]))
         self.counts[:] = 0
         self.views_scored[:] = 0
         if epoch + 1 < self.warmup:

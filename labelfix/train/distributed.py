@@ -56,7 +56,9 @@ def init_distributed(device_type: str) -> DistInfo:
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        # with CUDA: NCCL for GPU tensors and gloo for the CPU-side collectives (the
+        # loss sums, the mixers' counters); an NCCL-only group refuses CPU tensors
+        backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)

@@ -185,6 +185,9 @@ class Trainer:
     def world_size(self) -> int:
         return self.dist.world_size
 
+    def sum_over_ranks(self, values) -> np.ndarray:
+        return all_reduce_sum(values, self.dist)
+
     @property
     def ema_model(self):
         return None if self.ema is None else self.ema.module

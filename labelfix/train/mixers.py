@@ -89,6 +89,9 @@ class TrainContext(Protocol):
         """float32 (len(rows), K): logits of ``model`` on ``rows`` (evaluation transform),
         or with ``views`` > 0 the mean probability over that many training views."""
 
+    def sum_over_ranks(self, values) -> np.ndarray:
+        """float64 vector ``values`` summed over the torchrun processes (every rank calls)."""
+
 
 def _given_targets(labels: torch.Tensor):
     target, known = split_labels(labels)
