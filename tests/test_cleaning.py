@@ -246,6 +246,55 @@ def test_confident_joint_matches_cleanlab_per_class():
     rho0 = cal[0, 1, 0] / (cal[0, 0, 0] + cal[0, 1, 0])
     rho1 = cal[0, 0, 1] / (cal[0, 0, 1] + cal[0, 1, 1])
     np.testing.assert_allclose(noise_rates(j, np.array([[200, 100]])), [[rho0, rho1]])
+    # the pooled share of wrong known labels: the calibrated joint's off-diagonal mass
+    from labelfix.cleaning.noise_rates import known_error_rate
+
+    assert known_error_rate(j, np.array([[200, 100]])) == pytest.approx((cal[0, 0, 1] + cal[0, 1, 0]) / 300)
+    assert known_error_rate(j, np.zeros((1, 2))) == 0.0
+
+
+def test_evidence_ranks_unknown_cells_by_the_known_labels_error_rate():
+    """Known and unknown cells rank against each other by their error posterior under one
+    pooled error rate r of the known labels: where every known label is right (missing
+    labels only), a missing positive the model is fairly sure of outranks a known label
+    the model doubts as much; the known cells keep their order, the unknown cells theirs,
+    and fully labelled data score exactly |y - q|."""
+    from labelfix.cleaning.scores import unknown_on_known_scale
+
+    q = np.array([0.0, 0.1, 0.5, 0.9, 1.0], np.float32)
+    r = 0.05
+    odds = q[1:4] / (1 - q[1:4]) * (1 - r) / r
+    np.testing.assert_allclose(unknown_on_known_scale(q, r)[1:4], odds / (1 + odds), rtol=1e-5)
+    assert unknown_on_known_scale(q, r)[[0, 4]].tolist() == [0.0, 1.0]
+    np.testing.assert_array_equal(unknown_on_known_scale(q, None), q)
+    np.testing.assert_allclose(unknown_on_known_scale(q, 0.7), q, rtol=1e-6)   # r capped at 0.5: q as it is
+
+    rng = np.random.default_rng(1)
+    n, k = 3000, 3
+    true = (rng.random((n, k)) < 0.3).astype(np.int8)
+    # a model that errs: known labels it doubts compete with missing positives it believes
+    probs = np.where(true == 1, rng.beta(4, 2, (n, k)), rng.beta(2, 4, (n, k))).astype(np.float32)
+    given = true.copy()
+    given[(true == 1) & (rng.random((n, k)) < 0.5)] = -1   # half the positives missing
+    given[(true == 0) & (rng.random((n, k)) < 0.3)] = -1   # and some negatives unknown
+    iss = find_label_issues(given, probs, chunk_rows=701)
+    r = iss.settings["known_error_rate"]
+    assert 0 < r < 0.15   # the confident joint's estimate (every known label is right here)
+    known = given != -1
+    d = np.abs((given == 1) - probs)
+    np.testing.assert_allclose(iss.score[known], d[known], atol=1e-6)   # known cells: |y - q|
+    # (settings hold r rounded to 6 decimals)
+    np.testing.assert_allclose(iss.score[~known], unknown_on_known_scale(probs, r)[~known], rtol=1e-3)
+    # the errors are the missing positives: the top 500 hold more of them than with the
+    # unknown cells' q taken as it is
+    error = (~known & (true == 1)).ravel()
+    plain = np.where(known, d, probs)
+    top, top_plain = (np.argsort(-a, axis=None, kind="stable")[:500] for a in (iss.score, plain))
+    assert error[top].mean() > 0.9 and error[top].mean() > error[top_plain].mean() + 0.05
+    # fully labelled: no rate is estimated, the score is the disagreement
+    full = find_label_issues(true, probs)
+    assert full.settings["known_error_rate"] is None
+    np.testing.assert_allclose(full.score, np.abs(true - probs), atol=1e-6)
 
 
 def test_posterior_score_ranks_a_doubtful_cell_of_a_noisy_class_first():

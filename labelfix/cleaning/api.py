@@ -15,7 +15,7 @@ import pandas as pd
 
 from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
-from labelfix.cleaning.noise_rates import estimate_noise_rates
+from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_error_rate, noise_rates
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES,
                                       assign_states_block, default_delta, is_single_positive)
 from labelfix.errors import LabelfixError
@@ -292,9 +292,16 @@ def find_label_issues(
     dyn_src = dynamics if dynamics is not None else loss_src
     prob_src = LazyProbs(probs) if probs_are_logits else probs
     fit = _gmm.fit_label_gmms(loss_src, given, chunk_rows=rows, device=device, **(gmm_options or {}))
-    rates = None
-    if score_fn.needs_noise_rates:   # a pass over all rows before the scores (confident joint)
-        rates = estimate_noise_rates(given, EvidenceRows(prob_src, neighbours), chunk_rows=rows)
+    rates = err_rate = None
+    # a pass over all rows before the scores (confident joint): for the per-class rates, or
+    # for the known cells' error rate where known and unknown cells rank together (not in
+    # single-positive data, whose known cells are trusted positives that rank with nothing)
+    counts = given_counts(given, chunk_rows=rows) if score_fn.needs_known_error_rate else None
+    mixed = counts is not None and 0 < counts.sum() < N * K and not trust_positives
+    if score_fn.needs_noise_rates or mixed:
+        joint = confident_joint(given, EvidenceRows(prob_src, neighbours), chunk_rows=rows)
+        rates = noise_rates(joint, counts) if score_fn.needs_noise_rates else None
+        err_rate = known_error_rate(joint, counts) if mixed else None
 
     cand = {c: [] for c in ("i", "k", "g", "s", "st", "score", "p", "prob")}
     with contextlib.ExitStack() as stack:
@@ -316,7 +323,7 @@ def find_label_issues(
             relabel_c = _scores._finite_or(tv, pr)
             st, tg, _ = assign_states_block(g, pc, relabel_c, clean_threshold=clean_threshold, delta=delta)
             sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls,
-                          estimates=es, neighbours=nb, noise_rates=rates)
+                          estimates=es, neighbours=nb, noise_rates=rates, known_error_rate=err_rate)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
             if verified is not None or trust_positives:   # a person's decision stands
                 vf = (g == 1) if trust_positives else np.zeros(g.shape, bool)
@@ -349,7 +356,8 @@ def find_label_issues(
         settings=dict(clean_threshold=clean_threshold, scorer=scorer, monotone=monotone,
                       trusted_single_positives=bool(trust_positives),
                       gmm=dict(fit.settings),
-                      noise_rates=None if rates is None else rates.round(6).tolist()),
+                      noise_rates=None if rates is None else rates.round(6).tolist(),
+                      known_error_rate=None if err_rate is None else round(err_rate, 6)),
     )
 
 

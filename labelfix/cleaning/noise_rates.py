@@ -86,6 +86,24 @@ def noise_rates(joint: np.ndarray, given_counts: np.ndarray, *, smoothing: float
     return np.nan_to_num(np.stack([rho0, rho1], axis=1), nan=0.0)
 
 
+def known_error_rate(joint: np.ndarray, given_counts: np.ndarray, *, smoothing: float = SMOOTHING) -> float:
+    """The share of the known cells whose given label is wrong, pooled over classes: the
+    off-diagonal mass of the calibrated confident joint (JAIR 2021 Eq. 2, with the same
+    ``smoothing`` as :func:`noise_rates`) over the number of known cells; 0.0 without any.
+
+    Args:
+        joint: int (K, 2, 2) :func:`confident_joint`.
+        given_counts: int (K, 2) :func:`given_counts`.
+    """
+    c = np.asarray(joint, dtype=np.float64).copy()
+    c[:, 0, 1] += smoothing
+    c[:, 1, 0] += smoothing
+    n = np.asarray(given_counts, dtype=np.float64)
+    calibrated = c / c.sum(2, keepdims=True) * n[:, :, None]
+    total = n.sum()
+    return float((calibrated[:, 0, 1].sum() + calibrated[:, 1, 0].sum()) / total) if total > 0 else 0.0
+
+
 def given_counts(given, *, chunk_rows: int = 65_536) -> np.ndarray:
     """int64 (K, 2): known cells per class with given label 0 and 1."""
     n, k = given.shape

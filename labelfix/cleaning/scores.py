@@ -9,11 +9,14 @@ Every scorer has the same signature and is array-in / array-out on one block of 
 (so callers apply it chunk by chunk to memory-mapped inputs)::
 
     scorer(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-           neighbours=None, noise_rates=None) -> float32 array, same shape as ``given``
+           neighbours=None, noise_rates=None, known_error_rate=None)
+        -> float32 array, same shape as ``given``
 
 A scorer registered with ``needs_noise_rates=True`` gets ``noise_rates``, float (K, 2)
 per-class noise rates that :func:`find_label_issues` estimates over all rows first
-(``labelfix.cleaning.noise_rates``).
+(``labelfix.cleaning.noise_rates``); one registered with ``needs_known_error_rate=True``
+gets ``known_error_rate``, the pooled share of wrong known labels, where known and
+unknown cells rank together (else None).
 
 For unknown cells every scorer returns the model's positive estimate: the two-view
 probability where finite, else the model probability. ``estimates`` (ROLE's label
@@ -37,11 +40,15 @@ Scorer = Callable[..., np.ndarray]
 _SCORERS: dict[str, Scorer] = {}
 
 
-def register_scorer(name: str, *, needs_noise_rates: bool = False):
+def register_scorer(name: str, *, needs_noise_rates: bool = False, needs_known_error_rate: bool = False):
     """Decorator: register ``fn`` as scoring rule ``name``. ``needs_noise_rates``: the caller
-    estimates the per-class noise rates over all rows first and passes ``noise_rates``."""
+    estimates the per-class noise rates over all rows first and passes ``noise_rates``;
+    ``needs_known_error_rate``: it passes ``known_error_rate`` when known and unknown cells
+    rank together (both present, and the known ones not all trusted: not in
+    single-positive data)."""
     def deco(fn: Scorer) -> Scorer:
         fn.needs_noise_rates = needs_noise_rates
+        fn.needs_known_error_rate = needs_known_error_rate or needs_noise_rates
         _SCORERS[name] = fn
         return fn
     return deco
@@ -92,7 +99,7 @@ def _finish(known, known_score, probs, two_view) -> np.ndarray:
 
 @register_scorer("gmm")
 def score_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None, noise_rates=None) -> np.ndarray:
+              neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: 1 - p_clean (the GMM's noisy-component posterior)."""
     if p_clean is None:
         raise LabelfixError("score: gmm: needs p_clean")
@@ -102,7 +109,7 @@ def score_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimat
 
 @register_scorer("disagreement")
 def score_disagreement(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None, noise_rates=None) -> np.ndarray:
+              neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: |y - p|, one minus the model's probability of the given label."""
     g, known, y = _known(given)
     return _finish(known, np.abs(y - np.asarray(probs, dtype=np.float32)), probs, two_view)
@@ -110,7 +117,7 @@ def score_disagreement(given, *, probs, p_clean=None, two_view=None, losses=None
 
 @register_scorer("two_view")
 def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None, noise_rates=None) -> np.ndarray:
+              neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: |y - c| with the two-view mean probability c where finite, else p
     (the disagreement with BalanceMix's re-labeling probability)."""
     if two_view is None:   # not a silent fallback to "disagreement"
@@ -123,7 +130,7 @@ def score_two_view(given, *, probs, p_clean=None, two_view=None, losses=None, es
 
 @register_scorer("loss")
 def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None, noise_rates=None) -> np.ndarray:
+              neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: 1 - exp(-mean BCE). For one epoch this is |y - p|; for a mean over
     epochs, one minus the geometric mean of the probability given to the label."""
     if losses is None:
@@ -134,7 +141,7 @@ def score_loss(given, *, probs, p_clean=None, two_view=None, losses=None, estima
 
 @register_scorer("combined")
 def score_combined(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-              neighbours=None, noise_rates=None) -> np.ndarray:
+              neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: mean of the GMM noisy posterior 1 - p_clean and the
     disagreement |y - c| (c = two-view probability where finite, else p). p_clean ranks
     cells within a (class, label) group but saturates at 0 / 1; the disagreement breaks
@@ -159,14 +166,36 @@ def evidence_estimate(probs, neighbours=None, weight: float = NEIGHBOUR_WEIGHT) 
     return np.where(np.isfinite(q), (1.0 - weight) * p + weight * q, p).astype(np.float32)
 
 
-@register_scorer("evidence")
+def unknown_on_known_scale(q, known_error_rate) -> np.ndarray:
+    """float32: an unknown cell's P(positive) ``q`` on the scale of the known cells'
+    disagreement |y - q|, so that the two rank against each other (labelfix's rule,
+    docs/cleaning.md "Known and unknown cells").
+
+    Under a symmetric noise model with rate r (the known cells' pooled error rate), Bayes'
+    rule gives a known cell with disagreement d the error posterior with
+    odds(d) r / (1 - r); an unknown cell's chance of being a missing positive is q itself.
+    Ranking both by their posteriors equals ranking the known cells by d and the unknown
+    cells by q with its odds scaled by (1 - r) / r. r is clipped to [1e-6, 0.5]: at 0.5
+    (as many wrong labels as right) q is used as it is. ``known_error_rate=None``: q."""
+    q = np.asarray(q, dtype=np.float32)
+    if known_error_rate is None:
+        return q
+    r = float(np.clip(known_error_rate, 1e-6, 0.5))
+    m = (1.0 - r) / r
+    with np.errstate(invalid="ignore"):
+        return (q * m / (q * m + (1.0 - q))).astype(np.float32)
+
+
+@register_scorer("evidence", needs_known_error_rate=True)
 def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-                   neighbours=None, noise_rates=None) -> np.ndarray:
-    """Known cells: |y - q|, unknown cells: q, with q the held-out model probability mixed
-    with the neighbours' label vote (:func:`evidence_estimate`)."""
+                   neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
+    """Known cells: |y - q|, unknown cells: q on the same scale
+    (:func:`unknown_on_known_scale`, given the known cells' pooled error rate), with q the
+    held-out model probability mixed with the neighbours' label vote
+    (:func:`evidence_estimate`). Fully labelled data: exactly |y - q|."""
     g, known, y = _known(given)
     q = evidence_estimate(probs, neighbours)
-    out = np.where(known, np.abs(y - q), q)
+    out = np.where(known, np.abs(y - q), unknown_on_known_scale(q, known_error_rate))
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
 
 
@@ -175,10 +204,11 @@ def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, es
 CLEAN_DISCOUNT = 0.5
 
 
-@register_scorer("evidence_gmm")
+@register_scorer("evidence_gmm", needs_known_error_rate=True)
 def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-                       neighbours=None, noise_rates=None) -> np.ndarray:
-    """Known cells: ``evidence`` x (1 - CLEAN_DISCOUNT p_clean), unknown cells: q. With
+                       neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
+    """Known cells: ``evidence`` x (1 - CLEAN_DISCOUNT p_clean), unknown cells: as in
+    ``evidence``. With
     p_clean the label GMMs' clean posterior (BalanceMix's label-wise management; in a
     cross-fitted run fitted on round 1's held-out losses, so a second judge beside the
     last round's q), a cell both call wrong ranks first. It assumes what the GMMs assume,
@@ -187,14 +217,14 @@ def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None
     if p_clean is None:
         raise LabelfixError("score: evidence_gmm: needs p_clean")
     g, known, _ = _known(given)
-    out = score_evidence(given, probs=probs, neighbours=neighbours)
+    out = score_evidence(given, probs=probs, neighbours=neighbours, known_error_rate=known_error_rate)
     discounted = out * (1.0 - CLEAN_DISCOUNT * _finite_or(p_clean, 1.0))
     return np.where(known, discounted, out).astype(np.float32)
 
 
 @register_scorer("posterior", needs_noise_rates=True)
 def score_posterior(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
-                    neighbours=None, noise_rates=None) -> np.ndarray:
+                    neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: the posterior P(true label != given label) under confident learning's
     per-class noise rates (``labelfix.cleaning.noise_rates.error_posterior``), with q the
     ``evidence`` estimate as P(positive); unknown cells: q. A cell of a class whose given
