@@ -91,6 +91,22 @@ def budget(init: str) -> dict:
                 lr=1e-3, epochs=10)
 
 
+def _head_commit() -> str:
+    """The repository's HEAD commit (short; ``+dirty`` with uncommitted changes to the
+    library or this script; results files do not count), or ""."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/labelfix", ":/benchmarks/mix_vs_bce.py")
+        return head + ("+dirty" if head and dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def run_one(data: dict, noise: str, method: str, opts: dict, seed: int, init: str, work: Path) -> dict:
     from labelfix.bench.baselines import predict_probs
     from labelfix.bench.runner import aligned_test, parse_noise
@@ -119,7 +135,9 @@ def run_one(data: dict, noise: str, method: str, opts: dict, seed: int, init: st
     groups = class_groups((true == 1).sum(0), clean.num_images, "tertile")
     rep = map_report(np.nan_to_num(probs, nan=0.0), np.asarray(test.labels), groups)
     row = {"noise": noise, "method": method, "seed": seed, "map": rep["map"],
-           "seconds": float((out / "bench_seconds.txt").read_text())}
+           "seconds": float((out / "bench_seconds.txt").read_text()),
+           # the code state that trained it: rows of one table can come from different ones
+           "commit": _head_commit()}
     if opts.get("mix") == "balancemix" and noise != "clean":
         row["management"] = management_diagnostics(out, labels, true)
     return row

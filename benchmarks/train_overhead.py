@@ -107,7 +107,8 @@ def main() -> None:
             order = names[rep % len(names):] + names[:rep % len(names)]
             for name in order:
                 parts[name].append(run(data, tmp / f"{name}{rep}", METHODS[name], args))
-            plain_loop.append(plain_loop_images_per_s(data, args))
+                if name == "plain":   # right after labelfix's plain run: the same machine load
+                    plain_loop.append(plain_loop_images_per_s(data, args))
         rows = {m: pd.concat(v) for m, v in parts.items()}
 
     def med(name, col):
