@@ -247,7 +247,8 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     out = tmp_path / "run"
     train(cfg_for(tiny, out, data=str(noisy), folds=2, rounds=2, frozen=True, epochs=3, lr=1e-2), log=lambda s: None)
     assert json.loads((out / "stats" / "state.json").read_text())["rounds"] == 2
-    res = clean_run(out, report=False, neighbours=0)   # score of an unknown cell = its probability
+    # score of an unknown cell: its probability, on the known cells' scale (docs/cleaning.md)
+    res = clean_run(out, report=False, neighbours=0)
     given = np.load(out / "labels.npy")
     folds = np.load(out / "folds.npy")
 
@@ -261,7 +262,12 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     held = np.load(out / "stats" / "logits.npy").astype(np.float32)
     score = np.asarray(res.issues.score)
     unk = given == -1
-    np.testing.assert_allclose(score[unk], (1 / (1 + np.exp(-ens)))[unk], atol=1e-3)   # all round-1 fold models
+    from labelfix.cleaning.scores import unknown_on_known_scale
+
+    r = res.issues.settings["known_error_rate"]
+    assert r is not None   # known and unknown cells rank together
+    np.testing.assert_allclose(score[unk], unknown_on_known_scale(1 / (1 + np.exp(-ens)), r)[unk],
+                               atol=1e-3)   # all round-1 fold models
     # known cells: the last round's held-out disagreement; the GMMs (states, suggestions)
     # fit round 1's held-out losses (labelfix.cleaning.clean_run.management_losses)
     from labelfix.cleaning import find_label_issues
