@@ -107,6 +107,12 @@ def _head_commit() -> str:
         return ""
 
 
+def _trained_by(out: Path) -> str:
+    """The commit recorded when ``out`` was trained ("unknown" for folders from before)."""
+    p = out / "bench_commit.txt"
+    return (p.read_text().strip() or "unknown") if p.exists() else "unknown"
+
+
 def run_one(data: dict, noise: str, method: str, opts: dict, seed: int, init: str, work: Path) -> dict:
     from labelfix.bench.baselines import predict_probs
     from labelfix.bench.runner import aligned_test, parse_noise
@@ -130,14 +136,16 @@ def run_one(data: dict, noise: str, method: str, opts: dict, seed: int, init: st
         t0 = time.perf_counter()
         train(TrainConfig(data=str(folder / "data"), out=str(out), seed=seed, **budget(init), **opts), log=lambda s: None)
         (out / "bench_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        (out / "bench_commit.txt").write_text(_head_commit() + "\n")
     test = aligned_test(data["test"], clean)
     probs = predict_probs(out / "checkpoints" / "last.pt", test, batch_size=128)
     groups = class_groups((true == 1).sum(0), clean.num_images, "tertile")
     rep = map_report(np.nan_to_num(probs, nan=0.0), np.asarray(test.labels), groups)
     row = {"noise": noise, "method": method, "seed": seed, "map": rep["map"],
            "seconds": float((out / "bench_seconds.txt").read_text()),
-           # the code state that trained it: rows of one table can come from different ones
-           "commit": _head_commit()}
+           # the code state that trained it (a finished run folder is reused, whatever trained
+           # it): rows of one table can come from different ones
+           "commit": _trained_by(out)}
     if opts.get("mix") == "balancemix" and noise != "clean":
         row["management"] = management_diagnostics(out, labels, true)
     return row

@@ -21,11 +21,12 @@ def bench_modules():
     try:
         import detection
         import discount_sweep
+        import mix_vs_bce
         import report
         import review_loop
         import review_rounds
         yield {"detection": detection, "discount_sweep": discount_sweep, "report": report,
-               "review_loop": review_loop, "review_rounds": review_rounds}
+               "review_loop": review_loop, "review_rounds": review_rounds, "mix_vs_bce": mix_vs_bce}
     finally:
         sys.path.remove(str(BENCH))
 
@@ -114,3 +115,14 @@ def test_review_rounds_summary_compares_errors_fixed_per_decision(bench_modules)
     text = bench_modules["review_rounds"].summarise(pd.DataFrame([row]), 20, 10, "cmd", 1.0)
     assert "| 0 | 100 | 30 (18 + 12) / 40 = 0.750 | 70 | 20 / 40 = 0.500 | 80 |" in text
     assert "two rounds 0.750, one round 0.500 (ratio 1.50)" in text
+
+
+def test_mix_vs_bce_rows_name_the_commit_that_trained_their_run(bench_modules, tmp_path):
+    """A reused run folder reports the commit recorded when it was trained, not the
+    current one (rows of one table can come from different code states)."""
+    m = bench_modules["mix_vs_bce"]
+    assert m._trained_by(tmp_path) == "unknown"   # a folder from before commits were recorded
+    (tmp_path / "bench_commit.txt").write_text("abc1234+dirty\n")
+    assert m._trained_by(tmp_path) == "abc1234+dirty"
+    head = m._head_commit()
+    assert head == "" or head.split("+")[0].isalnum()
