@@ -66,6 +66,15 @@ def confident_joint(given, q, *, chunk_rows: int = 65_536) -> np.ndarray:
     return joint
 
 
+def _calibrated(joint, given_counts, smoothing: float) -> np.ndarray:
+    """float64 (K, 2, 2): the joint with ``smoothing`` on its off-diagonal counts, each row
+    scaled to the class's given-label count (JAIR 2021 Eq. 2)."""
+    c = np.asarray(joint, dtype=np.float64).copy()
+    c[:, 0, 1] += smoothing
+    c[:, 1, 0] += smoothing
+    return c / c.sum(2, keepdims=True) * np.asarray(given_counts, dtype=np.float64)[:, :, None]
+
+
 def noise_rates(joint: np.ndarray, given_counts: np.ndarray, *, smoothing: float = SMOOTHING) -> np.ndarray:
     """float64 (K, 2): per class rho0 = P(y~ = 1 | y* = 0) and rho1 = P(y~ = 0 | y* = 1).
 
@@ -76,10 +85,7 @@ def noise_rates(joint: np.ndarray, given_counts: np.ndarray, *, smoothing: float
     The joint's rows are calibrated to the given-label counts (JAIR 2021 Eq. 2); a class
     without given positives (or negatives) gets rates 0 on that side.
     """
-    c = np.asarray(joint, dtype=np.float64).copy()
-    c[:, 0, 1] += smoothing
-    c[:, 1, 0] += smoothing
-    calibrated = c / c.sum(2, keepdims=True) * np.asarray(given_counts, dtype=np.float64)[:, :, None]
+    calibrated = _calibrated(joint, given_counts, smoothing)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho0 = calibrated[:, 1, 0] / (calibrated[:, 0, 0] + calibrated[:, 1, 0])
         rho1 = calibrated[:, 0, 1] / (calibrated[:, 0, 1] + calibrated[:, 1, 1])
@@ -95,12 +101,8 @@ def known_error_rate(joint: np.ndarray, given_counts: np.ndarray, *, smoothing: 
         joint: int (K, 2, 2) :func:`confident_joint`.
         given_counts: int (K, 2) :func:`given_counts`.
     """
-    c = np.asarray(joint, dtype=np.float64).copy()
-    c[:, 0, 1] += smoothing
-    c[:, 1, 0] += smoothing
-    n = np.asarray(given_counts, dtype=np.float64)
-    calibrated = c / c.sum(2, keepdims=True) * n[:, :, None]
-    total = n.sum()
+    calibrated = _calibrated(joint, given_counts, smoothing)
+    total = float(np.asarray(given_counts, dtype=np.float64).sum())
     return float((calibrated[:, 0, 1].sum() + calibrated[:, 1, 0].sum()) / total) if total > 0 else 0.0
 
 
