@@ -92,6 +92,8 @@ def collect(frame: pd.DataFrame, dataset: str, mode: str) -> pd.DataFrame:
     for (method, name), col in FLAGGING.items():
         sel = frame[(frame["method"] == method) & (frame["metric"] == name)]
         wide[col] = sel.set_index(["noise", "seed"])["value"]
+    if "commit" in frame:   # results.csv from before commits were recorded have none
+        wide["commits"] = frame.groupby(["noise", "seed"])["commit"].agg(lambda c: ", ".join(sorted(set(map(str, c)))))
     wide = wide.reset_index()
     wide.insert(0, "mode", mode)
     wide.insert(0, "dataset", dataset)
@@ -132,7 +134,19 @@ def summary(table: pd.DataFrame, folds: int = DEFAULT_FOLDS) -> str:
         lines.append(f"| {dataset} | {mode} | {noise} | {seeds} | {lf:.3f} | {cl:.3f} | {lo:.3f} | "
                      f"{d_cl.mean():+.3f} (min {d_cl.min():+.3f}) | {d_lo.mean():+.3f} (min {d_lo.min():+.3f}) | "
                      f"{'met' if ok else 'not met'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + trained_by(table)
+
+
+def trained_by(table: pd.DataFrame) -> str:
+    """One line naming the labelfix commits that trained the table's runs (finished runs
+    are reused, so a table can mix code states; "unknown": a run from before commits
+    were recorded)."""
+    commits = (sorted({c for cell in table["commits"].dropna() for c in str(cell).split(", ") if c})
+               if "commits" in table else [])
+    if not commits:
+        return ""
+    many = " (several code states: compare rows with care)" if len(commits) > 1 else ""
+    return f"\nRuns trained by labelfix commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}{many}.\n"
 
 
 def with_earlier(table: pd.DataFrame, earlier: list[pd.DataFrame]) -> pd.DataFrame:

@@ -92,19 +92,11 @@ def budget(init: str) -> dict:
 
 
 def _head_commit() -> str:
-    """The repository's HEAD commit (short; ``+dirty`` with uncommitted changes to the
-    library or this script; results files do not count), or ""."""
-    import subprocess
+    """The commit of the code that trains now (``labelfix.train.config.source_commit``,
+    ``+dirty`` also for uncommitted changes to this script), or ""."""
+    from labelfix.train.config import source_commit
 
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=30).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/labelfix", ":/benchmarks/mix_vs_bce.py")
-        return head + ("+dirty" if head and dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    return source_commit("benchmarks/mix_vs_bce.py")
 
 
 def _trained_by(out: Path) -> str:

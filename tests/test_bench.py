@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from labelfix.bench.baselines import cleanlab_issues, loss_ranking
@@ -212,12 +213,25 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
         assert "--noise mislabel:0.4" in (out / "command.txt").read_text()
         assert json.loads((out / "machine.json").read_text())["cpu_count"] >= 1
-        # rerun: every run is reused, the numbers are identical
+        # every row names the labelfix commit that trained its run (this checkout's)
+        from labelfix.train.config import source_commit
+
+        assert frame["commit"].astype(str).unique().tolist() == [source_commit() or "unknown"]
+        # rerun: every run is reused, the numbers are identical, and a reused run keeps
+        # the commit recorded when it was trained (here: as if by older code)
+        cfg_path = base / "labelfix" / "config.yaml"
+        doc = yaml.safe_load(cfg_path.read_text())
+        doc["versions"]["labelfix_commit"] = "0ld0000"
+        cfg_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         res2 = CliRunner().invoke(main, args)
         assert res2.exit_code == 0, res2.output
         again = pd.read_csv(out / "results.csv")
         keep = again["task"] != "time"
-        pd.testing.assert_frame_equal(again[keep].reset_index(drop=True), frame[keep].reset_index(drop=True))
+        pd.testing.assert_frame_equal(again[keep].drop(columns="commit").reset_index(drop=True),
+                                      frame[keep].drop(columns="commit").reset_index(drop=True))
+        by_method = again.groupby("method")["commit"].agg(set)
+        assert by_method["labelfix"] == {"0ld0000"} and by_method["cleanlab"] == {"0ld0000"}   # round 1 of it
+        assert by_method["bce"] == by_method["loss"] == {source_commit() or "unknown"}
     finally:
         torch.set_num_threads(old)
 

@@ -46,6 +46,22 @@ def test_with_earlier_adds_other_seeds_and_keeps_this_runs_rows(bench_modules):
     assert with_earlier(now, []) is now
 
 
+def test_detection_summary_names_the_commits_that_trained_its_runs(bench_modules):
+    det = bench_modules["detection"]
+
+    def rows(seed, commit):
+        return [dict(noise="flip:0.2", kind="flip", seed=seed, task="detection", method=m, metric="ap",
+                     value=v, commit=commit) for m, v in (("labelfix", 0.7), ("cleanlab", 0.6), ("loss", 0.5))]
+
+    one = det.collect(pd.DataFrame(rows(0, "abc1234") + rows(1, "abc1234")), "digits", "frozen")
+    assert one["commits"].tolist() == ["abc1234", "abc1234"]
+    assert "Runs trained by labelfix commit abc1234." in det.summary(one)
+    mixed = det.collect(pd.DataFrame(rows(0, "abc1234") + rows(1, "def5678+dirty")), "digits", "frozen")
+    assert "commits abc1234, def5678+dirty (several code states" in det.summary(mixed)
+    old = det.collect(pd.DataFrame(rows(0, "x")).drop(columns="commit"), "digits", "frozen")
+    assert "Runs trained by" not in det.summary(old)   # a results.csv from before commits were recorded
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--first-seed", "-1"], "--first-seed at least 0"),

@@ -107,6 +107,11 @@ def test_run_writes_every_file(tiny, tmp_path):
         map_report(logits[val].astype(np.float32), labels[val], np.zeros(k))["map"], rel=1e-6)
     doc = yaml.safe_load((out / "config.yaml").read_text())
     assert doc["train"]["loss"] == "role" and doc["versions"]["torch"] == torch.__version__
+    from labelfix.train.config import run_commit, source_commit
+
+    # the code that trained the run, when it runs from a git checkout (make env's editable install)
+    assert doc["versions"].get("labelfix_commit", "") == source_commit()
+    assert run_commit(out) == (source_commit() or "unknown") and run_commit(tmp_path / "nothing") == "unknown"
     assert len(doc["dataset"]["fingerprint"]) == 64
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")   # weights_only=True inside
     for key in ("model", "ema", "optimizer", "scheduler", "epoch", "global_step", "rng", "sampler",
@@ -143,8 +148,14 @@ def test_resume_after_kill_equals_uninterrupted(tiny, tmp_path):
     with pytest.raises(Stop):   # killed in the middle of epoch 2
         train(cfg_for(tiny, run, **kw), callbacks=[StopAt(1, 2)], log=quiet)
     assert _weights(run / "checkpoints" / "last.pt")["epoch"] == 1
+    doc = yaml.safe_load((run / "config.yaml").read_text())   # as if older code trained epoch 1
+    doc["versions"]["labelfix_commit"] = "0ld0000"
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
     train(cfg_for(tiny, run, resume=True, **kw), log=quiet)
     _assert_same_run(ref, run)
+    from labelfix.train.config import run_commit, source_commit
+
+    assert run_commit(run) == f"0ld0000, {source_commit() or 'unknown'}"   # both code states named
 
 
 def test_resume_after_kill_during_statistics(tiny, tmp_path, monkeypatch):

@@ -227,7 +227,9 @@ def run_bench(
             :data:`BENCH_TRAIN` (e.g. ``epochs=2``).
     Returns:
         BenchResult(results: tidy DataFrame with columns noise, kind, rate, seed, task,
-        method, source, metric, value; out; paths of the written files).
+        method, source, metric, value, commit (the labelfix commit recorded when the
+        run behind the row was trained, ``labelfix.train.config.run_commit``: a finished
+        run is reused); out; paths of the written files).
     """
     import sys
 
@@ -238,6 +240,7 @@ def run_bench(
     from labelfix.data.noise import inject_noise
     from labelfix.io import read_labels
     from labelfix.train import TrainConfig
+    from labelfix.train.config import run_commit
     from labelfix.train.metrics import class_groups, map_report
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -284,10 +287,13 @@ def run_bench(
     rows: list[dict] = []
     results_path = out / "results.csv"
 
-    def add(tag, kind, rate, seed, task, method, source, metrics: dict):
+    def add(tag, kind, rate, seed, task, method, source, metrics: dict, run_dir: Path):
+        # commit: the labelfix code that trained the run behind the numbers (a finished run
+        # is reused, so one table can hold runs of several code states)
+        commit = run_commit(run_dir)
         for k, v in metrics.items():
             rows.append(dict(noise=tag, kind=kind, rate=np.nan if rate is None else rate, seed=seed, task=task,
-                             method=method, source=source, metric=k, value=float(v)))
+                             method=method, source=source, metric=k, value=float(v), commit=commit))
 
     for kind, rate in parsed:
         tag = noise_tag(kind, rate)
@@ -310,8 +316,9 @@ def run_bench(
                 probs = predict_probs(base / m / "checkpoints" / "last.pt", test_set,
                                       batch_size=max(64, cfg.batch_size))
                 rep = map_report(np.nan_to_num(probs, nan=0.0), np.asarray(test_set.labels), groups)
-                add(tag, kind, rate, seed, "map", m, m, rep)
-                add(tag, kind, rate, seed, "time", m, m, {**secs, "test_predict_seconds": time.perf_counter() - t0})
+                add(tag, kind, rate, seed, "map", m, m, rep, base / m)
+                add(tag, kind, rate, seed, "time", m, m, {**secs, "test_predict_seconds": time.perf_counter() - t0},
+                    base / m)
                 logits_of[m] = base / m
                 log(f"[{tag} seed {seed}] {m}: test mAP {rep['map']:.2f} ({secs['train_seconds']:.0f}s"
                     f"{', reused' if reused else ''})")
@@ -326,39 +333,40 @@ def run_bench(
             clean_secs = time.perf_counter() - t0
             lf_score = np.asarray(res.issues.score)
             det = detection_metrics(noisy, true, lf_score, np.asarray(res.issues.suggested))
-            add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}", det)
+            add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}", det, base / "labelfix")
             add(tag, kind, rate, seed, "time", "labelfix", f"{loss} cv{folds}x{rounds}",
-                {**secs, "clean_seconds": clean_secs})
+                {**secs, "clean_seconds": clean_secs}, base / "labelfix")
             log(f"[{tag} seed {seed}] labelfix ({loss}, {folds} folds x {rounds} rounds): AP {det['ap']:.3f} "
                 f"F1 {det['f1']:.3f} ({secs['train_seconds']:.0f}s{', reused' if reused else ''})")
             if "loss" in baselines and "bce" in logits_of:
                 logits = np.load(base / "bce" / "stats" / "logits.npy").astype(np.float32)
                 iss = loss_ranking(noisy, logits)
                 det = detection_metrics(noisy, true, iss.score, iss.suggested)
-                add(tag, kind, rate, seed, "detection", "loss", "bce", det)
+                add(tag, kind, rate, seed, "detection", "loss", "bce", det, base / "bce")
                 log(f"[{tag} seed {seed}] loss ranking: AP {det['ap']:.3f} F1 {det['f1']:.3f}")
             if "cleanlab" in baselines:
                 cv_time = {}
                 if loss == "bce":   # the same fold models: labelfix's round 1 (its time is labelfix's)
-                    source = f"bce cv{folds} (labelfix round 1)"
+                    source, cl_run = f"bce cv{folds} (labelfix round 1)", base / "labelfix"
                     probs_logits = np.load(base / "labelfix" / "stats" / "round1" / "logits.npy")
                 else:
                     cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=CLEANLAB_LOSS,
                                          mix="none", seed=seed, folds=folds, rounds=1, fold_workers=fold_workers,
                                          **train_cfg)
                     cv_time = {"cv_seconds": _train_once(cv_cfg, quiet)[0]["train_seconds"]}
-                    source = f"{CLEANLAB_LOSS} cv{folds}"
+                    source, cl_run = f"{CLEANLAB_LOSS} cv{folds}", base / "cleanlab_cv"
                     probs_logits = np.load(base / "cleanlab_cv" / "stats" / "logits.npy")
                 t1 = time.perf_counter()
                 iss = cleanlab_issues(noisy, sigmoid(np.asarray(probs_logits, dtype=np.float32)))
                 cl_secs = time.perf_counter() - t1
                 det = detection_metrics(noisy, true, iss.score, iss.suggested, image_score=iss.image_score,
                                         image_flagged=iss.image_flagged)
-                add(tag, kind, rate, seed, "detection", "cleanlab", source, det)
+                add(tag, kind, rate, seed, "detection", "cleanlab", source, det, cl_run)
                 # labelfix flagging by its score down to cleanlab's recall: precision there
                 add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}",
-                    {"precision_at_cleanlab_recall": precision_at_recall(noisy, true, lf_score, det["recall"])})
-                add(tag, kind, rate, seed, "time", "cleanlab", source, {**cv_time, "clean_seconds": cl_secs})
+                    {"precision_at_cleanlab_recall": precision_at_recall(noisy, true, lf_score, det["recall"])},
+                    base / "labelfix")
+                add(tag, kind, rate, seed, "time", "cleanlab", source, {**cv_time, "clean_seconds": cl_secs}, cl_run)
                 log(f"[{tag} seed {seed}] cleanlab ({source}): AP {det['ap']:.3f} F1 {det['f1']:.3f}")
             atomic.write_csv(results_path, pd.DataFrame(rows))   # partial results after every seed
 

@@ -201,7 +201,7 @@ def check_resume_compatible(saved, given, out: Path):
 def write_run_files(t) -> None:
     """The run directory's label set, split and ``config.yaml`` (rank 0; the label set
     and split only for a new run)."""
-    from labelfix.train.config import run_config_document
+    from labelfix.train.config import write_run_config
 
     if not t.dist.is_main:
         return
@@ -214,4 +214,4 @@ def write_run_files(t) -> None:
              "train_images": int(t.train_rows.size), "val_images": int(t.val_rows.size),
              "source": str(t.labelset.source.get("path", t.cfg.data)),
              "mixing": t.mixer.settings(), "weights": t.weights_info}
-    atomic.write_text(t.out / "config.yaml", run_config_document(t.cfg, t.fingerprint, extra))
+    write_run_config(t.cfg, t.fingerprint, extra)

@@ -303,14 +303,79 @@ def _package_versions() -> dict[str, str]:
         lf = version("labelfix")
     except Exception:  # not installed (running from a checkout)
         lf = "unknown"
+    out = {"labelfix": lf}
+    commit = source_commit()
+    if commit:
+        out["labelfix_commit"] = commit
     return {
-        "labelfix": lf,
+        **out,
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "timm": str(timm.__version__),
         "numpy": str(numpy.__version__),
         "scikit-learn": str(sklearn.__version__),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def source_commit(*also: str) -> str:
+    """The git commit of the labelfix source this process runs, when it runs from a git
+    checkout (an editable install, as ``make env`` makes): the short HEAD, with
+    ``+dirty`` when tracked files under ``labelfix/`` (or the repository paths ``also``,
+    e.g. a benchmark script) have uncommitted changes. "" for an installed wheel or
+    without git. Recorded in every run's ``config.yaml`` (``versions.labelfix_commit``),
+    so that a result can name the code that trained it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists() or not (root / "labelfix" / "__init__.py").exists():
+        return ""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "labelfix", *also) if head else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
+def _recorded_commits(run_dir: Path) -> list[str]:
+    """The labelfix commits ``RUN/config.yaml`` records, oldest first ([] if none)."""
+    try:
+        doc = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    versions = (doc.get("versions") if isinstance(doc, dict) else None) or {}
+    history = versions.get("labelfix_commits") or [versions.get("labelfix_commit")]
+    return [str(c) for c in history if c]
+
+
+def run_commit(run_dir: str | Path) -> str:
+    """The labelfix commit recorded in ``RUN/config.yaml`` when the run was trained
+    (:func:`source_commit`); for a run resumed by other code, every commit that trained
+    it, oldest first, joined by ", "; "unknown" for a run from before commits were
+    recorded, or trained from an installed wheel."""
+    return ", ".join(_recorded_commits(Path(run_dir))) or "unknown"
+
+
+def write_run_config(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> None:
+    """Write ``RUN/config.yaml`` (:func:`run_config_document`) into ``cfg.out``. A resumed
+    run keeps the commits that trained it before (``versions.labelfix_commits``, when
+    they differ from the current one)."""
+    from labelfix.io import atomic
+
+    out = Path(cfg.out)
+    doc = yaml.safe_load(run_config_document(cfg, fingerprint, extra))
+    history = _recorded_commits(out) if cfg.resume else []
+    if history:
+        current = doc["versions"].get("labelfix_commit") or "unknown"
+        commits = history if history[-1] == current else history + [current]
+        if len(commits) > 1:
+            doc["versions"]["labelfix_commits"] = commits
+    atomic.write_text(out / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
 
 
 def run_config_document(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str:

@@ -48,7 +48,7 @@ from labelfix.io import atomic
 from labelfix.labels import POS, UNK, LabelSet
 
 from labelfix.train import stats as stats_mod
-from labelfix.train.config import TrainConfig, read_run_config, run_config_document
+from labelfix.train.config import TrainConfig, read_run_config, write_run_config
 from labelfix.train.data import HELD_OUT
 from labelfix.train.foldpool import FoldJob
 
@@ -175,7 +175,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             extra = {"images": int(labelset.num_images), "classes": int(labelset.num_classes),
                      "folds": [int((folds == f).sum()) for f in range(k)],
                      "source": str(labelset.source.get("path", cfg.data))}
-            atomic.write_text(out / "config.yaml", run_config_document(cfg, labelset.fingerprint(), extra))
+            write_run_config(cfg, labelset.fingerprint(), extra)
         given = np.asarray(labelset.labels)
         train_rows = np.flatnonzero(folds >= 0)
         trusted = trusted_cells(labelset, train_rows)
