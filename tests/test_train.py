@@ -158,32 +158,43 @@ def test_resume_after_kill_equals_uninterrupted(tiny, tmp_path):
     assert run_commit(run) == f"0ld0000, {source_commit() or 'unknown'}"   # both code states named
 
 
-def test_resume_after_kill_during_statistics(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kw, kill_epoch", [
+    ({}, 0),
+    # BalanceMix after its warm-up: the epoch's steps counted cell states and re-labeling
+    # views, which the re-done end of epoch must still report
+    (dict(mix="balancemix", balancemix_warmup=1, balancemix_refine="batch", randaugment=True, epochs=3), 1),
+])
+def test_resume_after_kill_during_statistics(tiny, tmp_path, monkeypatch, kw, kill_epoch):
     """Killed after the checkpoint but while the stats pass ran: the epoch is finalized on
-    resume and counted once in loss_mean."""
+    resume, counted once in loss_mean, and its metrics row is the uninterrupted run's."""
     ref = tmp_path / "ref"
-    train(cfg_for(tiny, ref), log=quiet)
+    train(cfg_for(tiny, ref, **kw), log=quiet)
     run = tmp_path / "run"
     from labelfix.train import evaluate
 
     original = evaluate.finalize_epoch
 
     def dying(trainer, epoch, info, record_mean):
-        if epoch == 0:
+        if epoch == kill_epoch:
             original(trainer, epoch, info, record_mean)
             # simulate a kill after loss_mean was updated but before "complete"
             from labelfix.train.stats import write_state
 
-            write_state(trainer.out / "stats", 1, 0, complete=False)
+            write_state(trainer.out / "stats", epoch + 1, epoch, complete=False)
             raise Stop
         return original(trainer, epoch, info, record_mean)
 
     monkeypatch.setattr(evaluate, "finalize_epoch", dying)
     with pytest.raises(Stop):
-        train(cfg_for(tiny, run), log=quiet)
+        train(cfg_for(tiny, run, **kw), log=quiet)
     monkeypatch.setattr(evaluate, "finalize_epoch", original)
-    train(cfg_for(tiny, run, resume=True), log=quiet)
+    train(cfg_for(tiny, run, resume=True, **kw), log=quiet)
     _assert_same_run(ref, run)
+    ma, mb = pd.read_csv(ref / "metrics.csv"), pd.read_csv(run / "metrics.csv")
+    assert list(ma.columns) == list(mb.columns)
+    counts = [c for c in ma.columns if c.startswith(("cells_", "relabel_", "rescored_"))]
+    assert bool(kw) == bool(counts)
+    pd.testing.assert_frame_equal(ma[counts], mb[counts])
 
 
 def test_config_file_round_trip(tiny, tmp_path):

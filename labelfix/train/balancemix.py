@@ -259,11 +259,17 @@ class BalanceMixMixer(Mixer):
         return int(todo.size)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "pair_generator": self.pair_generator.get_state()}
+        # the epoch's counts too: the checkpoint is written before the end of the epoch,
+        # which a resumed run re-does when a kill interrupted it (evaluate.resume_finalize)
+        return {**super().state_dict(), "pair_generator": self.pair_generator.get_state(),
+                "counts": self.counts.tolist(), "views_scored": self.views_scored.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.pair_generator.set_state(state["pair_generator"])
+        # checkpoints from before the counts were saved: the epoch's counts start at 0
+        self.counts[:] = state.get("counts", 0)
+        self.views_scored[:] = state.get("views_scored", 0)
 
 
 __all__ = ["AMBIGUOUS", "CLEAN", "DEFAULT_WARMUP", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability",
