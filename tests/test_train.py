@@ -151,9 +151,12 @@ def test_resume_after_kill_equals_uninterrupted(tiny, tmp_path):
     doc = yaml.safe_load((run / "config.yaml").read_text())   # as if older code trained epoch 1
     doc["versions"]["labelfix_commit"] = "0ld0000"
     (run / "config.yaml").write_text(yaml.safe_dump(doc))
-    train(cfg_for(tiny, run, resume=True, **kw), log=quiet)
+    lines = []
+    train(cfg_for(tiny, run, resume=True, **kw), log=lines.append)
     _assert_same_run(ref, run)
     from labelfix.train.config import run_commit, source_commit
+
+    assert sum("trained so far by labelfix 0ld0000 and is resumed by" in x for x in lines) == 1
 
     assert run_commit(run) == f"0ld0000, {source_commit() or 'unknown'}"   # both code states named
 

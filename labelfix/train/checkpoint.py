@@ -214,4 +214,6 @@ def write_run_files(t) -> None:
              "train_images": int(t.train_rows.size), "val_images": int(t.val_rows.size),
              "source": str(t.labelset.source.get("path", t.cfg.data)),
              "mixing": t.mixer.settings(), "weights": t.weights_info}
-    write_run_config(t.cfg, t.fingerprint, extra)
+    note = write_run_config(t.cfg, t.fingerprint, extra)
+    if note:
+        t.log(note)

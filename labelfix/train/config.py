@@ -361,21 +361,27 @@ def run_commit(run_dir: str | Path) -> str:
     return ", ".join(_recorded_commits(Path(run_dir))) or "unknown"
 
 
-def write_run_config(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> None:
+def write_run_config(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str | None:
     """Write ``RUN/config.yaml`` (:func:`run_config_document`) into ``cfg.out``. A resumed
     run keeps the commits that trained it before (``versions.labelfix_commits``, when
-    they differ from the current one)."""
+    they differ from the current one). Returns a note for the log when this resume runs
+    other code than the run's last training, else None."""
     from labelfix.io import atomic
 
     out = Path(cfg.out)
     doc = yaml.safe_load(run_config_document(cfg, fingerprint, extra))
     history = _recorded_commits(out) if cfg.resume else []
+    note = None
     if history:
         current = doc["versions"].get("labelfix_commit") or "unknown"
         commits = history if history[-1] == current else history + [current]
         if len(commits) > 1:
             doc["versions"]["labelfix_commits"] = commits
+        if history[-1] != current:
+            note = (f"note: {out} was trained so far by labelfix {history[-1]} and is resumed by {current}: "
+                    f"its results mix two code states (config.yaml lists both)")
     atomic.write_text(out / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
+    return note
 
 
 def run_config_document(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str:

@@ -175,7 +175,9 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             extra = {"images": int(labelset.num_images), "classes": int(labelset.num_classes),
                      "folds": [int((folds == f).sum()) for f in range(k)],
                      "source": str(labelset.source.get("path", cfg.data))}
-            write_run_config(cfg, labelset.fingerprint(), extra)
+            note = write_run_config(cfg, labelset.fingerprint(), extra)
+            if note:
+                say(note)
         given = np.asarray(labelset.labels)
         train_rows = np.flatnonzero(folds >= 0)
         trusted = trusted_cells(labelset, train_rows)
