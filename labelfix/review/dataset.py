@@ -10,7 +10,8 @@ labels that read "+ dog" / "- dog"):
 - ``negatives``: the given explicit negatives (Classifications). Only written when the
   label matrix has unknown cells; in an exhaustive (plain COCO) dataset every absent
   class is negative, so the field would only repeat ``ground_truth``'s complement.
-- ``predictions``: model probabilities sigmoid(stats/logits) as Classifications, each
+- ``predictions``: the probabilities ``labelfix clean`` judged the cells with
+  (sigmoid of ``labelfix.cleaning.clean_run.held_out_logits``) as Classifications, each
   with a ``logit`` attribute, and the sample's full logit vector (K,) in
   ``predictions.logits``. At most ``max_predictions`` per sample (the most probable).
 - ``suggestions``: one Classification per row of corrections.csv, label ``"+ <class>"``
@@ -516,7 +517,9 @@ def build_review_dataset(
 
     ls = run.labelset
     sugg = suggestion_rows(run)
-    logits = run.stat("logits")
+    from labelfix.cleaning.clean_run import held_out_logits
+
+    logits = held_out_logits(run)
     n = ls.num_images
     class_names = ls.class_names
     run_path = str(run.path.resolve())
