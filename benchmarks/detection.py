@@ -151,11 +151,13 @@ def trained_by(table: pd.DataFrame) -> str:
 
 def with_earlier(table: pd.DataFrame, earlier: list[pd.DataFrame]) -> pd.DataFrame:
     """``table`` with the rows of earlier runs' results of the same settings and other seeds
-    (a row of a seed this run also has is this run's)."""
+    (a row of a seed this run also has is this run's; of two earlier results with the same
+    setting and seed, the one named later)."""
     keys = ["dataset", "mode", "noise", "seed"]
     if not earlier:
         return table
-    old = pd.concat(earlier, ignore_index=True).merge(table[keys[:3]].drop_duplicates(), on=keys[:3])
+    old = pd.concat(earlier, ignore_index=True).drop_duplicates(keys, keep="last")
+    old = old.merge(table[keys[:3]].drop_duplicates(), on=keys[:3])
     old = old.merge(table[keys], on=keys, how="left", indicator=True)
     old = old[old.pop("_merge") == "left_only"]
     both = pd.concat([old, table], ignore_index=True)
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--include-results", action="append", default=[], metavar="DIR",
                     help="an earlier detection.py output folder whose results.csv rows (other seeds) join the "
-                         "summary; repeatable")
+                         "summary; repeatable (a later folder's row replaces an earlier one's of the same setting and seed)")
     ap.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="cross-fitting folds of labelfix (and cleanlab)")
     ap.add_argument("--fold-workers", type=int, default=1,
                     help="fold models trained side by side on the CPU (labelfix train --fold-workers; "

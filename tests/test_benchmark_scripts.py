@@ -44,6 +44,10 @@ def test_with_earlier_adds_other_seeds_and_keeps_this_runs_rows(bench_modules):
     # setting this run does not have stays out
     assert both[["noise", "seed", "labelfix"]].values.tolist() == [["flip:0.2", 0, 0.5], ["flip:0.2", 1, 0.7]]
     assert with_earlier(now, []) is now
+    # two earlier folders with the same setting and seed (a re-run): the one named later wins
+    rerun = pd.DataFrame([_row(0, 0.6)])
+    both = with_earlier(now, [earlier, rerun])
+    assert both[["noise", "seed", "labelfix"]].values.tolist() == [["flip:0.2", 0, 0.6], ["flip:0.2", 1, 0.7]]
 
 
 def test_detection_summary_names_the_commits_that_trained_its_runs(bench_modules):
