@@ -283,6 +283,7 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     from labelfix.cleaning.clean_run import known_judge_logits
 
     judge = (round1 + held) / 2
+    assert any("judged by the mean of all 2 rounds' held-out logits" in n for n in res.notes)
     np.testing.assert_allclose(score[~unk], np.abs((given == 1) - 1 / (1 + np.exp(-judge)))[~unk], atol=1e-3)
     assert not np.allclose(judge[~unk], held[~unk], atol=1e-2)
     assert _json.loads((out / "stats" / "state.json").read_text())["out_of_sample"] and folds.max() == 1
@@ -299,6 +300,7 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     doc["train"].update(frozen=False, weights=None, pretrained=False)
     (scratch / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     np.testing.assert_array_equal(np.asarray(known_judge_logits(Run(scratch))[:]), np.load(out / "stats" / "logits.npy"))
+    assert not any("rounds' held-out logits" in n for n in clean_run(scratch, report=False, neighbours=0).notes)
     np.testing.assert_allclose(np.asarray(known_judge_logits(Run(out))[:]), judge, rtol=1e-6)
 
 

@@ -116,10 +116,17 @@ def known_judge_logits(run: Run):
     labels better (AP, frozen / fine-tuned: flip 20 % +0.019 / +0.041, mislabel 40 %
     -0.004 / +0.011); a model learning from random weights is a weak judge in round 1,
     which round 2 improves on (demo recipe, seed 0: 0.554 last round, 0.548 the mean)."""
-    rounds = int(run.stats_state.get("rounds") or 1)
-    if run.stats_state.get("out_of_sample") and rounds > 1 and pretrained_start(run):
+    rounds = judged_by_rounds(run)
+    if rounds:
         return MeanOf([run.stat("logits", round=r) for r in range(1, rounds + 1)])
     return run.stat("logits")
+
+
+def judged_by_rounds(run: Run) -> int:
+    """How many cross-fitting rounds' held-out logits :func:`known_judge_logits` averages
+    (0: the run's ``stats/logits.npy`` alone)."""
+    rounds = int(run.stats_state.get("rounds") or 1)
+    return rounds if run.stats_state.get("out_of_sample") and rounds > 1 and pretrained_start(run) else 0
 
 
 def held_out_logits(run: Run):
@@ -358,6 +365,9 @@ def clean_run(
     notes = _stats_notes(run)
     others = _other_runs(with_runs)
     evidence = run_evidence(run, others)
+    if judged_by_rounds(run):
+        notes.append(f"known cells judged by the mean of all {judged_by_rounds(run)} rounds' held-out logits "
+                     f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')")
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "
                      f"{', '.join(str(o.path) for o in others)}")
