@@ -283,7 +283,7 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     from labelfix.cleaning.clean_run import known_judge_logits
 
     judge = (round1 + held) / 2
-    assert any("judged by the mean of all 2 rounds' held-out logits" in n for n in res.notes)
+    assert any("judged by the mean of the 2 rounds' held-out logits" in n for n in res.notes)
     np.testing.assert_allclose(score[~unk], np.abs((given == 1) - 1 / (1 + np.exp(-judge)))[~unk], atol=1e-3)
     assert not np.allclose(judge[~unk], held[~unk], atol=1e-2)
     assert _json.loads((out / "stats" / "state.json").read_text())["out_of_sample"] and folds.max() == 1

@@ -366,7 +366,7 @@ def clean_run(
     others = _other_runs(with_runs)
     evidence = run_evidence(run, others)
     if judged_by_rounds(run):
-        notes.append(f"known cells judged by the mean of all {judged_by_rounds(run)} rounds' held-out logits "
+        notes.append(f"known cells judged by the mean of the {judged_by_rounds(run)} rounds' held-out logits "
                      f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')")
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "
