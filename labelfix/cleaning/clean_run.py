@@ -365,8 +365,9 @@ def clean_run(
     notes = _stats_notes(run)
     others = _other_runs(with_runs)
     evidence = run_evidence(run, others)
-    if judged_by_rounds(run):
-        notes.append(f"known cells judged by the mean of the {judged_by_rounds(run)} rounds' held-out logits "
+    rounds = judged_by_rounds(run)
+    if rounds:
+        notes.append(f"known cells judged by the mean of the {rounds} rounds' held-out logits "
                      f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')")
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "

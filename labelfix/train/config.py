@@ -303,12 +303,10 @@ def _package_versions() -> dict[str, str]:
         lf = version("labelfix")
     except Exception:  # not installed (running from a checkout)
         lf = "unknown"
-    out = {"labelfix": lf}
     commit = source_commit()
-    if commit:
-        out["labelfix_commit"] = commit
     return {
-        **out,
+        "labelfix": lf,
+        **({"labelfix_commit": commit} if commit else {}),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "timm": str(timm.__version__),
@@ -362,14 +360,14 @@ def run_commit(run_dir: str | Path) -> str:
 
 
 def write_run_config(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str | None:
-    """Write ``RUN/config.yaml`` (:func:`run_config_document`) into ``cfg.out``. A resumed
+    """Write ``RUN/config.yaml`` (:func:`run_config_content`) into ``cfg.out``. A resumed
     run keeps the commits that trained it before (``versions.labelfix_commits``, when
     they differ from the current one). Returns a note for the log when this resume runs
     other code than the run's last training, else None."""
     from labelfix.io import atomic
 
     out = Path(cfg.out)
-    doc = yaml.safe_load(run_config_document(cfg, fingerprint, extra))
+    doc = run_config_content(cfg, fingerprint, extra)
     history = _recorded_commits(out) if cfg.resume else []
     note = None
     if history:
@@ -384,19 +382,18 @@ def write_run_config(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] |
     return note
 
 
-def run_config_document(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> str:
-    """The text of ``RUN/config.yaml``: ``train`` (all options), ``versions``, ``dataset``.
+def run_config_content(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any] | None = None) -> dict:
+    """The content of ``RUN/config.yaml``: ``train`` (all options), ``versions``, ``dataset``.
 
     Paths are stored so that a copied or moved run still resumes: every path absolute,
     except paths inside the run directory, relative to it; ``out`` (where the run was
     written) is informational: :func:`read_run_config` replaces it with the folder the
     config was read from."""
-    doc = {
+    return {
         "train": _portable_paths(cfg.to_dict()),
         "versions": package_versions(),
         "dataset": {"fingerprint": fingerprint, **(extra or {})},
     }
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def _portable_paths(values: dict[str, Any]) -> dict[str, Any]:
