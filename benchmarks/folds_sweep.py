@@ -9,8 +9,10 @@ reviewer checks), and the training seconds. K is chosen on seed 0 (where the oth
 defaults were chosen) and reported on seeds 1 and 2.
 
 Run: ``python benchmarks/folds_sweep.py [--grid 3x20:0,1,2;4x20:0,1,2;4x14:0,1,2;2x20:0;5x20:0]
-[--name folds_sweep]``. ``KxE/W`` trains W fold models at a time (``--fold-workers W``,
-default 1). Writes ``benchmarks/results/<name>.json`` and ``.md`` after every run.
+[--name folds_sweep] [--set KEY=VALUE ...]``. ``KxE/W`` trains W fold models at a time
+(``--fold-workers W``, default 1); ``--set`` changes one more field of the recipe
+(``labelfix.train.TrainConfig``; the value is read as YAML, e.g. ``--set
+prior_bias=false``). Writes ``benchmarks/results/<name>.json`` and ``.md`` after every run.
 """
 
 from __future__ import annotations
@@ -41,7 +43,20 @@ def parse_grid(text: str) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def run_one(work: Path, k: int, epochs: int, seed: int, workers: int = 1) -> dict:
+def parse_sets(items: list[str]) -> dict:
+    """["key=value", ...] -> {key: YAML value}."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def run_one(work: Path, k: int, epochs: int, seed: int, workers: int = 1, overrides: dict | None = None) -> dict:
     from labelfix.bench.metrics import average_precision, error_cells
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.demo import make_demo
@@ -59,7 +74,8 @@ def run_one(work: Path, k: int, epochs: int, seed: int, workers: int = 1) -> dic
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
     train(TrainConfig(data=str(data / "train_mislabel.json"), out=str(run), epochs=epochs, seed=seed,
-                      **dict(DEMO_TRAIN, folds=k, fold_workers=workers)), log=lambda s: None)
+                      **dict(DEMO_TRAIN, folds=k, fold_workers=workers, **(overrides or {}))).validate(),
+          log=lambda s: None)
     seconds = time.perf_counter() - t0
     res = clean_run(run, report=False)
     corr = res.corrections
@@ -69,7 +85,7 @@ def run_one(work: Path, k: int, epochs: int, seed: int, workers: int = 1) -> dic
     right = truth[rows, cols] == corr["suggested"].to_numpy()
     given = np.asarray(read_labels(data / "train_mislabel.json").labels)
     ap = average_precision(error_cells(given, truth), np.asarray(res.issues.score))
-    return {"folds": k, "epochs": epochs, "fold_workers": workers, "seed": seed, "ap": ap,
+    return {"folds": k, "epochs": epochs, "fold_workers": workers, "set": dict(overrides or {}), "seed": seed, "ap": ap,
             "top300_precision": float(right[:300].mean()),
             "top600_precision": float(right[:600].mean()), "suggestions": int(len(corr)),
             "train_seconds": seconds}
@@ -78,7 +94,8 @@ def run_one(work: Path, k: int, epochs: int, seed: int, workers: int = 1) -> dic
 def summarise(rows: list[dict]) -> str:
     def label(r):   # rows written before fold workers existed trained one fold at a time
         w = r.get("fold_workers", 1)
-        return f"{r['folds']} x {r['epochs']}" + (f", {w} at a time" if w > 1 else "")
+        return (f"{r['folds']} x {r['epochs']}" + (f", {w} at a time" if w > 1 else "")
+                + "".join(f", {key}={value}" for key, value in r.get("set", {}).items()))
 
     lines = ["# Cross-fitting folds and epochs (demo recipe, mislabel 40 %)", "",
              "| folds x epochs | seed | error AP | top-300 precision | top-600 precision | train s |",
@@ -104,17 +121,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default=DEFAULT_GRID, help="KxE[/W]:seeds;... (default: %(default)s)")
     ap.add_argument("--name", default="folds_sweep", help="results file stem in benchmarks/results/")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more TrainConfig field of the recipe (YAML value); repeatable")
     args = ap.parse_args(argv)
+    overrides = parse_sets(args.set)
     t0 = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, e, w, seed in parse_grid(args.grid):
-            rows.append(run_one(Path(tmp), k, e, seed, w))
+            rows.append(run_one(Path(tmp), k, e, seed, w, overrides))
             print(json.dumps(rows[-1]), flush=True)
             atomic.write_json(HERE / "results" / f"{args.name}.json", {
                 "command": "python benchmarks/folds_sweep.py" + ("" if args.grid == DEFAULT_GRID
                                                                   else f" --grid '{args.grid}'")
-                + ("" if args.name == "folds_sweep" else f" --name {args.name}"),
+                + ("" if args.name == "folds_sweep" else f" --name {args.name}")
+                + "".join(f" --set {item}" for item in args.set),
                 "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
                 "rows": rows, "wall_seconds": time.perf_counter() - t0})
             atomic.write_text(HERE / "results" / f"{args.name}.md", summarise(rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -282,3 +283,46 @@ def test_weights_file_errors(tmp_path):
         create_model("test_resnet", "linear", num_classes=3, weights=tmp_path / "junk.pth")
     with pytest.raises(LabelfixError, match="not found"):
         create_model("test_resnet", "linear", num_classes=3, weights=tmp_path / "none.pth")
+
+
+def test_class_prior_counts_known_cells_or_unknown_as_negative():
+    from labelfix.models.prior import class_prior
+
+    y = np.array([[1, 0, -1], [1, -1, -1], [0, 0, -1], [-1, 0, 1]], dtype=np.int8)
+    # known cells only: (pos + 1) / (known + 2)
+    assert np.allclose(class_prior(y, unknown_as_negative=False), [3 / 5, 1 / 5, 2 / 3])
+    # unknown cells count as negatives: (pos + 1) / (N + 2)
+    assert np.allclose(class_prior(y, unknown_as_negative=True), [3 / 6, 1 / 6, 2 / 6])
+    assert np.allclose(class_prior(y, [0, 2], unknown_as_negative=False), [2 / 4, 1 / 4, 1 / 2])
+
+
+@pytest.mark.parametrize("head", ["linear", "q2l", "mldecoder"])
+def test_output_bias_initialised_from_priors_moves_every_logit(head):
+    """init_output_bias writes logit(prior) into the head's bias, and that bias is added to
+    the logits: every image's logits move by exactly the change of the bias."""
+    from labelfix.models.prior import init_output_bias
+
+    model = _model(head)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        before, old = model(x), model.head.output_bias.detach().clone()
+    prior = np.linspace(0.02, 0.9, K)
+    init_output_bias(model.head, prior)
+    assert torch.allclose(model.head.output_bias, torch.log(torch.tensor(prior / (1 - prior), dtype=torch.float32)))
+    with torch.no_grad():
+        after = model(x)
+    assert torch.allclose(after - before, (model.head.output_bias - old).expand_as(after), atol=1e-5)
+
+
+def test_output_bias_errors():
+    from labelfix.models.prior import init_output_bias
+
+    class NoBias(nn.Module):
+        pass
+
+    with pytest.raises(LabelfixError, match="NoBias: no output_bias.*--no-prior-bias"):
+        init_output_bias(NoBias(), [0.5])
+    with pytest.raises(LabelfixError, match=r"expected \(7,\) values in \(0, 1\)"):
+        init_output_bias(_model("linear").head, [0.5, 0.5])
+    with pytest.raises(LabelfixError, match="in \\(0, 1\\)"):
+        init_output_bias(_model("linear").head, np.r_[1.0, np.full(K - 1, 0.5)])

@@ -415,3 +415,38 @@ def test_channels_last_on_the_cpu_only_when_asked(tiny, tmp_path, asked):
     conv = next(m for m in t.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == bool(asked)
     assert np.isfinite(np.load(tmp_path / "run" / "stats" / "logits.npy").astype(np.float32)).all()
+
+
+def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
+    """The head's output bias starts at logit(each class's positive share in the training
+    rows) (--prior-bias, the default); --no-prior-bias keeps the head's own init; a head
+    loaded from a --weights file is not overwritten."""
+    from labelfix.models.prior import class_prior
+
+    def built(**kw):
+        t = Trainer(cfg_for(tiny, tmp_path / "run", **kw).validate(), log=quiet)
+        t._prepare_data()
+        t._build()
+        return t
+
+    t = built()
+    labels = np.asarray(t.labels)
+    expected = class_prior(labels, t.train_rows, unknown_as_negative=False)
+    assert np.allclose(torch.sigmoid(t.model.head.output_bias).detach().numpy(), expected, atol=1e-6)
+    assert expected.std() > 0.05   # the classes' frequencies differ: a constant bias would not pass
+    # with unknown cells, a loss that trains them as negatives counts them as negatives
+    from labelfix.data.noise import write_noisy_coco
+    from labelfix.io import read_labels
+
+    partial, _, _ = write_noisy_coco(read_labels(tiny["train"]), "missing", 0.5, 0, tmp_path / "partial.json")
+    for loss, as_negative in (("bce", False), ("an", True)):
+        p = built(data=str(partial), loss=loss)
+        assert (np.asarray(p.labels) == -1).any()
+        prior = class_prior(np.asarray(p.labels), p.train_rows, unknown_as_negative=as_negative)
+        assert np.allclose(torch.sigmoid(p.model.head.output_bias).detach().numpy(), prior, atol=1e-6)
+    assert not np.allclose(prior, class_prior(np.asarray(p.labels), p.train_rows, unknown_as_negative=False))
+    plain = built(prior_bias=False)
+    assert not np.allclose(torch.sigmoid(plain.model.head.output_bias).detach().numpy(), expected, atol=1e-3)
+    torch.save(plain.model.state_dict(), tmp_path / "full.pt")
+    loaded = built(weights=str(tmp_path / "full.pt"))
+    assert torch.equal(loaded.model.head.output_bias, plain.model.head.output_bias)

@@ -77,7 +77,8 @@ class MultiLabelModel(nn.Module):
     ``forward(x)``: x float (B, 3, H, W), any memory format -> logits float (B, K).
     Feature maps in NHWC layout (timm models with ``output_fmt == "NHWC"``) are
     permuted to NCHW before the head. ``weights_report``: the :class:`WeightsReport` of
-    the ``weights=FILE`` that ``create_model`` loaded, else None.
+    the ``weights=FILE`` that ``create_model`` loaded, else None; ``head_from_weights``:
+    whether that file's head was loaded too (same head and classes).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, config: dict[str, Any]):
@@ -86,6 +87,7 @@ class MultiLabelModel(nn.Module):
         self.head = head
         self.config = dict(config)
         self.weights_report: WeightsReport | None = None
+        self.head_from_weights = False   # load_weights loaded the head too
         self._nhwc = bool(getattr(head, "feature_map", False)) and (
             getattr(backbone, "output_fmt", "NCHW") == "NHWC"
         )
@@ -163,6 +165,7 @@ def load_weights(model: MultiLabelModel, path: str | Path, *,
     own = model.head.state_dict()
     if head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
         model.head.load_state_dict(head, strict=True)
+        model.head_from_weights = True
     else:
         _logger.info("%s: head weights not loaded (different head or classes); head is freshly initialised", path)
     return report

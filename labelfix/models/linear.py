@@ -27,5 +27,10 @@ class LinearHead(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes)
 
+    @property
+    def output_bias(self) -> nn.Parameter:
+        """float (K,): the bias added to the logits (``labelfix.models.prior``)."""
+        return self.fc.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(x))

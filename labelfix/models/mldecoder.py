@@ -86,6 +86,11 @@ class MLDecoderHead(nn.Module):
         nn.init.xavier_normal_(self.group_fc_weight)
         nn.init.zeros_(self.group_fc_bias)
 
+    @property
+    def output_bias(self) -> nn.Parameter:
+        """float (K,): the bias added to the logits (``labelfix.models.prior``)."""
+        return self.group_fc_bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.flatten(2).transpose(1, 2) if x.dim() == 4 else x  # (B, L, C)
         memory = F.relu(self.embed(tokens))  # (B, L, D)

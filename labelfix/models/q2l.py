@@ -155,6 +155,11 @@ class Query2LabelHead(nn.Module):
         nn.init.uniform_(self.fc_weight, -bound, bound)
         nn.init.uniform_(self.fc_bias, -bound, bound)
 
+    @property
+    def output_bias(self) -> nn.Parameter:
+        """float (K,): the bias added to the logits (``labelfix.models.prior``)."""
+        return self.fc_bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
             h, w = x.shape[-2:]
