@@ -418,13 +418,13 @@ def test_channels_last_on_the_cpu_only_when_asked(tiny, tmp_path, asked):
 
 
 def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
-    """The head's output bias starts at logit(each class's positive share in the training
-    rows) (--prior-bias, the default); --no-prior-bias keeps the head's own init; a head
+    """With --prior-bias the head's output bias starts at logit(each class's positive share
+    in the training rows); by default (--no-prior-bias) the head keeps its own init; a head
     loaded from a --weights file is not overwritten."""
     from labelfix.models.prior import class_prior
 
     def built(**kw):
-        t = Trainer(cfg_for(tiny, tmp_path / "run", **kw).validate(), log=quiet)
+        t = Trainer(cfg_for(tiny, tmp_path / "run", **{"prior_bias": True, **kw}).validate(), log=quiet)
         t._prepare_data()
         t._build()
         return t
@@ -445,7 +445,10 @@ def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
         prior = class_prior(np.asarray(p.labels), p.train_rows, unknown_as_negative=as_negative)
         assert np.allclose(torch.sigmoid(p.model.head.output_bias).detach().numpy(), prior, atol=1e-6)
     assert not np.allclose(prior, class_prior(np.asarray(p.labels), p.train_rows, unknown_as_negative=False))
-    plain = built(prior_bias=False)
+    plain = Trainer(cfg_for(tiny, tmp_path / "run").validate(), log=quiet)   # the default
+    plain._prepare_data()
+    plain._build()
+    assert plain.cfg.prior_bias is False
     assert not np.allclose(torch.sigmoid(plain.model.head.output_bias).detach().numpy(), expected, atol=1e-3)
     torch.save(plain.model.state_dict(), tmp_path / "full.pt")
     loaded = built(weights=str(tmp_path / "full.pt"))

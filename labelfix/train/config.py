@@ -71,7 +71,7 @@ class TrainConfig:
     weights: str | None = None
     img_size: int = 224
     frozen: bool = False
-    prior_bias: bool = True
+    prior_bias: bool = False
     # objective
     loss: str = "bce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
