@@ -39,8 +39,8 @@ def _opt(*decls, **kw):
                                    "head on the features: the fast mode for CPUs and large data [default: off].")
 @_opt("--prior-bias/--no-prior-bias", help="Start each class's output at its frequency in the training labels "
                                            "(the head's bias; a head loaded from --weights keeps its own): "
-                                           "helps a model trained from random weights learn rare classes, "
-                                           "hurts frozen heads under missing labels (docs/training.md) "
+                                           "helps a model trained from random weights learn rare classes "
+                                           "(docs/training.md) "
                                            "[default: off].")
 @_opt("--folds", type=int, help="Cross-fit: train K models, each on K-1 folds, so that clean judges every label "
                                 "out of sample; the exported model is their ensemble; 4 is recommended "
