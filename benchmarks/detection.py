@@ -18,7 +18,7 @@ used to choose anything). Modes:
 
 Run: ``python benchmarks/detection.py [--datasets digits,scenes] [--modes frozen,random,finetune]
 [--seeds 2] [--first-seed 0] [--folds 3] [--fold-workers 1] [--out benchmarks/results/detection]
-[--include-results DIR]``. Writes ``OUT/<dataset>/<mode>/`` (the run_bench outputs; finished
+[--include-results DIR] [--set KEY=VALUE ...]``. Writes ``OUT/<dataset>/<mode>/`` (the run_bench outputs; finished
 runs are reused), ``OUT/results.csv`` (one row per setting and seed of this run) and
 ``OUT/summary.md``, quoted in docs/benchmarks.md. To add seeds to a finished benchmark, run
 the new ones into their own ``--out`` with ``--first-seed`` and name the earlier folder with
@@ -179,7 +179,13 @@ def main(argv=None) -> int:
                     help="fold models trained side by side on the CPU (labelfix train --fold-workers; "
                          "not with frozen features, which train one at a time)")
     ap.add_argument("--out", default=str(HERE / "results" / "detection"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more TrainConfig field for every training of the benchmark (YAML value, e.g. "
+                         "prior_bias=true); repeatable")
     args = ap.parse_args(argv)
+    from folds_sweep import parse_sets
+
+    overrides = parse_sets(args.set)
     out = Path(args.out)
     if args.seeds < 1 or args.first_seed < 0:
         raise SystemExit("--seeds must be at least 1 and --first-seed at least 0")
@@ -198,7 +204,7 @@ def main(argv=None) -> int:
             res = run_bench(train, test, noises=args.noises.split(","), methods=("bce",), seeds=seeds,
                             out=out / dataset / mode, single_positive_methods=(), command=shlex.join(sys.argv),
                             folds=args.folds, fold_workers=1 if mode == "frozen" else args.fold_workers,
-                            **mode_options(mode, dataset))
+                            **{**mode_options(mode, dataset), **overrides})
             tables.append(collect(res.results, dataset, mode))
             table = pd.concat(tables, ignore_index=True)
             atomic.write_csv(out / "results.csv", table)

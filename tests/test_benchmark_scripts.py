@@ -71,6 +71,7 @@ def test_detection_summary_names_the_commits_that_trained_its_runs(bench_modules
     (["--first-seed", "-1"], "--first-seed at least 0"),
     (["--include-results", "{tmp}/nothing"], "no results.csv"),
     (["--include-results", "{tmp}/out"], "is --out itself"),
+    (["--set", "prior_bias"], "expected KEY=VALUE"),
 ])
 def test_detection_refuses_bad_arguments_before_training(bench_modules, tmp_path, args, message):
     (tmp_path / "out").mkdir()
@@ -79,6 +80,13 @@ def test_detection_refuses_bad_arguments_before_training(bench_modules, tmp_path
     with pytest.raises(SystemExit) as err:
         bench_modules["detection"].main(argv)
     assert message in str(err.value)
+
+
+def test_set_options_are_yaml_values_of_train_config_fields(bench_modules):
+    import folds_sweep
+
+    assert folds_sweep.parse_sets(["prior-bias=true", "epochs=3", "loss=an"]) == \
+        {"prior_bias": True, "epochs": 3, "loss": "an"}
 
 
 def test_review_loop_plain_is_the_top_of_the_ranking_and_learning_skips_a_wrong_direction(bench_modules):
