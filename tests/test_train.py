@@ -450,6 +450,9 @@ def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
     plain._build()
     assert plain.cfg.prior_bias is False
     assert not np.allclose(torch.sigmoid(plain.model.head.output_bias).detach().numpy(), expected, atol=1e-3)
+    for loss in ("role", "epr"):   # their expected-positive count sets the scale: refused
+        with pytest.raises(LabelfixError, match=f"--prior-bias: not with --loss {loss}"):
+            cfg_for(tiny, tmp_path / "run", loss=loss, prior_bias=True).validate()
     torch.save(plain.model.state_dict(), tmp_path / "full.pt")
     loaded = built(weights=str(tmp_path / "full.pt"))
     assert torch.equal(loaded.model.head.output_bias, plain.model.head.output_bias)

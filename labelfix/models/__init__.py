@@ -52,7 +52,9 @@ _HEADS: dict[str, type[nn.Module]] = {}
 def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register a head under ``name``. A head class is built as
     ``cls(in_features, num_classes, **head_kwargs)`` and has a class attribute
-    ``feature_map`` (True: consumes the unpooled feature map, False: pooled features)."""
+    ``feature_map`` (True: consumes the unpooled feature map, False: pooled features);
+    ``output_bias`` (the float (K,) bias added to its logits) lets ``--prior-bias`` start
+    it at the class frequencies (:mod:`labelfix.models.prior`)."""
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
         _HEADS[name] = cls

@@ -9,8 +9,9 @@ class on 4 % of the images) the first epochs are spent pushing every output down
 small model trained for a user's budget may never learn the rare classes at all. Starting
 each class's output at its training frequency removes that phase: on the demo digits
 (mislabel 40 %, test_resnet from random weights, 4 folds x 2 rounds x 14 epochs) the
-held-out error AP went from 0.554 / 0.520 / 0.545 to 0.634 / 0.572 / 0.582 (seeds 0 / 1 /
-2; docs/training.md, "Class-prior bias").
+held-out error AP went from 0.554 / 0.519 / 0.545 to 0.634 / 0.572 / 0.582 (seeds 0 / 1 /
+2; docs/training.md, "Class-prior bias"). ``labelfix train --prior-bias`` turns it on (off by
+default: not measured when fine-tuning a pretrained backbone; on in ``labelfix demo``).
 
 Every registered head exposes its additive output bias as ``head.output_bias`` (float
 (K,) parameter, added to the logits); :func:`init_output_bias` writes ``logit(prior)``
@@ -39,8 +40,9 @@ def class_prior(labels, rows=None, *, unknown_as_negative: bool, smoothing: floa
         labels: int8 (N, K) given labels 1 / 0 / -1.
         rows: int (M,) the training rows (default: all).
         unknown_as_negative: count unknown cells as negatives (losses that train them as
-            negatives: the assume-negative family, ROLE, large-loss); otherwise the share
-            is over the known cells only (masked BCE, ASL, EPR).
+            negatives: the assume-negative family, large-loss); otherwise the share is over
+            the known cells only (masked BCE, ASL). ``labelfix train`` refuses the prior
+            with ROLE and EPR (``train.config.EXPECTED_POSITIVE_LOSSES``).
         smoothing: pseudo-count added to positives and to negatives.
 
     Returns:
