@@ -418,9 +418,9 @@ def test_channels_last_on_the_cpu_only_when_asked(tiny, tmp_path, asked):
 
 
 def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
-    """With --prior-bias the head's output bias starts at logit(each class's positive share
-    in the training rows); by default (--no-prior-bias) the head keeps its own init; a head
-    loaded from a --weights file is not overwritten."""
+    """With --prior-bias (the default, except with ROLE / EPR) the head's output bias starts at
+    logit(each class's positive share in the training rows); with --no-prior-bias the head
+    keeps its own init; a head loaded from a --weights file is not overwritten."""
     from labelfix.models.prior import class_prior
 
     def built(**kw):
@@ -445,14 +445,14 @@ def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
         prior = class_prior(np.asarray(p.labels), p.train_rows, unknown_as_negative=as_negative)
         assert np.allclose(torch.sigmoid(p.model.head.output_bias).detach().numpy(), prior, atol=1e-6)
     assert not np.allclose(prior, class_prior(np.asarray(p.labels), p.train_rows, unknown_as_negative=False))
-    plain = Trainer(cfg_for(tiny, tmp_path / "run").validate(), log=quiet)   # the default
-    plain._prepare_data()
-    plain._build()
-    assert plain.cfg.prior_bias is False
+    default = built(prior_bias=None)   # not given: on
+    assert torch.equal(default.model.head.output_bias, t.model.head.output_bias)
+    plain = built(prior_bias=False)
     assert not np.allclose(torch.sigmoid(plain.model.head.output_bias).detach().numpy(), expected, atol=1e-3)
-    for loss in ("role", "epr"):   # their expected-positive count sets the scale: refused
+    for loss in ("role", "epr"):   # their expected-positive count sets the scale: refused, and off by default
         with pytest.raises(LabelfixError, match=f"--prior-bias: not with --loss {loss}"):
             cfg_for(tiny, tmp_path / "run", loss=loss, prior_bias=True).validate()
+        assert not cfg_for(tiny, tmp_path / "run", loss=loss).validate().uses_prior_bias
     torch.save(plain.model.state_dict(), tmp_path / "full.pt")
     loaded = built(weights=str(tmp_path / "full.pt"))
     assert torch.equal(loaded.model.head.output_bias, plain.model.head.output_bias)

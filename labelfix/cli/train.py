@@ -41,7 +41,7 @@ def _opt(*decls, **kw):
                                            "(the head's bias; a head loaded from --weights keeps its own): "
                                            "helps a model trained from random weights learn rare classes "
                                            "(docs/training.md) "
-                                           "[default: off].")
+                                           "[default: on, off with --loss role/epr].")
 @_opt("--folds", type=int, help="Cross-fit: train K models, each on K-1 folds, so that clean judges every label "
                                 "out of sample; the exported model is their ensemble; 4 is recommended "
                                 "(docs/training.md) [default: off].")

@@ -10,8 +10,9 @@ small model trained for a user's budget may never learn the rare classes at all.
 each class's output at its training frequency removes that phase: on the demo digits
 (mislabel 40 %, test_resnet from random weights, 4 folds x 2 rounds x 14 epochs) the
 held-out error AP went from 0.554 / 0.519 / 0.545 to 0.634 / 0.572 / 0.582 (seeds 0 / 1 /
-2; docs/training.md, "Class-prior bias"). ``labelfix train --prior-bias`` turns it on (off by
-default: not measured when fine-tuning a pretrained backbone; on in ``labelfix demo``).
+2; docs/training.md, "Class-prior bias"). ``labelfix train`` applies it by default, except with
+``--loss role`` / ``--loss epr`` (:data:`labelfix.train.config.EXPECTED_POSITIVE_LOSSES`);
+``--no-prior-bias`` keeps the head's own initialisation.
 
 Every registered head exposes its additive output bias as ``head.output_bias`` (float
 (K,) parameter, added to the logits); :func:`init_output_bias` writes ``logit(prior)``

@@ -75,7 +75,7 @@ class TrainConfig:
     weights: str | None = None
     img_size: int = 224
     frozen: bool = False
-    prior_bias: bool = False
+    prior_bias: bool | None = None   # None: on unless the loss is in EXPECTED_POSITIVE_LOSSES
     # objective
     loss: str = "bce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +123,12 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     progress: bool = True
+
+    @property
+    def uses_prior_bias(self) -> bool:
+        """``--prior-bias`` resolved: as given, else (``None``) on unless the loss's expected
+        number of positives sets the outputs' scale (:data:`EXPECTED_POSITIVE_LOSSES`)."""
+        return self.prior_bias if self.prior_bias is not None else self.loss not in EXPECTED_POSITIVE_LOSSES
 
     def validate(self) -> "TrainConfig":
         """Raise ``LabelfixError`` on an impossible option; return self.

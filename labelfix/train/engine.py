@@ -126,7 +126,7 @@ class Trainer:
         self.model = create_model(cfg.backbone, cfg.head, num_classes=self.labelset.num_classes,
                                   pretrained=cfg.pretrained, weights=cfg.weights, img_size=cfg.img_size)
         self.model_config = model_config(self.model)
-        if cfg.prior_bias and not self.model.head_from_weights:   # Focal loss Sec. 4.1, per class
+        if cfg.uses_prior_bias and not self.model.head_from_weights:   # Focal loss Sec. 4.1, per class
             from labelfix.losses import trains_unknown
             from labelfix.models.prior import class_prior, init_output_bias
 
