@@ -48,9 +48,10 @@ CHOICES = {
 UNLABELED = ("negative", "unknown")
 #: losses that equal masked BCE on known cells (they differ only on unknown ones)
 UNKNOWN_ONLY_LOSSES = ("an", "wan", "ll-r", "ll-ct")
-#: losses whose expected-positive count sets the outputs' scale; --prior-bias is refused with
-#: them (ROLE on single-positive digits from random weights: unknown-cell AP 0.703 -> 0.563
-#: with it, docs/training.md; EPR's known cells are all positive there, a prior near 1)
+#: losses whose expected-positive count sets the outputs' scale: the class-prior bias is off
+#: for them by default and --prior-bias is refused with them (ROLE on single-positive digits
+#: from random weights: unknown-cell AP 0.703 -> 0.563 with it, docs/training.md; EPR's known
+#: cells are all positive there, a prior near 1)
 EXPECTED_POSITIVE_LOSSES = ("epr", "role")
 CLASS_GROUPS = ("scaled", "tertile")
 
