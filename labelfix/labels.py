@@ -98,13 +98,7 @@ class LabelSet:
     # -- statistics ------------------------------------------------------------
     def counts(self, chunk_rows: int = 65536) -> pd.DataFrame:
         """Per-class positives / negatives / unknown counts (chunked, memmap friendly)."""
-        k = self.num_classes
-        pos = np.zeros(k, np.int64)
-        neg = np.zeros(k, np.int64)
-        for s in range(0, self.num_images, chunk_rows):
-            block = np.asarray(self.labels[s : s + chunk_rows])
-            pos += (block == POS).sum(0)
-            neg += (block == NEG).sum(0)
+        pos, neg = count_known(self.labels, chunk_rows=chunk_rows)
         out = self.classes.copy()
         out["positives"] = pos
         out["negatives"] = neg
@@ -177,6 +171,19 @@ class LabelSet:
         from labelfix.validation import check_run_labelset
 
         return check_run_labelset(cls, d, labels, images, classes, source, verified)
+
+
+def count_known(labels, rows=None, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (K,) positives and int64 (K,) negatives per class in ``rows`` (default: all)
+    of ``labels`` int8 (N, K), read in row chunks (memmap friendly)."""
+    n = labels.shape[0] if rows is None else len(rows)
+    pos = np.zeros(labels.shape[1], np.int64)
+    neg = np.zeros(labels.shape[1], np.int64)
+    for s in range(0, n, chunk_rows):
+        block = np.asarray(labels[s:s + chunk_rows] if rows is None else labels[np.asarray(rows[s:s + chunk_rows])])
+        pos += (block == POS).sum(0)
+        neg += (block == NEG).sum(0)
+    return pos, neg
 
 
 def imbalance(counts: pd.DataFrame) -> dict[str, float]:

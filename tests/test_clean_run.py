@@ -338,7 +338,7 @@ def test_corrupt_round_statistics_of_a_cross_fitted_run_give_one_line(tmp_path):
     np.save(run / "stats" / "round1" / "logits.npy", np.zeros((7, 5), np.float16))
     with pytest.raises(LabelfixError, match="round1/logits.npy: shape .* does not match the labels"):
         management_losses(Run(run))
-    atomic.write_text(run / "config.yaml", "train:\n  data: data.json\n  folds: 3\n")
+    atomic.write_text(run / "config.yaml", "train:\n  data: data.json\n  folds: 3\n  loss: bce\n")
     with pytest.raises(LabelfixError, match="folds.npy: missing in a cross-fitted run"):
         fold_ensemble_logits(Run(run))
     np.save(run / "folds.npy", np.zeros(3, np.int8))

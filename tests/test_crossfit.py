@@ -131,6 +131,30 @@ def test_cross_fitted_run_resumes_after_a_kill(tiny, tmp_path):
     np.testing.assert_array_equal(np.load(ref / "stats" / "logits.npy"), np.load(run / "stats" / "logits.npy"))
 
 
+def test_cross_fitted_run_resolves_loss_auto_once_for_every_fold(tiny, tmp_path):
+    """Positive-only labels: --loss auto is AN-LS for the run and each fold model (the
+    top-level config.yaml and the folds' record it), and a resume keeps it."""
+    import yaml
+
+    from labelfix.io import read_labels
+
+    given = read_labels(tiny["train"])   # every positive kept, every negative unknown
+    table = given.images[["file_name"]].copy()
+    for k, name in enumerate(given.class_names):
+        table[name] = np.where(np.asarray(given.labels)[:, k] == 1, "1", "")
+    sp = tmp_path / "positives.csv"
+    table.to_csv(sp, index=False)
+    images = str(given.image_root)
+    run, lines = tmp_path / "run", []
+    train(cfg_for(tiny, run, data=str(sp), images=images, rounds=1, epochs=1), log=lines.append)
+    assert sum("--loss auto" in line for line in lines) == 1
+    for config in [run / "config.yaml"] + [fold_dir(run, f) / "config.yaml" for f in range(3)]:
+        assert yaml.safe_load(config.read_text())["train"]["loss"] == "an-ls"
+    train(cfg_for(tiny, run, data=str(sp), images=images, rounds=1, epochs=2, resume=True), log=lambda s: None)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["loss"] == "an-ls"
+    assert yaml.safe_load((fold_dir(run, 0) / "config.yaml").read_text())["train"]["epochs"] == 2
+
+
 def test_frozen_run_end_to_end(tiny, tmp_path):
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.export.onnx import export_run

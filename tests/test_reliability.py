@@ -695,8 +695,10 @@ OTHER_OPTION_CASES = {
                                        "loss 'asl': gamma_neg: 'abc' is not a number"),
     "train-loss-kwargs-kappa-string": (lambda w: _train(w, "--loss", "epr", "--loss-kwargs", "{kappa: abc}"),
                                        "loss epr: kappa='abc': expected a finite number"),
-    "train-loss-kwargs-of-no-options": (lambda w: _train(w, "--loss-kwargs", "{args: 1}"),
+    "train-loss-kwargs-of-no-options": (lambda w: _train(w, "--loss", "bce", "--loss-kwargs", "{args: 1}"),
                                         "args: not an option of this loss (options: none)"),
+    "train-loss-kwargs-of-auto": (lambda w: _train(w, "--loss-kwargs", "{gamma_neg: 2}"),
+                                  "--loss-kwargs: options of which loss? --loss auto picks it from the labels"),
     "train-all-unknown": (lambda w: ["train", _all_unknown(w)] + _train(w)[2:], "no known label in the training images"),
 }
 

@@ -243,6 +243,44 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
     assert any("all 2 epochs trained; raise --epochs" in line for line in lines)
 
 
+def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):
+    """--loss auto (the default): masked BCE on labels with negatives; AN-LS on
+    positive-only labels, where masked BCE would learn to call every cell positive;
+    BalanceMix keeps BCE (it trains missing labels as negatives itself). The resolved
+    loss is what config.yaml records and what a resume continues with."""
+    from labelfix.data.noise import write_noisy_coco
+    from labelfix.io import read_labels
+
+    sp, _, _ = write_noisy_coco(read_labels(tiny["train"]), "single-positive", None, 0, tmp_path / "sp.json")
+
+    def resolved(**kw):
+        lines = []
+        t = Trainer(cfg_for(tiny, tmp_path / "probe", **kw).validate(), log=lines.append)
+        t._prepare_data()
+        return t.cfg.loss, lines
+
+    assert TrainConfig().loss == "auto"
+    assert resolved()[0] == "bce"
+    loss, lines = resolved(data=str(sp))
+    assert loss == "an-ls" and any("--loss auto" in line and "positive-only" in line for line in lines)
+    assert resolved(data=str(sp), mix="balancemix", balancemix_warmup=1)[0] == "bce"
+    loss, lines = resolved(data=str(sp), loss="bce")   # given: kept, with one line naming a class
+    assert loss == "bce"
+    names = read_labels(sp).class_names
+    assert any("have no known negative" in line and repr(names[0]) in line for line in lines)
+    assert not any("no known negative" in line for line in resolved(data=str(sp), loss="an")[1])
+    with pytest.raises(LabelfixError, match="--loss-kwargs: .*pass --loss too"):
+        cfg_for(tiny, tmp_path / "x", loss_kwargs={"epsilon": 0.2}).validate()
+
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, data=str(sp), epochs=1), log=quiet)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loss"] == "an-ls"
+    train(cfg_for(tiny, out, data=str(sp), epochs=2, resume=True), log=quiet)   # auto: the run's loss
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loss"] == "an-ls"
+    with pytest.raises(LabelfixError, match="--loss"):
+        train(cfg_for(tiny, out, data=str(sp), epochs=3, loss="bce", resume=True), log=quiet)
+
+
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):
     original = Trainer._compute_loss
 

@@ -61,6 +61,8 @@ def trains_unknown(name: str) -> bool:
     cell, so its prediction there is out of sample even for an image it trained on
     (``labelfix.train.crossfit`` uses this). A loss class without the attribute counts as
     training them."""
+    if name.lower() not in _REGISTRY:   # e.g. "auto" before labelfix.train.optim.resolve_loss
+        raise LabelfixError(f"loss {name!r}: not a registered loss ({', '.join(_REGISTRY)})")
     factory, _ = _REGISTRY[name.lower()]
     return bool(getattr(factory, "trains_unknown", True))
 

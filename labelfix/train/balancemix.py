@@ -109,6 +109,7 @@ class BalanceMixMixer(Mixer):
     ``balancemix_refine`` ("auto", "batch", "epoch" or "evaluation")."""
 
     minority_batch = True
+    assumes_unknown_negative = True
     TWO_VIEW_FILE = "two_view.npy"
 
     def __init__(self, cfg, ctx):

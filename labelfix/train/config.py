@@ -78,7 +78,7 @@ class TrainConfig:
     frozen: bool = False
     prior_bias: bool | None = None   # None: on unless the loss is in EXPECTED_POSITIVE_LOSSES
     # objective
-    loss: str = "bce"
+    loss: str = "auto"   # resolved from the training labels (labelfix.train.optim.resolve_loss)
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     mix: str = "logicmix"
     # method options: None = the method's default (labelfix.train.mixers, docs/training.md)
@@ -205,6 +205,8 @@ class TrainConfig:
         if self.curriculum_start is not None and self.curriculum_start >= self.epochs:
             bad("curriculum_start", f"{self.curriculum_start}: pseudo-labels made at the end of epoch E train from "
                                     f"epoch E + 1, so with --epochs {self.epochs} it must be below {self.epochs}")
+        if self.loss == "auto" and self.loss_kwargs:
+            bad("loss_kwargs", "options of which loss? --loss auto picks it from the labels; pass --loss too")
         if self.prior_bias and self.loss in EXPECTED_POSITIVE_LOSSES:
             bad("prior_bias", f"not with --loss {self.loss}: its expected number of positives sets the outputs' "
                               f"scale (docs/training.md, 'Class-prior bias')")

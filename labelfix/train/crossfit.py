@@ -130,7 +130,7 @@ def unknown_judge(cfg: TrainConfig) -> str:
     from labelfix.losses import trains_unknown
     from labelfix.train.mixers import mixer_class
 
-    seen = trains_unknown(cfg.loss) or mixer_class(cfg.mix).trains_unknown(cfg)
+    seen = mixer_class(cfg.mix).trains_unknown(cfg) or trains_unknown(cfg.loss)
     return "held_out" if seen else "ensemble"
 
 
@@ -155,7 +155,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 raise LabelfixError(f"{out / 'folds.npy'}: missing; not a cross-fitted run to resume")
             from labelfix.train.checkpoint import check_resume_compatible
 
-            check_resume_compatible(read_run_config(out), cfg, out)
+            cfg = check_resume_compatible(read_run_config(out), cfg, out)
             labelset = LabelSet.load(out)
             split = np.load(out / "split.npy")
             folds = np.load(out / "folds.npy")
@@ -165,6 +165,9 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             labelset = read_labels(cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
                                    class_descriptions=cfg.class_descriptions)
             split = split_indices(labelset.num_images, cfg.val_split, cfg.seed)
+            from labelfix.train.optim import resolve_loss
+
+            cfg = resolve_loss(cfg, labelset.labels, np.flatnonzero(split == 0), labelset.class_names, say)
             folds = assign_folds(labelset.labels, np.flatnonzero(split == 0), k, cfg.seed, labelset.class_names)
             if dist.is_main:
                 out.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,10 @@ class Mixer:
     name = "none"
     #: the sampler also draws a minority batch (BalanceMix) per step
     minority_batch = False
+    #: the method itself trains missing labels as negatives from the first epoch on its
+    #: own terms (BalanceMix), so ``--loss auto`` keeps masked BCE on positive-only labels
+    #: (``labelfix.train.optim.resolve_loss``)
+    assumes_unknown_negative = False
 
     def __init__(self, cfg, ctx: TrainContext):
         self.cfg, self.ctx = cfg, ctx

@@ -40,6 +40,51 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int)
         optimizer, lambda s: lr_factor(s, total, warm, cfg.schedule, cfg.warmup_lr_ratio, cfg.min_lr_ratio))
 
 
+#: ``--loss auto`` on positive-only labels: assume-negative with label smoothing (AN-LS,
+#: Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021, Sec. 3.2):
+#: it needs no expected-positive count (ROLE and EPR do) and works with every mixing method
+AUTO_POSITIVE_ONLY_LOSS = "an-ls"
+
+
+def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
+    """``cfg`` with ``--loss auto`` resolved from the training labels (``rows`` of
+    ``labels``); says what it chose on positive-only labels, and warns, in one line
+    each to ``log`` (``class_names`` name the classes there).
+
+    auto: ``an-ls`` (:data:`AUTO_POSITIVE_ONLY_LOSS`) when the labels are positive-only
+    (their known cells hold fewer negatives than positives, as single-positive labels,
+    or those plus positives a reviewer added; multi-label data with real negatives has
+    many more negatives than positives) and the mixing method does not itself train missing labels as
+    negatives (BalanceMix does, ``Mixer.assumes_unknown_negative``); else masked ``bce``.
+    A loss that gives unknown cells no target (masked BCE, ASL) cannot learn a class
+    without a known negative: it would call every image positive; each such class is
+    named in a note (no refusal: the benchmarks train masked BCE on single-positive labels
+    on purpose, as the baseline)."""
+    import dataclasses
+
+    from labelfix.labels import count_known
+    from labelfix.losses import trains_unknown
+    from labelfix.train.config import EXPECTED_POSITIVE_LOSSES
+    from labelfix.train.mixers import mixer_class
+
+    mixer = mixer_class(cfg.mix)
+    pos, neg = count_known(labels, rows)
+    if cfg.loss == "auto":
+        only = bool(neg.sum() < pos.sum())
+        loss = AUTO_POSITIVE_ONLY_LOSS if only and not mixer.assumes_unknown_negative else "bce"
+        if only:   # the usual case (bce) needs no line
+            log(f"loss: {loss} (--loss auto: the training labels are positive-only, fewer known negatives than "
+                f"positives" + (f"; --mix {cfg.mix} trains missing labels as negatives)" if loss == "bce" else ")"))
+        cfg = dataclasses.replace(cfg, loss=loss)
+    empty = np.flatnonzero(neg == 0)
+    if empty.size and not (trains_unknown(cfg.loss) or mixer.trains_unknown(cfg) or cfg.loss in EXPECTED_POSITIVE_LOSSES):
+        first = repr(str(class_names[empty[0]])) if class_names is not None else f"column {int(empty[0])}"
+        log(f"note: {empty.size} of {neg.size} classes have no known negative in the training images (first: "
+            f"{first}); --loss {cfg.loss} gives unknown cells no target, so the model learns to call those classes "
+            f"positive everywhere; use --loss an-ls or --loss auto, or give negatives")
+    return cfg
+
+
 def build_loss(cfg, labels: np.ndarray) -> nn.Module:
     """``labelfix.losses.create_loss`` with the dataset-dependent arguments filled in
     (EPR / ROLE: kappa estimated from ``labels`` unless given; ROLE: its label table)."""
