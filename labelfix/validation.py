@@ -124,7 +124,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "ema_decay": Rule(low=0.0, high=1.0, low_open=True, high_open=True),
     "folds": Rule(integer=True, low=0),
     "rounds": Rule(integer=True, low=1, none_ok=True),
-    "workers": Rule(integer=True, low=0),
+    "workers": Rule(integer=True, low=0, none_ok=True),
     "fold_workers": Rule(integer=True, low=1),
     "seed": Rule(integer=True, low=0, high=2**63 - 1),
     "hflip": Rule(low=0.0, high=1.0, none_ok=True),

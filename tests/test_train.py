@@ -200,6 +200,16 @@ def test_resume_after_kill_during_statistics(tiny, tmp_path, monkeypatch, kw, ki
     pd.testing.assert_frame_equal(ma[counts], mb[counts])
 
 
+def test_default_workers_never_exceed_the_cpus(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert TrainConfig().loader_workers == 2   # default 4, at most the CPU count
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert TrainConfig().loader_workers == 4
+    assert TrainConfig(workers=8).loader_workers == 8 and TrainConfig(workers=0).loader_workers == 0
+
+
 def test_config_file_round_trip(tiny, tmp_path):
     from labelfix.cli import main
     from labelfix.train.config import read_run_config

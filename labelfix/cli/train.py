@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from labelfix.train.config import CLASS_GROUPS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig, load_config_file
+from labelfix.train.config import (CLASS_GROUPS, DEFAULT_WORKERS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig,
+                                   load_config_file)
 
 # option name -> click declaration; the default shown comes from TrainConfig
 _D = TrainConfig()
@@ -99,7 +100,7 @@ def _opt(*decls, **kw):
 @_opt("--class-groups", type=click.Choice(CLASS_GROUPS),
       help=f"How the validation mAP's many/medium/few class groups are cut (with --val or --val-split) "
            f"[default: {_D.class_groups}].")
-@_opt("--workers", type=int, help=f"Data-loading processes [default: {_D.workers}].")
+@_opt("--workers", type=int, help=f"Data-loading processes [default: {DEFAULT_WORKERS}, at most the CPU count].")
 @_opt("--seed", type=int, help=f"Random seed [default: {_D.seed}].")
 @_opt("--device", help=f"auto, cpu, cuda, cuda:1 ... [default: {_D.device}].")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from checkpoints/last.pt.")

@@ -54,6 +54,8 @@ UNKNOWN_ONLY_LOSSES = ("an", "wan", "ll-r", "ll-ct")
 #: cells are all positive there, a prior near 1)
 EXPECTED_POSITIVE_LOSSES = ("epr", "role")
 CLASS_GROUPS = ("scaled", "tertile")
+#: data-loading processes when --workers is not given (capped at the CPU count)
+DEFAULT_WORKERS = 4
 
 
 @dataclass
@@ -118,7 +120,7 @@ class TrainConfig:
     rounds: int | None = None
     class_groups: str = "scaled"
     # runtime
-    workers: int = 4
+    workers: int | None = None   # None: DEFAULT_WORKERS, at most the CPU count (loader_workers)
     fold_workers: int = 1
     seed: int = 0
     device: str = "auto"
@@ -130,6 +132,13 @@ class TrainConfig:
         """``--prior-bias`` resolved: as given, else (``None``) on unless the loss's expected
         number of positives sets the outputs' scale (:data:`EXPECTED_POSITIVE_LOSSES`)."""
         return self.prior_bias if self.prior_bias is not None else self.loss not in EXPECTED_POSITIVE_LOSSES
+
+    @property
+    def loader_workers(self) -> int:
+        """``--workers`` resolved: as given, else :data:`DEFAULT_WORKERS` but at most the
+        number of CPUs (more processes than cores only compete for them, and PyTorch
+        warns about it)."""
+        return self.workers if self.workers is not None else min(DEFAULT_WORKERS, os.cpu_count() or 1)
 
     def validate(self) -> "TrainConfig":
         """Raise ``LabelfixError`` on an impossible option; return self.

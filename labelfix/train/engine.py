@@ -301,7 +301,7 @@ class Trainer:
             self.loss_fn.set_epoch(epoch)
         self.train_ds.views = self.mixer.views(epoch)
         self.train_model.train()
-        loader = make_loader(self.train_ds, self.sampler, cfg.workers, pin_memory=self.device.type == "cuda")
+        loader = make_loader(self.train_ds, self.sampler, cfg.loader_workers, pin_memory=self.device.type == "cuda")
         n_micro = self.micro_steps
         task = self.progress.task(f"epoch {epoch + 1}/{cfg.epochs}", n_micro) if self.dist.is_main else None
         t0 = time.perf_counter()

@@ -44,7 +44,7 @@ def score(t, model, dataset, rows: np.ndarray, out: np.ndarray, tag: int) -> lis
     every row). Items of shape (V, ...) are scored as the mean probability over V views;
     otherwise ``out`` receives logits. Returns the rows that failed to decode."""
     sampler = ShardSampler(rows, t.cfg.batch_size, t.dist.world_size, t.dist.rank, seed=t.cfg.seed, tag=tag)
-    loader = make_loader(dataset, sampler, t.cfg.workers, pin_memory=t.device.type == "cuda")
+    loader = make_loader(dataset, sampler, t.cfg.loader_workers, pin_memory=t.device.type == "cuda")
     model.eval()
 
     def forward(images):

@@ -169,7 +169,7 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
             ds = KeyedDataset(labelset, t.eval_tf, random=False, cache=cache)
 
             def batches(rows, ds=ds):
-                loader = make_loader(ds, ShardSampler(rows, cfg.batch_size), cfg.workers,
+                loader = make_loader(ds, ShardSampler(rows, cfg.batch_size), cfg.loader_workers,
                                      pin_memory=t.device.type == "cuda")
                 for images, _labels, indices, _slots, failed, _pos, _views in loader:
                     yield images, indices, failed
