@@ -186,6 +186,16 @@ def count_known(labels, rows=None, chunk_rows: int = 65536) -> tuple[np.ndarray,
     return pos, neg
 
 
+def positive_only(labels, rows=None) -> bool:
+    """Whether the known cells of ``rows`` (default: all) of ``labels`` hold fewer negatives
+    than positives: positive-only labels, as single-positive labels (no negative at all)
+    or those plus positives a reviewer added. Which cells are known then depends on their
+    value; multi-label data with real negatives has many more negatives than positives
+    (COCO: about 27 per positive)."""
+    pos, neg = count_known(labels, rows)
+    return bool(neg.sum() < pos.sum())
+
+
 def imbalance(counts: pd.DataFrame) -> dict[str, float]:
     """CLS_Imb = max_k N_k / min_k N_k over classes with positives, and
     PN_Imb = sum negatives / sum positives (methods.md, "Imbalance")."""

@@ -131,9 +131,10 @@ def test_cross_fitted_run_resumes_after_a_kill(tiny, tmp_path):
     np.testing.assert_array_equal(np.load(ref / "stats" / "logits.npy"), np.load(run / "stats" / "logits.npy"))
 
 
-def test_cross_fitted_run_resolves_loss_auto_once_for_every_fold(tiny, tmp_path):
+def test_positive_only_labels_train_an_ls_in_every_fold_and_clean_without_votes(tiny, tmp_path):
     """Positive-only labels: --loss auto is AN-LS for the run and each fold model (the
-    top-level config.yaml and the folds' record it), and a resume keeps it."""
+    top-level config.yaml and the folds' record it), a resume keeps it, and clean does not
+    count the neighbours' votes."""
     import yaml
 
     from labelfix.io import read_labels
@@ -153,6 +154,14 @@ def test_cross_fitted_run_resolves_loss_auto_once_for_every_fold(tiny, tmp_path)
     train(cfg_for(tiny, run, data=str(sp), images=images, rounds=1, epochs=2, resume=True), log=lambda s: None)
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["loss"] == "an-ls"
     assert yaml.safe_load((fold_dir(run, 0) / "config.yaml").read_text())["train"]["epochs"] == 2
+    # clean: the neighbours' known labels are positive by selection, so they do not vote
+    from labelfix.cleaning.clean_run import clean_run
+
+    voted = clean_run(run, report=False)
+    assert any("neighbour votes not used: the labels are positive-only" in n for n in voted.notes)
+    assert not (run / "cells" / "neighbours.npy").exists() and (run / "cells" / "duplicates.csv").exists()
+    plain = clean_run(run, report=False, neighbours=0)
+    np.testing.assert_array_equal(np.asarray(voted.issues.score), np.asarray(plain.issues.score))
 
 
 def test_frozen_run_end_to_end(tiny, tmp_path):

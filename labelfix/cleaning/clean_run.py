@@ -384,8 +384,19 @@ def clean_run(
         notes.append("no complete image embedding in the run (training interrupted before its end?): "
                      "neighbour evidence skipped, so the evidence score is the disagreement")
     if neighbours is not None:
-        atomic.write_npy(run.path / "cells" / "neighbours.npy", neighbours.astype(np.float16))
+        from labelfix.cleaning.evidence import voting_labels
+        from labelfix.labels import positive_only
+
         dups = duplicates_table(run, pairs)
+        if positive_only(voting_labels(run)):
+            # which cells are known depends on their value: a share over known cells would
+            # measure the labelling, not the image (docs/cleaning.md, "Neighbour evidence")
+            notes.append("neighbour votes not used: the labels are positive-only (fewer known negatives than "
+                         "positives), so the neighbours' known labels are positive by selection")
+            neighbours = None
+            (run.path / "cells" / "neighbours.npy").unlink(missing_ok=True)
+        else:
+            atomic.write_npy(run.path / "cells" / "neighbours.npy", neighbours.astype(np.float16))
         atomic.write_csv(run.path / "cells" / "duplicates.csv", dups)
         if len(dups):
             notes.append(f"{dups['group'].nunique()} groups of near-duplicate images "

@@ -52,9 +52,7 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     each to ``log`` (``class_names`` name the classes there).
 
     auto: ``an-ls`` (:data:`AUTO_POSITIVE_ONLY_LOSS`) when the labels are positive-only
-    (their known cells hold fewer negatives than positives, as single-positive labels,
-    or those plus positives a reviewer added; multi-label data with real negatives has
-    many more negatives than positives) and the mixing method does not itself train missing labels as
+    (:func:`labelfix.labels.positive_only`) and the mixing method does not itself train missing labels as
     negatives (BalanceMix does, ``Mixer.assumes_unknown_negative``); else masked ``bce``.
     A loss that gives unknown cells no target (masked BCE, ASL) cannot learn a class
     without a known negative: it would call every image positive; each such class is
@@ -62,7 +60,7 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     on purpose, as the baseline)."""
     import dataclasses
 
-    from labelfix.labels import count_known
+    from labelfix.labels import count_known, positive_only
     from labelfix.losses import trains_unknown
     from labelfix.train.config import EXPECTED_POSITIVE_LOSSES
     from labelfix.train.mixers import mixer_class
@@ -70,7 +68,7 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     mixer = mixer_class(cfg.mix)
     pos, neg = count_known(labels, rows)
     if cfg.loss == "auto":
-        only = bool(neg.sum() < pos.sum())
+        only = positive_only(labels, rows)
         loss = AUTO_POSITIVE_ONLY_LOSS if only and not mixer.assumes_unknown_negative else "bce"
         if only:   # the usual case (bce) needs no line
             log(f"loss: {loss} (--loss auto: the training labels are positive-only, fewer known negatives than "
