@@ -186,14 +186,18 @@ def count_known(labels, rows=None, chunk_rows: int = 65536) -> tuple[np.ndarray,
     return pos, neg
 
 
-def positive_only(labels, rows=None) -> bool:
-    """Whether the known cells of ``rows`` (default: all) of ``labels`` hold fewer negatives
-    than positives: positive-only labels, as single-positive labels (no negative at all)
-    or those plus positives a reviewer added. Which cells are known then depends on their
-    value; multi-label data with real negatives has many more negatives than positives
-    (COCO: about 27 per positive)."""
-    pos, neg = count_known(labels, rows)
-    return bool(neg.sum() < pos.sum())
+def positive_only(labels, rows=None, chunk_rows: int | None = None) -> bool:
+    """Whether the labels of ``rows`` (default: all) are positive-only: most cells unknown,
+    and the known ones hold fewer negatives than positives. Single-positive labels are
+    (one positive per image, nothing else known), and so are they after a review added
+    positives and rejected a few suggestions. Which cells are known then depends on their
+    value. Multi-label data with real negatives has many more negatives than positives
+    (COCO: about 27 per positive); the unknown majority keeps densely labelled data with a
+    few frequent classes out."""
+    pos, neg = count_known(labels, rows, chunk_rows or 65536)
+    cells = (labels.shape[0] if rows is None else len(rows)) * labels.shape[1]
+    known = int(pos.sum() + neg.sum())
+    return bool(neg.sum() < pos.sum() and cells - known > known)
 
 
 def imbalance(counts: pd.DataFrame) -> dict[str, float]:

@@ -39,7 +39,9 @@ def test_default_delta():
     single = np.array([[1, -1, -1], [-1, -1, 1], [-1, -1, -1]], np.int8)
     assert default_delta(multi) == 0.975
     assert default_delta(single, chunk_rows=1) == 0.55
-    assert default_delta(np.array([[1, 1, -1, -1, -1]], np.int8)) == 0.975
+    # positive-only labels after a review (two positives, no negative): still the setting
+    assert default_delta(np.array([[1, 1, -1, -1, -1]], np.int8)) == 0.55
+    assert default_delta(np.array([[1, 1, 0, 0, -1, -1, -1, -1, -1]], np.int8)) == 0.975   # real negatives
 
 
 def test_scorers_hand_computed():
@@ -206,9 +208,15 @@ def test_single_positive_data_never_suggests_removing_a_given_positive():
     assert (np.asarray(res.suggested)[given == 1] == 1).all()
     asked = find_label_issues(given, probs, single_positive_removals=True)
     assert (asked.corrections["action"] == "remove").any()
+    # after a review round: some added positives and rejected suggestions; still positive-only
+    reviewed = given.copy()
+    reviewed[:40, 0] = np.where(given[:40, 0] == 1, 1, np.where(np.arange(40) % 2 == 0, 1, 0))
+    assert ((reviewed == 1).sum(1) > 1).any() and (reviewed == 0).any()
+    res = find_label_issues(reviewed, probs)
+    assert not (res.corrections["action"] == "remove").any() and len(res.corrections) > 0
 
 
-def test_trusted_cells_are_the_verified_ones_plus_single_positive_positives():
+def test_trusted_cells_are_the_verified_ones_plus_the_positives_of_positive_only_labels():
     from labelfix.cleaning.states import trusted_cells
 
     verified = np.zeros((4, 3), dtype=bool)
@@ -217,11 +225,17 @@ def test_trusted_cells_are_the_verified_ones_plus_single_positive_positives():
     out = trusted_cells(single, verified)
     assert out.tolist() == ((single == 1) | verified).tolist()
     assert not verified[1, 1]   # the input is not modified
+    reviewed = single.copy()
+    reviewed[0, 1], reviewed[2, 0] = 1, 0   # a review added a positive and rejected a suggestion
+    assert trusted_cells(reviewed, verified).tolist() == ((reviewed == 1) | verified).tolist()
     multi = single.copy()
-    multi[2] = [1, 0, 1]   # one image with two positives: not single-positive any more
+    multi[2] = [0, 0, 1]
+    multi[1] = [0, 1, 0]   # as many known negatives as positives: labels with real negatives
     assert trusted_cells(multi, verified).tolist() == verified.tolist()
+    dense = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=np.int8)   # nothing unknown
+    assert trusted_cells(dense, verified).tolist() == verified.tolist()
     # the rule looks at the given rows only (cross-fitting: the training rows)
-    assert trusted_cells(multi, verified, rows=np.array([0, 1, 3]))[2].tolist() == [True, False, True]
+    assert trusted_cells(multi, verified, rows=np.array([0, 3]))[2].tolist() == [False, False, True]
 
 
 def test_confident_joint_matches_cleanlab_per_class():

@@ -746,7 +746,7 @@ UNUSED_OPTION_CASES = {
     "train-icmixup-single-weight": (lambda w: _train(w, "--mix", "icmixup", "--icm-mode", "single", "--icm-weight", "2"),
                                     "--icm-weight: not used by --mix icmixup on single-label data"),
     "clean-sp-removals-multilabel": (lambda w: ["clean", w["run"], "--single-positive-removals"],
-                                     "labels are not single-positive"),
+                                     "labels are not single-positive (positive-only"),
     "review-port-no-launch": (lambda w: ["review", w["run"], "--port", "6000"], "--port: only used with --launch"),
     "export-coco-name-csv": (lambda w: ["export", "coco", w["run"], "--out", w["root"] / "c.json", "--from", "csv",
                                         "--name", "x"], "--name names the review dataset"),

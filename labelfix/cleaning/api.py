@@ -17,12 +17,12 @@ from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
 from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_error_rate, noise_rates
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES,
-                                      assign_states_block, default_delta, is_single_positive)
+                                      assign_states_block, default_delta)
 from labelfix.errors import LabelfixError
 from labelfix.io.atomic import atomic_memmap
 from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
-from labelfix.labels import UNK
+from labelfix.labels import UNK, positive_only
 from labelfix.numeric import sigmoid
 
 #: unknown cells are suggested positive above this estimate (docs/cleaning.md)
@@ -207,10 +207,10 @@ def find_label_issues(
             no neighbour evidence.
         verified: bool (N, K) cells a person verified in an earlier review: clean
             (p_clean 1), score 0, never suggested.
-        single_positive_removals: in the single-positive setting
-            (:func:`labelfix.cleaning.states.is_single_positive`) the given positives are
-            the only labels and are taken as verified: none is suggested for removal
-            unless this is True.
+        single_positive_removals: in the single-positive setting (positive-only labels,
+            :func:`labelfix.labels.positive_only`, also after a review added positives)
+            the given positives are the only labels and are taken as verified: none is
+            suggested for removal unless this is True.
         clean_threshold: p_clean above which a known cell is clean (0.5).
         relabel_threshold: delta; None -> :func:`default_delta` (0.55 single-positive,
             else 0.975).
@@ -279,13 +279,13 @@ def find_label_issues(
     est_thr = float(estimate_threshold) if estimate_threshold is not None else DEFAULT_ESTIMATE_THRESHOLD
     if not 0.5 <= est_thr < 1.0:
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
-    # single-positive labels: every given positive is trusted, like a verified cell
-    single = is_single_positive(given, chunk_rows=rows)
+    # positive-only (single-positive) labels: every given positive is trusted, like a verified cell
+    single = positive_only(given, chunk_rows=rows)
     if single_positive_removals and not single:
         raise LabelfixError("single_positive_removals (`clean --single-positive-removals`): the labels are not "
-                            "single-positive (an image has more than one positive, or at most half the cells are "
-                            "unknown), so no given positive is "
-                            "trusted to begin with")
+                            "single-positive (positive-only: at most half the cells are unknown, or the known "
+                            "ones hold as many negatives as positives), so no given positive is trusted to begin "
+                            "with")
     trust_positives = single and not single_positive_removals
 
     loss_src = losses if losses is not None else LazyBCE(probs, given, probs_are_logits)

@@ -391,8 +391,8 @@ def clean_run(
         if positive_only(voting_labels(run)):
             # which cells are known depends on their value: a share over known cells would
             # measure the labelling, not the image (docs/cleaning.md, "Neighbour evidence")
-            notes.append("neighbour votes not used: the labels are positive-only (fewer known negatives than "
-                         "positives), so the neighbours' known labels are positive by selection")
+            notes.append("neighbour votes not used: the labels are positive-only (most cells unknown, fewer known "
+                         "negatives than positives), so the neighbours' known labels are positive by selection")
             neighbours = None
             (run.path / "cells" / "neighbours.npy").unlink(missing_ok=True)
         else:

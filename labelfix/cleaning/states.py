@@ -37,20 +37,25 @@ def is_single_positive(given, *, min_unknown_fraction: float = 0.5, chunk_rows: 
 def trusted_cells(given, verified, rows=None) -> np.ndarray:
     """bool (N, K): cells no label management may call wrong: those a reviewer
     ``verified`` (bool (N, K)) and, when the labels of ``rows`` (default: all) are
-    single-positive (:func:`is_single_positive`), every given positive, which is then the
-    only supervision and is taken as verified (docs/cleaning.md). ``find_label_issues``
+    positive-only (:func:`labelfix.labels.positive_only`: single-positive labels, also
+    after a review added positives), every given positive, which is then the only
+    supervision and is taken as verified (docs/cleaning.md). ``find_label_issues``
     applies the same rule chunk by chunk."""
+    from labelfix.labels import positive_only
+
     given = np.asarray(given)
     out = np.array(verified, dtype=bool, copy=True)
-    if is_single_positive(given if rows is None else given[rows]):
+    if positive_only(given, rows):
         out |= given == POS
     return out
 
 
 def default_delta(given, *, chunk_rows: int | None = None) -> float:
-    """BalanceMix's re-labeling threshold: 0.55 in the single-positive setting
-    (:func:`is_single_positive`), else 0.975."""
-    return DELTA_SINGLE_POSITIVE if is_single_positive(given, chunk_rows=chunk_rows) else DELTA_MULTI
+    """BalanceMix's re-labeling threshold: 0.55 in the single-positive setting (positive-only
+    labels, :func:`labelfix.labels.positive_only`), else 0.975."""
+    from labelfix.labels import positive_only
+
+    return DELTA_SINGLE_POSITIVE if positive_only(given, chunk_rows=chunk_rows) else DELTA_MULTI
 
 
 def assign_states_block(given, p_clean, two_view=None, *, clean_threshold: float = 0.5,

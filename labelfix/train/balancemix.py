@@ -39,9 +39,9 @@ import torch
 
 from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, DELTA_MULTI, DELTA_SINGLE_POSITIVE, RELABELED,
-                                      assign_states_block, is_single_positive, trusted_cells)
+                                      assign_states_block, trusted_cells)
 from labelfix.io import atomic
-from labelfix.labels import POS, UNK
+from labelfix.labels import POS, UNK, positive_only
 from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
 from labelfix.numeric import sigmoid
 from labelfix.train.data import cfg_augments
@@ -119,7 +119,7 @@ class BalanceMixMixer(Mixer):
         self.pair_generator = torch.Generator().manual_seed(derive_seed(cfg.seed, 0xBA1A))
         given = ctx.labels
         self.assumed = np.where(given == UNK, 0, given).astype(np.int8)
-        single = is_single_positive(given[ctx.train_rows])
+        single = positive_only(given, ctx.train_rows)   # single-positive labels, also after a review
         self.warmup = _option(cfg, "balancemix_warmup", DEFAULT_WARMUP)
         self.delta = _option(cfg, "balancemix_delta", DELTA_SINGLE_POSITIVE if single else DELTA_MULTI)
         self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)

@@ -71,8 +71,9 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
         only = positive_only(labels, rows)
         loss = AUTO_POSITIVE_ONLY_LOSS if only and not mixer.assumes_unknown_negative else "bce"
         if only:   # the usual case (bce) needs no line
-            log(f"loss: {loss} (--loss auto: the training labels are positive-only, fewer known negatives than "
-                f"positives" + (f"; --mix {cfg.mix} trains missing labels as negatives)" if loss == "bce" else ")"))
+            log(f"loss: {loss} (--loss auto: the training labels are positive-only, most cells unknown and fewer "
+                f"known negatives than positives" + (f"; --mix {cfg.mix} trains missing labels as negatives)"
+                                                     if loss == "bce" else ")"))
         cfg = dataclasses.replace(cfg, loss=loss)
     empty = np.flatnonzero(neg == 0)
     if empty.size and not (trains_unknown(cfg.loss) or mixer.trains_unknown(cfg) or cfg.loss in EXPECTED_POSITIVE_LOSSES):
