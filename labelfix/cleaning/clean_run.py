@@ -384,11 +384,10 @@ def clean_run(
         notes.append("no complete image embedding in the run (training interrupted before its end?): "
                      "neighbour evidence skipped, so the evidence score is the disagreement")
     if neighbours is not None:
-        from labelfix.cleaning.evidence import voting_labels
         from labelfix.labels import positive_only
 
         dups = duplicates_table(run, pairs)
-        if positive_only(voting_labels(run)):
+        if positive_only(ls.labels):
             # which cells are known depends on their value: a share over known cells would
             # measure the labelling, not the image (docs/cleaning.md, "Neighbour evidence")
             notes.append("neighbour votes not used: the labels are positive-only (most cells unknown, fewer known "
