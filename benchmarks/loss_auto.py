@@ -4,8 +4,8 @@ For each seed: the demo data (1,200 digit mosaics, the data draw of the seed), s
 noise drawn with the seed (one given positive per image, every other cell unknown), then
 ``labelfix train`` with the demo's recipe (``labelfix.demo.DEMO_TRAIN``: test_resnet, 48 px,
 4 folds x 2 rounds, 14 epochs) and each ``--loss`` of the grid, then ``labelfix clean``.
-``auto`` is the default since 2026-12-05 (AN-LS on positive-only labels,
-``labelfix.train.optim.resolve_loss``); ``bce`` was the default before it (masked BCE: no
+``auto`` is the default since 2026-12-05 (AN-LS on positive-only labels from random
+weights, as here, ``labelfix.train.optim.resolve_loss``); ``bce`` was the default before it (masked BCE: no
 negative to learn from); ``an`` is the assume-negative loss cleanlab's baseline trains.
 Reported: the AP of the issue score over the unknown cells (the missing positives are the
 errors), the number of suggestions and the share of them that is right, the precision of

@@ -254,8 +254,9 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
 
 
 def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):
-    """--loss auto (the default): masked BCE on labels with negatives; AN-LS on
-    positive-only labels, where masked BCE would learn to call every cell positive;
+    """--loss auto (the default): masked BCE on labels with negatives; AN-LS (AN from
+    pretrained weights) on positive-only labels, where masked BCE would learn to call every
+    cell positive;
     BalanceMix keeps BCE (it trains missing labels as negatives itself). The resolved
     loss is what config.yaml records and what a resume continues with."""
     from labelfix.data.noise import write_noisy_coco
@@ -274,6 +275,13 @@ def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):
     loss, lines = resolved(data=str(sp))
     assert loss == "an-ls" and any("--loss auto" in line and "positive-only" in line for line in lines)
     assert resolved(data=str(sp), mix="balancemix", balancemix_warmup=1)[0] == "bce"
+    from labelfix.train.optim import resolve_loss   # from pretrained weights: plain AN
+
+    sp_labels = np.asarray(read_labels(sp).labels)
+    rows = np.arange(len(sp_labels))
+    assert resolve_loss(TrainConfig(weights="w.pt"), sp_labels, rows).loss == "an"
+    assert resolve_loss(TrainConfig(pretrained=True), sp_labels, rows).loss == "an"
+    assert resolve_loss(TrainConfig(pretrained=True), np.asarray(read_labels(tiny["train"]).labels), rows).loss == "bce"
     loss, lines = resolved(data=str(sp), loss="bce")   # given: kept, with one line naming a class
     assert loss == "bce"
     names = read_labels(sp).class_names

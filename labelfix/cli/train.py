@@ -51,9 +51,9 @@ def _opt(*decls, **kw):
 @_opt("--fold-workers", type=int, help="With --folds on the CPU: train this many fold models side by side, each "
                                        "in its own process with its share of the CPU threads; small models train "
                                        "faster so (docs/training.md) [default: 1].")
-@_opt("--loss", help="bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct, or auto: an-ls when the training labels "
-                      "are positive-only (most cells unknown, fewer known negatives than positives: e.g. "
-                      "single-positive labels), else bce [default: auto].")
+@_opt("--loss", help="bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct, or auto: on positive-only training labels "
+                      "(most cells unknown, fewer known negatives than positives: e.g. single-positive labels) "
+                      "an-ls, or an from pretrained weights; else bce [default: auto].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
 @_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")
 @_opt("--mix-prob", type=float, help="Probability of mixing a sample (LogicMix, default 0.5) or a batch "

@@ -40,10 +40,13 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int)
         optimizer, lambda s: lr_factor(s, total, warm, cfg.schedule, cfg.warmup_lr_ratio, cfg.min_lr_ratio))
 
 
-#: ``--loss auto`` on positive-only labels: assume-negative with label smoothing (AN-LS,
-#: Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021, Sec. 3.2):
-#: it needs no expected-positive count (ROLE and EPR do) and works with every mixing method
-AUTO_POSITIVE_ONLY_LOSS = "an-ls"
+#: ``--loss auto`` on positive-only labels, by the backbone's start: the assume-negative
+#: losses of Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021,
+#: Sec. 3.2, which need no expected-positive count (ROLE and EPR do) and work with every
+#: mixing method. From random weights AN with label smoothing ranked the missing positives
+#: better (demo data, +0.04 / +0.05), from ImageNet weights fine-tuned plain AN did (+0.05
+#: to +0.08); docs/training.md, "Choosing the loss"
+AUTO_POSITIVE_ONLY_LOSS = {"random": "an-ls", "pretrained": "an"}
 
 
 def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
@@ -51,7 +54,8 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     ``labels``); says what it chose on positive-only labels, and warns, in one line
     each to ``log`` (``class_names`` name the classes there).
 
-    auto: ``an-ls`` (:data:`AUTO_POSITIVE_ONLY_LOSS`) when the labels are positive-only
+    auto: ``an-ls`` from random weights, ``an`` from pretrained ones (``--pretrained``,
+    ``--weights``; :data:`AUTO_POSITIVE_ONLY_LOSS`) when the labels are positive-only
     (:func:`labelfix.labels.positive_only`) and the mixing method does not itself train missing labels as
     negatives (BalanceMix does, ``Mixer.assumes_unknown_negative``); else masked ``bce``.
     A loss that gives unknown cells no target (masked BCE, ASL) cannot learn a class
@@ -69,7 +73,8 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     pos, neg = count_known(labels, rows)
     if cfg.loss == "auto":
         only = positive_only(labels, rows)
-        loss = AUTO_POSITIVE_ONLY_LOSS if only and not mixer.assumes_unknown_negative else "bce"
+        start = "pretrained" if cfg.pretrained or cfg.weights else "random"
+        loss = AUTO_POSITIVE_ONLY_LOSS[start] if only and not mixer.assumes_unknown_negative else "bce"
         if only:   # the usual case (bce) needs no line
             log(f"loss: {loss} (--loss auto: the training labels are positive-only, most cells unknown and fewer "
                 f"known negatives than positives" + (f"; --mix {cfg.mix} trains missing labels as negatives)"
