@@ -56,8 +56,9 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
 
     auto: ``an-ls`` from random weights, ``an`` from pretrained ones (``--pretrained``,
     ``--weights``; :data:`AUTO_POSITIVE_ONLY_LOSS`) when the labels are positive-only
-    (:func:`labelfix.labels.positive_only`) and the mixing method does not itself train missing labels as
-    negatives (BalanceMix does, ``Mixer.assumes_unknown_negative``); else masked ``bce``.
+    (:func:`labelfix.labels.positive_only`) and the mixing method does not itself train
+    missing labels as negatives (BalanceMix does, ``Mixer.assumes_unknown_negative``);
+    else masked ``bce``.
     A loss that gives unknown cells no target (masked BCE, ASL) cannot learn a class
     without a known negative: it would call every image positive; each such class is
     named in a note (no refusal: the benchmarks train masked BCE on single-positive labels
@@ -70,7 +71,7 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     from labelfix.train.mixers import mixer_class
 
     mixer = mixer_class(cfg.mix)
-    pos, neg = count_known(labels, rows)
+    _, neg = count_known(labels, rows)
     if cfg.loss == "auto":
         only = positive_only(labels, rows)
         start = "pretrained" if cfg.pretrained or cfg.weights else "random"
