@@ -195,9 +195,14 @@ def positive_only(labels, rows=None, chunk_rows: int | None = None) -> bool:
     (COCO: about 27 per positive); the unknown majority keeps densely labelled data with a
     few frequent classes out."""
     pos, neg = count_known(labels, rows, chunk_rows or 65536)
-    cells = (labels.shape[0] if rows is None else len(rows)) * labels.shape[1]
-    known = int(pos.sum() + neg.sum())
-    return bool(neg.sum() < pos.sum() and cells - known > known)
+    return positive_only_counts(pos, neg, (labels.shape[0] if rows is None else len(rows)) * labels.shape[1])
+
+
+def positive_only_counts(pos, neg, cells: int) -> bool:
+    """:func:`positive_only` from per-class counts (:func:`count_known`) and the number of
+    cells, for callers that have counted already."""
+    known = int(np.sum(pos) + np.sum(neg))
+    return bool(np.sum(neg) < np.sum(pos) and cells - known > known)
 
 
 def imbalance(counts: pd.DataFrame) -> dict[str, float]:

@@ -16,8 +16,8 @@ import pandas as pd
 from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
 from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_error_rate, noise_rates
-from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES,
-                                      assign_states_block, default_delta)
+from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, DELTA_MULTI, DELTA_SINGLE_POSITIVE, ESTIMATED,
+                                      RELABELED, STATE_NAMES, assign_states_block)
 from labelfix.errors import LabelfixError
 from labelfix.io.atomic import atomic_memmap
 from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
@@ -273,14 +273,16 @@ def find_label_issues(
         check_device(device, "device")
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
-    delta = float(relabel_threshold) if relabel_threshold is not None else default_delta(given, chunk_rows=rows)
+    # positive-only (single-positive) labels: every given positive is trusted, like a verified
+    # cell, and delta defaults to the setting's 0.55 (one pass over the labels for both)
+    single = positive_only(given, chunk_rows=rows)
+    delta = float(relabel_threshold) if relabel_threshold is not None else \
+        (DELTA_SINGLE_POSITIVE if single else DELTA_MULTI)   # = default_delta(given)
     if not 0.5 <= delta < 1.0:
         raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")
     est_thr = float(estimate_threshold) if estimate_threshold is not None else DEFAULT_ESTIMATE_THRESHOLD
     if not 0.5 <= est_thr < 1.0:
         raise LabelfixError(f"estimate_threshold: {est_thr}: must be in [0.5, 1)")
-    # positive-only (single-positive) labels: every given positive is trusted, like a verified cell
-    single = positive_only(given, chunk_rows=rows)
     if single_positive_removals and not single:
         raise LabelfixError("single_positive_removals (`clean --single-positive-removals`): the labels are not "
                             "single-positive (positive-only: at most half the cells are unknown, or the known "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from labelfix.errors import LabelfixError
-from labelfix.labels import POS, UNK
+from labelfix.labels import POS, UNK, positive_only
 from labelfix.numeric import chunk_rows as _rows_per_chunk
 
 CLEAN, RELABELED, AMBIGUOUS, ESTIMATED = 0, 1, 2, 3
@@ -41,8 +41,6 @@ def trusted_cells(given, verified, rows=None) -> np.ndarray:
     after a review added positives), every given positive, which is then the only
     supervision and is taken as verified (docs/cleaning.md). ``find_label_issues``
     applies the same rule chunk by chunk."""
-    from labelfix.labels import positive_only
-
     given = np.asarray(given)
     out = np.array(verified, dtype=bool, copy=True)
     if positive_only(given, rows):
@@ -53,8 +51,6 @@ def trusted_cells(given, verified, rows=None) -> np.ndarray:
 def default_delta(given, *, chunk_rows: int | None = None) -> float:
     """BalanceMix's re-labeling threshold: 0.55 in the single-positive setting (positive-only
     labels, :func:`labelfix.labels.positive_only`), else 0.975."""
-    from labelfix.labels import positive_only
-
     return DELTA_SINGLE_POSITIVE if positive_only(given, chunk_rows=chunk_rows) else DELTA_MULTI
 
 

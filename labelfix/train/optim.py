@@ -65,15 +65,15 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     on purpose, as the baseline)."""
     import dataclasses
 
-    from labelfix.labels import count_known, positive_only
+    from labelfix.labels import count_known, positive_only_counts
     from labelfix.losses import trains_unknown
     from labelfix.train.config import EXPECTED_POSITIVE_LOSSES
     from labelfix.train.mixers import mixer_class
 
     mixer = mixer_class(cfg.mix)
-    _, neg = count_known(labels, rows)
+    pos, neg = count_known(labels, rows)   # one pass for the rule and the warning
     if cfg.loss == "auto":
-        only = positive_only(labels, rows)
+        only = positive_only_counts(pos, neg, len(rows) * labels.shape[1])
         start = "pretrained" if cfg.pretrained or cfg.weights else "random"
         loss = AUTO_POSITIVE_ONLY_LOSS[start] if only and not mixer.assumes_unknown_negative else "bce"
         if only:   # the usual case (bce) needs no line
