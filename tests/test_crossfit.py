@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from labelfix.errors import LabelfixError
+from labelfix.labels import LabelSet
 from labelfix.train import TrainConfig, train
 from labelfix.train.crossfit import assign_folds, fold_dir, suspicious_cells
 
@@ -131,20 +132,27 @@ def test_cross_fitted_run_resumes_after_a_kill(tiny, tmp_path):
     np.testing.assert_array_equal(np.load(ref / "stats" / "logits.npy"), np.load(run / "stats" / "logits.npy"))
 
 
+def positive_only_csv(tiny, tmp_path):
+    """The tiny training set as a CSV of its positives only (every negative unknown):
+    (path, the LabelSet read from the COCO file)."""
+    from labelfix.io import read_labels
+
+    given = read_labels(tiny["train"])
+    table = given.images[["file_name"]].copy()
+    for k, name in enumerate(given.class_names):
+        table[name] = np.where(np.asarray(given.labels)[:, k] == 1, "1", "")
+    sp = tmp_path / "positives.csv"
+    table.to_csv(sp, index=False)
+    return sp, given
+
+
 def test_positive_only_labels_train_an_ls_in_every_fold_and_clean_without_votes(tiny, tmp_path):
     """Positive-only labels: --loss auto is AN-LS for the run and each fold model (the
     top-level config.yaml and the folds' record it), a resume keeps it, and clean does not
     count the neighbours' votes."""
     import yaml
 
-    from labelfix.io import read_labels
-
-    given = read_labels(tiny["train"])   # every positive kept, every negative unknown
-    table = given.images[["file_name"]].copy()
-    for k, name in enumerate(given.class_names):
-        table[name] = np.where(np.asarray(given.labels)[:, k] == 1, "1", "")
-    sp = tmp_path / "positives.csv"
-    table.to_csv(sp, index=False)
+    sp, given = positive_only_csv(tiny, tmp_path)
     images = str(given.image_root)
     run, lines = tmp_path / "run", []
     train(cfg_for(tiny, run, data=str(sp), images=images, rounds=1, epochs=1), log=lines.append)
@@ -162,6 +170,53 @@ def test_positive_only_labels_train_an_ls_in_every_fold_and_clean_without_votes(
     assert not (run / "cells" / "neighbours.npy").exists() and (run / "cells" / "duplicates.csv").exists()
     plain = clean_run(run, report=False, neighbours=0)
     np.testing.assert_array_equal(np.asarray(voted.issues.score), np.asarray(plain.issues.score))
+
+
+def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny, tmp_path):
+    """--loss auto on positive-only labels with 2 rounds: round 1 trains AN-LS with the
+    run's mixing, round 2 ROLE without mixing, its kappa estimated from round 1's held-out
+    logits and recorded in every round-2 fold's config.yaml; a resume keeps both losses;
+    clean judges every cell by the mean of both rounds."""
+    import yaml
+
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.losses import kappa_from_held_out
+
+    sp, given = positive_only_csv(tiny, tmp_path)
+    run, lines = tmp_path / "run", []
+    options = dict(data=str(sp), images=str(given.image_root), folds=2, epochs=1, mix="mixup", prior_bias=True)
+    train(cfg_for(tiny, run, **options), log=lines.append)
+    top = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (top["loss"], top["refit_loss"]) == ("an-ls", "role")
+    labels = np.asarray(LabelSet.load(run).labels)
+    kappa = round(kappa_from_held_out(np.load(run / "stats" / "round1" / "logits.npy"), labels,
+                                      np.flatnonzero(np.load(run / "folds.npy") >= 0), 0.1), 4)
+    assert any(f"--loss role with kappa {kappa:g}" in line for line in lines)
+    for f in range(2):
+        first = yaml.safe_load((fold_dir(run, f, 1) / "config.yaml").read_text())["train"]
+        second = yaml.safe_load((fold_dir(run, f, 2) / "config.yaml").read_text())["train"]
+        assert (first["loss"], first["mix"], first["prior_bias"]) == ("an-ls", "mixup", True)
+        assert (second["loss"], second["loss_kwargs"], second["mix"], second["prior_bias"]) == \
+            ("role", {"kappa": kappa}, "none", None)
+    np.testing.assert_array_equal(np.load(run / "stats" / "logits.npy"),
+                                  np.load(run / "stats" / "round2" / "logits.npy"))
+    train(cfg_for(tiny, run, **options, resume=True), log=lambda s: None)   # complete: nothing changes
+    res = clean_run(run, report=False)
+    assert any("cells judged by the mean of the 2 rounds' held-out logits (round 1 an-ls, then role" in n
+               for n in res.notes)
+    # an explicit loss trains the same loss in every round: round 2 has nothing to refit
+    plain = tmp_path / "plain"
+    train(cfg_for(tiny, plain, data=str(sp), images=str(given.image_root), folds=2, epochs=1, loss="an-ls"),
+          log=lambda s: None)
+    assert yaml.safe_load((plain / "config.yaml").read_text())["train"]["refit_loss"] is None
+    assert not (plain / "folds" / "round2").exists()
+
+
+def test_refit_loss_is_checked(tiny, tmp_path):
+    with pytest.raises(LabelfixError, match="--refit-loss: 'an' is not one of epr, role"):
+        cfg_for(tiny, tmp_path / "x", refit_loss="an").validate()
+    with pytest.raises(LabelfixError, match="--refit-loss: trains cross-fitting's rounds 2 and later"):
+        cfg_for(tiny, tmp_path / "x", refit_loss="role", rounds=1).validate()
 
 
 def test_frozen_run_end_to_end(tiny, tmp_path):

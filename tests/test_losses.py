@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from labelfix.errors import LabelfixError
-from labelfix.losses import create_loss, estimate_kappa, list_losses, split_labels
+from labelfix.losses import create_loss, estimate_kappa, kappa_from_held_out, list_losses, split_labels
 from labelfix.losses.asl import AsymmetricLoss
 from labelfix.losses.large_loss import LargeLossLoss
 from labelfix.losses.spl import ExpectedPositiveLoss, RoleLoss
@@ -253,6 +253,36 @@ def test_estimate_kappa():
     with pytest.raises(LabelfixError):
         estimate_kappa(np.array([[0, -1], [0, -1]], dtype=np.int8))
 
+
+def test_kappa_from_held_out_is_elkan_notos_estimate():
+    """A held-out model of 'given or not' outputs g = c P(y = 1): with every positive given
+    at the same rate c (Elkan & Noto's assumption) kappa is the mean positive count; with
+    one positive given per image (c = 1 / m) it is the harmonic mean of m."""
+    rng = np.random.default_rng(0)
+    n, k = 4000, 8
+    truth = rng.random((n, k)) < 0.3
+    given = np.where(truth & (rng.random((n, k)) < 0.4), 1, -1).astype(np.int8)
+    logit = lambda g: np.log(np.clip(g, 1e-9, 1 - 1e-9)) - np.log1p(-np.clip(g, 1e-9, 1 - 1e-9))
+    assert kappa_from_held_out(logit(np.where(truth, 0.4, 0.0)), given) == \
+        pytest.approx(truth.sum(1).mean(), rel=0.01)
+    m = np.maximum(truth.sum(1), 1)
+    truth[np.arange(n), rng.integers(0, k, n)] |= truth.sum(1) == 0
+    single = np.full((n, k), -1, dtype=np.int8)
+    single[np.arange(n), [rng.choice(np.flatnonzero(t)) for t in truth]] = 1
+    g = np.where(truth, 1.0 / m[:, None], 0.0)
+    assert kappa_from_held_out(logit(g), single) == pytest.approx(1 / np.mean(1 / m), rel=1e-6)
+    # AN-LS's smoothed outputs eps + (1 - 2 eps) g are unsmoothed first
+    eps = 0.1
+    assert kappa_from_held_out(logit(eps + (1 - 2 * eps) * g), single, label_smoothing=eps) == \
+        pytest.approx(1 / np.mean(1 / m), rel=1e-4)
+    # NaN rows (not held out) are skipped; chunks add up; the result is at most K
+    held = logit(g)
+    held[::2] = np.nan
+    assert kappa_from_held_out(held, single, np.arange(n), chunk_rows=7) == \
+        pytest.approx(kappa_from_held_out(held[1::2], single[1::2]))
+    assert kappa_from_held_out(np.full((2, 3), -30.0), np.array([[1, -1, -1], [-1, 1, -1]], np.int8)) == 3.0
+    with pytest.raises(LabelfixError, match="no held-out row with a given positive"):
+        kappa_from_held_out(np.full((2, 2), np.nan), np.array([[1, -1], [-1, 1]], np.int8))
 
 # --- ROLE -------------------------------------------------------------------------------
 

@@ -54,9 +54,11 @@ DEFAULT_FOLDS = 3
 #: cross-fitting rounds of labelfix's detection run (labelfix.train.crossfit)
 DEFAULT_ROUNDS = 2
 #: labelfix's detection run per noise kind: (loss, mix) trained cross-fitted. Masked BCE
-#: where labels are known or unknown cells are few; ROLE for single-positive labels
-#: (its label table needs no negatives). Chosen on demo seed 0 (docs/benchmarks.md).
-DETECTION_RECIPE = {"single-positive": ("role", "none"), "*": ("bce", "none")}
+#: where labels are known or unknown cells are few; on single-positive labels the product
+#: default, ``--loss auto`` (AN-LS or AN in round 1, then ROLE with kappa estimated from
+#: round 1's held-out model; labelfix.train.optim.resolve_loss), which a user gets without
+#: knowing kappa. Chosen on demo seed 0 (docs/benchmarks.md).
+DETECTION_RECIPE = {"single-positive": ("auto", "none"), "*": ("bce", "none")}
 #: cleanlab's out-of-sample probabilities come from K-fold masked-BCE models on the same
 #: folds and backbone: labelfix's round 1 when its recipe is masked BCE, else a
 #: cross-fitted run of its own with unknown cells as negatives ("an"; cleanlab has no
@@ -240,7 +242,7 @@ def run_bench(
     from labelfix.data.noise import inject_noise
     from labelfix.io import read_labels
     from labelfix.train import TrainConfig
-    from labelfix.train.config import run_commit
+    from labelfix.train.config import read_run_config, run_commit
     from labelfix.train.metrics import class_groups, map_report
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -328,6 +330,9 @@ def run_bench(
                                   folds=folds, rounds=rounds, fold_workers=fold_workers,
                                   **_method_options(loss, train_cfg, kappa))
             secs, reused = _train_once(det_cfg, quiet)
+            if loss == "auto":   # name what it resolved to, e.g. "an-ls+role"
+                ran = read_run_config(base / "labelfix")
+                loss = ran.loss + (f"+{ran.refit_loss}" if ran.refit_loss else "")
             t0 = time.perf_counter()
             res = clean_run(base / "labelfix", report=False)
             clean_secs = time.perf_counter() - t0

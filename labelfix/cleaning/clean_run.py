@@ -124,9 +124,20 @@ def known_judge_logits(run: Run):
 
 def judged_by_rounds(run: Run) -> int:
     """How many cross-fitting rounds' held-out logits :func:`known_judge_logits` averages
-    (0: the run's ``stats/logits.npy`` alone)."""
+    (0: the run's ``stats/logits.npy`` alone): every round's when the backbone started
+    pretrained, or when the later rounds trained another loss than round 1 (:func:`refit_loss`:
+    two methods' models, an ensemble; single-positive demo data from random weights, seed 0:
+    unknown-positive AP 0.608 round 1 (AN-LS), 0.712 ROLE, 0.708 their mean; from pretrained
+    weights the mean ranked above both, docs/training.md "Choosing the loss")."""
     rounds = int(run.stats_state.get("rounds") or 1)
-    return rounds if run.stats_state.get("out_of_sample") and rounds > 1 and pretrained_start(run) else 0
+    several = run.stats_state.get("out_of_sample") and rounds > 1
+    return rounds if several and (pretrained_start(run) or refit_loss(run)) else 0
+
+
+def refit_loss(run: Run) -> str | None:
+    """The loss of the run's cross-fitting rounds 2 and later when it differs from round
+    1's (``config.yaml``'s ``train.refit_loss``), else None."""
+    return (run.config.get("train") or {}).get("refit_loss") or None
 
 
 def held_out_logits(run: Run):
@@ -367,8 +378,11 @@ def clean_run(
     evidence = run_evidence(run, others)
     rounds = judged_by_rounds(run)
     if rounds:
+        refit = refit_loss(run)
         notes.append(f"known cells judged by the mean of the {rounds} rounds' held-out logits "
-                     f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')")
+                     f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')" if not refit else
+                     f"cells judged by the mean of the {rounds} rounds' held-out logits (round 1 "
+                     f"{run.config['train'].get('loss')}, then {refit}; docs/training.md, 'Choosing the loss')")
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "
                      f"{', '.join(str(o.path) for o in others)}")

@@ -53,7 +53,12 @@ def _opt(*decls, **kw):
                                        "faster so (docs/training.md) [default: 1].")
 @_opt("--loss", help="bce, an, an-ls, wan, asl, epr, role, ll-r, ll-ct, or auto: on positive-only training labels "
                       "(most cells unknown, fewer known negatives than positives: e.g. single-positive labels) "
-                      "an-ls, or an from pretrained weights; else bce [default: auto].")
+                      "an-ls, or an from pretrained weights, and with --folds --refit-loss role; else bce "
+                      "[default: auto].")
+@_opt("--refit-loss", type=click.Choice(["epr", "role"]),
+      help="With --folds: cross-fitting rounds 2 and later train this loss without mixing, its expected "
+           "positives per image (kappa) estimated from round 1's held-out model (docs/training.md) "
+           "[default: role with --loss auto on positive-only labels, else the --loss of round 1].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
 @_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")
 @_opt("--mix-prob", type=float, help="Probability of mixing a sample (LogicMix, default 0.5) or a batch "

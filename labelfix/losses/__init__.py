@@ -23,12 +23,12 @@ from labelfix.errors import LabelfixError
 from labelfix.losses.asl import AsymmetricLoss
 from labelfix.losses.bce import AssumeNegativeLoss, MaskedBCELoss, WeakAssumeNegativeLoss, split_labels
 from labelfix.losses.large_loss import LargeLossLoss
-from labelfix.losses.spl import ExpectedPositiveLoss, RoleLoss, estimate_kappa
+from labelfix.losses.spl import ExpectedPositiveLoss, RoleLoss, estimate_kappa, kappa_from_held_out
 
 __all__ = [
     "AssumeNegativeLoss", "AsymmetricLoss", "ExpectedPositiveLoss", "LargeLossLoss", "MaskedBCELoss",
-    "RoleLoss", "WeakAssumeNegativeLoss", "create_loss", "estimate_kappa", "list_losses", "register_loss",
-    "split_labels", "trains_unknown",
+    "RoleLoss", "WeakAssumeNegativeLoss", "create_loss", "estimate_kappa", "kappa_from_held_out", "list_losses",
+    "register_loss", "split_labels", "target_smoothing", "trains_unknown",
 ]
 
 # name -> (factory, fixed keyword arguments the name implies)
@@ -65,6 +65,16 @@ def trains_unknown(name: str) -> bool:
         raise LabelfixError(f"loss {name!r}: not a registered loss ({', '.join(_REGISTRY)})")
     factory, _ = _REGISTRY[name.lower()]
     return bool(getattr(factory, "trains_unknown", True))
+
+
+def target_smoothing(name: str) -> float:
+    """eps of the smoothed targets ``eps + (1 - 2 eps) t`` that the loss registered as
+    ``name`` trains towards (0.1 for "an-ls", else 0): what a model's probabilities must
+    be unsmoothed by before they are read as label frequencies
+    (:func:`kappa_from_held_out`)."""
+    if name.lower() not in _REGISTRY:
+        raise LabelfixError(f"loss {name!r}: not a registered loss ({', '.join(_REGISTRY)})")
+    return float(_REGISTRY[name.lower()][1].get("label_smoothing", 0.0))
 
 
 def list_losses() -> list[str]:

@@ -185,12 +185,13 @@ def with_recorded_mixing(cfg, recorded: dict):
 def check_resume_compatible(saved, given, out: Path):
     """Refuse ``--resume`` with options that change what is computed (one line naming
     them); returns ``given`` with the run's recorded mixing defaults
-    (:func:`with_recorded_mixing`) and ``--loss auto`` as the run resolved it, the
+    (:func:`with_recorded_mixing`) and ``--loss auto`` as the run resolved it (``loss``,
+    ``refit_loss``), the
     options to resume with."""
     recorded = recorded_mixing(out)
     saved, given = with_recorded_mixing(saved, recorded), with_recorded_mixing(given, recorded)
-    if given.loss == "auto":   # the loss the run resolved when it started (or was given then)
-        given = dataclasses.replace(given, loss=saved.loss)
+    if given.loss == "auto":   # the losses the run resolved when it started (or was given then)
+        given = dataclasses.replace(given, loss=saved.loss, refit_loss=given.refit_loss or saved.refit_loss)
     old = saved.to_dict()
     diff = [name for name, value in given.to_dict().items()
             if name not in RESUME_MUTABLE and not _same(name, old.get(name), value)]

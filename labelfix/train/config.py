@@ -82,6 +82,9 @@ class TrainConfig:
     # objective
     loss: str = "auto"   # resolved from the training labels (labelfix.train.optim.resolve_loss)
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    # cross-fitting rounds 2..R: this expected-positive loss, kappa from round 1's held-out
+    # model, without mixing (labelfix.train.crossfit); None: --loss. --loss auto sets it
+    refit_loss: str | None = None
     mix: str = "logicmix"
     # method options: None = the method's default (labelfix.train.mixers, docs/training.md)
     mix_prob: float | None = None
@@ -224,6 +227,12 @@ class TrainConfig:
                         f"(missing labels are its assumed negatives), so it would train exactly like --loss bce")
         if self.mix == "balancemix":
             self._check_balancemix_warmup(bad)
+        if self.refit_loss is not None:
+            if self.refit_loss not in EXPECTED_POSITIVE_LOSSES:
+                bad("refit_loss", f"{self.refit_loss!r} is not one of {', '.join(EXPECTED_POSITIVE_LOSSES)} (the "
+                                  f"losses whose kappa round 1's held-out model estimates)")
+            if not self.folds or self.rounds < 2:
+                bad("refit_loss", "trains cross-fitting's rounds 2 and later; needs --folds and --rounds 2 or more")
         if self.loss == "role" and self.mix != "none":
             bad("mix", "--loss role needs --mix none (its label table has one row per image; "
                        "a mixed image has no single row)")

@@ -27,6 +27,13 @@ Layout (docs/internals.md):
   (mean of their logits), the run's one model for export and predict;
 - ``RUN/metrics.csv``: every fold's rows with ``round`` and ``fold`` columns.
 
+Refit loss (``refit_loss``; ``--loss auto`` sets ROLE on positive-only labels): rounds 2..R
+train that loss, without mixing, with kappa (expected positives per image, which
+single-positive labels cannot give) estimated from round 1's held-out model
+(``labelfix.losses.kappa_from_held_out``, Elkan & Noto 2008); a round 2 then trains even
+without suspicious cells, and ``labelfix clean`` judges every cell by the mean of the
+rounds' held-out logits (docs/training.md, "Choosing the loss").
+
 Folds are drawn with a seeded permutation, stratified on the rarest positive class of each
 image, so every class has positives in every fold when it has at least K of them.
 """
@@ -126,12 +133,14 @@ def unknown_judge(cfg: TrainConfig) -> str:
     when neither the loss nor the mixing gives unknown cells a training target
     (``labelfix.losses.trains_unknown``, ``Mixer.trains_unknown``): then no model saw a
     label on them, every model is out of sample there, and K models trained on (K-1)/K of
-    the images each beat the one that held the image out. Else ``"held_out"``."""
+    the images each beat the one that held the image out. Else ``"held_out"``, also when
+    later rounds train a ``refit_loss`` (which trains unknown cells: the rounds' held-out
+    logits judge them, ``labelfix.cleaning.clean_run.judged_by_rounds``)."""
     from labelfix.losses import trains_unknown
     from labelfix.train.mixers import mixer_class
 
     seen = mixer_class(cfg.mix).trains_unknown(cfg) or trains_unknown(cfg.loss)
-    return "held_out" if seen else "ensemble"
+    return "held_out" if seen or cfg.refit_loss else "ensemble"
 
 
 def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:
@@ -189,6 +198,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         images: dict = {}   # decoded images, shared by every fold model (labelfix.train.data.build_datasets)
         last = 1
         pool = open_fold_pool(cfg, callbacks, dist, out / "features")
+        round_cfg = cfg   # the options of round r's fold models
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown
                 mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
@@ -196,18 +206,25 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     logits = np.load(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
                     atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted))
                 mask = broadcast_object(np.load(mask_path) if dist.is_main else None, dist)
-                if not mask.any():
+                if not mask.any() and not cfg.refit_loss:
                     say(f"cross-fitting round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
                     break
                 current = LabelSet(np.where(mask, np.int8(UNK), given).astype(np.int8), labelset.images,
                                    labelset.classes, labelset.image_root, dict(labelset.source), labelset.verified)
-                say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
-                    f"train as unknown")
+                if mask.any():
+                    say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
+                        f"train as unknown")
+                if cfg.refit_loss:
+                    kappa = broadcast_object(refit_kappa(cfg, out, given, train_rows) if dist.is_main else None, dist)
+                    round_cfg = refit_config(cfg, kappa)
+                    say(f"cross-fitting round {r}/{cfg.rounds}: --loss {round_cfg.loss} with kappa {kappa:g} "
+                        f"(expected positives per image, from round 1's held-out model), --mix none")
             last = r
             jobs = []
             for f in range(k):
                 sub = fold_dir(out, f, r)
-                sub_cfg = dataclasses.replace(cfg, folds=0, rounds=None, out=str(sub), fold_workers=1,
+                sub_cfg = dataclasses.replace(round_cfg, folds=0, rounds=None, refit_loss=None, out=str(sub),
+                                              fold_workers=1,
                                               resume=(sub / "checkpoints" / "last.pt").exists(),
                                               progress=cfg.progress and pool is None)
                 where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
@@ -242,6 +259,29 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         if pool is not None:
             pool.close()
         cleanup(dist)
+
+
+def refit_kappa(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.ndarray) -> float:
+    """kappa for ``cfg.refit_loss`` (rounds 2..R): from round 1's merged held-out logits
+    against the given labels (:func:`labelfix.losses.kappa_from_held_out`), unsmoothed by
+    round 1's loss, rounded to 4 decimals (it is recorded in every fold's config.yaml; a
+    resumed run computes the same value from the same file)."""
+    from labelfix.losses import kappa_from_held_out, target_smoothing
+
+    logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
+    return round(kappa_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss)), 4)
+
+
+def refit_config(cfg: TrainConfig, kappa: float) -> TrainConfig:
+    """The options of rounds 2..R when ``cfg.refit_loss`` is set: that loss with ``kappa``,
+    without mixing (ROLE's label table has one row per image) and its method options, and
+    with the class-prior bias at its default (off for these losses, which set the outputs'
+    scale by kappa). Everything else as in round 1."""
+    from labelfix.train.config import MIXER_OPTIONS
+
+    unset = {name: None for name in MIXER_OPTIONS}
+    return dataclasses.replace(cfg, loss=cfg.refit_loss, loss_kwargs={"kappa": kappa}, mix="none",
+                               prior_bias=None, refit_loss=None, **unset)
 
 
 def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, features_dir: Path):

@@ -47,6 +47,11 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int)
 #: better (demo data, +0.04 / +0.05), from ImageNet weights fine-tuned plain AN did (+0.05
 #: to +0.08); docs/training.md, "Choosing the loss"
 AUTO_POSITIVE_ONLY_LOSS = {"random": "an-ls", "pretrained": "an"}
+#: ``--loss auto``'s loss for cross-fitting rounds 2 and later on positive-only labels:
+#: ROLE (Cole et al. 2021, Sec. 3.3), with kappa estimated from round 1's held-out model
+#: (``labelfix.losses.kappa_from_held_out``), which single-positive labels cannot give;
+#: docs/training.md, "Choosing the loss"
+AUTO_REFIT_LOSS = "role"
 
 
 def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
@@ -58,7 +63,9 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     ``--weights``; :data:`AUTO_POSITIVE_ONLY_LOSS`) when the labels are positive-only
     (:func:`labelfix.labels.positive_only`) and the mixing method does not itself train
     missing labels as negatives (BalanceMix does, ``Mixer.assumes_unknown_negative``);
-    else masked ``bce``.
+    else masked ``bce``. A cross-fitted run (``--folds``, 2 or more rounds) with that
+    first loss also gets ``refit_loss = "role"`` (:data:`AUTO_REFIT_LOSS`) unless one is
+    given: rounds 2 and later train ROLE with kappa from round 1's held-out model.
     A loss that gives unknown cells no target (masked BCE, ASL) cannot learn a class
     without a known negative: it would call every image positive; each such class is
     named in a note (no refusal: the benchmarks train masked BCE on single-positive labels
@@ -76,11 +83,16 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
         only = positive_only_counts(pos, neg, len(rows) * labels.shape[1])
         start = "pretrained" if cfg.pretrained or cfg.weights else "random"
         loss = AUTO_POSITIVE_ONLY_LOSS[start] if only and not mixer.assumes_unknown_negative else "bce"
+        refit = cfg.refit_loss
+        if loss != "bce" and refit is None and cfg.folds and (cfg.rounds or 2) >= 2:
+            refit = AUTO_REFIT_LOSS
         if only:   # the usual case (bce) needs no line
             log(f"loss: {loss} (--loss auto: the training labels are positive-only, most cells unknown and fewer "
                 f"known negatives than positives" + (f"; --mix {cfg.mix} trains missing labels as negatives)"
-                                                     if loss == "bce" else ")"))
-        cfg = dataclasses.replace(cfg, loss=loss)
+                                                     if loss == "bce" else ")")
+                + (f"; cross-fitting rounds 2+ train {refit}, with kappa estimated from round 1's held-out model"
+                   if refit and refit != cfg.refit_loss else ""))
+        cfg = dataclasses.replace(cfg, loss=loss, refit_loss=refit)
     empty = np.flatnonzero(neg == 0)
     if empty.size and not (trains_unknown(cfg.loss) or mixer.trains_unknown(cfg) or cfg.loss in EXPECTED_POSITIVE_LOSSES):
         first = repr(str(class_names[empty[0]])) if class_names is not None else f"column {int(empty[0])}"
