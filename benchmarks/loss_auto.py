@@ -4,15 +4,18 @@ For each seed: the demo data (1,200 digit mosaics, the data draw of the seed), s
 noise drawn with the seed (one given positive per image, every other cell unknown), then
 ``labelfix train`` with the demo's recipe (``labelfix.demo.DEMO_TRAIN``: test_resnet, 48 px,
 4 folds x 2 rounds, 14 epochs) and each ``--loss`` of the grid, then ``labelfix clean``.
-``auto`` is the default since 2026-12-05 (AN-LS on positive-only labels from random
-weights, as here, ``labelfix.train.optim.resolve_loss``); ``bce`` was the default before it (masked BCE: no
-negative to learn from); ``an`` is the assume-negative loss cleanlab's baseline trains.
+``auto`` is the default since 2026-12-05 (on positive-only labels from random weights, as
+here, AN-LS; since 2026-12-06 cross-fitting round 2 then trains ROLE with kappa estimated
+from round 1's held-out model, ``labelfix.train.optim.resolve_loss``); ``an-ls`` is what
+auto trained before that (AN-LS in every round); ``bce`` was the default before 2026-12-05
+(masked BCE: no negative to learn from); ``an`` is the assume-negative loss cleanlab's
+baseline trains.
 Reported: the AP of the issue score over the unknown cells (the missing positives are the
 errors), the number of suggestions and the share of them that is right, the precision of
 the top 300, and the training seconds. Nothing was chosen on these runs: AN-LS is Cole et
 al.'s (CVPR 2021) loss for this setting; the runs show what the default does.
 
-Run: ``python benchmarks/loss_auto.py [--seeds 0,1] [--losses auto,bce,an]``. Writes
+Run: ``python benchmarks/loss_auto.py [--seeds 0,1] [--losses auto,an-ls,bce,an]``. Writes
 ``benchmarks/results/loss_auto.json`` and ``.md`` after every run.
 """
 
@@ -64,8 +67,13 @@ def run_one(work: Path, loss: str, seed: int) -> dict:
     rows = clean.image_rows().loc[corr["image_id"]].to_numpy()
     cols = clean.class_columns().loc[corr["category_id"]].to_numpy()
     right = truth[rows, cols] == corr["suggested"].to_numpy()
-    resolved = yaml.safe_load((run / "config.yaml").read_text())["train"]["loss"]
-    return {"loss": loss, "resolved": resolved, "seed": seed,
+    ran = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    resolved = ran["loss"] + (f" then {ran['refit_loss']}" if ran.get("refit_loss") else "")
+    refit = run / "folds" / "round2" / "fold0" / "config.yaml"   # the estimated kappa of a refit round
+    kappa = (yaml.safe_load(refit.read_text())["train"]["loss_kwargs"].get("kappa")
+             if ran.get("refit_loss") and refit.exists() else None)
+    return {"loss": loss, "resolved": resolved, "kappa": kappa, "true_kappa": float((truth == 1).sum(1).mean()),
+            "seed": seed,
             "unknown_ap": average_precision(truth[unknown] == 1, np.asarray(res.issues.score)[unknown]),
             "suggestions": int(len(corr)), "suggestions_right": float(right.mean()) if len(corr) else float("nan"),
             "top300_precision": float(right[:300].mean()) if len(corr) else float("nan"),
@@ -74,10 +82,12 @@ def run_one(work: Path, loss: str, seed: int) -> dict:
 
 def summarise(rows: list[dict]) -> str:
     lines = ["# --loss auto on single-positive labels (demo recipe)", "",
-             "| --loss | trained | seed | unknown-positive AP | suggestions | share right | top-300 precision | "
-             "train s | commit |", "|---|---|---|---|---|---|---|---|---|"]
+             "| --loss | trained | kappa (true) | seed | unknown-positive AP | suggestions | share right | "
+             "top-300 precision | train s | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['loss']} | {r['resolved']} | {r['seed']} | {r['unknown_ap']:.3f} | {r['suggestions']} | "
+        kappa = f"{r['kappa']:.2f} ({r['true_kappa']:.2f})" if r.get("kappa") else ""
+        lines.append(f"| {r['loss']} | {r['resolved']} | {kappa} | {r['seed']} | {r['unknown_ap']:.3f} | "
+                     f"{r['suggestions']} | "
                      f"{r['suggestions_right']:.3f} | {r['top300_precision']:.3f} | {r['train_seconds']:.0f} | "
                      f"{r['commit']} |")
     return "\n".join(lines) + "\n"
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--losses", default="auto,bce,an")
+    ap.add_argument("--losses", default="auto,an-ls,bce,an")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []

@@ -743,6 +743,8 @@ UNUSED_OPTION_CASES = {
     "train-balancemix-warmup-beyond-epochs": (lambda w: _train(w, "--mix", "balancemix", "--balancemix-warmup", "2"),
                                               "--balancemix-warmup: 2: label management starts after the warm-up"),
     "train-fold-workers-no-folds": (lambda w: _train(w, "--fold-workers", "2"), "--fold-workers: trains cross-fitting"),
+    "train-refit-loss-no-folds": (lambda w: _train(w, "--refit-loss", "role"),
+                                  "--refit-loss: trains cross-fitting's rounds 2 and later"),
     "train-icmixup-single-weight": (lambda w: _train(w, "--mix", "icmixup", "--icm-mode", "single", "--icm-weight", "2"),
                                     "--icm-weight: not used by --mix icmixup on single-label data"),
     "clean-sp-removals-multilabel": (lambda w: ["clean", w["run"], "--single-positive-removals"],

@@ -113,6 +113,8 @@ def test_run_writes_every_file(tiny, tmp_path):
     assert doc["versions"].get("labelfix_commit", "") == source_commit()
     assert run_commit(out) == (source_commit() or "unknown") and run_commit(tmp_path / "nothing") == "unknown"
     assert len(doc["dataset"]["fingerprint"]) == 64
+    # options left at an "it depends" default: what this run used (ROLE: no class-prior bias)
+    assert doc["train"]["prior_bias"] is None and doc["dataset"]["resolved"] == {"prior_bias": False, "workers": 0}
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")   # weights_only=True inside
     for key in ("model", "ema", "optimizer", "scheduler", "epoch", "global_step", "rng", "sampler",
                 "model_config", "classes", "run_fingerprint"):

@@ -217,7 +217,9 @@ def write_run_files(t) -> None:
     extra = {"images": int(t.labelset.num_images), "classes": int(t.labelset.num_classes),
              "train_images": int(t.train_rows.size), "val_images": int(t.val_rows.size),
              "source": str(t.labelset.source.get("path", t.cfg.data)),
-             "mixing": t.mixer.settings(), "weights": t.weights_info}
+             "mixing": t.mixer.settings(), "weights": t.weights_info,
+             # options whose default depends on others or on the machine, as this run resolved them
+             "resolved": {"prior_bias": t.cfg.uses_prior_bias, "workers": t.cfg.loader_workers}}
     note = write_run_config(t.cfg, t.fingerprint, extra)
     if note:
         t.log(note)
