@@ -200,7 +200,14 @@ def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny
             ("role", {"kappa": kappa}, "none", None)
     np.testing.assert_array_equal(np.load(run / "stats" / "logits.npy"),
                                   np.load(run / "stats" / "round2" / "logits.npy"))
-    train(cfg_for(tiny, run, **options, resume=True), log=lambda s: None)   # complete: nothing changes
+    # a run stopped in round 2 resumes with the same kappa (recomputed from round 1's file)
+    import shutil
+
+    shutil.rmtree(fold_dir(run, 1, 2))
+    (run / "stats" / "state.json").unlink()
+    train(cfg_for(tiny, run, **options, resume=True), log=lambda s: None)
+    redone = yaml.safe_load((fold_dir(run, 1, 2) / "config.yaml").read_text())["train"]
+    assert (redone["loss"], redone["loss_kwargs"]) == ("role", {"kappa": kappa})
     res = clean_run(run, report=False)
     assert any("cells judged by the mean of the 2 rounds' held-out logits (round 1 an-ls, then role" in n
                for n in res.notes)
