@@ -200,6 +200,17 @@ def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny
             ("role", {"kappa": kappa}, "none", None)
     np.testing.assert_array_equal(np.load(run / "stats" / "logits.npy"),
                                   np.load(run / "stats" / "round2" / "logits.npy"))
+    # the run's model is every round's fold models: the mean of the logits clean judges by
+    from labelfix.models import load_checkpoint, model_from_checkpoint
+
+    ensemble = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ensemble["model_config"]["ensemble"] == 4
+    x = torch.rand(3, 3, 32, 32)
+    members = [model_from_checkpoint(load_checkpoint(fold_dir(run, f, r) / "checkpoints" / "last.pt"))
+               for r in (1, 2) for f in range(2)]
+    with torch.no_grad():
+        torch.testing.assert_close(model_from_checkpoint(ensemble)(x),
+                                   torch.stack([m(x) for m in members]).mean(0), rtol=1e-4, atol=1e-5)
     # a run stopped in round 2 resumes with the same kappa (recomputed from round 1's file)
     import shutil
 

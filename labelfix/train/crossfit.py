@@ -24,7 +24,8 @@ Layout (docs/internals.md):
 - ``RUN/stats/``: ``logits.npy`` of the last round, ``loss_mean.npy`` of round 1 (the
   round that trains on the given labels), ``state.json`` with ``"out_of_sample": true``;
 - ``RUN/checkpoints/{last,best}.pt``: the ensemble of the last round's K fold models
-  (mean of their logits), the run's one model for export and predict;
+  (mean of their logits; with a refit loss, of every round's), the run's one model for
+  export and predict;
 - ``RUN/metrics.csv``: every fold's rows with ``round`` and ``fold`` columns.
 
 Refit loss (``refit_loss``; ``--loss auto`` sets ROLE on positive-only labels): rounds 2..R
@@ -251,7 +252,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             if dist.is_main:
                 merge_round(out, r, given.shape, folds, k)
         if dist.is_main:
-            finish(out, last, folds, k, cfg.epochs)
+            finish(out, last, folds, k, cfg.epochs, every_round=bool(cfg.refit_loss))
             atomic.write_csv(out / "metrics.csv", pd.DataFrame(rows))
         say(f"cross-fitted {k} folds: held-out statistics in {out / 'stats'}, ensemble in {out / 'checkpoints'}")
         return {"epochs": cfg.epochs, "metrics": rows, "skipped": 0, "out": str(out), "folds": k}
@@ -315,10 +316,12 @@ def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k:
                 dst[rows] = src[rows]
 
 
-def finish(out: Path, rounds: int, folds: np.ndarray, k: int, epochs: int) -> None:
+def finish(out: Path, rounds: int, folds: np.ndarray, k: int, epochs: int, every_round: bool = False) -> None:
     """The run's statistics and checkpoints: the last round trained (``rounds``)'s held-out logits, round 1's
     held-out loss mean (round 1 trains on the given labels, so its losses are against
-    them), the ensemble of the last round's fold models. Idempotent."""
+    them), the ensemble of the last round's fold models, or with ``every_round`` of every
+    round's (a refit loss: ``clean`` judges by the mean of the rounds' held-out logits, and
+    the exported model is then the mean of the same models' logits). Idempotent."""
     stats = out / "stats"
     for name, r in (("logits", rounds), ("loss_mean", 1)):
         with atomic.atomic_path(stats / f"{name}.npy") as tmp:
@@ -326,8 +329,9 @@ def finish(out: Path, rounds: int, folds: np.ndarray, k: int, epochs: int) -> No
     stats_mod.write_state(stats, epochs, epochs - 1, complete=True, rounds=rounds)
     (out / "checkpoints").mkdir(exist_ok=True)
     for which in ("last", "best"):
-        members = [torch.load(fold_dir(out, f, rounds) / "checkpoints" / f"{which}.pt", map_location="cpu",
-                              weights_only=True) for f in range(k)]
+        members = [torch.load(fold_dir(out, f, r) / "checkpoints" / f"{which}.pt", map_location="cpu",
+                              weights_only=True)
+                   for r in (range(1, rounds + 1) if every_round else [rounds]) for f in range(k)]
         with atomic.atomic_path(out / "checkpoints" / f"{which}.pt") as tmp:
             torch.save(ensemble_checkpoint(members), tmp)
 
