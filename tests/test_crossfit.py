@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -175,14 +176,19 @@ def test_positive_only_labels_train_an_ls_in_every_fold_and_clean_without_votes(
 def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny, tmp_path):
     """--loss auto on positive-only labels with 2 rounds: round 1 trains AN-LS with the
     run's mixing, round 2 ROLE without mixing, its kappa estimated from round 1's held-out
-    logits and recorded in every round-2 fold's config.yaml; a resume keeps both losses;
-    clean judges every cell by the mean of both rounds."""
+    logits and recorded in every round-2 fold's config.yaml, the one known negative
+    trained as such; a resume keeps both losses; clean judges every cell by the mean of
+    both rounds, and the run's model is both rounds' fold models."""
     import yaml
 
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.losses import kappa_from_held_out
 
     sp, given = positive_only_csv(tiny, tmp_path)
+    table = pd.read_csv(sp, dtype=str, keep_default_na=False)
+    column = given.class_names[int(np.flatnonzero(np.asarray(given.labels)[0] != 1)[0])]
+    table.loc[0, column] = "0"   # one known negative, as a reviewer's rejected suggestion
+    table.to_csv(sp, index=False)
     run, lines = tmp_path / "run", []
     options = dict(data=str(sp), images=str(given.image_root), folds=2, epochs=1, mix="mixup", prior_bias=True)
     train(cfg_for(tiny, run, **options), log=lines.append)
@@ -197,7 +203,7 @@ def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny
         second = yaml.safe_load((fold_dir(run, f, 2) / "config.yaml").read_text())["train"]
         assert (first["loss"], first["mix"], first["prior_bias"]) == ("an-ls", "mixup", True)
         assert (second["loss"], second["loss_kwargs"], second["mix"], second["prior_bias"]) == \
-            ("role", {"kappa": kappa}, "none", None)
+            ("role", {"kappa": kappa, "observed_negatives": True}, "none", None)   # the known negative trains
     np.testing.assert_array_equal(np.load(run / "stats" / "logits.npy"),
                                   np.load(run / "stats" / "round2" / "logits.npy"))
     # the run's model is every round's fold models: the mean of the logits clean judges by
@@ -218,7 +224,7 @@ def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny
     (run / "stats" / "state.json").unlink()
     train(cfg_for(tiny, run, **options, resume=True), log=lambda s: None)
     redone = yaml.safe_load((fold_dir(run, 1, 2) / "config.yaml").read_text())["train"]
-    assert (redone["loss"], redone["loss_kwargs"]) == ("role", {"kappa": kappa})
+    assert (redone["loss"], redone["loss_kwargs"]) == ("role", {"kappa": kappa, "observed_negatives": True})
     res = clean_run(run, report=False)
     assert any("cells judged by the mean of the 2 rounds' held-out logits (round 1 an-ls, then role" in n
                for n in res.notes)

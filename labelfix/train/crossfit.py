@@ -53,7 +53,7 @@ import torch
 
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
-from labelfix.labels import POS, UNK, LabelSet
+from labelfix.labels import NEG, POS, UNK, LabelSet
 
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import TrainConfig, read_run_config, write_run_config
@@ -217,7 +217,8 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                         f"train as unknown")
                 if cfg.refit_loss:
                     kappa = broadcast_object(refit_kappa(cfg, out, given, train_rows) if dist.is_main else None, dist)
-                    round_cfg = refit_config(cfg, kappa)
+                    negatives = bool((np.asarray(current.labels[train_rows]) == NEG).any())
+                    round_cfg = refit_config(cfg, kappa, observed_negatives=negatives)
                     say(f"cross-fitting round {r}/{cfg.rounds}: --loss {round_cfg.loss} with kappa {kappa:g} "
                         f"(expected positives per image, from round 1's held-out model), --mix none")
             last = r
@@ -273,15 +274,18 @@ def refit_kappa(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.n
     return round(kappa_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss)), 4)
 
 
-def refit_config(cfg: TrainConfig, kappa: float) -> TrainConfig:
+def refit_config(cfg: TrainConfig, kappa: float, observed_negatives: bool = False) -> TrainConfig:
     """The options of rounds 2..R when ``cfg.refit_loss`` is set: that loss with ``kappa``,
     without mixing (ROLE's label table has one row per image) and its method options, and
     with the class-prior bias at its default (off for these losses, which set the outputs'
-    scale by kappa). Everything else as in round 1."""
+    scale by kappa). ``observed_negatives`` (the training labels hold known negatives, e.g.
+    suggestions a reviewer rejected): the loss trains them as negatives, as round 1's did;
+    the paper's losses use the observed positives only. Everything else as in round 1."""
     from labelfix.train.config import MIXER_OPTIONS
 
     unset = {name: None for name in MIXER_OPTIONS}
-    return dataclasses.replace(cfg, loss=cfg.refit_loss, loss_kwargs={"kappa": kappa}, mix="none",
+    kwargs = {"kappa": kappa, **({"observed_negatives": True} if observed_negatives else {})}
+    return dataclasses.replace(cfg, loss=cfg.refit_loss, loss_kwargs=kwargs, mix="none",
                                prior_bias=None, refit_loss=None, **unset)
 
 
