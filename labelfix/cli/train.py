@@ -47,7 +47,8 @@ def _opt(*decls, **kw):
                                 "out of sample; the exported model is their ensemble; 4 is recommended "
                                 "(docs/training.md) [default: off].")
 @_opt("--rounds", type=int, help="With --folds: rounds of cross-fitting; from round 2 on, the cells the previous "
-                                 "round's held-out label GMMs call suspicious train as unknown [default: 2].")
+                                 "round's held-out label GMMs call suspicious train as unknown (with --refit-loss, under "
+                                 "that loss) [default: 2].")
 @_opt("--fold-workers", type=int, help="With --folds on the CPU: train this many fold models side by side, each "
                                        "in its own process with its share of the CPU threads; small models train "
                                        "faster so (docs/training.md) [default: 1].")
