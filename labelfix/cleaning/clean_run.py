@@ -127,8 +127,9 @@ def judged_by_rounds(run: Run) -> int:
     (0: the run's ``stats/logits.npy`` alone): every round's when the backbone started
     pretrained, or when the later rounds trained another loss than round 1 (:func:`refit_loss`:
     two methods' models, an ensemble; single-positive demo data from random weights, seed 0:
-    unknown-positive AP 0.608 round 1 (AN-LS), 0.712 ROLE, 0.708 their mean; from pretrained
-    weights the mean ranked above both, docs/training.md "Choosing the loss")."""
+    unknown-positive AP 0.608 round 1 (AN-LS), 0.712 ROLE, 0.708 their mean; fine-tuned from
+    ImageNet weights the mean ranked above both rounds on all four benchmark runs,
+    docs/cleaning.md "Rounds of two losses")."""
     rounds = int(run.stats_state.get("rounds") or 1)
     several = run.stats_state.get("out_of_sample") and rounds > 1
     return rounds if several and (pretrained_start(run) or refit_loss(run)) else 0
