@@ -257,6 +257,30 @@ def test_bench_fold_workers_reach_the_cross_fitted_runs_only(tiny_demo, tmp_path
     assert set(det["method"]) == {"labelfix", "cleanlab", "loss"}
 
 
+def test_bench_single_positive_trains_the_product_default(tiny_demo, tmp_path, monkeypatch):
+    """On single-positive noise labelfix's run is `--loss auto` (AN-LS, then ROLE with kappa
+    from round 1, named as resolved in the source column) and cleanlab ranks its own
+    cross-fitted `an` models; the AP is over the unknown cells."""
+    from labelfix.bench import runner
+    from labelfix.cli import main
+
+    monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
+    out = tmp_path / "bench"
+    args = ["bench", str(tiny_demo["train"]), "--test", str(tiny_demo["test"]), "--noise", "single-positive",
+            "--methods", "bce", "--single-positive-methods", "", "--seeds", "1", "--folds", "2", "--epochs", "1",
+            "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(out / "results.csv")
+    det = frame[frame["task"] == "detection"]
+    assert det[det["method"] == "labelfix"]["source"].unique().tolist() == ["an-ls+role cv2x2"]
+    assert det[det["method"] == "cleanlab"]["source"].unique().tolist() == ["an cv2"]
+    assert det[det["metric"] == "ap_unknown"]["value"].between(0, 1).all()
+    round2 = yaml.safe_load((out / "runs" / "single-positive" / "seed0" / "labelfix" / "folds" / "round2" / "fold0"
+                             / "config.yaml").read_text())["train"]
+    assert round2["loss"] == "role" and round2["loss_kwargs"]["kappa"] >= 1
+
+
 def test_bench_needs_test_with_data(tiny_demo, tmp_path):
     from labelfix.cli import main
 
