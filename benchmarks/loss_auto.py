@@ -46,6 +46,7 @@ def run_one(work: Path, loss: str, seed: int) -> dict:
     from labelfix.io import read_labels
     from labelfix.train import TrainConfig, train
     from labelfix.train.config import run_commit
+    from labelfix.train.crossfit import fold_dir
 
     data = work / f"data{seed}"
     noisy = data / "train_single_positive.json"
@@ -69,7 +70,7 @@ def run_one(work: Path, loss: str, seed: int) -> dict:
     right = truth[rows, cols] == corr["suggested"].to_numpy()
     ran = yaml.safe_load((run / "config.yaml").read_text())["train"]
     resolved = ran["loss"] + (f" then {ran['refit_loss']}" if ran.get("refit_loss") else "")
-    refit = run / "folds" / "round2" / "fold0" / "config.yaml"   # the estimated kappa of a refit round
+    refit = fold_dir(run, 0, 2) / "config.yaml"   # the estimated kappa of a refit round
     kappa = (yaml.safe_load(refit.read_text())["train"]["loss_kwargs"].get("kappa")
              if ran.get("refit_loss") and refit.exists() else None)
     return {"loss": loss, "resolved": resolved, "kappa": kappa, "true_kappa": float((truth == 1).sum(1).mean()),

@@ -153,19 +153,20 @@ def management_diagnostics(run: Path, given: np.ndarray, true: np.ndarray) -> di
     true label."""
     from sklearn.metrics import roc_auc_score
 
-    from labelfix.cleaning.states import DELTA_MULTI, DELTA_SINGLE_POSITIVE, is_single_positive
-    from labelfix.labels import UNK
+    from labelfix.cleaning.states import delta_for
+    from labelfix.labels import UNK, positive_only
     from labelfix.numeric import sigmoid
     from labelfix.train.balancemix import clean_probability, train_losses
 
     assumed = np.where(given == UNK, 0, given).astype(np.int8)
     logits = np.load(run / "stats" / "logits.npy").astype(np.float32)
     p_clean = np.nan_to_num(clean_probability(train_losses(logits, assumed, np.arange(len(given))), assumed), nan=1.0)
-    if is_single_positive(given):   # the given positives are trusted, as in training
+    single = positive_only(given)   # the rule training applies (labelfix.train.balancemix)
+    if single:   # the given positives are trusted, as in training
         p_clean[given == 1] = 1.0
     wrong = assumed != true
     nonclean = p_clean <= 0.5
-    delta = DELTA_SINGLE_POSITIVE if is_single_positive(given) else DELTA_MULTI
+    delta = delta_for(single)
     p = sigmoid(logits)
     up, down = nonclean & (p > delta), nonclean & (p < 1 - delta)
     relabels = int((up | down).sum())

@@ -16,8 +16,8 @@ import pandas as pd
 from labelfix.cleaning import gmm as _gmm
 from labelfix.cleaning import scores as _scores
 from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_error_rate, noise_rates
-from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, DELTA_MULTI, DELTA_SINGLE_POSITIVE, ESTIMATED,
-                                      RELABELED, STATE_NAMES, assign_states_block)
+from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
+                                      delta_for)
 from labelfix.errors import LabelfixError
 from labelfix.io.atomic import atomic_memmap
 from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
@@ -276,8 +276,7 @@ def find_label_issues(
     # positive-only (single-positive) labels: every given positive is trusted, like a verified
     # cell, and delta defaults to the setting's 0.55 (one pass over the labels for both)
     single = positive_only(given, chunk_rows=rows)
-    delta = float(relabel_threshold) if relabel_threshold is not None else \
-        (DELTA_SINGLE_POSITIVE if single else DELTA_MULTI)   # = default_delta(given)
+    delta = float(relabel_threshold) if relabel_threshold is not None else delta_for(single)
     if not 0.5 <= delta < 1.0:
         raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")
     est_thr = float(estimate_threshold) if estimate_threshold is not None else DEFAULT_ESTIMATE_THRESHOLD

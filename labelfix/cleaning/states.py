@@ -51,7 +51,12 @@ def trusted_cells(given, verified, rows=None) -> np.ndarray:
 def default_delta(given, *, chunk_rows: int | None = None) -> float:
     """BalanceMix's re-labeling threshold: 0.55 in the single-positive setting (positive-only
     labels, :func:`labelfix.labels.positive_only`), else 0.975."""
-    return DELTA_SINGLE_POSITIVE if positive_only(given, chunk_rows=chunk_rows) else DELTA_MULTI
+    return delta_for(positive_only(given, chunk_rows=chunk_rows))
+
+
+def delta_for(single_positive: bool) -> float:
+    """:func:`default_delta` for callers that have applied the positive-only rule already."""
+    return DELTA_SINGLE_POSITIVE if single_positive else DELTA_MULTI
 
 
 def assign_states_block(given, p_clean, two_view=None, *, clean_threshold: float = 0.5,

@@ -25,6 +25,7 @@ from torch import nn
 from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS, UNK
 from labelfix.losses.bce import check_inputs, reduce_cells
+from labelfix.numeric import sigmoid
 
 
 def estimate_kappa(labels: np.ndarray, chunk_rows: int = 1 << 16) -> float:
@@ -102,8 +103,6 @@ def kappa_from_held_out(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray
         LabelfixError: no held-out row with a given positive.
     """
     rows = np.arange(labels.shape[0]) if rows is None else np.asarray(rows)
-    from labelfix.numeric import sigmoid
-
     given = mass = 0.0
     images = 0
     for start in range(0, rows.size, chunk_rows):

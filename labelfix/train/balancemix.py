@@ -38,8 +38,7 @@ import numpy as np
 import torch
 
 from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
-from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, DELTA_MULTI, DELTA_SINGLE_POSITIVE, RELABELED,
-                                      assign_states_block, trusted_cells)
+from labelfix.cleaning.states import AMBIGUOUS, CLEAN, RELABELED, assign_states_block, delta_for, trusted_cells
 from labelfix.io import atomic
 from labelfix.labels import POS, UNK, positive_only
 from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
@@ -121,7 +120,7 @@ class BalanceMixMixer(Mixer):
         self.assumed = np.where(given == UNK, 0, given).astype(np.int8)
         single = positive_only(given, ctx.train_rows)   # single-positive labels, also after a review
         self.warmup = _option(cfg, "balancemix_warmup", DEFAULT_WARMUP)
-        self.delta = _option(cfg, "balancemix_delta", DELTA_SINGLE_POSITIVE if single else DELTA_MULTI)
+        self.delta = _option(cfg, "balancemix_delta", delta_for(single))
         self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)
         self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
         self.refine = _option(cfg, "balancemix_refine", "auto")

@@ -56,7 +56,7 @@ from labelfix.io import atomic
 from labelfix.labels import NEG, POS, UNK, LabelSet
 
 from labelfix.train import stats as stats_mod
-from labelfix.train.config import TrainConfig, read_run_config, write_run_config
+from labelfix.train.config import MIXER_OPTIONS, TrainConfig, read_run_config, write_run_config
 from labelfix.train.data import HELD_OUT
 from labelfix.train.foldpool import FoldJob
 
@@ -281,8 +281,6 @@ def refit_config(cfg: TrainConfig, kappa: float, observed_negatives: bool = Fals
     scale by kappa). ``observed_negatives`` (the training labels hold known negatives, e.g.
     suggestions a reviewer rejected): the loss trains them as negatives, as round 1's did;
     the paper's losses use the observed positives only. Everything else as in round 1."""
-    from labelfix.train.config import MIXER_OPTIONS
-
     unset = {name: None for name in MIXER_OPTIONS}
     kwargs = {"kappa": kappa, **({"observed_negatives": True} if observed_negatives else {})}
     return dataclasses.replace(cfg, loss=cfg.refit_loss, loss_kwargs=kwargs, mix="none",
