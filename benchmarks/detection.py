@@ -3,7 +3,8 @@ a pretrained backbone (frozen features and fine-tuned) and a random-init row bes
 
 For every dataset, mode, noise setting and seed it calls ``labelfix.bench.run_bench``
 (one masked-BCE run for the loss ranking; labelfix's cross-fitted detection run, 3 folds x
-2 rounds; cleanlab on the out-of-sample probabilities of the same folds) and collects the
+2 rounds, with the product's ``--mix auto``; cleanlab on the out-of-sample probabilities of
+fold models without mixing on the same folds) and collects the
 per-cell AP of every detector (for missing and single-positive noise, where every error is
 an unknown cell, the AP over the unknown cells: how well the missing positives are ranked).
 
@@ -119,9 +120,9 @@ def flagging_summary(table: pd.DataFrame) -> str:
 
 def summary(table: pd.DataFrame, folds: int = DEFAULT_FOLDS) -> str:
     lines = ["# Label-issue detection: per-cell AP (unknown-positive AP where every error is an unknown cell)", "",
-             f"labelfix: cross-fitted ({folds} folds x 2 rounds), evidence score; cleanlab: "
-             "`find_multilabel_issues_per_class` / self-confidence on the out-of-sample probabilities of the "
-             "same folds; loss: in-sample masked-BCE loss of the last epoch. Goal: labelfix above both by "
+             f"labelfix: cross-fitted ({folds} folds x 2 rounds, the product's `--mix auto`: LogicMix when "
+             "fine-tuned), evidence score; cleanlab: `find_multilabel_issues_per_class` / self-confidence on the "
+             "out-of-sample probabilities of fold models without mixing on the same folds; loss: in-sample masked-BCE loss of the last epoch. Goal: labelfix above both by "
              f">= {GOAL_MARGIN}. digits seed 0 is where labelfix's defaults were chosen.", "",
              "| dataset | mode | noise | seeds | labelfix | cleanlab | loss | vs cleanlab | vs loss | goal |",
              "|---|---|---|---|---|---|---|---|---|---|"]

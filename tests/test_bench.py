@@ -281,6 +281,42 @@ def test_bench_single_positive_trains_the_product_default(tiny_demo, tmp_path, m
     assert round2["loss"] == "role" and round2["loss_kwargs"]["kappa"] >= 1
 
 
+def test_bench_fine_tuned_trains_logicmix_and_gives_cleanlab_unmixed_folds(tiny_demo, tmp_path, monkeypatch):
+    """From pretrained weights labelfix's run is the product default `--mix auto` (LogicMix,
+    named in the source column), and cleanlab ranks its own masked-BCE fold models without
+    mixing on the same folds, not labelfix's mixed round 1; a rerun reuses both runs."""
+    from labelfix.bench import runner
+    from labelfix.io import read_labels
+    from labelfix.models import create_model
+
+    monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
+    classes = read_labels(tiny_demo["train"]).num_classes
+    model = create_model("test_resnet", num_classes=classes, img_size=runner.BENCH_TRAIN["img_size"])
+    torch.save(model.state_dict(), tmp_path / "pretrained.pt")   # a full model: every backbone tensor loads
+    kw = dict(data=tiny_demo["train"], test=tiny_demo["test"], noises=["mislabel:0.4"], methods=["bce"], seeds=1,
+              folds=2, rounds=1, out=tmp_path / "bench", log=lambda s: None,
+              epochs=1, weights=str(tmp_path / "pretrained.pt"))
+    frame = runner.run_bench(**kw).results
+    det = frame[frame["task"] == "detection"]
+    assert det[det["method"] == "labelfix"]["source"].unique().tolist() == ["bce+logicmix cv2x1"]
+    assert det[det["method"] == "cleanlab"]["source"].unique().tolist() == ["bce cv2"]
+    base = tmp_path / "bench" / "runs" / "mislabel_0.4" / "seed0"
+    trained = {name: yaml.safe_load((base / name / "config.yaml").read_text())["train"]
+               for name in ("labelfix", "cleanlab_cv")}
+    assert trained["labelfix"]["mix"] == "logicmix" and trained["cleanlab_cv"]["mix"] == "none"
+    assert trained["cleanlab_cv"]["loss"] == "bce"
+    assert np.array_equal(np.load(base / "labelfix" / "folds.npy"), np.load(base / "cleanlab_cv" / "folds.npy"))
+    again = runner.run_bench(**kw).results   # the finished runs are reused, "auto" as they resolved it
+    keep = frame["task"] != "time"
+    pd.testing.assert_frame_equal(again[again["task"] != "time"].reset_index(drop=True),
+                                  frame[keep].reset_index(drop=True))
+    # a run whose "auto" resolved otherwise (an older rule: no mixing) is not taken for this one
+    cfg_path = base / "labelfix" / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("mix: logicmix", "mix: none"))
+    with pytest.raises(LabelfixError, match=r"labelfix: was trained with other options \(mix\)"):
+        runner.run_bench(**kw)
+
+
 def test_bench_needs_test_with_data(tiny_demo, tmp_path):
     from labelfix.cli import main
 

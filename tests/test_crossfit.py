@@ -343,11 +343,11 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     from labelfix.cleaning.clean_run import clean_run, fold_ensemble_logits
     from labelfix.train.crossfit import unknown_judge
 
-    def judge(**kw):
-        return unknown_judge(TrainConfig(data="x", out="x", folds=3, **kw).validate())
+    def judge(**kw):   # of a run's recorded (resolved) options
+        return unknown_judge(TrainConfig(data="x", out="x", folds=3, **{"mix": "none", **kw}).validate())
 
     assert judge(loss="bce") == "ensemble" and judge(loss="asl", mix="logicmix") == "ensemble"
-    assert judge(loss="an") == "held_out" and judge(loss="role", mix="none") == "held_out"
+    assert judge(loss="an") == "held_out" and judge(loss="role") == "held_out"
     assert judge(mix="balancemix") == "held_out"                       # missing labels assumed negative
     assert judge(mix="logicmix", curriculum_start=2) == "held_out"      # pseudo-labels on unknown cells
     import json as _json

@@ -740,6 +740,7 @@ UNUSED_OPTION_CASES = {
     "train-curriculum-after-training": (lambda w: _train(w, "--mix", "logicmix", "--curriculum-start", "1"),
                                         "--curriculum-start: 1: pseudo-labels made at the end of epoch E"),
     "train-balancemix-an": (lambda w: _train(w, "--mix", "balancemix", "--loss", "an"), "exactly like --loss bce"),
+    "train-mix-option-mix-auto": (lambda w: _train(w, "--mix-prob", "0.3"), "--mix-prob: options of which method"),
     "train-balancemix-warmup-beyond-epochs": (lambda w: _train(w, "--mix", "balancemix", "--balancemix-warmup", "2"),
                                               "--balancemix-warmup: 2: label management starts after the warm-up"),
     "train-fold-workers-no-folds": (lambda w: _train(w, "--fold-workers", "2"), "--fold-workers: trains cross-fitting"),

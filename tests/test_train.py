@@ -277,13 +277,13 @@ def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):
     loss, lines = resolved(data=str(sp))
     assert loss == "an-ls" and any("--loss auto" in line and "positive-only" in line for line in lines)
     assert resolved(data=str(sp), mix="balancemix", balancemix_warmup=1)[0] == "bce"
-    from labelfix.train.optim import resolve_loss   # from pretrained weights: plain AN
+    from labelfix.train.optim import resolve_auto   # from pretrained weights: plain AN
 
     sp_labels = np.asarray(read_labels(sp).labels)
     rows = np.arange(len(sp_labels))
-    assert resolve_loss(TrainConfig(weights="w.pt"), sp_labels, rows).loss == "an"
-    assert resolve_loss(TrainConfig(pretrained=True), sp_labels, rows).loss == "an"
-    assert resolve_loss(TrainConfig(pretrained=True), np.asarray(read_labels(tiny["train"]).labels), rows).loss == "bce"
+    assert resolve_auto(TrainConfig(weights="w.pt"), sp_labels, rows).loss == "an"
+    assert resolve_auto(TrainConfig(pretrained=True), sp_labels, rows).loss == "an"
+    assert resolve_auto(TrainConfig(pretrained=True), np.asarray(read_labels(tiny["train"]).labels), rows).loss == "bce"
     loss, lines = resolved(data=str(sp), loss="bce")   # given: kept, with one line naming a class
     assert loss == "bce"
     names = read_labels(sp).class_names
@@ -299,6 +299,55 @@ def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loss"] == "an-ls"
     with pytest.raises(LabelfixError, match="--loss"):
         train(cfg_for(tiny, out, data=str(sp), epochs=3, loss="bce", resume=True), log=quiet)
+
+
+def test_mix_auto_mixes_only_where_it_was_measured_to_help(tiny, tmp_path):
+    """--mix auto (the default): LogicMix when fine-tuning pretrained weights on labels
+    without unknown cells; no mixing from random weights, on frozen features, on partial or
+    positive-only labels or with ROLE. One line names a pick, config.yaml records the
+    resolved method, a resume continues with it, and a mixing option needs the method named."""
+    from labelfix.data.noise import write_noisy_coco
+    from labelfix.io import read_labels
+    from labelfix.train.optim import resolve_auto, resolve_mix
+
+    labels = np.asarray(read_labels(tiny["train"]).labels)
+    sp, _, _ = write_noisy_coco(read_labels(tiny["train"]), "single-positive", None, 0, tmp_path / "sp.json")
+    sp_labels = np.asarray(read_labels(sp).labels)
+    rows = np.arange(len(labels))
+
+    def mix(lab, rows=rows, **kw):
+        lines = []
+        cfg = resolve_mix(TrainConfig(**kw), lab, rows, lines.append)
+        # a method picked is named in one line; none (the usual case) needs none
+        assert lines == ([] if cfg.mix == "none" else [f"mixing: {cfg.mix} (--mix auto: fine-tuning pretrained "
+                                                      f"weights on labels without unknown cells)"])
+        return cfg.mix
+
+    assert TrainConfig().mix == "auto"
+    assert mix(labels, weights="w.pt") == mix(labels, pretrained=True) == "logicmix"
+    assert (labels != -1).all()
+    missing = labels.copy()
+    missing[5, 1] = -1   # one unknown cell: partial labels
+    assert mix(missing, weights="w.pt") == "none"
+    assert mix(missing, weights="w.pt", rows=np.delete(rows, 5)) == "logicmix"   # only training rows count
+    assert mix(labels) == "none"                                   # random weights
+    assert mix(labels, weights="w.pt", frozen=True) == "none"      # frozen features
+    assert mix(sp_labels, weights="w.pt") == "none"                # positive-only labels
+    assert mix(labels, weights="w.pt", loss="role") == "none"      # ROLE cannot be mixed
+    given = TrainConfig(weights="w.pt", mix="balancemix")
+    assert resolve_mix(given, labels, rows) is given                # a named method is kept
+    # BalanceMix is never auto's pick, so --loss auto's rule sees the resolved method
+    assert resolve_auto(TrainConfig(weights="w.pt"), sp_labels, rows).mix == "none"
+    with pytest.raises(LabelfixError, match="--mix-prob: options of which method.*pass --mix too"):
+        cfg_for(tiny, tmp_path / "x", mix="auto", mix_prob=0.3).validate()
+
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, mix="auto", epochs=1), log=quiet)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["mix"] == "none"
+    train(cfg_for(tiny, out, mix="auto", epochs=2, resume=True), log=quiet)   # auto: the run's method
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["mix"] == "none"
+    with pytest.raises(LabelfixError, match="--mix"):
+        train(cfg_for(tiny, out, mix="logicmix", epochs=3, resume=True), log=quiet)
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):

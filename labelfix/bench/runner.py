@@ -56,13 +56,16 @@ DEFAULT_ROUNDS = 2
 #: labelfix's detection run per noise kind: (loss, mix) trained cross-fitted. Masked BCE
 #: where labels are known or unknown cells are few; on single-positive labels the product
 #: default, ``--loss auto`` (AN-LS or AN in round 1, then ROLE with kappa estimated from
-#: round 1's held-out model; labelfix.train.optim.resolve_loss), which a user gets without
-#: knowing kappa. Chosen on demo seed 0 (docs/benchmarks.md).
-DETECTION_RECIPE = {"single-positive": ("auto", "none"), "*": ("bce", "none")}
-#: cleanlab's out-of-sample probabilities come from K-fold masked-BCE models on the same
-#: folds and backbone: labelfix's round 1 when its recipe is masked BCE, else a
-#: cross-fitted run of its own with unknown cells as negatives ("an"; cleanlab has no
-#: unknown cells)
+#: round 1's held-out model), which a user gets without knowing kappa; the product's
+#: ``--mix auto`` everywhere (LogicMix when fine-tuning pretrained weights on labels with
+#: negatives, else none; labelfix.train.optim.resolve_auto). Chosen on demo seed 0
+#: (docs/benchmarks.md).
+DETECTION_RECIPE = {"single-positive": ("auto", "auto"), "*": ("bce", "auto")}
+#: cleanlab's out-of-sample probabilities come from K-fold models without mixing on the
+#: same folds and backbone: labelfix's round 1 when its run resolved to masked BCE without
+#: mixing (the same models), else a cross-fitted run of its own: masked BCE, or with
+#: unknown cells as negatives ("an"; cleanlab has no unknown cells) where labelfix trains
+#: a positive-only loss
 CLEANLAB_LOSS = "an"
 DETECTORS = ("labelfix", "cleanlab", "loss")
 
@@ -170,7 +173,15 @@ def _train_once(cfg, log) -> tuple[dict, bool]:
     if (run_dir / "config.yaml").exists():
         from labelfix.train.config import read_run_config
 
-        saved, wanted = read_run_config(run_dir).to_dict(), cfg.to_dict()
+        wanted_cfg = cfg
+        if "auto" in (cfg.loss, cfg.mix) and (run_dir / "split.npy").exists():
+            # the run recorded what --loss / --mix auto resolved to on its labels: compare with
+            # what they resolve to now (a run of an older rule is not reused)
+            from labelfix.train.optim import resolve_auto
+
+            split = np.load(run_dir / "split.npy")
+            wanted_cfg = resolve_auto(cfg, np.load(run_dir / "labels.npy"), np.flatnonzero(split == 0))
+        saved, wanted = read_run_config(run_dir).to_dict(), wanted_cfg.to_dict()
         for k in ("data", "out"):   # the run records absolute paths; --out may be relative
             saved[k], wanted[k] = (str(Path(d[k]).resolve()) if d.get(k) else d.get(k) for d in (saved, wanted))
         diff = sorted(k for k in wanted if k not in ("resume", "progress", "workers") and saved.get(k) != wanted[k])
@@ -330,9 +341,9 @@ def run_bench(
                                   folds=folds, rounds=rounds, fold_workers=fold_workers,
                                   **_method_options(loss, train_cfg, kappa))
             secs, reused = _train_once(det_cfg, quiet)
-            if loss == "auto":   # name what it resolved to, e.g. "an-ls+role"
-                ran = read_run_config(base / "labelfix")
-                loss = ran.loss + (f"+{ran.refit_loss}" if ran.refit_loss else "")
+            ran = read_run_config(base / "labelfix")   # what auto resolved to, e.g. "an-ls+role", "bce+logicmix"
+            loss = ran.loss + (f"+{ran.refit_loss}" if ran.refit_loss else "") + (
+                f"+{ran.mix}" if ran.mix != "none" else "")
             t0 = time.perf_counter()
             res = clean_run(base / "labelfix", report=False)
             clean_secs = time.perf_counter() - t0
@@ -351,15 +362,16 @@ def run_bench(
                 log(f"[{tag} seed {seed}] loss ranking: AP {det['ap']:.3f} F1 {det['f1']:.3f}")
             if "cleanlab" in baselines:
                 cv_time = {}
-                if loss == "bce":   # the same fold models: labelfix's round 1 (its time is labelfix's)
-                    source, cl_run = f"bce cv{folds} (labelfix round 1)", base / "labelfix"
+                if ran.loss == "bce" and ran.mix == "none":   # the same fold models: labelfix's round 1
+                    source, cl_run = f"bce cv{folds} (labelfix round 1)", base / "labelfix"   # (its time is labelfix's)
                     probs_logits = np.load(base / "labelfix" / "stats" / "round1" / "logits.npy")
                 else:
-                    cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=CLEANLAB_LOSS,
+                    cl_loss = "bce" if ran.loss == "bce" else CLEANLAB_LOSS
+                    cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=cl_loss,
                                          mix="none", seed=seed, folds=folds, rounds=1, fold_workers=fold_workers,
                                          **train_cfg)
                     cv_time = {"cv_seconds": _train_once(cv_cfg, quiet)[0]["train_seconds"]}
-                    source, cl_run = f"{CLEANLAB_LOSS} cv{folds}", base / "cleanlab_cv"
+                    source, cl_run = f"{cl_loss} cv{folds}", base / "cleanlab_cv"
                     probs_logits = np.load(base / "cleanlab_cv" / "stats" / "logits.npy")
                 t1 = time.perf_counter()
                 iss = cleanlab_issues(noisy, sigmoid(np.asarray(probs_logits, dtype=np.float32)))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from labelfix.train.config import (CLASS_GROUPS, DEFAULT_WORKERS, MIXES, OPTIMIZERS, SCHEDULES, TrainConfig,
+from labelfix.train.config import (CLASS_GROUPS, DEFAULT_WORKERS, MIX_CHOICES, OPTIMIZERS, SCHEDULES, TrainConfig,
                                    load_config_file)
 
 # option name -> click declaration; the default shown comes from TrainConfig
@@ -61,7 +61,9 @@ def _opt(*decls, **kw):
            "positives per image (kappa) estimated from round 1's held-out model (docs/training.md) "
            "[default: role with --loss auto on positive-only labels, else the --loss of round 1].")
 @_opt("--loss-kwargs", help="Extra loss options as YAML, e.g. '{gamma_neg: 2}'.")
-@_opt("--mix", type=click.Choice(MIXES), help=f"Mixing method [default: {_D.mix}].")
+@_opt("--mix", type=click.Choice(MIX_CHOICES),
+      help="Mixing method; auto: logicmix when fine-tuning pretrained weights (--pretrained, --weights) on "
+           "labels without unknown cells, else none (docs/training.md) [default: auto].")
 @_opt("--mix-prob", type=float, help="Probability of mixing a sample (LogicMix, default 0.5) or a batch "
                                      "(mixup 0.5, icmixup 1).")
 @_opt("--mixup-alpha", type=float, help="Beta(a, a) of mixup (default 0.8) and icmixup (default 0.2).")

@@ -185,9 +185,10 @@ def with_recorded_mixing(cfg, recorded: dict):
 def check_resume_compatible(saved, given, out: Path):
     """Refuse ``--resume`` with options that change what is computed (one line naming
     them); returns ``given`` with the run's recorded mixing defaults
-    (:func:`with_recorded_mixing`) and ``--loss auto`` as the run resolved it (``loss``,
-    ``refit_loss``), the
-    options to resume with."""
+    (:func:`with_recorded_mixing`), ``--mix auto`` and ``--loss auto`` as the run resolved them
+    (``mix``; ``loss``, ``refit_loss``): the options to resume with."""
+    if given.mix == "auto":   # the method the run resolved when it started (before its recorded options)
+        given = dataclasses.replace(given, mix=saved.mix)
     recorded = recorded_mixing(out)
     saved, given = with_recorded_mixing(saved, recorded), with_recorded_mixing(given, recorded)
     if given.loss == "auto":   # the losses the run resolved when it started (or was given then)

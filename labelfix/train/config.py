@@ -23,7 +23,9 @@ from labelfix.validation import PATH_FIELDS
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
+#: the registered mixing methods (labelfix.train.mixers); ``--mix`` also takes ``auto``
 MIXES = ("none", "mixup", "logicmix", "balancemix", "icmixup")
+MIX_CHOICES = ("auto", *MIXES)
 #: options only some mixing methods use (None = not given; the method's default applies).
 #: Giving one to another method is an error, never silently ignored.
 MIXER_OPTIONS = {
@@ -85,7 +87,7 @@ class TrainConfig:
     # cross-fitting rounds 2..R: this expected-positive loss, kappa from round 1's held-out
     # model, without mixing (labelfix.train.crossfit); None: --loss. --loss auto sets it
     refit_loss: str | None = None
-    mix: str = "logicmix"
+    mix: str = "auto"   # resolved from the start and the labels (labelfix.train.optim.resolve_mix)
     # method options: None = the method's default (labelfix.train.mixers, docs/training.md)
     mix_prob: float | None = None
     mixup_alpha: float | None = None
@@ -163,7 +165,7 @@ class TrainConfig:
         choices = {
             "optimizer": OPTIMIZERS,
             "schedule": SCHEDULES,
-            "mix": MIXES,
+            "mix": MIX_CHOICES,
             "unlabeled": UNLABELED,
             "class_groups": CLASS_GROUPS,
         }
@@ -199,7 +201,10 @@ class TrainConfig:
             bad("fold_workers", "not with --frozen: its fold heads share one embedding that the first fold "
                                 "writes, and each trains in seconds")
         for name, users in MIXER_OPTIONS.items():
-            if getattr(self, name) is not None and self.mix not in users:
+            if getattr(self, name) is not None and self.mix == "auto":
+                bad(name, f"options of which method? --mix auto picks it from the start and the labels; "
+                          f"pass --mix too (one of {', '.join(users)})")
+            elif getattr(self, name) is not None and self.mix not in users:
                 bad(name, f"not used by --mix {self.mix} (only by {', '.join(users)})")
         for name, allowed in CHOICES.items():
             if getattr(self, name) is not None and getattr(self, name) not in allowed:
@@ -233,7 +238,7 @@ class TrainConfig:
                                   f"losses whose kappa round 1's held-out model estimates)")
             if not self.folds or self.rounds < 2:
                 bad("refit_loss", "trains cross-fitting's rounds 2 and later; needs --folds and --rounds 2 or more")
-        if self.loss == "role" and self.mix != "none":
+        if self.loss == "role" and self.mix not in ("none", "auto"):
             bad("mix", "--loss role needs --mix none (its label table has one row per image; "
                        "a mixed image has no single row)")
         return self

@@ -175,9 +175,9 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             labelset = read_labels(cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
                                    class_descriptions=cfg.class_descriptions)
             split = split_indices(labelset.num_images, cfg.val_split, cfg.seed)
-            from labelfix.train.optim import resolve_loss
+            from labelfix.train.optim import resolve_auto
 
-            cfg = resolve_loss(cfg, labelset.labels, np.flatnonzero(split == 0), labelset.class_names, say)
+            cfg = resolve_auto(cfg, labelset.labels, np.flatnonzero(split == 0), labelset.class_names, say)
             folds = assign_folds(labelset.labels, np.flatnonzero(split == 0), k, cfg.seed, labelset.class_names)
             if dist.is_main:
                 out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from labelfix.train.distributed import DistInfo, all_reduce_sum, barrier, cleanu
 from labelfix.train.metrics import class_groups
 from labelfix.train.mixers import Batch, create_mixer
 from labelfix.train.optim import (build_amp, build_loss, build_optimizer, build_scheduler, optimizer_step,
-                                  resolve_loss)
+                                  resolve_auto)
 from labelfix.train.progress import Progress, format_row
 from labelfix.train.sampler import EpochBatchSampler, derive_seed
 
@@ -116,7 +116,7 @@ class Trainer:
         require_known_labels(self.labels, self.train_rows, str(cfg.data))   # nothing to learn: refuse
         require_readable_images(self.labelset, self.train_rows, str(cfg.data))   # zero readable images: refuse
         if not cfg.resume and self._given["labelset"] is None:   # crossfit resolves it for its folds
-            self.cfg = resolve_loss(cfg, self.labels, self.train_rows, self.labelset.class_names, self.log)
+            self.cfg = resolve_auto(cfg, self.labels, self.train_rows, self.labelset.class_names, self.log)
         self.val_set = read_validation(cfg, self.labelset) if cfg.val else None
         self.fingerprint = self.labelset.fingerprint()
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)
@@ -242,7 +242,7 @@ class Trainer:
         cfg = self.cfg
         try:
             self._prepare_data()
-            cfg = self.cfg   # --loss auto resolved
+            cfg = self.cfg   # --mix / --loss auto resolved
             if cfg.resume:
                 self.cfg = cfg = ckpt_mod.check_resume_compatible(read_run_config(self.out), cfg, self.out)
             self._build()

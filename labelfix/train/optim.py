@@ -54,8 +54,50 @@ AUTO_POSITIVE_ONLY_LOSS = {"random": "an-ls", "pretrained": "an"}
 AUTO_REFIT_LOSS = "role"
 
 
+#: ``--mix auto``'s method where it was measured to help detection: fine-tuning pretrained
+#: weights on labels without unknown cells (LogicMix, Chong et al. 2024: the held-out
+#: models rank wrong labels better). Elsewhere auto trains without mixing: with unknown cells
+#: the LogicMix folds ranked the missing positives lower, and from random weights LogicMix
+#: lowered clean-test mAP under missing 50 % (-12.8, 0 of 4) and AN-LS's ranking of
+#: single-positive labels; docs/training.md, "Choosing the mixing method"
+AUTO_MIX = "logicmix"
+
+
+def resolve_mix(cfg, labels, rows, log=lambda line: None):
+    """``cfg`` with ``--mix auto`` resolved (any other ``mix`` is returned as given):
+    :data:`AUTO_MIX` when the backbone starts from pretrained weights and fine-tunes
+    (``--pretrained`` or ``--weights``, not ``--frozen``), every training cell (``rows`` of
+    int8 (N, K) ``labels``) is known, and the loss can be mixed (not ROLE, whose label table
+    has one row per image); else ``"none"``. A pick other than ``"none"`` is named in one
+    line to ``log``."""
+    import dataclasses
+
+    from labelfix.labels import UNK
+
+    if cfg.mix != "auto":
+        return cfg
+    fine_tunes = bool(cfg.pretrained or cfg.weights) and not cfg.frozen
+    if not fine_tunes or cfg.loss == "role" or any((labels[r] == UNK).any() for r in _chunks(rows)):
+        return dataclasses.replace(cfg, mix="none")   # the usual case needs no line
+    log(f"mixing: {AUTO_MIX} (--mix auto: fine-tuning pretrained weights on labels without unknown cells)")
+    return dataclasses.replace(cfg, mix=AUTO_MIX)
+
+
+def _chunks(rows, size: int = 65_536):
+    """``rows`` in slices of ``size`` (memory-mapped labels are read a block at a time)."""
+    rows = np.asarray(rows)
+    return (rows[s:s + size] for s in range(0, rows.size, size))
+
+
+def resolve_auto(cfg, labels, rows, class_names=None, log=lambda line: None):
+    """``cfg`` with ``--mix auto`` (:func:`resolve_mix`) and then ``--loss auto``
+    (:func:`resolve_loss`, whose rule depends on the method) resolved; what ``labelfix
+    train`` calls once per run (a cross-fitted run: once, for every fold model)."""
+    return resolve_loss(resolve_mix(cfg, labels, rows, log), labels, rows, class_names, log)
+
+
 def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
-    """``cfg`` with ``--loss auto`` resolved from the training labels (``rows`` of
+    """``cfg`` (its ``mix`` resolved) with ``--loss auto`` resolved from the training labels (``rows`` of
     ``labels``); says what it chose on positive-only labels, and warns, in one line
     each to ``log`` (``class_names`` name the classes there).
 
