@@ -140,7 +140,10 @@ def unknown_judge(cfg: TrainConfig) -> str:
     from labelfix.losses import trains_unknown
     from labelfix.train.mixers import mixer_class
 
-    seen = mixer_class(cfg.mix).trains_unknown(cfg) or trains_unknown(cfg.loss)
+    # a run records its resolved method; "auto" (a config written by hand) picks none or
+    # LogicMix without curriculum, and neither trains unknown cells
+    mixer = mixer_class("none" if cfg.mix == "auto" else cfg.mix)
+    seen = mixer.trains_unknown(cfg) or trains_unknown(cfg.loss)
     return "held_out" if seen or cfg.refit_loss else "ensemble"
 
 
