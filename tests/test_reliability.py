@@ -518,7 +518,7 @@ def test_write_failure_is_one_line(world, monkeypatch, command, err):
     argv = WRITERS[command](world)
     world["out"].mkdir()
     before = digest(world["data"], world["labels"])
-    run_before = {k: v for k, v in digest(world["run"]).items() if "/cells/" not in k}
+    run_before = digest(world["run"])
     if err in (errno.EROFS, errno.EACCES):
         monkeypatch.setattr(atomic.tempfile, "mkstemp", _fail(err))
     else:
@@ -528,7 +528,7 @@ def test_write_failure_is_one_line(world, monkeypatch, command, err):
     line = assert_one_error(res, os.strerror(err), code=1)
     assert "(" in line  # what to do
     assert digest(world["data"], world["labels"]) == before
-    assert {k: v for k, v in digest(world["run"]).items() if "/cells/" not in k} == run_before
+    assert digest(world["run"]) == run_before
     assert [p for p in world["out"].rglob("*") if not p.is_dir()] == [], "a partial output set was left"
     assert not leftovers(world["root"]) and not (world["run"] / ".labelfix.lock").exists()
 
@@ -586,6 +586,48 @@ def test_output_set_is_all_or_nothing(tmp_path, monkeypatch):
             atomic.write_text(b, "x")
     monkeypatch.undo()
     assert json.loads(a.read_text()) == {"old": True} and not b.exists() and not leftovers(tmp_path)
+
+
+def test_output_set_reads_back_and_removes_with_the_set(tmp_path):
+    """Inside a set a writer reads its newest content through ``staged``, a second write
+    of a file replaces the first, and ``remove`` waits for the set: a failed set keeps
+    the removed file and the old content, a written one applies both."""
+    a, gone = tmp_path / "a.json", tmp_path / "gone.npy"
+    for fail in (True, False):
+        atomic.write_json(a, {"v": 0})
+        atomic.write_npy(gone, np.zeros(2))
+        with contextlib.suppress(RuntimeError):
+            with atomic.output_set():
+                atomic.write_json(a, {"v": 1})
+                atomic.write_json(a, {"v": 2})
+                assert json.loads(atomic.staged(a).read_text()) == {"v": 2} and atomic.staged(a) != a
+                assert json.loads(a.read_text()) == {"v": 0}
+                atomic.remove(gone)
+                assert gone.exists() and atomic.staged(tmp_path / "other") == tmp_path / "other"
+                if fail:
+                    raise RuntimeError("the block fails")
+        assert json.loads(a.read_text()) == {"v": 0 if fail else 2}
+        assert gone.exists() == fail and not leftovers(tmp_path)
+
+
+def test_failed_clean_keeps_the_previous_clean(world, monkeypatch):
+    """A clean that fails at its last write (the report) leaves every output of the
+    previous clean as it was: cells/, corrections.csv, clean.json and report/ belong to
+    one set (before, the new cells stood beside the old suggestions)."""
+    run = world["run"]
+    assert invoke("clean", run, "--neighbours", "0").exit_code == 0
+    before = digest(run)
+    assert any("/cells/score.npy" in k for k in before) and any("/report/" in k for k in before)
+    monkeypatch.setattr(atomic, "write_text", _fail(errno.ENOSPC))   # index.html, the report's last file
+    res = invoke("clean", run, "--neighbours", "0", "--score", "gmm", "--max-suggestions", "1")
+    monkeypatch.undo()
+    assert_one_error(res, os.strerror(errno.ENOSPC), code=1)
+    assert digest(run) == before and not leftovers(run)
+    # the failed clean would have changed them: the same options without the failure do
+    assert invoke("clean", run, "--neighbours", "0", "--score", "gmm", "--max-suggestions", "1").exit_code == 0
+    after = digest(run)
+    assert after[str(run / "cells" / "score.npy")] != before[str(run / "cells" / "score.npy")]
+    assert after[str(run / "cells" / "clean.json")] != before[str(run / "cells" / "clean.json")]
 
 
 # ====================================================================== D. numeric options

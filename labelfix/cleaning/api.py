@@ -19,7 +19,7 @@ from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_e
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
                                       delta_for)
 from labelfix.errors import LabelfixError
-from labelfix.io.atomic import atomic_memmap
+from labelfix.io.atomic import atomic_memmap, staged
 from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
 from labelfix.labels import UNK, positive_only
@@ -348,7 +348,8 @@ def find_label_issues(
                 cand["prob"].append(pr[ii, kk])
         arrays = outs
     if out_dir is not None:
-        arrays = {n: np.load(out_dir / f"{n}.npy", mmap_mode="r") for n in CELL_ARRAYS}
+        # inside an output set (labelfix clean) the files are still their temporaries
+        arrays = {n: np.load(staged(out_dir / f"{n}.npy"), mmap_mode="r") for n in CELL_ARRAYS}
 
     corrections = _corrections_frame(cand, max_suggestions, classes)
     return LabelIssues(

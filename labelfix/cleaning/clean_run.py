@@ -222,13 +222,13 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict):
                                labelset.num_classes)
     path = run.path / "cells" / "score.npy"
     given = labelset.labels
-    old = np.load(path, mmap_mode="r")
+    old = np.load(atomic.staged(path), mmap_mode="r")
     rows = default_chunk_rows(old.shape[1])
     with atomic.atomic_memmap(path, old.shape, np.float32) as out:
         for a in range(0, old.shape[0], rows):
             out[a:a + rows] = reweight_scores(old[a:a + rows], given[a:a + rows], weights)
     del old
-    issues = dataclasses.replace(issues, score=np.load(path, mmap_mode="r"))
+    issues = dataclasses.replace(issues, score=np.load(atomic.staged(path), mmap_mode="r"))
     table = table.copy()
     table["score"] = reweight_scores(table["score"].to_numpy(), np.where(is_add, 0, 1), weights, cls).astype(
         np.float64).round(6)
@@ -367,8 +367,7 @@ def clean_run(
     """
     run = run if isinstance(run, Run) else Run(run)
     ls = run.labelset
-    from labelfix.cleaning.report import decision_estimate
-    from labelfix.review.decisions import carry_decisions, check_decision_file, known_decisions, table_decisions
+    from labelfix.review.decisions import check_decision_file, known_decisions
 
     # a reviewer's decisions are never dropped by a file clean cannot read: every decision
     # file is read (and checked) before anything is written; corrections.csv once
@@ -391,8 +390,25 @@ def clean_run(
         unknown = sorted(set(classes) - set(ls.class_names))
         if unknown:
             raise LabelfixError(f"{run.path}: --classes: unknown class names {', '.join(unknown)}")
-    from labelfix.cleaning.evidence import duplicates_table, neighbour_votes
+    # every output of this clean (cells/, corrections.csv, clean.json, report/) or none:
+    # an interrupted or failed clean leaves the previous clean's set (docs/reliability.md)
+    with atomic.output_set():
+        return _score_and_write(
+            run, evidence, notes, known, old_corrections, clean_threshold=clean_threshold,
+            relabel_threshold=relabel_threshold, max_suggestions=max_suggestions, classes=classes, report=report,
+            device=device, scorer=scorer, neighbours=neighbours, single_positive_removals=single_positive_removals,
+            learn_from_decisions=learn_from_decisions, others=others)
 
+
+def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, old_corrections, *,
+                     clean_threshold, relabel_threshold, max_suggestions, classes, report, device, scorer,
+                     neighbours, single_positive_removals, learn_from_decisions, others) -> CleanResult:
+    """The part of :func:`clean_run` that writes: scores, suggestions, report."""
+    from labelfix.cleaning.evidence import duplicates_table, neighbour_votes
+    from labelfix.cleaning.report import decision_estimate
+    from labelfix.review.decisions import carry_decisions, table_decisions
+
+    ls = run.labelset
     k_nb = neighbours
     neighbours, pairs = neighbour_votes(run, k=k_nb) if k_nb else (None, None)
     if k_nb and neighbours is None:   # a documented skip, not a silent one
@@ -408,7 +424,7 @@ def clean_run(
             notes.append("neighbour votes not used: the labels are positive-only (most cells unknown, fewer known "
                          "negatives than positives), so the neighbours' known labels are positive by selection")
             neighbours = None
-            (run.path / "cells" / "neighbours.npy").unlink(missing_ok=True)
+            atomic.remove(run.path / "cells" / "neighbours.npy")
         else:
             atomic.write_npy(run.path / "cells" / "neighbours.npy", neighbours.astype(np.float16))
         atomic.write_csv(run.path / "cells" / "duplicates.csv", dups)

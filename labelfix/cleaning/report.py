@@ -191,7 +191,7 @@ def _cards(run, corrections: pd.DataFrame, out: Path, calibration: dict | None =
     keep = {Path(v).name for v in made.values() if v}
     for old in thumbs.glob("*.jpg"):  # thumbnails of an earlier report
         if old.name not in keep:
-            old.unlink()
+            atomic.remove(old)   # with the rest of the report (clean writes one output set)
     right = right_probability(top, calibration)
     cards = []
     for i, rec in enumerate(top.to_dict("records")):

@@ -92,7 +92,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         pending = _PENDING.get()
         if pending is not None:
-            pending.append((tmp_path, path))
+            _stage(pending, tmp_path, path)
             return
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
@@ -105,36 +105,79 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def _stage(pending: list, tmp: Path | None, final: Path) -> None:
+    """Queue ``tmp`` to become ``final`` (None: ``final`` is to be removed); a second write
+    of the same file inside the set replaces the first (its temporary is removed; an open
+    memmap of it stays readable)."""
+    for j, (old, dst) in enumerate(pending):
+        if dst == final:
+            if old is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()
+            pending[j] = (tmp, final)
+            return
+    pending.append((tmp, final))
+
+
+def _discard(pending: list) -> None:
+    for tmp, _ in pending:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def output_set() -> Iterator[None]:
-    """Write several files as one: every atomic write inside the block goes to its
-    temporary file, and all are renamed into place only when the block exits without an
-    exception; on an exception all temporaries are removed and no final file changes.
+    """Write several files as one: every atomic write (and :func:`remove`) inside the
+    block goes to its temporary file, and all are renamed into place only when the block
+    exits without an exception; on an exception all temporaries are removed and no final
+    file changes.
 
-    Writers inside the block must not read their own outputs back (they do not exist
-    under the final name until the block ends).
+    A writer that reads its own outputs back inside the block reads them through
+    :func:`staged` (they do not exist under the final name until the block ends).
     """
     pending: list = []
     token = _PENDING.set(pending)
     try:
         yield
     except BaseException:
-        for tmp, _ in pending:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        _discard(pending)
         raise
     finally:
         _PENDING.reset(token)
     try:
         for tmp, final in pending:
-            os.replace(tmp, final)
+            if tmp is None:
+                final.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, final)
     except BaseException:
-        for tmp, _ in pending:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        _discard(pending)
         raise
     for folder in {final.parent for _, final in pending}:
         _fsync_dir(folder)
+
+
+def staged(path: str | os.PathLike) -> Path:
+    """Where the newest content of ``path`` is: inside an :func:`output_set`, the
+    temporary file that will become ``path`` when the set is written (``path`` itself
+    when the set has not written it)."""
+    path = Path(path)
+    for tmp, final in _PENDING.get() or ():
+        if final == path and tmp is not None:
+            return tmp
+    return path
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove ``path`` if it exists; inside an :func:`output_set`, when the set is written
+    (an exception in the block keeps the file)."""
+    path = Path(path)
+    pending = _PENDING.get()
+    if pending is None:
+        path.unlink(missing_ok=True)
+    else:
+        _stage(pending, None, path)
 
 
 @contextlib.contextmanager
