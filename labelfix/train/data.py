@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from labelfix.data.dataset import PartialLabelDataset
+from labelfix.errors import LabelfixError
 from labelfix.labels import LabelSet
 from labelfix.train.sampler import SampleKey
 
@@ -133,8 +135,6 @@ def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
     """int8 (N,): 0 = train, 1 = validation; ``round(N * val_split)`` images drawn
     uniformly with a generator seeded by ``seed`` (at least one train image kept). A
     ``val_split`` > 0 that rounds to no image is refused."""
-    from labelfix.errors import LabelfixError
-
     split = np.zeros(num_images, dtype=np.int8)
     n_val = int(round(num_images * val_split))
     if val_split > 0 and n_val == 0:   # accepted and ignored otherwise
@@ -147,10 +147,32 @@ def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
     return split
 
 
+def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[LabelSet, np.ndarray]:
+    """The label set and split (int8 (N,): 0 train, 1 validation, 2 held out) a run trains
+    on: the run directory's own on ``--resume``, else ``labelset`` / ``split`` when the
+    cross-fitting driver gives them, else read from ``cfg.data`` and drawn from the seed.
+    Refuses a resume without a checkpoint and a new run over an existing one."""
+    from labelfix.io import read_labels
+
+    out = Path(out)
+    last = out / "checkpoints" / "last.pt"
+    if cfg.resume:
+        if not last.exists():
+            raise LabelfixError(f"{last}: no checkpoint to resume from (run without --resume first)")
+        return LabelSet.load(out), np.load(out / "split.npy")
+    if last.exists():
+        raise LabelfixError(f"{out}: already holds a run (checkpoints/last.pt); "
+                            f"pass --resume to continue it or choose another --out")
+    labelset = labelset or read_labels(cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
+                                       class_descriptions=cfg.class_descriptions)
+    split = (split_indices(labelset.num_images, cfg.val_split, cfg.seed) if split is None
+             else np.asarray(split, dtype=np.int8))
+    return labelset, split
+
+
 def read_validation(cfg, classes: LabelSet) -> LabelSet:
     """``--val`` labels with their columns in the training class order (one clear line
     when the class sets differ)."""
-    from labelfix.errors import LabelfixError
     from labelfix.io import read_labels
 
     val = read_labels(cfg.val, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,

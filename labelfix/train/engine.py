@@ -26,7 +26,7 @@ from labelfix.numeric import sigmoid
 from labelfix.train import checkpoint as ckpt_mod
 from labelfix.train import evaluate
 from labelfix.train.config import TrainConfig, read_run_config
-from labelfix.train.data import KeyedDataset, build_datasets, cfg_augments, make_loader, read_validation, split_indices
+from labelfix.train.data import KeyedDataset, build_datasets, cfg_augments, make_loader, read_validation, run_labels
 from labelfix.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, resolve_device
 from labelfix.train.metrics import class_groups
 from labelfix.train.mixers import Batch, create_mixer
@@ -87,25 +87,8 @@ class Trainer:
             print(text, file=sys.stderr)
 
     def _prepare_data(self) -> None:
-        from labelfix.io import read_labels
-
         cfg = self.cfg
-        last = self.out / "checkpoints" / "last.pt"
-        if cfg.resume:
-            if not last.exists():
-                raise LabelfixError(f"{last}: no checkpoint to resume from (run without --resume first)")
-            self.labelset = LabelSet.load(self.out)
-            self.split = np.load(self.out / "split.npy")
-        else:
-            if last.exists():
-                raise LabelfixError(f"{self.out}: already holds a run (checkpoints/last.pt); "
-                                    f"pass --resume to continue it or choose another --out")
-            self.labelset = self._given["labelset"] or read_labels(
-                cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
-                class_descriptions=cfg.class_descriptions)
-            given_split = self._given["split"]
-            self.split = (split_indices(self.labelset.num_images, cfg.val_split, cfg.seed) if given_split is None
-                          else np.asarray(given_split, dtype=np.int8))
+        self.labelset, self.split = run_labels(cfg, self.out, **self._given)
         self.labels = np.asarray(self.labelset.labels)
         self.trusted = self.labelset.trusted()   # cells a reviewer verified
         self.train_rows = np.flatnonzero(self.split == 0)
