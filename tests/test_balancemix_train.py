@@ -366,7 +366,7 @@ def test_mean_sampler_skips_missing_cells_and_differs_from_sum_only_when_labels_
 def test_resume_accepts_auto_for_an_unset_schedule(tmp_path):
     from labelfix.train.checkpoint import check_resume_compatible
 
-    base = dict(data="x", out=str(tmp_path), mix="balancemix")
+    base = dict(data="x", out=str(tmp_path), mix="balancemix", loss="bce")   # a run records its resolved loss
     unset = TrainConfig(**base).validate()
     check_resume_compatible(unset, TrainConfig(**base, balancemix_refine="auto").validate(), tmp_path)
     with pytest.raises(LabelfixError, match="--balancemix-refine"):

@@ -610,12 +610,41 @@ def test_output_set_reads_back_and_removes_with_the_set(tmp_path):
         assert gone.exists() == fail and not leftovers(tmp_path)
 
 
+def test_output_set_nested_and_spellings(tmp_path, monkeypatch):
+    """A set opened inside another joins it (nothing is written before the outer set
+    ends, and its failure discards the inner set's files too); one file spelled two ways
+    is one file; reading a file the set removes is FileNotFoundError."""
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    atomic.write_json(a, {"v": 0})
+    with pytest.raises(RuntimeError):
+        with atomic.output_set():
+            with atomic.output_set():
+                atomic.write_json(b, {"v": 1})
+            assert not b.exists() and json.loads(atomic.staged(b).read_text()) == {"v": 1}
+            raise RuntimeError("the outer block fails")
+    assert not b.exists() and not leftovers(tmp_path)
+    with atomic.output_set():
+        atomic.remove(a)
+        with pytest.raises(FileNotFoundError):
+            atomic.staged("./a.json")
+        with atomic.output_set():
+            atomic.write_json("./a.json", {"v": 2})   # after the outer set's removal: written, not removed
+        assert json.loads(atomic.staged(a).read_text()) == {"v": 2}
+    assert json.loads(a.read_text()) == {"v": 2} and not leftovers(tmp_path)
+
+
 def test_failed_clean_keeps_the_previous_clean(world, monkeypatch):
     """A clean that fails at its last write (the report) leaves every output of the
     previous clean as it was: cells/, corrections.csv, clean.json and report/ belong to
-    one set (before, the new cells stood beside the old suggestions)."""
+    one set (before, the new cells stood beside the old suggestions); a clean without
+    neighbour evidence leaves none of an earlier one's beside its own."""
     run = world["run"]
+    (run / "cells").mkdir()
+    for stale in ("neighbours.npy", "duplicates.csv"):   # of an earlier clean with neighbour evidence
+        (run / "cells" / stale).write_text("stale")
     assert invoke("clean", run, "--neighbours", "0").exit_code == 0
+    assert not (run / "cells" / "neighbours.npy").exists() and not (run / "cells" / "duplicates.csv").exists()
     before = digest(run)
     assert any("/cells/score.npy" in k for k in before) and any("/report/" in k for k in before)
     monkeypatch.setattr(atomic, "write_text", _fail(errno.ENOSPC))   # index.html, the report's last file

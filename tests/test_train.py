@@ -253,6 +253,15 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
     lines = []
     train(cfg_for(tiny, out, epochs=2, resume=True), log=lines.append)
     assert any("all 2 epochs trained; raise --epochs" in line for line in lines)
+    # a config.yaml edited by hand to an unresolved method: name it to resume, never a traceback
+    doc = yaml.safe_load(config)
+    run_mix = doc["train"]["mix"]
+    doc["train"]["mix"] = "auto"
+    (out / "config.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(LabelfixError, match="mix: auto: the run does not record .* --mix naming it"):
+        train(cfg_for(tiny, out, epochs=3, resume=True, mix="auto"), log=quiet)
+    train(cfg_for(tiny, out, epochs=3, resume=True, mix=run_mix), log=quiet)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["mix"] == run_mix
 
 
 def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):

@@ -414,7 +414,10 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     if k_nb and neighbours is None:   # a documented skip, not a silent one
         notes.append("no complete image embedding in the run (training interrupted before its end?): "
                      "neighbour evidence skipped, so the evidence score is the disagreement")
-    if neighbours is not None:
+    if neighbours is None:   # no neighbour evidence in this clean: none of an earlier one stays beside it
+        atomic.remove(run.path / "cells" / "neighbours.npy")
+        atomic.remove(run.path / "cells" / "duplicates.csv")
+    else:
         from labelfix.labels import positive_only
 
         dups = duplicates_table(run, pairs)

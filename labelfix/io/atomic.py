@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import json
 import os
 import stat
@@ -24,8 +25,9 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 
-#: pending (temporary, final) renames of the innermost ``output_set`` (None outside one)
-_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar("labelfix_atomic_pending", default=None)
+#: the open ``output_set`` blocks, innermost last: each maps the absolute final path of a
+#: pending write to its temporary (None: the file is to be removed)
+_SETS: contextvars.ContextVar[tuple[dict, ...]] = contextvars.ContextVar("labelfix_atomic_sets", default=())
 
 
 def current_umask() -> int:
@@ -90,9 +92,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        pending = _PENDING.get()
-        if pending is not None:
-            _stage(pending, tmp_path, path)
+        sets = _SETS.get()
+        if sets:
+            _stage(sets[-1], tmp_path, path)
             return
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
@@ -105,22 +107,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _stage(pending: list, tmp: Path | None, final: Path) -> None:
+def _key(path: str | os.PathLike) -> Path:
+    """One spelling per file (``run/x``, ``./run/x`` and ``/abs/run/x`` are one file)."""
+    return Path(os.path.abspath(path))
+
+
+def _stage(pending: dict, tmp: Path | None, final: str | os.PathLike) -> None:
     """Queue ``tmp`` to become ``final`` (None: ``final`` is to be removed); a second write
     of the same file inside the set replaces the first (its temporary is removed; an open
     memmap of it stays readable)."""
-    for j, (old, dst) in enumerate(pending):
-        if dst == final:
-            if old is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    old.unlink()
-            pending[j] = (tmp, final)
-            return
-    pending.append((tmp, final))
+    key = _key(final)
+    old = pending.get(key)
+    if old is not None and old != tmp:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    pending[key] = tmp
 
 
-def _discard(pending: list) -> None:
-    for tmp, _ in pending:
+def _discard(pending: dict) -> None:
+    for tmp in pending.values():
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -131,53 +136,63 @@ def output_set() -> Iterator[None]:
     """Write several files as one: every atomic write (and :func:`remove`) inside the
     block goes to its temporary file, and all are renamed into place only when the block
     exits without an exception; on an exception all temporaries are removed and no final
-    file changes.
+    file changes. A set opened inside another joins it (its files are written with the
+    outer set's).
 
     A writer that reads its own outputs back inside the block reads them through
-    :func:`staged` (they do not exist under the final name until the block ends).
+    :func:`staged` (they do not exist under the final name until the block ends). The
+    renames at the end run writes first, removals last; an error among them (rare: each
+    temporary sits in its final folder) can leave the set partly renamed.
     """
-    pending: list = []
-    token = _PENDING.set(pending)
+    pending: dict = {}
+    token = _SETS.set(_SETS.get() + (pending,))
     try:
         yield
     except BaseException:
         _discard(pending)
         raise
     finally:
-        _PENDING.reset(token)
+        _SETS.reset(token)
+    outer = _SETS.get()
+    if outer:
+        for final, tmp in pending.items():
+            _stage(outer[-1], tmp, final)
+        return
     try:
-        for tmp, final in pending:
+        for final, tmp in pending.items():
+            if tmp is not None:
+                os.replace(tmp, final)
+        for final, tmp in pending.items():
             if tmp is None:
                 final.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, final)
     except BaseException:
         _discard(pending)
         raise
-    for folder in {final.parent for _, final in pending}:
+    for folder in {final.parent for final in pending}:
         _fsync_dir(folder)
 
 
 def staged(path: str | os.PathLike) -> Path:
     """Where the newest content of ``path`` is: inside an :func:`output_set`, the
     temporary file that will become ``path`` when the set is written (``path`` itself
-    when the set has not written it)."""
-    path = Path(path)
-    for tmp, final in _PENDING.get() or ():
-        if final == path and tmp is not None:
-            return tmp
-    return path
+    when the set has not written it). FileNotFoundError when the set removes it."""
+    key = _key(path)
+    for pending in reversed(_SETS.get()):
+        if key in pending:
+            if pending[key] is None:
+                raise FileNotFoundError(errno.ENOENT, "removed by this output set", str(path))
+            return pending[key]
+    return Path(path)
 
 
 def remove(path: str | os.PathLike) -> None:
     """Remove ``path`` if it exists; inside an :func:`output_set`, when the set is written
     (an exception in the block keeps the file)."""
-    path = Path(path)
-    pending = _PENDING.get()
-    if pending is None:
-        path.unlink(missing_ok=True)
+    sets = _SETS.get()
+    if sets:
+        _stage(sets[-1], None, path)
     else:
-        _stage(pending, None, path)
+        Path(path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -187,6 +187,13 @@ def check_resume_compatible(saved, given, out: Path):
     them); returns ``given`` with the run's recorded mixing defaults
     (:func:`with_recorded_mixing`), ``--mix auto`` and ``--loss auto`` as the run resolved them
     (``mix``; ``loss``, ``refit_loss``): the options to resume with."""
+    for name in ("mix", "loss"):   # a config.yaml written by hand may not say what the run trained
+        if getattr(saved, name) == "auto":
+            if getattr(given, name) == "auto":
+                raise LabelfixError(f"{out / 'config.yaml'}: {name}: auto: the run does not record which "
+                                    f"{'mixing method' if name == 'mix' else 'loss'} it trained with; resume with "
+                                    f"--{name} naming it")
+            saved = dataclasses.replace(saved, **{name: getattr(given, name)})
     if given.mix == "auto":   # the method the run resolved when it started (before its recorded options)
         given = dataclasses.replace(given, mix=saved.mix)
     recorded = recorded_mixing(out)
