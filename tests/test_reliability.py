@@ -1303,6 +1303,14 @@ CLASS_OF = {
     "test_moved_run_resumes": "G",
 }
 
+
+
+def test_every_case_is_counted_in_a_class():
+    """docs/reliability.md's case counts come from CLASS_OF: a new test must say its class."""
+    tests = {name for name, obj in globals().items() if name.startswith("test_") and callable(obj)}
+    assert sorted(tests - set(CLASS_OF) - {"test_every_case_is_counted_in_a_class"}) == []
+
+
 if __name__ == "__main__":
     # `.venv/bin/python tests/test_reliability.py`: the case counts per class, from the
     # parametrization as pytest collects it
@@ -1311,6 +1319,7 @@ if __name__ == "__main__":
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", __file__], capture_output=True,
                          text=True, cwd=REPO).stdout
     funcs = [ln.split("::")[1].split("[")[0] for ln in out.splitlines() if "::" in ln]
+    funcs = [f for f in funcs if f != "test_every_case_is_counted_in_a_class"]
     missing = sorted(set(funcs) - set(CLASS_OF))
     assert not missing, f"add to CLASS_OF: {missing}"
     counts = Counter(CLASS_OF[f] for f in funcs)
