@@ -88,6 +88,33 @@ def test_stale_lock_taken_over(tmp_path):
     assert sorted(os.listdir(tmp_path)) == []
 
 
+def test_taking_the_lock_sweeps_what_a_killed_write_left(tmp_path):
+    """A SIGKILL mid-write leaves an atomic write's temporary: the next lock holder removes
+    those (anywhere in the run, names of that pattern only, symlinks not followed) and
+    says how many; a live write's temporary is never swept, since only the holder writes."""
+    from labelfix.io import atomic
+
+    (tmp_path / "cells").mkdir()
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-outside"
+    elsewhere.mkdir()
+    left = [tmp_path / ".labels.npy.k2x_9abc.tmp", tmp_path / "cells" / ".score.npy.0123abcd.tmp"]
+    kept = [tmp_path / "cells" / "score.npy", tmp_path / ".notes.tmp", tmp_path / "cells" / ".a.b.TOOLONG12.tmp",
+            elsewhere / ".x.npy.abcdefgh.tmp"]
+    for f in left + kept:
+        f.write_text("x")
+    (tmp_path / "linked").symlink_to(elsewhere, target_is_directory=True)
+    notes = []
+    with run_lock(tmp_path, "clean", note=notes.append):
+        with atomic.atomic_path(tmp_path / "cells" / "new.npy") as tmp:   # the holder's own write
+            tmp.write_text("y")
+    assert notes == [f"note: {tmp_path}: removed 2 temporary file(s) an interrupted command left"]
+    assert not any(f.exists() for f in left) and all(f.exists() for f in kept)
+    assert (tmp_path / "cells" / "new.npy").read_text() == "y"
+    with run_lock(tmp_path, "clean", note=notes.append):
+        pass
+    assert len(notes) == 1   # nothing left: no note
+
+
 def test_lock_from_other_host_not_taken_over(tmp_path):
     pid = dead_pid()
     (tmp_path / LOCK_NAME).write_text(json.dumps(

@@ -18,6 +18,7 @@ import contextvars
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -28,6 +29,28 @@ import numpy as np
 #: the open ``output_set`` blocks, innermost last: each maps the absolute final path of a
 #: pending write to its temporary (None: the file is to be removed)
 _SETS: contextvars.ContextVar[tuple[dict, ...]] = contextvars.ContextVar("labelfix_atomic_sets", default=())
+
+
+#: an atomic write's temporary: ``.<final name>.<8 random characters>.tmp`` (``mkstemp``)
+TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporaries that interrupted atomic writes left under ``folder`` (a
+    SIGKILL leaves them; nothing else can), symlinks not followed; returns how many.
+
+    Only for a folder no other process writes: labelfix sweeps a run directory when it
+    takes the run's lock (:func:`labelfix.io.lock.run_lock`).
+    """
+    removed = 0
+    for root, _dirs, files in os.walk(folder, followlinks=False):
+        for name in files:
+            path = Path(root) / name
+            if TEMPORARY_NAME.match(name) and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def current_umask() -> int:

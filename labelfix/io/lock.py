@@ -8,6 +8,8 @@ A second command on the same run directory gets a LabelfixError naming the holde
 lock left behind by a process that no longer exists *on this host* (a SIGKILL, a
 crash) is taken over with a note on stderr; a lock from another host is never taken
 over automatically, because this host cannot tell whether that process is alive.
+Taking the lock removes the temporaries of atomic writes an interrupted command left in
+the run directory (:func:`labelfix.io.atomic.sweep_temporaries`), with a note.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from labelfix.errors import LabelfixError
+from labelfix.io import atomic
 
 LOCK_NAME = ".labelfix.lock"
 
@@ -169,6 +172,11 @@ def run_lock(run_dir: str | os.PathLike, command: str, note: Callable[[str], Non
     """
     path = acquire(run_dir, command, note=note)
     try:
+        # no other command writes the run now: what an interrupted one left can go
+        swept = atomic.sweep_temporaries(run_dir)
+        if swept:
+            (note or (lambda msg: print(msg, file=sys.stderr)))(
+                f"note: {run_dir}: removed {swept} temporary file(s) an interrupted command left")
         yield path
     finally:
         release(path)
