@@ -63,40 +63,41 @@ AUTO_REFIT_LOSS = "role"
 AUTO_MIX = "logicmix"
 
 
-def resolve_mix(cfg, labels, rows, log=lambda line: None):
+def resolve_mix(cfg, labels, rows, log=lambda line: None, counts=None):
     """``cfg`` with ``--mix auto`` resolved (any other ``mix`` is returned as given):
     :data:`AUTO_MIX` when the backbone starts from pretrained weights and fine-tunes
     (``--pretrained`` or ``--weights``, not ``--frozen``), every training cell (``rows`` of
     int8 (N, K) ``labels``) is known, and the loss can be mixed (not ROLE, whose label table
     has one row per image); else ``"none"``. A pick other than ``"none"`` is named in one
-    line to ``log``."""
+    line to ``log``. ``counts``: :func:`labelfix.labels.count_known` of those rows, when
+    the caller has them."""
     import dataclasses
 
-    from labelfix.labels import UNK
+    from labelfix.labels import count_known
 
     if cfg.mix != "auto":
         return cfg
     fine_tunes = bool(cfg.pretrained or cfg.weights) and not cfg.frozen
-    if not fine_tunes or cfg.loss == "role" or any((labels[r] == UNK).any() for r in _chunks(rows)):
-        return dataclasses.replace(cfg, mix="none")   # the usual case needs no line
-    log(f"mixing: {AUTO_MIX} (--mix auto: fine-tuning pretrained weights on labels without unknown cells)")
-    return dataclasses.replace(cfg, mix=AUTO_MIX)
-
-
-def _chunks(rows, size: int = 65_536):
-    """``rows`` in slices of ``size`` (memory-mapped labels are read a block at a time)."""
-    rows = np.asarray(rows)
-    return (rows[s:s + size] for s in range(0, rows.size, size))
+    if fine_tunes and cfg.loss != "role":
+        pos, neg = counts if counts is not None else count_known(labels, rows)
+        if int(pos.sum() + neg.sum()) == len(rows) * labels.shape[1]:
+            log(f"mixing: {AUTO_MIX} (--mix auto: fine-tuning pretrained weights on labels without unknown cells)")
+            return dataclasses.replace(cfg, mix=AUTO_MIX)
+    return dataclasses.replace(cfg, mix="none")   # the usual case needs no line
 
 
 def resolve_auto(cfg, labels, rows, class_names=None, log=lambda line: None):
     """``cfg`` with ``--mix auto`` (:func:`resolve_mix`) and then ``--loss auto``
-    (:func:`resolve_loss`, whose rule depends on the method) resolved; what ``labelfix
-    train`` calls once per run (a cross-fitted run: once, for every fold model)."""
-    return resolve_loss(resolve_mix(cfg, labels, rows, log), labels, rows, class_names, log)
+    (:func:`resolve_loss`, whose rule depends on the method) resolved, from one count of
+    the training labels; what ``labelfix train`` calls once per run (a cross-fitted run:
+    once, for every fold model)."""
+    from labelfix.labels import count_known
+
+    counts = count_known(labels, rows)
+    return resolve_loss(resolve_mix(cfg, labels, rows, log, counts), labels, rows, class_names, log, counts)
 
 
-def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
+def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None, counts=None):
     """``cfg`` (its ``mix`` resolved) with ``--loss auto`` resolved from the training labels (``rows`` of
     ``labels``); says what it chose on positive-only labels, and warns, in one line
     each to ``log`` (``class_names`` name the classes there).
@@ -111,7 +112,8 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     A loss that gives unknown cells no target (masked BCE, ASL) cannot learn a class
     without a known negative: it would call every image positive; each such class is
     named in a note (no refusal: the benchmarks train masked BCE on single-positive labels
-    on purpose, as the baseline)."""
+    on purpose, as the baseline). ``counts``: :func:`labelfix.labels.count_known` of those
+    rows, when the caller has them."""
     import dataclasses
 
     from labelfix.labels import count_known, positive_only_counts
@@ -120,7 +122,7 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None):
     from labelfix.train.mixers import mixer_class
 
     mixer = mixer_class(cfg.mix)
-    pos, neg = count_known(labels, rows)   # one pass for the rule and the warning
+    pos, neg = counts if counts is not None else count_known(labels, rows)   # one pass for the rule and the warning
     if cfg.loss == "auto":
         only = positive_only_counts(pos, neg, len(rows) * labels.shape[1])
         start = "pretrained" if cfg.pretrained or cfg.weights else "random"
