@@ -29,6 +29,11 @@ from labelfix.io import atomic
 LOCK_NAME = ".labelfix.lock"
 
 
+def _to_stderr(msg: str) -> None:
+    """Where the lock's notes go when the caller gives no ``note``."""
+    print(msg, file=sys.stderr)
+
+
 def lock_path(run_dir: str | os.PathLike) -> Path:
     """The lock file of ``run_dir``."""
     return Path(run_dir) / LOCK_NAME
@@ -120,7 +125,7 @@ def acquire(run_dir: str | os.PathLike, command: str, note: Callable[[str], None
         "command": command,
         "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    note = note or (lambda msg: print(msg, file=sys.stderr))
+    note = note or _to_stderr
     for _ in range(3):  # create, or take over a stale lock once (with a retry for a race)
         if _create(path, record):
             return path
@@ -175,7 +180,7 @@ def run_lock(run_dir: str | os.PathLike, command: str, note: Callable[[str], Non
         # no other command writes the run now: what an interrupted one left can go
         swept = atomic.sweep_temporaries(run_dir)
         if swept:
-            (note or (lambda msg: print(msg, file=sys.stderr)))(
+            (note or _to_stderr)(
                 f"note: {run_dir}: removed {swept} temporary file(s) an interrupted command left")
         yield path
     finally:
