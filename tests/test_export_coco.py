@@ -223,6 +223,49 @@ def test_lvis_source_unknown_cells(demo_data, tmp_path):
     np.testing.assert_array_equal(np.asarray(back.labels), _expected(run_dir, corr))
 
 
+def test_a_rejected_addition_of_an_unknown_cell_becomes_a_verified_negative(demo_data, tmp_path):
+    """The reviewer who rejects "add class c" has looked and says c is absent: an unknown
+    cell becomes a verified negative (in ``neg_category_ids``, logged as
+    ``verify-negative``); a rejected addition of a given negative changes nothing; the
+    rejected removals keep their positives. The next round reads the negatives as known
+    and trusted."""
+    from labelfix.cli import main
+    from labelfix.export.coco import export_cleaned_coco
+    from labelfix.labels import LabelSet
+
+    run_dir = make_run(demo_data, tmp_path / "run", lvis=True, seed=1, n_add=12)
+    corr = pd.read_csv(run_dir / "corrections.csv", dtype=str, keep_default_na=False)
+    unknown_adds = corr[(corr["action"] == "add") & (corr["given"] == "unknown")]
+    negative_adds = corr[(corr["action"] == "add") & (corr["given"] == "0")]
+    assert len(unknown_adds) and len(negative_adds)
+    set_accept(run_dir, {(int(i), c): "0" for i, c in zip(corr["image_id"], corr["class"])})   # reject all
+    out = tmp_path / "c.json"
+    res = export_cleaned_coco(run_dir, out, source="csv")
+    assert (res.negatives, res.additions, res.removals, res.changes) == (len(unknown_adds), 0, 0, len(unknown_adds))
+
+    given = LabelSet.load(run_dir)
+    back = read_coco(out)
+    expected = np.array(given.labels)
+    row = {int(i): r for r, i in enumerate(given.images["image_id"])}
+    col = {int(c): k for k, c in enumerate(given.classes["category_id"])}
+    cells = [(row[int(i)], col[int(c)]) for i, c in zip(unknown_adds["image_id"], unknown_adds["category_id"])]
+    for r, k in cells:
+        expected[r, k] = NEG
+    np.testing.assert_array_equal(np.asarray(back.labels), expected)
+    assert all(bool(back.trusted()[r, k]) for r, k in cells)
+    data = json.loads(out.read_text())
+    negs = {im["id"]: set(im.get("neg_category_ids", [])) for im in data["images"]}
+    assert all(int(c) in negs[int(i)] for i, c in zip(unknown_adds["image_id"], unknown_adds["category_id"]))
+    log = pd.read_csv(tmp_path / "c.changes.csv", dtype=str, keep_default_na=False)
+    assert set(log["action"]) == {"verify-negative"} and set(log["old"]) == {"unknown"} and set(log["new"]) == {"0"}
+    assert len(log) == len(unknown_adds)
+
+    result = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(tmp_path / "d.json"),
+                                       "--from", "csv"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(unknown_adds)} unknown cells verified negative (rejected additions)" in result.output
+
+
 def test_cli_and_errors(run_dir, tmp_path):
     from labelfix.cli import main
 

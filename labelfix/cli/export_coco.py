@@ -57,6 +57,7 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     if r.converted:
         click.echo("note: the run's labels did not come from a COCO file; they were converted to COCO "
                    "(image-level annotations) before applying the changes")
-    click.echo(f"{r.out}: {r.changes} changes applied ({r.additions} additions, {r.removals} removals; "
+    negatives = f", {r.negatives} unknown cells verified negative (rejected additions)" if r.negatives else ""
+    click.echo(f"{r.out}: {r.changes} changes applied ({r.additions} additions, {r.removals} removals{negatives}; "
                f"decisions from {r.source})")
     click.echo(f"change log: {r.change_log}")

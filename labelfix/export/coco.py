@@ -11,7 +11,10 @@ changes are applied:
 - ``decisions="accepted"``: the accepted suggestions only;
   ``decisions="all"``: every suggestion that is not rejected;
   ``decisions=("min-score", x)``: the accepted ones plus the undecided ones with
-  ``score >= x``. A rejected suggestion is never applied.
+  ``score >= x``. A rejected suggestion is never applied. A rejected *addition* of an
+  unknown cell is a person's word that the class is absent: the cell becomes a verified
+  negative (``neg_category_ids``; action ``verify-negative`` in the change log), so the
+  next round trains it as a negative instead of leaving it unknown.
 
 Every decided suggestion (accepted or rejected) and every cell verified in an earlier
 round is recorded as verified in the file (``labelfix.verified``), so the next round of
@@ -40,6 +43,8 @@ from labelfix.run import Run, load_run
 SOURCES = ("fiftyone", "csv")
 MODES = ("accepted", "all", "min-score")
 CHANGE_LOG_COLUMNS = ["image_id", "file_name", "class", "category_id", "old", "new", "action", "score"]
+#: change-log action of an unknown cell whose suggested addition was rejected
+VERIFY_NEGATIVE = "verify-negative"
 _TRUE = {"1", "1.0", "true", "yes", "y"}   # 1.0 / 0.0: a spreadsheet's number format
 _FALSE = {"0", "0.0", "false", "no", "n"}
 
@@ -52,6 +57,7 @@ class ExportResult:
     changes: int
     additions: int
     removals: int
+    negatives: int
     source: str
     converted: bool
 
@@ -133,9 +139,18 @@ def select_changes(frame: pd.DataFrame, decisions) -> pd.DataFrame:
     return frame[keep.to_numpy()]
 
 
+def rejected_additions(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rejected ``add`` suggestions, as changes to a negative (action
+    :data:`VERIFY_NEGATIVE`); :func:`change_log` keeps those of unknown cells (a rejected
+    addition of a given negative confirms it and changes nothing)."""
+    rejected = frame[((frame["decision"] == "rejected") & (frame["action"] == "add")).to_numpy()]
+    return rejected.assign(action=VERIFY_NEGATIVE)
+
+
 def change_log(changes: pd.DataFrame, labels) -> pd.DataFrame:
     """One row per change that alters a cell: CHANGE_LOG_COLUMNS, sorted by score
-    (highest first), then image_id, category_id. ``old`` / ``new`` use 1 / 0 / unknown."""
+    (highest first), then image_id, category_id. ``old`` / ``new`` use 1 / 0 / unknown;
+    ``add`` sets 1, ``remove`` and :data:`VERIFY_NEGATIVE` set 0."""
     rows = changes["row"].to_numpy(np.int64)
     cols = changes["col"].to_numpy(np.int64)
     old = np.asarray(labels[rows, cols], np.int8) if len(rows) else np.zeros(0, np.int8)
@@ -201,7 +216,7 @@ def export_cleaned_coco(
     parse_decisions(decisions)  # fail before any work
 
     frame = decisions_from_fiftyone(run, dataset_name) if source == "fiftyone" else decisions_from_csv(run)
-    log = change_log(select_changes(frame, decisions), ls.labels)
+    log = change_log(pd.concat([select_changes(frame, decisions), rejected_additions(frame)]), ls.labels)
 
     converted = not (ls.source.get("format") == "coco" and src_path)
     data = source_coco(ls)
@@ -225,6 +240,7 @@ def export_cleaned_coco(
         changes=int(len(log)),
         additions=int((log["action"] == "add").sum()),
         removals=int((log["action"] == "remove").sum()),
+        negatives=int((log["action"] == VERIFY_NEGATIVE).sum()),
         source=source,
         converted=converted,
     )
