@@ -306,6 +306,62 @@ def test_role_init_and_accessors():
         RoleLoss(5, 3, given, kappa=1.0)
 
 
+def test_role_table_warm_start_from_estimates():
+    """labelfix's warm start: an unknown cell with an estimate starts at its logit (clipped
+    to [WARM_CLIP, 1 - WARM_CLIP]); known cells keep the paper's start, unknown cells without
+    an estimate (NaN) the uniform one, drawn from the same random stream as without
+    estimates; a mis-shaped table of estimates is refused."""
+    from labelfix.losses.spl import WARM_CLIP, init_role_table
+
+    given, cold = role_fixture()
+    est = np.array([[0.2, 0.9, 0.5], [0.3, 0.4, 0.999], [np.nan, 0.0, 0.7], [0.5, 0.5, 0.5]])
+    warm = RoleLoss(4, 3, given, kappa=1.0, seed=3, init_estimates=est).estimates().numpy()
+    unk = given == -1
+    expected = np.clip(est, WARM_CLIP, 1 - WARM_CLIP)
+    use = unk & np.isfinite(est)
+    np.testing.assert_allclose(warm[use], expected[use], rtol=1e-5)
+    np.testing.assert_allclose(warm[unk & ~use], cold.estimates().numpy()[unk & ~use])
+    np.testing.assert_allclose(warm[~unk], cold.estimates().numpy()[~unk])
+    with pytest.raises(LabelfixError, match="estimates shape"):
+        init_role_table(given, estimates=np.zeros((4, 2)))
+
+
+def test_estimates_from_held_out_undo_the_given_rate():
+    """An assumed-negative model's g = c P(y = 1) becomes P(y = 1) = g / c, with c the mean g
+    over the given positives (AN-LS unsmoothed first); another model's probability is kept;
+    NaN rows stay NaN and chunks change nothing."""
+    from labelfix.losses import estimates_from_held_out
+
+    rng = np.random.default_rng(1)
+    n, k = 60, 4
+    given = np.where(rng.random((n, k)) < 0.3, 1, -1).astype(np.int8)
+    logits = rng.normal(0, 2, (n, k))
+    logits[3] = np.nan
+    g = 1 / (1 + np.exp(-logits))
+    ok = ~np.isnan(logits).any(1)
+    c = g[ok][given[ok] == 1].mean()
+    want = np.clip(g / c, 0, 1)
+    np.testing.assert_allclose(estimates_from_held_out(logits, given, chunk_rows=7), want, rtol=1e-5)
+    eps = 0.1
+    smoothed = np.log(eps + (1 - 2 * eps) * g) - np.log(1 - eps - (1 - 2 * eps) * g)
+    np.testing.assert_allclose(estimates_from_held_out(smoothed, given, label_smoothing=eps), want, rtol=1e-4)
+    rows = np.arange(0, n, 2)
+    c_rows = g[rows][ok[rows]][given[rows][ok[rows]] == 1].mean()
+    np.testing.assert_allclose(estimates_from_held_out(logits, given, rows), np.clip(g / c_rows, 0, 1), rtol=1e-5)
+    np.testing.assert_allclose(estimates_from_held_out(logits, given, assumed_negative=False), g, rtol=1e-5)
+    assert np.isnan(estimates_from_held_out(logits, given)[3]).all()
+
+
+def test_role_estimates_are_refused_for_other_losses(tmp_path):
+    from labelfix.train.config import TrainConfig
+    from labelfix.train.optim import build_loss
+
+    given, _ = role_fixture()
+    cfg = TrainConfig(data="x", out=str(tmp_path), loss="an")
+    with pytest.raises(LabelfixError, match="warm-start ROLE's table only"):
+        build_loss(cfg, given, role_estimates=np.full(given.shape, 0.5))
+
+
 def test_role_value_and_stop_gradients():
     given, role = role_fixture()
     index = torch.tensor([2, 0])

@@ -23,11 +23,13 @@ from labelfix.errors import LabelfixError
 from labelfix.losses.asl import AsymmetricLoss
 from labelfix.losses.bce import AssumeNegativeLoss, MaskedBCELoss, WeakAssumeNegativeLoss, split_labels
 from labelfix.losses.large_loss import LargeLossLoss
-from labelfix.losses.spl import ExpectedPositiveLoss, RoleLoss, estimate_kappa, kappa_from_held_out
+from labelfix.losses.spl import (ExpectedPositiveLoss, RoleLoss, estimate_kappa, estimates_from_held_out,
+                                 kappa_from_held_out)
 
 __all__ = [
     "AssumeNegativeLoss", "AsymmetricLoss", "ExpectedPositiveLoss", "LargeLossLoss", "MaskedBCELoss",
-    "RoleLoss", "WeakAssumeNegativeLoss", "create_loss", "estimate_kappa", "kappa_from_held_out", "list_losses",
+    "RoleLoss", "WeakAssumeNegativeLoss", "create_loss", "estimate_kappa", "estimates_from_held_out",
+    "kappa_from_held_out", "list_losses",
     "register_loss", "split_labels", "target_smoothing", "trains_unknown",
 ]
 

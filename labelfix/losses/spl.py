@@ -102,6 +102,20 @@ def kappa_from_held_out(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray
     Raises:
         LabelfixError: no held-out row with a given positive.
     """
+    c, given, images = _given_rate(logits, labels, rows, label_smoothing, chunk_rows)
+    k = labels.shape[1]
+    return float(min(k, max(given / images, given / c / images)))
+
+
+def _unsmooth(logit: np.ndarray, label_smoothing: float) -> np.ndarray:
+    """g = (p - eps) / (1 - 2 eps) in [0, 1]: the probability of a model trained on smoothed
+    targets eps + (1 - 2 eps) t, on the unsmoothed scale (float64)."""
+    return np.clip((sigmoid(logit) - label_smoothing) / (1.0 - 2.0 * label_smoothing), 0.0, 1.0)
+
+
+def _given_rate(logits, labels, rows, label_smoothing: float, chunk_rows: int) -> tuple[float, float, int]:
+    """(c, given positives, images) of :func:`kappa_from_held_out`: c = mean g over the
+    given positives of ``rows`` (rows with NaN logits skipped)."""
     rows = np.arange(labels.shape[0]) if rows is None else np.asarray(rows)
     given = mass = 0.0
     images = 0
@@ -110,15 +124,44 @@ def kappa_from_held_out(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray
         logit = np.asarray(logits[idx], dtype=np.float64)
         ok = ~np.isnan(logit).any(axis=1)
         pos = np.asarray(labels[idx])[ok] == POS
-        g = np.clip((sigmoid(logit[ok]) - label_smoothing) / (1.0 - 2.0 * label_smoothing), 0.0, 1.0)
+        g = _unsmooth(logit[ok], label_smoothing)
         given += float(pos.sum())
         mass += float(g[pos].sum())
         images += int(ok.sum())
     if not given or not mass:
         raise LabelfixError("kappa: no held-out row with a given positive (or all of them at probability 0); "
                             "pass kappa")
-    k = labels.shape[1]
-    return float(min(k, max(given / images, given / (mass / given) / images)))
+    return mass / given, given, images
+
+
+def estimates_from_held_out(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray | None = None,
+                            label_smoothing: float = 0.0, assumed_negative: bool = True,
+                            chunk_rows: int = 1 << 16) -> np.ndarray:
+    """P(y = 1 | x) of every cell from a held-out model: the warm start of ROLE's label
+    table in a refit round (labelfix's choice, docs/training.md "Choosing the loss").
+
+    A model that trained unknown cells as negatives (``assumed_negative``: AN, AN-LS) gives
+    g(x) = c P(y = 1 | x) (Elkan & Noto 2008, as in :func:`kappa_from_held_out`), so the
+    estimate is g / c, with c from the given positives of ``rows``; AN-LS's smoothing is
+    undone first. Any other model's probability is its estimate as it is.
+
+    Args:
+        logits: float (N, K) held-out logits (may be a memmap; NaN rows stay NaN).
+        labels: int8 (N, K), 1 / 0 / -1, the labels the model trained on.
+        rows: int (M,) rows whose given positives estimate c (default: all).
+        label_smoothing: eps of the model's training targets.
+        assumed_negative: the model trained unknown cells as negatives.
+
+    Returns:
+        float32 (N, K) in [0, 1] (NaN where the logits are NaN).
+    """
+    c = _given_rate(logits, labels, rows, label_smoothing, chunk_rows)[0] if assumed_negative else 1.0
+    out = np.empty(np.shape(logits), dtype=np.float32)
+    for start in range(0, out.shape[0], chunk_rows):
+        logit = np.asarray(logits[start:start + chunk_rows], dtype=np.float64)
+        g = _unsmooth(logit, label_smoothing if assumed_negative else 0.0)
+        out[start:start + chunk_rows] = np.where(np.isnan(logit), np.nan, np.clip(g / c, 0.0, 1.0))
+    return out
 
 
 def expected_positive_regularizer(prob: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -178,11 +221,20 @@ class ExpectedPositiveLoss(nn.Module):
 
 _LOGIT_POS = math.log(0.995 / 0.005)   # logit(0.995)
 _LOGIT_UNK = math.log(0.6 / 0.4)       # logit(0.6)
+#: a warm-started unknown cell starts at its estimate clipped to [WARM_CLIP, 1 - WARM_CLIP]
+#: (labelfix's choice, on the single-positive demo data, seed 0: unknown-positive AP 0.700 /
+#: 0.726 / 0.718 / 0.698 for 0.001 / 0.01 / 0.05 / 0.2, 0.693 without the warm start;
+#: docs/training.md)
+WARM_CLIP = 0.01
 
 
-def init_role_table(given_labels: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+def init_role_table(given_labels: np.ndarray, generator: torch.Generator | None = None,
+                    estimates: np.ndarray | None = None) -> torch.Tensor:
     """Initial ROLE logits (N, K) float32: logit(0.995) on positives, logit(0.005) on
-    negatives, uniform in [-logit(0.6), logit(0.6)] on unknown cells."""
+    negatives, uniform in [-logit(0.6), logit(0.6)] on unknown cells (the official code).
+    With ``estimates`` (float (N, K) P(positive), NaN = none; labelfix's warm start, e.g.
+    :func:`estimates_from_held_out`) an unknown cell with a finite estimate starts at its
+    logit, the estimate clipped to [:data:`WARM_CLIP`, 1 - :data:`WARM_CLIP`]."""
     labels = torch.from_numpy(np.array(given_labels, dtype=np.int8))   # a copy: memmaps are read-only
     if labels.dim() != 2:
         raise LabelfixError(f"loss role: given_labels shape {tuple(labels.shape)}: expected (N, K)")
@@ -190,6 +242,13 @@ def init_role_table(given_labels: np.ndarray, generator: torch.Generator | None 
     if bool(bad.any()):
         raise LabelfixError("loss role: given_labels: values other than 1, 0, -1")
     table = (torch.rand(labels.shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * _LOGIT_UNK
+    if estimates is not None:
+        est = np.asarray(estimates, dtype=np.float64)
+        if est.shape != tuple(labels.shape):
+            raise LabelfixError(f"loss role: estimates shape {est.shape}: expected {tuple(labels.shape)}")
+        warm = np.clip(est, WARM_CLIP, 1.0 - WARM_CLIP)
+        use = torch.from_numpy(np.isfinite(est)) & (labels == UNK)
+        table = torch.where(use, torch.from_numpy(np.log(warm / (1.0 - warm)).astype(np.float32)), table)
     table[labels == POS] = _LOGIT_POS
     table[labels == NEG] = -_LOGIT_POS
     return table
@@ -214,10 +273,12 @@ class RoleLoss(nn.Module):
         kappa: expected positives per image for R.
         observed_negatives: see ``ExpectedPositiveLoss``.
         seed: seed of the uniform initialisation of unknown cells.
+        init_estimates: optional float (N, K) P(positive) that unknown cells start from
+            (:func:`init_role_table`); None: the paper's uniform start.
     """
 
     def __init__(self, num_samples: int, num_classes: int, given_labels: np.ndarray, kappa: float,
-                 observed_negatives: bool = False, seed: int = 0):
+                 observed_negatives: bool = False, seed: int = 0, init_estimates: np.ndarray | None = None):
         super().__init__()
         shape = tuple(np.shape(given_labels))
         if shape != (num_samples, num_classes):
@@ -226,7 +287,7 @@ class RoleLoss(nn.Module):
         self.kappa = _check_kappa(kappa, "role")
         self.observed_negatives = bool(observed_negatives)
         gen = torch.Generator().manual_seed(int(seed))
-        self.table = nn.Parameter(init_role_table(given_labels, gen))
+        self.table = nn.Parameter(init_role_table(given_labels, gen, init_estimates))
 
     def estimator_parameters(self) -> list[nn.Parameter]:
         """Parameters of the label estimator (give them 10x the model's learning rate)."""

@@ -203,6 +203,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         last = 1
         pool = open_fold_pool(cfg, callbacks, dist, out / "features")
         round_cfg = cfg   # the options of round r's fold models
+        role_start = None   # a ROLE refit round's table start (refit_estimates)
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown
                 mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
@@ -222,8 +223,12 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     kappa = broadcast_object(refit_kappa(cfg, out, given, train_rows) if dist.is_main else None, dist)
                     negatives = bool((np.asarray(current.labels[train_rows]) == NEG).any())
                     round_cfg = refit_config(cfg, kappa, observed_negatives=negatives)
+                    role_start = broadcast_object(refit_estimates(cfg, out, given, train_rows) if dist.is_main
+                                                  else None, dist)
                     say(f"cross-fitting round {r}/{cfg.rounds}: --loss {round_cfg.loss} with kappa {kappa:g} "
-                        f"(expected positives per image, from round 1's held-out model), --mix none")
+                        f"(expected positives per image, from round 1's held-out model), --mix none"
+                        + ("; its label table starts from round 1's held-out estimates" if role_start is not None
+                           else ""))
             last = r
             jobs = []
             for f in range(k):
@@ -241,11 +246,12 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     f"holding out {int((folds == f).sum())}")
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
                 if pool is not None:
-                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where))
+                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, role_start))
                     continue
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
-                        features_dir=out / "features", keep_process_group=True, image_cache=images).fit()
+                        features_dir=out / "features", keep_process_group=True, image_cache=images,
+                        role_estimates=role_start).fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
             for f in range(k):
@@ -275,6 +281,21 @@ def refit_kappa(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.n
 
     logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
     return round(kappa_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss)), 4)
+
+
+def refit_estimates(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.ndarray) -> np.ndarray | None:
+    """float16 (N, K): where a ROLE refit round's label table starts (labelfix's warm start,
+    docs/training.md): round 1's merged held-out estimate of P(positive) per cell
+    (:func:`labelfix.losses.estimates_from_held_out`: an assumed-negative model's g / c,
+    c from the given positives of ``train_rows``), instead of the paper's uniform start.
+    None when the refit loss has no table (EPR)."""
+    from labelfix.losses import estimates_from_held_out, target_smoothing, trains_unknown
+
+    if cfg.refit_loss != "role":
+        return None
+    logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
+    return estimates_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss),
+                                   assumed_negative=trains_unknown(cfg.loss)).astype(np.float16)
 
 
 def refit_config(cfg: TrainConfig, kappa: float, observed_negatives: bool = False) -> TrainConfig:

@@ -53,11 +53,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
                  features_dir: Path | None = None, keep_process_group: bool = False,
-                 image_cache: dict | None = None):
+                 image_cache: dict | None = None, role_estimates: np.ndarray | None = None):
         """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
-        ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``)
-        and ``image_cache`` (decoded evaluation images by row, shared by the fold models)
-        are given by the cross-fitting driver (``crossfit.py``) to each fold's run."""
+        ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``),
+        ``image_cache`` (decoded evaluation images by row, shared by the fold models) and
+        ``role_estimates`` (float (N, K), the warm start of a refit round's ROLE table) are
+        given by the cross-fitting driver (``crossfit.py``) to each fold's run."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
         self._log = log
@@ -65,6 +66,7 @@ class Trainer:
         self.features_dir = Path(features_dir) if features_dir is not None else Path(cfg.out) / "features"
         self._keep_group = keep_process_group
         self.image_cache = image_cache
+        self.role_estimates = role_estimates
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -131,7 +133,7 @@ class Trainer:
         if cfg.frozen:
             self.model.backbone.requires_grad_(False)
         self.amp_dtype, self.scaler = build_amp(cfg.amp, self.device)
-        self.loss_fn = build_loss(cfg, self.labels).to(self.device)
+        self.loss_fn = build_loss(cfg, self.labels, self.role_estimates).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model, self.loss_fn)
         self.ema = None
         if cfg.ema:

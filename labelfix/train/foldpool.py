@@ -40,13 +40,15 @@ from labelfix.errors import LabelfixError
 @dataclass
 class FoldJob:
     """One fold model to train: its options (``out`` = the fold's run directory), the
-    labels of its round and its split (held-out rows marked 2), and the log prefix."""
+    labels of its round and its split (held-out rows marked 2), the log prefix and, in a
+    ROLE refit round, the estimates its label table starts from."""
 
     fold: int
     cfg: object
     labelset: object
     split: np.ndarray
     where: str
+    role_estimates: np.ndarray | None = None
 
 
 def _watch_parent(parent: int) -> None:
@@ -74,7 +76,7 @@ def _worker(tasks, results, threads: int, parent: int, features_dir: str) -> Non
         signal.signal(signal.SIGINT, signal.default_int_handler)   # training: stop at a clean point
         try:
             Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(features_dir),
-                    image_cache=images).fit()
+                    image_cache=images, role_estimates=job.role_estimates).fit()
             results.put(("done", job.fold, None))
         except LabelfixError as err:
             results.put(("error", job.fold, (type(err).__name__, str(err))))

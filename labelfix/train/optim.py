@@ -146,19 +146,23 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None, cou
     return cfg
 
 
-def build_loss(cfg, labels: np.ndarray) -> nn.Module:
+def build_loss(cfg, labels: np.ndarray, role_estimates: np.ndarray | None = None) -> nn.Module:
     """``labelfix.losses.create_loss`` with the dataset-dependent arguments filled in
-    (EPR / ROLE: kappa estimated from ``labels`` unless given; ROLE: its label table)."""
+    (EPR / ROLE: kappa estimated from ``labels`` unless given; ROLE: its label table,
+    warm-started from ``role_estimates`` (float (N, K)) when the cross-fitting driver gives
+    them)."""
     from labelfix.losses import create_loss, estimate_kappa
 
     kw = dict(cfg.loss_kwargs or {})
     name = cfg.loss.lower()
+    if role_estimates is not None and name != "role":
+        raise LabelfixError(f"loss {name}: label estimates warm-start ROLE's table only")
     if name in ("epr", "role") and "kappa" not in kw:
         kw["kappa"] = float(estimate_kappa(labels))
     if name == "role":
         kw.setdefault("seed", cfg.seed)
         kw.update(num_samples=int(labels.shape[0]), num_classes=int(labels.shape[1]),
-                  given_labels=np.asarray(labels))
+                  given_labels=np.asarray(labels), init_estimates=role_estimates)
     try:
         return create_loss(name, **kw)
     except LabelfixError as err:
