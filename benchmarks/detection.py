@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.bench.runner import DEFAULT_FOLDS, DEFAULT_NOISES, run_bench
+from labelfix.bench.runner import DEFAULT_FOLDS, DEFAULT_NOISES, read_results, run_bench
 from labelfix.io import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--include-results {d}: is --out itself; write the new seeds to another folder")
         if not (d / "results.csv").is_file():
             raise SystemExit(f"--include-results {d}: no results.csv (not a detection.py output folder)")
-    earlier = [pd.read_csv(Path(d) / "results.csv") for d in args.include_results]
+    earlier = [read_results(Path(d) / "results.csv") for d in args.include_results]
     t0 = time.perf_counter()
     tables = []
     for dataset in [d for d in args.datasets.split(",") if d]:

@@ -27,7 +27,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from detection import UNKNOWN_ERRORS, collect  # noqa: E402  (benchmarks/detection.py)
+from detection import UNKNOWN_ERRORS, collect, read_results  # noqa: E402  (benchmarks/detection.py)
 from report import write_results  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def baselines(root: Path) -> pd.DataFrame:
     """cleanlab's and the loss ranking's AP per (dataset, mode, noise tag, seed)."""
     frames = []
     for path in sorted(root.glob("*/*/results.csv")):
-        wide = collect(pd.read_csv(path), path.parents[1].name, path.parent.name)
+        wide = collect(read_results(path), path.parents[1].name, path.parent.name)
         wide["noise"] = wide["noise"].str.replace(":", "_")
         wide = wide.rename(columns={"cleanlab": "baseline: cleanlab", "loss": "baseline: loss ranking"})
         wide = wide.rename(columns={"cleanlab_recall": "cleanlab recall", "cleanlab_precision": "cleanlab precision"})

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from labelfix.bench.baselines import cleanlab_issues, loss_ranking
 from labelfix.bench.metrics import (average_precision, detection_metrics, error_cells, precision_at_recall,
                                     suggestion_cells)
-from labelfix.bench.runner import goals, mean_std, parse_noise
+from labelfix.bench.runner import goals, mean_std, parse_noise, read_results
 from labelfix.errors import LabelfixError
 
 # r0: a missing positive (0 -> 1) and a missing unknown positive; r1: a wrong positive;
@@ -134,6 +134,19 @@ def test_loss_ranking_hand_computed():
     assert res.suggested.tolist() == [[0, 1, 1, -1]]
 
 
+def test_results_keep_commit_ids_that_look_like_numbers(tmp_path):
+    """A commit id such as 66e0517 is also the number 6.6e517 to a CSV reader: results.csv
+    files are read with their commit columns as text (a run of commit 66e0517 once read back
+    as "inf")."""
+    path = tmp_path / "results.csv"
+    pd.DataFrame({"metric": ["ap", "ap"], "value": [0.5, 0.6], "commit": ["66e0517", "1234567"],
+                  "commits": ["66e0517", "66e0517, 1234567"]}).to_csv(path, index=False)
+    back = read_results(path)
+    assert back["commit"].tolist() == ["66e0517", "1234567"]
+    assert back["commits"].tolist() == ["66e0517", "66e0517, 1234567"]
+    assert back["value"].tolist() == [0.5, 0.6]
+
+
 def test_parse_noise():
     assert parse_noise("mislabel:0.4") == ("mislabel", 0.4)
     assert parse_noise("single-positive") == ("single-positive", None)
@@ -187,7 +200,7 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
                 "--methods", "bce,balancemix", "--seeds", "1", "--folds", "2", "--epochs", "2", "--out", str(out)]
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
-        frame = pd.read_csv(out / "results.csv")
+        frame = read_results(out / "results.csv")
         det = frame[(frame["task"] == "detection") & (frame["metric"] == "ap")].set_index("method")["value"]
         assert set(det.index) == {"labelfix", "cleanlab", "loss"}
         assert ((det > 0) & (det <= 1)).all()
@@ -225,7 +238,7 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         cfg_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         res2 = CliRunner().invoke(main, args)
         assert res2.exit_code == 0, res2.output
-        again = pd.read_csv(out / "results.csv")
+        again = read_results(out / "results.csv")
         keep = again["task"] != "time"
         pd.testing.assert_frame_equal(again[keep].drop(columns="commit").reset_index(drop=True),
                                       frame[keep].drop(columns="commit").reset_index(drop=True))
@@ -253,7 +266,7 @@ def test_bench_fold_workers_reach_the_cross_fitted_runs_only(tiny_demo, tmp_path
     assert "fold_workers: 2" in (base / "labelfix" / "config.yaml").read_text()
     assert "fold_workers: 1" in (base / "bce" / "config.yaml").read_text()
     assert "--fold-workers 2" in (out / "command.txt").read_text()
-    det = pd.read_csv(out / "results.csv").query("task == 'detection' and metric == 'ap'")
+    det = read_results(out / "results.csv").query("task == 'detection' and metric == 'ap'")
     assert set(det["method"]) == {"labelfix", "cleanlab", "loss"}
 
 
@@ -271,7 +284,7 @@ def test_bench_single_positive_trains_the_product_default(tiny_demo, tmp_path, m
             "--out", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    frame = pd.read_csv(out / "results.csv")
+    frame = read_results(out / "results.csv")
     det = frame[frame["task"] == "detection"]
     assert det[det["method"] == "labelfix"]["source"].unique().tolist() == ["an-ls+role cv2x2"]
     assert det[det["method"] == "cleanlab"]["source"].unique().tolist() == ["an cv2"]

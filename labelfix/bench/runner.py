@@ -199,6 +199,17 @@ def _train_once(cfg, log) -> tuple[dict, bool]:
     return secs, False
 
 
+#: results.csv columns that hold labelfix commit ids: read as text, since an id such as
+#: "66e0517" is also a number (6.6e517 = inf) to a CSV reader
+COMMIT_COLUMNS = {"commit": str, "commits": str}
+
+
+def read_results(path) -> pd.DataFrame:
+    """A results.csv of :func:`run_bench` (or the wide one of benchmarks/detection.py),
+    with its commit ids as text."""
+    return pd.read_csv(path, dtype=COMMIT_COLUMNS)
+
+
 def run_bench(
     data: str | Path | None = None,
     test: str | Path | None = None,
