@@ -25,7 +25,7 @@ from torch import nn
 from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS, UNK
 from labelfix.losses.bce import check_inputs, reduce_cells
-from labelfix.numeric import sigmoid
+from labelfix.numeric import logit, sigmoid
 
 
 def estimate_kappa(labels: np.ndarray, chunk_rows: int = 1 << 16) -> float:
@@ -107,10 +107,10 @@ def kappa_from_held_out(logits: np.ndarray, labels: np.ndarray, rows: np.ndarray
     return float(min(k, max(given / images, given / c / images)))
 
 
-def _unsmooth(logit: np.ndarray, label_smoothing: float) -> np.ndarray:
+def _unsmooth(z: np.ndarray, label_smoothing: float) -> np.ndarray:
     """g = (p - eps) / (1 - 2 eps) in [0, 1]: the probability of a model trained on smoothed
     targets eps + (1 - 2 eps) t, on the unsmoothed scale (float64)."""
-    return np.clip((sigmoid(logit) - label_smoothing) / (1.0 - 2.0 * label_smoothing), 0.0, 1.0)
+    return np.clip((sigmoid(z) - label_smoothing) / (1.0 - 2.0 * label_smoothing), 0.0, 1.0)
 
 
 def _given_rate(logits, labels, rows, label_smoothing: float, chunk_rows: int) -> tuple[float, float, int]:
@@ -121,10 +121,10 @@ def _given_rate(logits, labels, rows, label_smoothing: float, chunk_rows: int) -
     images = 0
     for start in range(0, rows.size, chunk_rows):
         idx = rows[start:start + chunk_rows]
-        logit = np.asarray(logits[idx], dtype=np.float64)
-        ok = ~np.isnan(logit).any(axis=1)
+        z = np.asarray(logits[idx], dtype=np.float64)
+        ok = ~np.isnan(z).any(axis=1)
         pos = np.asarray(labels[idx])[ok] == POS
-        g = _unsmooth(logit[ok], label_smoothing)
+        g = _unsmooth(z[ok], label_smoothing)
         given += float(pos.sum())
         mass += float(g[pos].sum())
         images += int(ok.sum())
@@ -158,9 +158,9 @@ def estimates_from_held_out(logits: np.ndarray, labels: np.ndarray, rows: np.nda
     c = _given_rate(logits, labels, rows, label_smoothing, chunk_rows)[0] if assumed_negative else 1.0
     out = np.empty(np.shape(logits), dtype=np.float32)
     for start in range(0, out.shape[0], chunk_rows):
-        logit = np.asarray(logits[start:start + chunk_rows], dtype=np.float64)
-        g = _unsmooth(logit, label_smoothing if assumed_negative else 0.0)
-        out[start:start + chunk_rows] = np.where(np.isnan(logit), np.nan, np.clip(g / c, 0.0, 1.0))
+        z = np.asarray(logits[start:start + chunk_rows], dtype=np.float64)
+        g = _unsmooth(z, label_smoothing if assumed_negative else 0.0)
+        out[start:start + chunk_rows] = np.where(np.isnan(z), np.nan, np.clip(g / c, 0.0, 1.0))
     return out
 
 
@@ -246,9 +246,8 @@ def init_role_table(given_labels: np.ndarray, generator: torch.Generator | None 
         est = np.asarray(estimates, dtype=np.float64)
         if est.shape != tuple(labels.shape):
             raise LabelfixError(f"loss role: estimates shape {est.shape}: expected {tuple(labels.shape)}")
-        warm = np.clip(est, WARM_CLIP, 1.0 - WARM_CLIP)
         use = torch.from_numpy(np.isfinite(est)) & (labels == UNK)
-        table = torch.where(use, torch.from_numpy(np.log(warm / (1.0 - warm)).astype(np.float32)), table)
+        table = torch.where(use, torch.from_numpy(logit(np.clip(est, WARM_CLIP, 1.0 - WARM_CLIP))), table)
     table[labels == POS] = _LOGIT_POS
     table[labels == NEG] = -_LOGIT_POS
     return table
