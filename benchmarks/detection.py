@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelfix.bench.metrics import headline_metric
 from labelfix.bench.runner import DEFAULT_FOLDS, DEFAULT_NOISES, read_results, run_bench
 from labelfix.io import atomic
 
@@ -74,9 +75,6 @@ def make_dataset(name: str, folder: Path) -> tuple[Path, Path]:
     return folder / "train.json", folder / "test.json"
 
 
-#: noise kinds whose errors are all unknown cells (missing positives): scored by the AP over
-#: the unknown cells, how well the missing positives are ranked among them
-UNKNOWN_ERRORS = ("missing", "single-positive")
 
 
 #: flagging columns of results.csv: (method, metric) -> column
@@ -88,7 +86,7 @@ def collect(frame: pd.DataFrame, dataset: str, mode: str) -> pd.DataFrame:
     """One row per (noise, seed): each detector's AP (``ap_unknown`` where every error is
     an unknown cell), and the flagging columns of :data:`FLAGGING`."""
     frame = frame[frame["task"] == "detection"]
-    metric = np.where(frame["kind"].isin(UNKNOWN_ERRORS), "ap_unknown", "ap")
+    metric = frame["kind"].map(headline_metric)
     wide = frame[frame["metric"] == metric].pivot_table(index=["noise", "seed"], columns="method", values="value")
     for (method, name), col in FLAGGING.items():
         sel = frame[(frame["method"] == method) & (frame["metric"] == name)]

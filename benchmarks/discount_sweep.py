@@ -29,7 +29,6 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from detection import UNKNOWN_ERRORS  # noqa: E402  (benchmarks/detection.py)
 from report import write_results  # noqa: E402  (benchmarks/report.py)
 from review_loop import add_run_arguments, runs_of  # noqa: E402  (benchmarks/review_loop.py)
 
@@ -42,7 +41,7 @@ def discounted(evidence: np.ndarray, p_clean: np.ndarray, known: np.ndarray, d: 
 
 
 def sweep(run_dir: Path, truth_path: Path, noise: str, discounts: list[float], top: int) -> dict:
-    from labelfix.bench.metrics import detection_metrics, suggestion_cells
+    from labelfix.bench.metrics import detection_metrics, headline_metric, suggestion_cells
     from labelfix.cleaning import find_label_issues
     from labelfix.cleaning.clean_run import run_evidence
     from labelfix.io import read_labels
@@ -60,7 +59,7 @@ def sweep(run_dir: Path, truth_path: Path, noise: str, discounts: list[float], t
     suggested = np.asarray(issues.suggested)
     rows, cols = np.nonzero(suggestion_cells(given, suggested))
     right = suggested[rows, cols] == true[rows, cols]
-    metric = "ap_unknown" if noise.split("_")[0] in UNKNOWN_ERRORS else "ap"
+    metric = headline_metric(noise.split("_")[0])
     out = {}
     for d in discounts:
         score = discounted(base, p_clean, known, d)

@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelfix.bench.metrics import UNKNOWN_ERRORS
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from detection import UNKNOWN_ERRORS, collect, read_results  # noqa: E402  (benchmarks/detection.py)
+from detection import collect, read_results  # noqa: E402  (benchmarks/detection.py)
 from report import write_results  # noqa: E402
 
 
@@ -46,7 +48,7 @@ AT_RECALL = " @cl-recall"
 
 def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: Path,
             cleanlab_recall: float = float("nan")) -> dict:
-    from labelfix.bench.metrics import detection_metrics, precision_at_recall
+    from labelfix.bench.metrics import detection_metrics, headline_metric, precision_at_recall
     from labelfix.cleaning import find_label_issues, list_scorers
     from labelfix.cleaning.clean_run import run_evidence
     from labelfix.io import read_labels
@@ -57,7 +59,7 @@ def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: P
     true = np.asarray(read_labels(root / "data" / dataset / "train.json").labels)
     given = np.asarray(evidence["given"])
     kind = tag.split("_")[0]
-    metric = "ap_unknown" if kind in UNKNOWN_ERRORS else "ap"
+    metric = headline_metric(kind)
     neighbours = run.cell("neighbours", required=False)
     row = {"dataset": dataset, "mode": mode, "noise": tag, "seed": seed}
     for name in list_scorers():

@@ -33,6 +33,18 @@ from sklearn.metrics import average_precision_score
 from labelfix.labels import POS, UNK
 
 
+#: noise kinds whose errors are all unknown cells (missing positives): a detector is scored
+#: by the AP over the unknown cells (how well it ranks the missing positives among them),
+#: since the AP over all cells would also rank given positives that are never wrong
+UNKNOWN_ERRORS = ("missing", "single-positive")
+
+
+def headline_metric(kind: str) -> str:
+    """The detection metric a benchmark reports for noise ``kind``: ``"ap_unknown"`` for
+    :data:`UNKNOWN_ERRORS`, else ``"ap"``."""
+    return "ap_unknown" if kind in UNKNOWN_ERRORS else "ap"
+
+
 def _check(name: str, a, shape) -> np.ndarray:
     a = np.asarray(a)
     if a.shape != tuple(shape):

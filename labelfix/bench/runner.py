@@ -204,6 +204,14 @@ def _train_once(cfg, log) -> tuple[dict, bool]:
 COMMIT_COLUMNS = {"commit": str, "commits": str}
 
 
+def _ap_text(det: dict, kind: str) -> str:
+    """The AP of a detector that the summary reports for noise ``kind``, for the log."""
+    from labelfix.bench.metrics import headline_metric
+
+    metric = headline_metric(kind)
+    return ("AP over the unknown cells" if metric == "ap_unknown" else "AP") + f" {det[metric]:.3f}"
+
+
 def read_results(path) -> pd.DataFrame:
     """A results.csv of :func:`run_bench` (or the wide one of benchmarks/detection.py),
     with its commit ids as text."""
@@ -363,14 +371,14 @@ def run_bench(
             add(tag, kind, rate, seed, "detection", "labelfix", f"{loss} cv{folds}x{rounds}", det, base / "labelfix")
             add(tag, kind, rate, seed, "time", "labelfix", f"{loss} cv{folds}x{rounds}",
                 {**secs, "clean_seconds": clean_secs}, base / "labelfix")
-            log(f"[{tag} seed {seed}] labelfix ({loss}, {folds} folds x {rounds} rounds): AP {det['ap']:.3f} "
+            log(f"[{tag} seed {seed}] labelfix ({loss}, {folds} folds x {rounds} rounds): {_ap_text(det, kind)} "
                 f"F1 {det['f1']:.3f} ({secs['train_seconds']:.0f}s{', reused' if reused else ''})")
             if "loss" in baselines and "bce" in logits_of:
                 logits = np.load(base / "bce" / "stats" / "logits.npy").astype(np.float32)
                 iss = loss_ranking(noisy, logits)
                 det = detection_metrics(noisy, true, iss.score, iss.suggested)
                 add(tag, kind, rate, seed, "detection", "loss", "bce", det, base / "bce")
-                log(f"[{tag} seed {seed}] loss ranking: AP {det['ap']:.3f} F1 {det['f1']:.3f}")
+                log(f"[{tag} seed {seed}] loss ranking: {_ap_text(det, kind)} F1 {det['f1']:.3f}")
             if "cleanlab" in baselines:
                 cv_time = {}
                 if ran.loss == "bce" and ran.mix == "none":   # the same fold models: labelfix's round 1
@@ -395,7 +403,7 @@ def run_bench(
                     {"precision_at_cleanlab_recall": precision_at_recall(noisy, true, lf_score, det["recall"])},
                     base / "labelfix")
                 add(tag, kind, rate, seed, "time", "cleanlab", source, {**cv_time, "clean_seconds": cl_secs}, cl_run)
-                log(f"[{tag} seed {seed}] cleanlab ({source}): AP {det['ap']:.3f} F1 {det['f1']:.3f}")
+                log(f"[{tag} seed {seed}] cleanlab ({source}): {_ap_text(det, kind)} F1 {det['f1']:.3f}")
             atomic.write_csv(results_path, pd.DataFrame(rows))   # partial results after every seed
 
     frame = pd.DataFrame(rows)
