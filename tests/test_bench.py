@@ -330,6 +330,40 @@ def test_bench_fine_tuned_trains_logicmix_and_gives_cleanlab_unmixed_folds(tiny_
         runner.run_bench(**kw)
 
 
+def test_bench_reference_trains_once_on_the_true_labels_and_ranks_like_cleanlab(tiny_demo, tmp_path, monkeypatch):
+    """The reference baseline: one cross-fitted masked-BCE run per seed on the clean
+    labels, shared by every noise setting, its held-out probabilities scored with
+    cleanlab's self-confidence against each setting's noisy labels."""
+    from labelfix.bench import runner
+    from labelfix.data.noise import inject_noise
+    from labelfix.io import read_labels
+    from labelfix.labels import LabelSet
+    from labelfix.numeric import sigmoid
+
+    monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
+    out = tmp_path / "bench"
+    frame = runner.run_bench(tiny_demo["train"], tiny_demo["test"], noises=["flip:0.2", "mislabel:0.4"],
+                             methods=["bce"], seeds=1, folds=2, rounds=1, out=out, log=lambda s: None,
+                             baselines=("reference",), epochs=1).results
+    ref_runs = sorted(p.name for p in (out / "runs" / "reference").iterdir())
+    assert ref_runs == ["data", "seed0"]   # one run for both noise settings
+    true = np.asarray(read_labels(tiny_demo["train"]).labels)
+    assert np.array_equal(np.asarray(LabelSet.load(out / "runs" / "reference" / "data").labels), true)
+    trained = yaml.safe_load((out / "runs" / "reference" / "seed0" / "config.yaml").read_text())["train"]
+    assert (trained["loss"], trained["mix"], trained["folds"], trained["rounds"]) == ("bce", "none", 2, 1)
+    probs = sigmoid(np.load(out / "runs" / "reference" / "seed0" / "stats" / "logits.npy").astype(np.float32))
+    ref = frame[(frame["task"] == "detection") & (frame["method"] == "reference")]
+    assert ref["source"].unique().tolist() == ["bce cv2 on the true labels"]
+    for noise, kind, rate in (("flip:0.2", "flip", 0.2), ("mislabel:0.4", "mislabel", 0.4)):
+        noisy = inject_noise(true, kind, rate, 0).labels
+        iss = cleanlab_issues(noisy, probs)
+        want = detection_metrics(noisy, true, iss.score, iss.suggested)
+        got = ref[ref["noise"] == noise].set_index("metric")["value"]
+        assert got["ap"] == pytest.approx(want["ap"])
+    with pytest.raises(LabelfixError, match="baselines: unknown oracle"):
+        runner.run_bench(tiny_demo["train"], tiny_demo["test"], out=tmp_path / "x", baselines=("oracle",))
+
+
 def test_bench_needs_test_with_data(tiny_demo, tmp_path):
     from labelfix.cli import main
 

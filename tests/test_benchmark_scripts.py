@@ -66,6 +66,26 @@ def test_detection_summary_names_the_commits_that_trained_its_runs(bench_modules
     assert "Runs trained by" not in det.summary(old)   # a results.csv from before commits were recorded
 
 
+def test_detection_summary_shows_the_reference_and_its_room_over_cleanlab(bench_modules):
+    """With --reference the table gains the reference's AP (fold models trained on the
+    true labels) and its margin over cleanlab per seed; the goal still compares labelfix
+    with cleanlab and the loss ranking only. Unknown-error noise is scored over the
+    unknown cells (ap_unknown), for the reference too."""
+    det = bench_modules["detection"]
+    rows = [dict(noise="missing:0.5", kind="missing", seed=seed, task="detection", method=m, metric=metric,
+                 value=v + (0.0 if metric == "ap_unknown" else 0.5), commit="abc1234")
+            for seed, ref in ((0, 0.62), (1, 0.66))
+            for m, v in (("labelfix", 0.61), ("cleanlab", 0.60), ("loss", 0.5), ("reference", ref))
+            for metric in ("ap", "ap_unknown")]
+    table = det.collect(pd.DataFrame(rows), "digits", "frozen")
+    text = det.summary(table)
+    assert "| reference | reference - cleanlab |" in text
+    assert "| 0.640 | +0.040 (min +0.020) |" in text   # ap_unknown: (0.62 + 0.66) / 2 - 0.60
+    assert "| not met |" in text
+    plain = det.summary(table.drop(columns="reference"))
+    assert "reference" not in plain
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--first-seed", "-1"], "--first-seed at least 0"),

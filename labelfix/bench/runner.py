@@ -252,7 +252,15 @@ def run_bench(
         fold_workers: fold models of the cross-fitted runs trained side by side on the
             CPU (``labelfix train --fold-workers``; the same models as one at a time).
         single_positive_methods: methods added in the single-positive setting.
-        baselines: subset of ``("cleanlab", "loss")`` (loss ranking needs method ``bce``).
+        baselines: subset of ``("cleanlab", "loss", "reference")`` (loss ranking needs
+            method ``bce``). ``reference`` is no detector a user can have: cross-fitted
+            masked-BCE fold models (the benchmark's recipe, ``folds`` folds) trained on the
+            *true* labels, whose out-of-sample probabilities are scored like cleanlab's
+            (self-confidence against the noisy labels). It measures how far a ranking by
+            the model's probabilities can go with this backbone and budget when the model
+            is not misled by the noise; one run per seed, shared by every noise setting
+            (its folds are stratified on the true labels, so they are not the noisy runs'
+            folds).
         command: the command line to record in ``command.txt``.
         log: function taking one line of progress text (default: print to stderr).
         train_overrides: :class:`labelfix.train.TrainConfig` fields replacing
@@ -285,7 +293,7 @@ def run_bench(
     for m in list(methods) + list(single_positive_methods):
         if m not in METHODS:
             raise LabelfixError(f"--methods: {m!r}: unknown method (choose from {', '.join(METHODS)})")
-    bad = sorted(set(baselines) - {"cleanlab", "loss"})
+    bad = sorted(set(baselines) - {"cleanlab", "loss", "reference"})
     if bad:
         raise LabelfixError(f"baselines: unknown {', '.join(bad)}")
     train_cfg = dict(BENCH_TRAIN)
@@ -404,6 +412,21 @@ def run_bench(
                     base / "labelfix")
                 add(tag, kind, rate, seed, "time", "cleanlab", source, {**cv_time, "clean_seconds": cl_secs}, cl_run)
                 log(f"[{tag} seed {seed}] cleanlab ({source}): {_ap_text(det, kind)} F1 {det['f1']:.3f}")
+            if "reference" in baselines:
+                ref_run = out / "runs" / "reference" / f"seed{seed}"
+                if not (ref_run.parent / "data" / "labels.npy").exists():
+                    clean.save(ref_run.parent / "data")
+                ref_cfg = TrainConfig(data=str(ref_run.parent / "data"), out=str(ref_run), loss="bce", mix="none",
+                                      seed=seed, folds=folds, rounds=1, fold_workers=fold_workers, **train_cfg)
+                ref_secs = _train_once(ref_cfg, quiet)[0]
+                probs = sigmoid(np.load(ref_run / "stats" / "logits.npy").astype(np.float32))
+                iss = cleanlab_issues(noisy, probs)
+                det = detection_metrics(noisy, true, iss.score, iss.suggested)
+                source = f"bce cv{folds} on the true labels"
+                add(tag, kind, rate, seed, "detection", "reference", source, det, ref_run)
+                add(tag, kind, rate, seed, "time", "reference", source, {"cv_seconds": ref_secs["train_seconds"]},
+                    ref_run)
+                log(f"[{tag} seed {seed}] reference ({source}): {_ap_text(det, kind)}")
             atomic.write_csv(results_path, pd.DataFrame(rows))   # partial results after every seed
 
     frame = pd.DataFrame(rows)
