@@ -61,33 +61,6 @@ def test_suspicious_cells_follow_the_held_out_gmms_and_spare_trusted_cells():
     assert not suspicious_cells(logits, given, np.arange(400), trusted)[:10, 0].any()
 
 
-def test_suspicious_cells_are_the_highest_held_out_losses_over_all_classes():
-    """The GMMs decide how many cells; which ones is the held-out loss on one scale over
-    every class and label: the mask holds that many eligible cells (known, in the rows,
-    not trusted), and no eligible cell left out has a higher loss."""
-    from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
-    from labelfix.numeric import bce_logits
-
-    rng = np.random.default_rng(3)
-    given = (rng.random((600, 3)) < 0.3).astype(np.int8)
-    logits = np.where(given == 1, 3.0, -3.0).astype(np.float32) + rng.normal(0, 1.5, given.shape).astype(np.float32)
-    given[::7, 2] = -1
-    rows = np.arange(50, 600)
-    trusted = np.zeros(given.shape, bool)
-    trusted[50:60] = True
-    mask = suspicious_cells(logits, given, rows, trusted)
-    losses = bce_logits(logits, given)
-    eligible = np.zeros(given.shape, bool)
-    eligible[rows] = given[rows] != -1
-    eligible &= ~trusted
-    sub = given[rows]
-    p_clean = clean_posterior(losses[rows], sub, fit_label_gmms(losses[rows], sub))
-    count = int((eligible[rows] & (p_clean <= 0.5) & (losses[rows] > np.log(2.0))).sum())
-    assert count > 0 and mask.sum() == count
-    assert not (mask & ~eligible).any()
-    assert losses[mask].min() >= losses[eligible & ~mask].max()
-
-
 def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_path):
     from labelfix.models import load_checkpoint, model_from_checkpoint
 

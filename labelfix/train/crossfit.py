@@ -99,23 +99,13 @@ def _complete(run: Path, epochs: int) -> bool:
 
 def suspicious_cells(logits: np.ndarray, given: np.ndarray, rows: np.ndarray, trusted: np.ndarray | None = None,
                      clean_threshold: float = 0.5) -> np.ndarray:
-    """The cells the next round trains as unknown: bool (N, K); trusted cells never are.
-
-    *How many*: BalanceMix's label-wise management on held-out losses. Per class and
-    given label (1 / 0) a 2-component GMM on the held-out BCE of the known cells of
-    ``rows``; a cell counts when its clean posterior p_G <= ``clean_threshold`` *and* the
-    held-out model puts its label below probability 0.5 (loss > log 2). A 2-component
-    GMM always splits a group, even one without a wrong label; the second condition keeps
-    such groups' cells (on the demo data, mislabel 40 % seed 0, it masked 1,546 cells
-    instead of 1,861 for the same gain).
-
-    *Which*: that many known cells with the highest held-out loss over all classes and
-    labels (labelfix's choice, docs/training.md "Rounds"). Within one group the GMM
-    posterior falls as the loss grows, so the two rules differ only in how the count is
-    shared between groups: the per-group GMMs give each group its own split, the held-out
-    loss compares the cells of every group on one scale (frozen digits, flip 20 %, seed 0:
-    the same 1,834 cells chosen by loss are 0.68 wrong instead of 0.45).
-    """
+    """BalanceMix's label-wise management on held-out losses: per class and given label
+    (1 / 0) a 2-component GMM on the held-out BCE of the known cells of ``rows``; a cell
+    is suspicious when its clean posterior p_G <= ``clean_threshold`` *and* the held-out
+    model puts its label below probability 0.5 (loss > log 2). A 2-component GMM always
+    splits a group, even one without a wrong label; the second condition keeps such
+    groups' cells (on the demo data, mislabel 40 % seed 0, it masked 1,546 cells instead
+    of 1,861 for the same gain). bool (N, K); trusted cells never are."""
     from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
     from labelfix.numeric import bce_logits
 
@@ -123,16 +113,10 @@ def suspicious_cells(logits: np.ndarray, given: np.ndarray, rows: np.ndarray, tr
     sub = np.where(np.isnan(np.asarray(logits[rows], dtype=np.float32)), np.int8(UNK), given[rows]).astype(np.int8)
     losses = bce_logits(np.nan_to_num(np.asarray(logits[rows], dtype=np.float32)), sub)
     p_clean = clean_posterior(losses, sub, fit_label_gmms(losses, sub))
-    eligible = sub != UNK
-    if trusted is not None:
-        eligible &= ~np.asarray(trusted, dtype=bool)[rows]
-    count = int((eligible & (np.nan_to_num(p_clean, nan=1.0) <= clean_threshold) & (losses > np.log(2.0))).sum())
-    ranked = np.where(eligible, losses, -np.inf).ravel()
-    picked = np.zeros(ranked.shape, dtype=bool)
-    if count:
-        picked[np.argsort(-ranked, kind="stable")[:count]] = True
     out = np.zeros(given.shape, dtype=bool)
-    out[rows] = picked.reshape(sub.shape)
+    out[rows] = (sub != UNK) & (np.nan_to_num(p_clean, nan=1.0) <= clean_threshold) & (losses > np.log(2.0))
+    if trusted is not None:
+        out &= ~np.asarray(trusted, dtype=bool)
     return out
 
 
