@@ -75,8 +75,6 @@ def make_dataset(name: str, folder: Path) -> tuple[Path, Path]:
     return folder / "train.json", folder / "test.json"
 
 
-
-
 #: flagging columns of results.csv: (method, metric) -> column
 FLAGGING = {("cleanlab", "precision"): "cleanlab_precision", ("cleanlab", "recall"): "cleanlab_recall",
             ("labelfix", "precision_at_cleanlab_recall"): "labelfix_precision_at_cleanlab_recall"}
@@ -189,8 +187,9 @@ def main(argv=None) -> int:
                          "not with frozen features, which train one at a time)")
     ap.add_argument("--reference", action="store_true",
                     help="also train the reference: cross-fitted fold models on the true labels, ranked like "
-                         "cleanlab's (labelfix.bench.run_bench baselines); its AP bounds what a ranking by a "
-                         "model's probabilities reaches with this backbone and budget")
+                         "cleanlab's (labelfix.bench.run_bench baselines): what a ranking by a model's "
+                         "probabilities reaches with this backbone and budget when the noise does not mislead "
+                         "the model")
     ap.add_argument("--out", default=str(HERE / "results" / "detection"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more TrainConfig field for every training of the benchmark (YAML value, e.g. "
