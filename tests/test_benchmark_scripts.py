@@ -22,11 +22,13 @@ def bench_modules():
         import detection
         import discount_sweep
         import mix_vs_bce
+        import reference
         import report
         import review_loop
         import review_rounds
         yield {"detection": detection, "discount_sweep": discount_sweep, "report": report,
-               "review_loop": review_loop, "review_rounds": review_rounds, "mix_vs_bce": mix_vs_bce}
+               "review_loop": review_loop, "review_rounds": review_rounds, "mix_vs_bce": mix_vs_bce,
+               "reference": reference}
     finally:
         sys.path.remove(str(BENCH))
 
@@ -84,6 +86,23 @@ def test_detection_summary_shows_the_reference_and_its_room_over_cleanlab(bench_
     assert "| not met |" in text
     plain = det.summary(table.drop(columns="reference"))
     assert "reference" not in plain
+
+
+def test_reference_scores_each_noise_with_its_headline_metric(bench_modules):
+    """Probabilities equal to the true labels rank every error first under each noise
+    (AP 1 over all cells for flips, over the unknown cells for missing labels); a model
+    that knows nothing ranks them at the error rate of the scored cells."""
+    from labelfix.data.noise import inject_noise
+
+    score = bench_modules["reference"].score
+    rng = np.random.default_rng(7)   # not the noise's seed 0: its draws would pick the same cells
+    true = (rng.random((300, 5)) < 0.3).astype(np.int8)
+    sure = np.where(true == 1, 0.95, 0.05).astype(np.float32)   # right about every cell
+    rows = score(true, sure, ["flip:0.2", "missing:0.5"], seed=0)
+    assert [(r["noise"], r["seed"], r["reference"]) for r in rows] == [("flip:0.2", 0, 1.0), ("missing:0.5", 0, 1.0)]
+    flat = score(true, np.full(true.shape, 0.5, np.float32), ["missing:0.5"], seed=0)[0]["reference"]
+    unknown = inject_noise(true, "missing", 0.5, 0).labels == -1
+    assert flat == pytest.approx((true[unknown] == 1).mean())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -204,6 +204,25 @@ def _train_once(cfg, log) -> tuple[dict, bool]:
 COMMIT_COLUMNS = {"commit": str, "commits": str}
 
 
+def train_reference(clean: LabelSet, run_dir, *, seed: int, folds: int, fold_workers: int = 1,
+                    **train_options) -> tuple[np.ndarray, float]:
+    """The benchmark's reference (``baselines=("reference",)`` of :func:`run_bench`):
+    cross-fitted masked-BCE fold models trained on the *true* labels ``clean`` into
+    ``run_dir`` (the labels saved beside it in ``run_dir/../data``; a finished run is
+    reused). Returns (float32 (N, K) held-out probabilities, training seconds)."""
+    from labelfix.numeric import sigmoid
+    from labelfix.train import TrainConfig
+
+    run_dir = Path(run_dir)
+    data = run_dir.parent / "data"
+    if not (data / "labels.npy").exists():
+        clean.save(data)
+    cfg = TrainConfig(data=str(data), out=str(run_dir), loss="bce", mix="none", seed=seed, folds=folds, rounds=1,
+                      fold_workers=fold_workers, **{**BENCH_TRAIN, **train_options})
+    secs = _train_once(cfg, lambda s: None)[0]["train_seconds"]
+    return sigmoid(np.load(run_dir / "stats" / "logits.npy").astype(np.float32)), float(secs)
+
+
 def _ap_text(det: dict, kind: str) -> str:
     """The AP of a detector that the summary reports for noise ``kind``, for the log."""
     from labelfix.bench.metrics import headline_metric
@@ -414,18 +433,13 @@ def run_bench(
                 log(f"[{tag} seed {seed}] cleanlab ({source}): {_ap_text(det, kind)} F1 {det['f1']:.3f}")
             if "reference" in baselines:
                 ref_run = out / "runs" / "reference" / f"seed{seed}"
-                if not (ref_run.parent / "data" / "labels.npy").exists():
-                    clean.save(ref_run.parent / "data")
-                ref_cfg = TrainConfig(data=str(ref_run.parent / "data"), out=str(ref_run), loss="bce", mix="none",
-                                      seed=seed, folds=folds, rounds=1, fold_workers=fold_workers, **train_cfg)
-                ref_secs = _train_once(ref_cfg, quiet)[0]
-                probs = sigmoid(np.load(ref_run / "stats" / "logits.npy").astype(np.float32))
+                probs, ref_secs = train_reference(clean, ref_run, seed=seed, folds=folds, fold_workers=fold_workers,
+                                                  **train_cfg)
                 iss = cleanlab_issues(noisy, probs)
                 det = detection_metrics(noisy, true, iss.score, iss.suggested)
                 source = f"bce cv{folds} on the true labels"
                 add(tag, kind, rate, seed, "detection", "reference", source, det, ref_run)
-                add(tag, kind, rate, seed, "time", "reference", source, {"cv_seconds": ref_secs["train_seconds"]},
-                    ref_run)
+                add(tag, kind, rate, seed, "time", "reference", source, {"cv_seconds": ref_secs}, ref_run)
                 log(f"[{tag} seed {seed}] reference ({source}): {_ap_text(det, kind)}")
             atomic.write_csv(results_path, pd.DataFrame(rows))   # partial results after every seed
 
