@@ -33,17 +33,14 @@ from report import RESULTS, write_results  # noqa: E402  (benchmarks/report.py)
 
 def score(true, probs, noises, seed: int) -> list[dict]:
     """One row per noise setting: the reference's AP (the headline metric of the noise)."""
-    from labelfix.bench.baselines import cleanlab_issues
-    from labelfix.bench.metrics import detection_metrics, headline_metric
-    from labelfix.bench.runner import parse_noise
+    from labelfix.bench.metrics import headline_metric
+    from labelfix.bench.runner import parse_noise, reference_metrics
     from labelfix.data.noise import inject_noise
 
     rows = []
     for spec in noises:
         kind, rate = parse_noise(spec)
-        noisy = inject_noise(true, kind, rate, seed).labels
-        iss = cleanlab_issues(noisy, probs)
-        det = detection_metrics(noisy, true, iss.score, iss.suggested)
+        det = reference_metrics(inject_noise(true, kind, rate, seed).labels, true, probs)
         rows.append({"noise": spec, "seed": seed, "reference": det[headline_metric(kind)]})
     return rows
 

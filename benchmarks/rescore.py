@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.bench.metrics import UNKNOWN_ERRORS
+from labelfix.bench.metrics import UNKNOWN_ERRORS, headline_metric
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,7 +48,7 @@ AT_RECALL = " @cl-recall"
 
 def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: Path,
             cleanlab_recall: float = float("nan")) -> dict:
-    from labelfix.bench.metrics import detection_metrics, headline_metric, precision_at_recall
+    from labelfix.bench.metrics import detection_metrics, precision_at_recall
     from labelfix.cleaning import find_label_issues, list_scorers
     from labelfix.cleaning.clean_run import run_evidence
     from labelfix.io import read_labels

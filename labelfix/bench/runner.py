@@ -223,6 +223,16 @@ def train_reference(clean: LabelSet, run_dir, *, seed: int, folds: int, fold_wor
     return sigmoid(np.load(run_dir / "stats" / "logits.npy").astype(np.float32)), float(secs)
 
 
+def reference_metrics(noisy: np.ndarray, true: np.ndarray, probs: np.ndarray) -> dict:
+    """Detection metrics of the reference's held-out probabilities ``probs`` (N, K) on the
+    noisy labels: ranked exactly like cleanlab's (self-confidence, ``cleanlab_issues``)."""
+    from labelfix.bench.baselines import cleanlab_issues
+    from labelfix.bench.metrics import detection_metrics
+
+    iss = cleanlab_issues(noisy, probs)
+    return detection_metrics(noisy, true, iss.score, iss.suggested)
+
+
 def _ap_text(det: dict, kind: str) -> str:
     """The AP of a detector that the summary reports for noise ``kind``, for the log."""
     from labelfix.bench.metrics import headline_metric
@@ -435,8 +445,7 @@ def run_bench(
                 ref_run = out / "runs" / "reference" / f"seed{seed}"
                 probs, ref_secs = train_reference(clean, ref_run, seed=seed, folds=folds, fold_workers=fold_workers,
                                                   **train_cfg)
-                iss = cleanlab_issues(noisy, probs)
-                det = detection_metrics(noisy, true, iss.score, iss.suggested)
+                det = reference_metrics(noisy, true, probs)
                 source = f"bce cv{folds} on the true labels"
                 add(tag, kind, rate, seed, "detection", "reference", source, det, ref_run)
                 add(tag, kind, rate, seed, "time", "reference", source, {"cv_seconds": ref_secs}, ref_run)
