@@ -86,13 +86,25 @@ DEMO_TRAIN = dict(backbone="test_resnet", img_size=48, batch_size=32, lr=1e-2, w
 DEMO_EPOCHS = 14
 
 
-def _train_round(data: Path, run: Path, epochs: int, folds: int, seed: int, log: Callable[[str], None]) -> dict:
-    """``labelfix train`` of one review round, one progress line per epoch."""
+def _train_round(data: Path, run: Path, epochs: int, folds: int, seed: int, log: Callable[[str], None],
+                 pool=None) -> dict:
+    """``labelfix train`` of one review round, one progress line per epoch; ``pool``: the
+    demo's fold pool, shared by its rounds."""
     from labelfix.train.config import TrainConfig
     from labelfix.train.engine import train
 
     cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, seed=seed, **dict(DEMO_TRAIN, folds=folds))
-    return train(cfg.validate(), log=lambda msg: log(f"      {msg}"))
+    return train(cfg.validate(), log=lambda msg: log(f"      {msg}"), fold_pool=pool)
+
+
+def _fold_pool(folds: int):
+    """The fold-training processes of every review round (``DEMO_TRAIN['fold_workers']`` >
+    1), started now so that they import torch while the demo makes its data; else None.
+    One pool for all rounds saves each round's process start (about 7 s on 2 cores)."""
+    from labelfix.train.foldpool import FoldPool
+
+    workers = DEMO_TRAIN["fold_workers"]
+    return FoldPool(workers, folds).start() if workers > 1 and folds >= 2 else None
 
 
 def run_demo(
@@ -121,6 +133,22 @@ def run_demo(
     Each round trains on the current labels (round 1: the noisy file; round r: the
     cleaned file of round r - 1, whose verified cells are trusted), cleans, lets the
     simulated reviewer decide the top suggestions and exports the cleaned COCO."""
+    out = _fresh_folder(Path(out))
+    t0 = time.perf_counter()
+    pool = _fold_pool(folds)
+    try:
+        return _run_flow(out, t0, pool, noise=noise, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds,
+                         review=review, review_budget=review_budget, review_batch=review_batch, n_train=n_train,
+                         n_test=n_test, log=log)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_flow(out: Path, t0: float, pool, *, noise, rate, seed, epochs, folds, rounds, review, review_budget,
+              review_batch, n_train, n_test, log) -> dict:
+    """The body of :func:`run_demo` (its arguments), training in ``pool``, which it closes
+    after the last round's training."""
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.demo import make_demo
     from labelfix.data.noise import write_noisy_coco
@@ -130,8 +158,6 @@ def run_demo(
     from labelfix.info import dataset_info
     from labelfix.io import read_labels
 
-    out = _fresh_folder(Path(out))
-    t0 = time.perf_counter()
     paths = make_demo(out / "data", n_train=n_train, n_test=n_test, seed=seed)
     clean = read_labels(paths["train"])
     noisy_path, _, changes = write_noisy_coco(
@@ -151,7 +177,9 @@ def run_demo(
         log(f"[round {r}/{rounds}] train {DEMO_TRAIN['backbone']} on {current.name}, {folds} folds x "
             f"{DEMO_TRAIN['rounds']} cross-fitting rounds x {epochs} epochs"
             + (f", {DEMO_TRAIN['fold_workers']} fold models at a time" if DEMO_TRAIN["fold_workers"] > 1 else ""))
-        _train_round(current, run, epochs, folds, seed, log)
+        _train_round(current, run, epochs, folds, seed, log, pool)
+        if r == rounds and pool is not None:
+            pool.close()   # idle from here on: give its memory back
         cleaned = clean_run(run)
         c = cleaned.corrections
         verified, again = verified_suggested(run, c)

@@ -466,6 +466,31 @@ def test_fold_workers_train_the_same_fold_models_side_by_side(tiny, tmp_path):
     assert any(line.startswith("cross-fitting round 2/2, fold 3/3: epoch 2") for line in lines), lines[:5]
 
 
+def test_one_fold_pool_trains_runs_in_turn(tiny, tmp_path):
+    """``labelfix demo``'s review rounds share one FoldPool: each run gives the statistics of
+    a run with its own pool, in the same two processes, which stay open until the pool's
+    owner closes it; a closed pool and a pool of the wrong size are refused."""
+    from labelfix.train.foldpool import FoldPool
+
+    own = tmp_path / "own"
+    train(cfg_for(tiny, own, fold_workers=2), log=lambda s: None)
+    with FoldPool(2, 3).start() as pool:
+        pids = [p.pid for p in pool._procs]
+        assert len(pids) == 2 and all(p.is_alive() for p in pool._procs)
+        for name in ("first", "second"):
+            train(cfg_for(tiny, tmp_path / name, fold_workers=2), log=lambda s: None, fold_pool=pool)
+            for stat in ("logits.npy", "round1/suspicious.npy"):
+                np.testing.assert_array_equal(np.load(own / "stats" / stat), np.load(tmp_path / name / "stats" / stat))
+        assert [p.pid for p in pool._procs] == pids and all(p.is_alive() for p in pool._procs)
+        with pytest.raises(ValueError, match="fold_pool has 2 workers; this run trains 3"):
+            train(cfg_for(tiny, tmp_path / "three", fold_workers=3), log=lambda s: None, fold_pool=pool)
+        assert not (tmp_path / "three").exists()   # refused before anything is written
+    assert not pool._procs
+    with pytest.raises(RuntimeError, match="FoldPool: closed"):
+        train(cfg_for(tiny, tmp_path / "late", fold_workers=2), log=lambda s: None, fold_pool=pool)
+    assert not (tmp_path / "late").exists()
+
+
 def test_fold_workers_refusals(tiny, tmp_path):
     with pytest.raises(LabelfixError, match="--fold-workers: .*no effect without --folds"):
         cfg_for(tiny, tmp_path / "a", folds=0, fold_workers=2).validate()

@@ -147,10 +147,13 @@ def unknown_judge(cfg: TrainConfig) -> str:
     return "held_out" if seen or cfg.refit_loss else "ensemble"
 
 
-def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:
+def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
+                fold_pool=None) -> dict:
     """Cross-fit ``cfg.folds`` models (``cfg.rounds`` rounds) into ``cfg.out`` (module
     docstring); returns the summary of :func:`labelfix.train.train` with every fold's
-    metrics rows."""
+    metrics rows. ``fold_pool``: an open :class:`labelfix.train.foldpool.FoldPool` of
+    ``cfg.fold_workers`` processes to train the fold models in (left open), instead of
+    one started and closed for this run."""
     from labelfix.io import read_labels
     from labelfix.train.data import split_indices
     from labelfix.train.distributed import broadcast_object, cleanup, init_distributed, resolve_device
@@ -163,6 +166,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     dist = init_distributed(resolve_device(cfg.device).type)
     pool = None
     try:
+        pool = open_fold_pool(cfg, callbacks, dist, fold_pool)   # refusals before anything is written
         if cfg.resume:
             if not (out / "folds.npy").exists():
                 raise LabelfixError(f"{out / 'folds.npy'}: missing; not a cross-fitted run to resume")
@@ -201,7 +205,6 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         current = labelset
         images: dict = {}   # decoded images, shared by every fold model (labelfix.train.data.build_datasets)
         last = 1
-        pool = open_fold_pool(cfg, callbacks, dist, out / "features")
         round_cfg = cfg   # the options of round r's fold models
         role_start = None   # a ROLE refit round's table start (refit_estimates)
         for r in range(1, cfg.rounds + 1):
@@ -246,7 +249,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     f"holding out {int((folds == f).sum())}")
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
                 if pool is not None:
-                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, role_start))
+                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start))
                     continue
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
@@ -267,7 +270,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         say(f"cross-fitted {k} folds: held-out statistics in {out / 'stats'}, ensemble in {out / 'checkpoints'}")
         return {"epochs": cfg.epochs, "metrics": rows, "skipped": 0, "out": str(out), "folds": k}
     finally:
-        if pool is not None:
+        if pool is not None and pool is not fold_pool:
             pool.close()
         cleanup(dist)
 
@@ -311,10 +314,16 @@ def refit_config(cfg: TrainConfig, kappa: float, observed_negatives: bool = Fals
                                prior_bias=None, refit_loss=None, **unset)
 
 
-def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, features_dir: Path):
-    """The :class:`labelfix.train.foldpool.FoldPool` of ``--fold-workers W`` (> 1), else
-    None. One line refuses what it cannot do: GPUs (use torchrun), callbacks (they run
-    in this process; the folds would run in others)."""
+def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, shared=None):
+    """The :class:`labelfix.train.foldpool.FoldPool` of ``--fold-workers W`` (> 1): the
+    caller's ``shared`` pool if given (it must have min(W, K) workers), else a new one;
+    None for W = 1. One line refuses what it cannot do: GPUs (use torchrun), callbacks
+    (they run in this process; the folds would run in others)."""
+    if shared is not None:
+        shared.check_open()
+    if shared is not None and shared.workers != min(cfg.fold_workers, cfg.folds):
+        raise ValueError(f"fold_pool has {shared.workers} workers; this run trains {min(cfg.fold_workers, cfg.folds)} "
+                         f"fold models at a time (fold_workers {cfg.fold_workers}, folds {cfg.folds})")
     if cfg.fold_workers <= 1:
         return None
     from labelfix.train.distributed import resolve_device
@@ -326,7 +335,7 @@ def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, features_dir:
     if callbacks:
         raise LabelfixError("train: --fold-workers: callbacks run in this process, the fold models in others; "
                             "use --fold-workers 1 with callbacks")
-    return FoldPool(cfg.fold_workers, features_dir, cfg.folds)
+    return shared if shared is not None else FoldPool(cfg.fold_workers, cfg.folds)
 
 
 def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k: int) -> None:

@@ -338,11 +338,16 @@ class Trainer:
         return loss, x.shape[0]
 
 
-def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None) -> dict:
+def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
+          fold_pool=None) -> dict:
     """Train as configured (``cfg.folds`` >= 2: cross-fitted, ``crossfit.py``); returns
-    ``{"epochs", "metrics", "skipped", "out"}``."""
+    ``{"epochs", "metrics", "skipped", "out"}``. ``fold_pool``: an open
+    :class:`labelfix.train.foldpool.FoldPool` for the fold models of a cross-fitted run
+    with ``fold_workers`` > 1, kept open for the caller's next run."""
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 
-        return train_folds(cfg, callbacks=callbacks, log=log)
+        return train_folds(cfg, callbacks=callbacks, log=log, fold_pool=fold_pool)
+    if fold_pool is not None:
+        raise ValueError("fold_pool: only a cross-fitted run (folds >= 2) trains in a fold pool")
     return Trainer(cfg, callbacks=callbacks, log=log).fit()

@@ -5,8 +5,12 @@ two fold models in less time than one process with two threads trains them one a
 other (demo recipe, 2 cores: 1.60x, docs/training.md). :class:`FoldPool` starts W
 ``spawn`` processes once per cross-fitted run; each takes fold jobs from a queue, trains
 them with its share of the threads (``torch.get_num_threads()`` over min(W, K)) and
-keeps its decoded images for the next fold. The driver (``crossfit.train_folds``) gets
-every log line, prefixed with the fold, through one result queue.
+keeps its decoded images for the next fold of the same run. The driver
+(``crossfit.train_folds``) gets every log line, prefixed with the fold, through one
+result queue. A caller that trains several runs one after the other (``labelfix demo``:
+one per review round) can open one pool for all of them and pass it to
+``labelfix.train.train(..., fold_pool=pool)``; ``start()`` launches the processes ahead
+of the first run, so that they import torch while the caller does other work.
 
 Failure modes, each tested in tests/test_crossfit.py:
 
@@ -40,14 +44,17 @@ from labelfix.errors import LabelfixError
 @dataclass
 class FoldJob:
     """One fold model to train: its options (``out`` = the fold's run directory), the
-    labels of its round and its split (held-out rows marked 2), the log prefix and, in a
-    ROLE refit round, the estimates its label table starts from."""
+    labels of its round and its split (held-out rows marked 2), the log prefix, the
+    cross-fitted run's ``RUN/features`` folder (``--frozen`` embeddings; it also names
+    the run whose decoded images a worker keeps) and, in a ROLE refit round, the
+    estimates its label table starts from."""
 
     fold: int
     cfg: object
     labelset: object
     split: np.ndarray
     where: str
+    features_dir: str
     role_estimates: np.ndarray | None = None
 
 
@@ -58,7 +65,7 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _worker(tasks, results, threads: int, parent: int, features_dir: str) -> None:
+def _worker(tasks, results, threads: int, parent: int) -> None:
     """Worker process: train the fold jobs of ``tasks`` until ``None``."""
     import torch
 
@@ -67,15 +74,18 @@ def _worker(tasks, results, threads: int, parent: int, features_dir: str) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # idle: Ctrl-C is the driver's business
     torch.set_num_threads(threads)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    images: dict = {}   # decoded images, kept for this worker's next fold
+    images: dict = {}   # decoded images by row, kept for this worker's next fold of the same run
+    run = None
     while True:
         job = tasks.get()
         if job is None:
             return
+        if job.features_dir != run:   # another run: its rows may be other images
+            images, run = {}, job.features_dir
         log = lambda text, where=job.where: results.put(("log", job.fold, f"{where}: {text}"))
         signal.signal(signal.SIGINT, signal.default_int_handler)   # training: stop at a clean point
         try:
-            Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(features_dir),
+            Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(job.features_dir),
                     image_cache=images, role_estimates=job.role_estimates).fit()
             results.put(("done", job.fold, None))
         except LabelfixError as err:
@@ -107,27 +117,45 @@ def _ctrl_c_as_flag():
 
 
 class FoldPool:
-    """``workers`` fold-training processes for one cross-fitted run (``close()`` ends them).
+    """``workers`` fold-training processes (``close()`` or leaving a ``with`` block ends
+    them), for one cross-fitted run or several in turn.
 
     ``run(jobs, say)`` trains the jobs, at most ``workers`` at a time, passing every log
-    line to ``say``; it returns when all are done, or raises (module docstring)."""
+    line to ``say``; it returns when all are done, or raises (module docstring); after a
+    failure the pool is closed. ``start()`` launches every process now instead of at the
+    first ``run``."""
 
-    def __init__(self, workers: int, features_dir: Path, folds: int):
+    def __init__(self, workers: int, folds: int):
         import torch
 
         self.workers = min(int(workers), int(folds))   # never more processes than folds
         self.threads = max(1, torch.get_num_threads() // self.workers)
-        self.features_dir = str(features_dir)
         self._ctx = mp.get_context("spawn")
         self._tasks = self._ctx.Queue()
         self._results = self._ctx.Queue()
         self._procs: list = []
         self._closed = False
 
+    def __enter__(self) -> "FoldPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(kill=exc[0] is not None)
+
+    def start(self) -> "FoldPool":
+        """Launch every worker process now (each imports torch and the trainer once)."""
+        self._start(self.workers)
+        return self
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("FoldPool: closed (a fold failed or close() was called); open a new pool")
+
     def _start(self, n: int) -> None:
+        self.check_open()
         while len(self._procs) < min(n, self.workers):
-            p = self._ctx.Process(target=_worker, args=(self._tasks, self._results, self.threads, os.getpid(),
-                                                        self.features_dir), daemon=True)
+            p = self._ctx.Process(target=_worker, args=(self._tasks, self._results, self.threads, os.getpid()),
+                                  daemon=True)
             p.start()
             self._procs.append(p)
 
