@@ -12,12 +12,18 @@ interleaved (a shared machine's load drifts):
 - ``labelfix train``'s training images/s against a plain PyTorch loop with the same
   model (labelfix's ``create_model``), the same images decoded and transformed the same
   way by a plain ``Dataset`` + ``DataLoader`` (shuffled, ``--workers``), the same
-  optimizer and threads (goal: >= 0.9x).
+  optimizer and threads (goal: >= 0.9x);
+- the LogicMix and mixup functions against one training step, alternated call by call
+  (``mixing_function_vs_training_step``): the mixing work alone, free of the epoch noise.
 
 Run: ``python benchmarks/train_overhead.py [--images 384] [--size 64] [--backbone resnet10t]``.
 Writes ``benchmarks/results/train_overhead.json``. Epoch times are medians over the
 measured epochs (the first epoch of each run is dropped) of ``--repeats`` interleaved
-runs per method.
+runs per method. ``paired_relative_to_plain`` is the median over the repeats of each
+repeat's own ratio (the method's epoch against the plain run of the same repeat, run next
+to it), which a load that drifts between repeats does not bias: the number to read when
+the machine is noisy. ``--methods logicmix --repeats 8 --out ...`` measures a few methods
+with more repeats (plain, and plain_augmented for balancemix_augmented, always run).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +89,41 @@ def plain_loop_images_per_s(data: Path, args) -> float:
     return statistics.median(rates)
 
 
+def mixing_share_of_step(args, alternations: int = 40) -> dict:
+    """Milliseconds of the LogicMix and mixup functions on one batch (``--batch-size`` x 3 x
+    ``--size``^2) against one training step of the model (forward, BCE, backward, AdamW),
+    alternated call by call in this process, so that the machine's drift cancels: the
+    mixing work itself, apart from the epoch-level noise of the runs above."""
+    from labelfix.mixing.logicmix import logicmix
+    from labelfix.mixing.mixup import mixup
+    from labelfix.models import create_model
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.size, args.size)
+    labels = torch.randint(-1, 2, (args.batch_size, 10), generator=gen).to(torch.int8)
+    target, known = (labels == 1).float(), labels >= 0
+    model = create_model(args.backbone, num_classes=10, pretrained=False, img_size=args.size)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+
+    def step():
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    calls = {"step": step, "logicmix": lambda: logicmix(x, labels, 0.5, generator=gen, return_mixed=True),
+             "mixup": lambda: mixup(x, target, known, 1.0, generator=gen)}
+    times = {name: [] for name in calls}
+    for i in range(alternations + 2):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            if i >= 2:   # warm-up
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    ms = {name: float(statistics.median(v)) for name, v in times.items()}
+    return {"ms": ms, "share_of_step": {name: ms[name] / ms["step"] for name in ("logicmix", "mixup")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=384)
@@ -93,14 +135,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--methods", default=",".join(m for m in METHODS if m != "plain"),
+                    help="comma-separated methods to measure besides plain (default: all)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_overhead.json"))
     args = ap.parse_args()
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown or args.repeats < 1:
+        ap.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}" if unknown
+                 else "--repeats: at least 1")
+    if "balancemix_augmented" in chosen:
+        chosen.append("plain_augmented")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = make_demo(tmp / "demo", n_train=args.images, n_test=8, size=args.size, seed=0)["train"]
-        names = list(METHODS)
+        names = [m for m in METHODS if m == "plain" or m in chosen]
         parts = {m: [] for m in names}
         plain_loop = []
         for rep in range(args.repeats):
@@ -110,16 +161,25 @@ def main() -> None:
                 if name == "plain":   # right after labelfix's plain run: the same machine load
                     plain_loop.append(plain_loop_images_per_s(data, args))
         rows = {m: pd.concat(v) for m, v in parts.items()}
+    mixing = mixing_share_of_step(args)
 
     def med(name, col):
         return float(statistics.median(rows[name][col])) if col in rows[name] else 0.0
 
+    def epoch_of(frame):
+        return float(statistics.median(frame["train_seconds"] + frame.get("mixer_seconds", 0.0)))
+
+    def ratios(name, base):
+        return [epoch_of(a) / epoch_of(b) for a, b in zip(parts[name], parts[base])]
+
     plain = med("plain", "train_seconds")
     epoch = {name: med(name, "train_seconds") + med(name, "mixer_seconds") for name in names}
+    bases = {name: "plain_augmented" if name == "balancemix_augmented" else "plain" for name in names
+             if name not in ("plain", "plain_augmented")}
     labelfix_ips = med("plain", "images_per_s")
     loop_ips = statistics.median(plain_loop)
     result = {
-        "command": "python benchmarks/train_overhead.py",
+        "command": " ".join(["python benchmarks/train_overhead.py"] + sys.argv[1:]),
         "setup": {"images": args.images, "img_size": args.size, "backbone": args.backbone,
                   "batch_size": args.batch_size, "measured_epochs": args.epochs - 1, "repeats": args.repeats,
                   "workers": args.workers, "threads": args.threads, "device": args.device,
@@ -127,16 +187,18 @@ def main() -> None:
                   "processor": platform.processor() or "unknown"},
         "epoch_seconds": epoch,
         "stats_pass_seconds": med("plain", "stats_seconds"),
-        "relative_to_plain_epoch": {name: epoch[name] / plain for name in names
-                                    if name not in ("plain", "plain_augmented", "balancemix_augmented")},
+        "relative_to_plain_epoch": {name: epoch[name] / plain for name, base in bases.items() if base == "plain"},
         # the augmented BalanceMix run against plain training with the same augmentation
-        "relative_to_plain_augmented_epoch": {"balancemix_augmented": epoch["balancemix_augmented"]
-                                              / epoch["plain_augmented"]},
+        "relative_to_plain_augmented_epoch": {name: epoch[name] / epoch[base] for name, base in bases.items()
+                                              if base == "plain_augmented"},
+        "paired_relative_to_plain": {name: float(statistics.median(ratios(name, base))) for name, base in bases.items()},
+        "paired_ratios_per_repeat": {name: ratios(name, base) for name, base in bases.items()},
         # refine="batch": images whose second view was scored, of those scored on a first view
         "relabel_second_view_share": {name: float(rows[name]["relabel_second_views"].sum()
                                                   / max(rows[name]["relabel_first_views"].sum(), 1))
-                                      for name in ("balancemix_batch", "balancemix_augmented")},
+                                      for name in ("balancemix_batch", "balancemix_augmented") if name in rows},
         "stats_pass_relative": med("plain", "stats_seconds") / plain,
+        "mixing_function_vs_training_step": mixing,
         "images_per_s": {"labelfix_train": labelfix_ips, "plain_pytorch_loop": loop_ips,
                          "ratio": labelfix_ips / loop_ips},
         "goals": {"logicmix": 1.05, "balancemix_batch": 1.5, "balancemix_epoch": 1.5, "balancemix_evaluation": 1.5,
@@ -146,7 +208,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("relative_to_plain_epoch", "relative_to_plain_augmented_epoch",
-                                             "relabel_second_view_share", "images_per_s")}, indent=2))
+                                             "paired_relative_to_plain", "mixing_function_vs_training_step",
+                                             "relabel_second_view_share",
+                                             "images_per_s")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -91,13 +91,15 @@ def logicmix(x: torch.Tensor, labels: torch.Tensor, prob: float = 0.5, k_choices
     count = torch.where(mixed, torch.clamp(count, max=b), torch.ones_like(count))
     idx = _partners(b, count, generator).to(x.device)
     count = count.to(x.device)
-    # plain mean of the `count` images: slot j (j < count) weighs 1 / count
-    slot = torch.arange(3, device=x.device)
-    w = (slot[None, :] < count[:, None]).to(x.dtype) / count[:, None].to(x.dtype)
-    shape = (b,) + (1,) * (x.dim() - 1)
-    x_mixed = x * w[:, 0].view(shape)
-    x_mixed = x_mixed + x[idx[:, 1]] * w[:, 1].view(shape)
-    x_mixed = x_mixed + x[idx[:, 2]] * w[:, 2].view(shape)
+    # plain mean of the `count` images, computed for the mixed rows only (unmixed samples
+    # are copied): 1/2 (x_i + x_p1), or 1/3 (x_i + x_p1) + x_p2 / 3 for three images
+    x_mixed = x.clone()
+    for k in (2, 3):
+        rows = torch.nonzero(count == k).flatten()
+        if len(rows):
+            w = 1.0 / k
+            part = x[rows] * w + x[idx[rows, 1]] * w
+            x_mixed[rows] = part + x[idx[rows, 2]] * w if k == 3 else part
     labels_mixed = logic_or(labels[idx.to(labels.device).T])
     if return_mixed:
         return x_mixed, labels_mixed, count > 1
