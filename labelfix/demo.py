@@ -78,10 +78,13 @@ def simulate_reviewer(run_dir: Path, truth, budget: int):
 #: (benchmarks/folds_sweep.py, docs/user_guide.md). channels_last makes this model's CPU
 #: epochs 1.4x faster (benchmarks/cpu_channels_last.py). The class-prior bias (``--prior-bias``)
 #: lets the small model learn the rare digits: error AP 0.554 / 0.519 / 0.545 -> 0.634 / 0.572
-#: / 0.582 on seeds 0 / 1 / 2 (benchmarks/results/prior_bias.md, docs/training.md).
+#: / 0.582 on seeds 0 / 1 / 2 (benchmarks/results/prior_bias.md, docs/training.md). The demo's
+#: score (``evidence``) does not read the loss over the epochs, so its fold models skip the
+#: per-epoch pass over their held-out images (``--no-dynamics``: 13 of 14 passes, about 13 s of
+#: the demo on 2 cores; the same suggestions).
 DEMO_TRAIN = dict(backbone="test_resnet", img_size=48, batch_size=32, lr=1e-2, warmup_epochs=0.5, mix="none",
                   folds=4, rounds=2, hflip=0.0, randaugment=False, workers=0, device="cpu", ema=False,
-                  progress=False, channels_last=True, prior_bias=True,
+                  progress=False, channels_last=True, prior_bias=True, dynamics=False,
                   fold_workers=2 if (os.cpu_count() or 1) >= 2 else 1)
 DEMO_EPOCHS = 14
 
@@ -177,6 +180,10 @@ def _run_flow(out: Path, t0: float, pool, *, noise, rate, seed, epochs, folds, r
         log(f"[round {r}/{rounds}] train {DEMO_TRAIN['backbone']} on {current.name}, {folds} folds x "
             f"{DEMO_TRAIN['rounds']} cross-fitting rounds x {epochs} epochs"
             + (f", {DEMO_TRAIN['fold_workers']} fold models at a time" if DEMO_TRAIN["fold_workers"] > 1 else ""))
+        if review and r == rounds:   # FiftyOne's database starts while this round trains
+            from labelfix.review.dataset import start_database
+
+            database = start_database()
         _train_round(current, run, epochs, folds, seed, log, pool)
         if r == rounds and pool is not None:
             pool.close()   # idle from here on: give its memory back
@@ -201,6 +208,7 @@ def _run_flow(out: Path, t0: float, pool, *, noise, rate, seed, epochs, folds, r
         if review and r == rounds:
             from labelfix.review.dataset import build_review_dataset
 
+            database.join()
             _, summary = build_review_dataset(run)
             log(f"[round {r}/{rounds}] review: FiftyOne dataset '{summary.name}' with {summary.suggestions} "
                 f"suggestions; open it with `labelfix review {run} --launch`")

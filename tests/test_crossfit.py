@@ -448,6 +448,35 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     np.testing.assert_allclose(np.asarray(known_judge_logits(Run(out))[:]), judge, rtol=1e-6)
 
 
+def test_no_dynamics_trains_the_same_folds_and_keeps_the_last_epochs_loss(tiny, tmp_path):
+    """--no-dynamics: the fold models skip the per-epoch pass over their held-out images;
+    they train exactly as before (same held-out logits, suspicious cells and ensemble),
+    loss_mean is the last epoch's held-out loss, `clean --score loss` says so, and
+    without --folds the option is refused."""
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.train.stats import cell_bce
+
+    on, off = tmp_path / "on", tmp_path / "off"
+    train(cfg_for(tiny, on, epochs=3), log=lambda s: None)
+    train(cfg_for(tiny, off, epochs=3, dynamics=False), log=lambda s: None)
+    for name in ("logits.npy", "round1/logits.npy", "round1/suspicious.npy"):
+        np.testing.assert_array_equal(np.load(on / "stats" / name), np.load(off / "stats" / name))
+    a = torch.load(on / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(off / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    given = np.asarray(LabelSet.load(off).labels)
+    last = cell_bce(np.load(off / "stats" / "round1" / "logits.npy"), given)
+    np.testing.assert_allclose(np.load(off / "stats" / "round1" / "loss_mean.npy"), last, rtol=1e-5, equal_nan=True)
+    assert not np.allclose(np.load(on / "stats" / "round1" / "loss_mean.npy"), last, equal_nan=True)
+    fold = pd.read_csv(fold_dir(off, 0, 1) / "metrics.csv")
+    assert fold["stats_seconds"].iloc[:-1].max() < fold["stats_seconds"].iloc[-1]
+    assert any("--no-dynamics" in n for n in clean_run(off, report=False, scorer="loss").notes)
+    assert not any("--no-dynamics" in n for n in clean_run(on, report=False, scorer="loss").notes)
+    with pytest.raises(LabelfixError, match="--no-dynamics: .*no effect without --folds"):
+        train(cfg_for(tiny, tmp_path / "plain", folds=0, dynamics=False), log=lambda s: None)
+    assert not (tmp_path / "plain").exists()
+
+
 # ------------------------------------------------------------------ --fold-workers (labelfix.train.foldpool)
 def test_fold_workers_train_the_same_fold_models_side_by_side(tiny, tmp_path):
     """Two worker processes (one thread each, as this test's process) give the statistics and

@@ -815,6 +815,7 @@ UNUSED_OPTION_CASES = {
     "train-balancemix-warmup-beyond-epochs": (lambda w: _train(w, "--mix", "balancemix", "--balancemix-warmup", "2"),
                                               "--balancemix-warmup: 2: label management starts after the warm-up"),
     "train-fold-workers-no-folds": (lambda w: _train(w, "--fold-workers", "2"), "--fold-workers: trains cross-fitting"),
+    "train-no-dynamics-no-folds": (lambda w: _train(w, "--no-dynamics"), "--no-dynamics: only cross-fitting's fold"),
     "train-refit-loss-no-folds": (lambda w: _train(w, "--refit-loss", "role"),
                                   "--refit-loss: trains cross-fitting's rounds 2 and later"),
     "train-icmixup-single-weight": (lambda w: _train(w, "--mix", "icmixup", "--icm-mode", "single", "--icm-weight", "2"),

@@ -404,3 +404,17 @@ def test_cli_review(fo, demo_data, tmp_path):
         fo.load_dataset(name).delete()
     r = CliRunner().invoke(main, ["review", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "run directory not found" in r.output
+
+
+def test_start_database_in_the_background_then_build(fo, demo_data, tmp_path):
+    """`labelfix demo` starts FiftyOne's database while its last round trains: the thread
+    ends on its own, and a review dataset builds after it."""
+    from labelfix.review.dataset import build_review_dataset, start_database
+
+    thread = start_database()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and thread.daemon
+    name = unique()
+    _, summary = build_review_dataset(make_run(demo_data, tmp_path / "run"), name)
+    assert fo.dataset_exists(name) and summary.suggestions >= 0
+    fo.load_dataset(name).delete()

@@ -383,6 +383,9 @@ def clean_run(
                      f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')" if not refit else
                      f"cells judged by the mean of the {rounds} rounds' held-out logits (round 1 "
                      f"{run.config['train'].get('loss')}, then {refit}; docs/training.md, 'Choosing the loss')")
+    if scorer == "loss" and (run.config.get("train") or {}).get("dynamics") is False:
+        notes.append("score loss: this run was trained with --no-dynamics, so its loss_mean is the last epoch's "
+                     "held-out loss, not the mean over the epochs (docs/training.md)")
     if others:
         notes.append(f"model probabilities: the mean of this run's held-out logits and those of "
                      f"{', '.join(str(o.path) for o in others)}")

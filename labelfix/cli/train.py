@@ -49,6 +49,11 @@ def _opt(*decls, **kw):
 @_opt("--rounds", type=int, help="With --folds: rounds of cross-fitting; from round 2 on, the cells the previous "
                                  "round's held-out label GMMs call suspicious train as unknown (with --refit-loss, under "
                                  "that loss) [default: 2].")
+@_opt("--dynamics/--no-dynamics", help="With --folds: each fold model scores its held-out images after every "
+                                       "epoch, for the loss over the epochs (stats/loss_mean.npy, the `clean "
+                                       "--score loss` signal); --no-dynamics scores them after the last epoch only, "
+                                       "about 8 %% less time on a small model, and loss_mean is then the last "
+                                       "epoch's loss [default: on].")
 @_opt("--fold-workers", type=int, help="With --folds on the CPU: train this many fold models side by side, each "
                                        "in its own process with its share of the CPU threads; small models train "
                                        "faster so (docs/training.md) [default: 1].")

@@ -483,6 +483,30 @@ def _app_config(ds, active: list[str], fields: list[dict]) -> None:
         ds.save()
 
 
+def start_database():
+    """Import FiftyOne and start its database in a background thread; returns the
+    (started) thread. A caller that builds a review dataset later (``labelfix demo``,
+    while its last round trains) then does not wait for the import and the database
+    start (about 8 s on 2 cores) at that point. A failure is left to the later
+    :func:`build_review_dataset`, which meets it again and reports it in one line."""
+    import threading
+
+    def warm():
+        from labelfix.review import enable_plugin
+
+        enable_plugin()
+        try:
+            import fiftyone as fo
+
+            fo.list_datasets()
+        except Exception:   # noqa: BLE001 - reported by the build that needs the database
+            pass
+
+    thread = threading.Thread(target=warm, name="labelfix-fiftyone-start", daemon=True)
+    thread.start()
+    return thread
+
+
 def build_review_dataset(
     run: Run | str | Path,
     name: str | None = None,

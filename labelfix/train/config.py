@@ -123,6 +123,7 @@ class TrainConfig:
     # statistics / evaluation
     folds: int = 0
     rounds: int | None = None
+    dynamics: bool = True   # fold models record their held-out rows' loss every epoch (stats/loss_mean.npy)
     class_groups: str = "scaled"
     # runtime
     workers: int | None = None   # None: DEFAULT_WORKERS, at most the CPU count (loader_workers)

@@ -344,6 +344,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
     ``{"epochs", "metrics", "skipped", "out"}``. ``fold_pool``: an open
     :class:`labelfix.train.foldpool.FoldPool` for the fold models of a cross-fitted run
     with ``fold_workers`` > 1, kept open for the caller's next run."""
+    if not cfg.folds and not cfg.dynamics:   # (a fold model's own options have folds 0: checked here)
+        raise LabelfixError("train: --no-dynamics: only cross-fitting's fold models can skip the per-epoch "
+                            "statistics pass (without --folds the label GMMs fit the loss over the epochs); "
+                            "has no effect without --folds")
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 

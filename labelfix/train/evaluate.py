@@ -74,7 +74,8 @@ def epoch_rows(t, epoch: int) -> np.ndarray:
     """The rows the evaluation pass of ``epoch`` scores: all N, except in a cross-fitted
     fold model (it has held-out rows, split 2) before its last epoch, whose statistics
     are used only on its held-out rows (``labelfix.train.crossfit.merge_round``): then
-    the held-out and validation rows, unless the mixer reads the training rows' logits.
+    the held-out and validation rows, unless the mixer reads the training rows' logits;
+    with ``--no-dynamics`` (no loss over the epochs wanted) the validation rows only.
     The other rows stay NaN in ``stats/logits.npy`` until the last epoch (so their
     ``loss_mean`` is the last epoch's loss and the ``stats_loss`` column is NaN); on the
     demo (3 folds) a fold model scores 400 of the 1,200 rows in 19 of its 20 passes."""
@@ -82,7 +83,7 @@ def epoch_rows(t, epoch: int) -> np.ndarray:
     held_out = np.flatnonzero(t.split == HELD_OUT)
     if not held_out.size or epoch + 1 >= t.cfg.epochs or t.mixer.needs_training_logits(epoch):
         return np.arange(n)
-    return np.flatnonzero(t.split != 0)
+    return np.flatnonzero(t.split != 0) if t.cfg.dynamics else np.flatnonzero(t.split == 1)
 
 
 def finalize_epoch(t, epoch: int, train_info: dict, record_mean: bool) -> dict:
@@ -95,7 +96,7 @@ def finalize_epoch(t, epoch: int, train_info: dict, record_mean: bool) -> dict:
     logits_path = stats_dir / "logits.npy" if t.dist.is_main else None
     rows = epoch_rows(t, epoch)
     with stats_mod.array_sink(logits_path, (n, k), np.float16, fill=None if rows.size == n else np.nan) as sink:
-        failed = score(t, t.model, t.eval_ds, rows, sink, tag=1)
+        failed = score(t, t.model, t.eval_ds, rows, sink, tag=1) if rows.size else []
         if not t.dist.is_main:
             t._logits_mem = sink
     for i in failed:
