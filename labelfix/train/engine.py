@@ -340,14 +340,12 @@ class Trainer:
 
 def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
           fold_pool=None) -> dict:
-    """Train as configured (``cfg.folds`` >= 2: cross-fitted, ``crossfit.py``); returns
-    ``{"epochs", "metrics", "skipped", "out"}``. ``fold_pool``: an open
-    :class:`labelfix.train.foldpool.FoldPool` for the fold models of a cross-fitted run
-    with ``fold_workers`` > 1, kept open for the caller's next run."""
-    if not cfg.folds and not cfg.dynamics:   # (a fold model's own options have folds 0: checked here)
-        raise LabelfixError("train: --no-dynamics: only cross-fitting's fold models can skip the per-epoch "
-                            "statistics pass (without --folds the label GMMs fit the loss over the epochs); "
-                            "has no effect without --folds")
+    """Train as configured (``cfg.folds`` >= 2: cross-fitted, ``crossfit.py``, in the open
+    ``labelfix.train.foldpool.FoldPool`` ``fold_pool`` if given); returns ``{"epochs",
+    "metrics", "skipped", "out"}``."""
+    if not cfg.folds and not cfg.dynamics:   # here, as a fold model's own options have folds 0
+        raise LabelfixError("train: --no-dynamics: only cross-fitting's fold models can skip the per-epoch pass "
+                            "(a single model's GMMs fit its loss over the epochs); has no effect without --folds")
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 
