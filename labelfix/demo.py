@@ -110,6 +110,28 @@ def _fold_pool(folds: int):
     return FoldPool(workers, folds).start() if workers > 1 and folds >= 2 else None
 
 
+def _import_exporter() -> None:
+    """The export process's first task: import torch's ONNX exporter and onnxruntime."""
+    import onnxruntime  # noqa: F401
+    import onnxscript  # noqa: F401
+
+    import labelfix.export.onnx  # noqa: F401
+    import labelfix.export.predict  # noqa: F401
+
+
+def _export_process():
+    """One ``spawn`` process for the demo's ONNX export, started now so that it imports
+    the exporter while the demo trains; the export of the last round's model then runs
+    in it beside that round's clean, review and FiftyOne dataset (both take several
+    seconds of one core)."""
+    import concurrent.futures
+    import multiprocessing as mp
+
+    exporter = concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+    exporter.submit(_import_exporter)
+    return exporter
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -139,19 +161,21 @@ def run_demo(
     out = _fresh_folder(Path(out))
     t0 = time.perf_counter()
     pool = _fold_pool(folds)
+    exporter = _export_process()
     try:
-        return _run_flow(out, t0, pool, noise=noise, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds,
-                         review=review, review_budget=review_budget, review_batch=review_batch, n_train=n_train,
-                         n_test=n_test, log=log)
+        return _run_flow(out, t0, pool, exporter, noise=noise, rate=rate, seed=seed, epochs=epochs, folds=folds,
+                         rounds=rounds, review=review, review_budget=review_budget, review_batch=review_batch,
+                         n_train=n_train, n_test=n_test, log=log)
     finally:
+        exporter.shutdown(cancel_futures=True)
         if pool is not None:
             pool.close()
 
 
-def _run_flow(out: Path, t0: float, pool, *, noise, rate, seed, epochs, folds, rounds, review, review_budget,
-              review_batch, n_train, n_test, log) -> dict:
+def _run_flow(out: Path, t0: float, pool, exporter, *, noise, rate, seed, epochs, folds, rounds, review,
+              review_budget, review_batch, n_train, n_test, log) -> dict:
     """The body of :func:`run_demo` (its arguments), training in ``pool``, which it closes
-    after the last round's training."""
+    after the last round's training, and exporting in ``exporter`` (:func:`_export_process`)."""
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.data.demo import make_demo
     from labelfix.data.noise import write_noisy_coco
@@ -185,8 +209,10 @@ def _run_flow(out: Path, t0: float, pool, *, noise, rate, seed, epochs, folds, r
 
             database = start_database()
         _train_round(current, run, epochs, folds, seed, log, pool)
-        if r == rounds and pool is not None:
-            pool.close()   # idle from here on: give its memory back
+        if r == rounds:
+            export = exporter.submit(export_run, run, out / "model.onnx")   # beside clean and review
+            if pool is not None:
+                pool.close()   # idle from here on: give its memory back
         cleaned = clean_run(run)
         c = cleaned.corrections
         verified, again = verified_suggested(run, c)
@@ -224,7 +250,7 @@ def _run_flow(out: Path, t0: float, pool, *, noise, rate, seed, epochs, folds, r
             f"({time.perf_counter() - tr:.0f}s)")
         current = target
 
-    model = export_run(run, out / "model.onnx")
+    model = export.result()
     test_images = sorted(paths["images"].glob("test_*.png"))[:64]
     preds = predict(model, test_images, batch_size=32, progress=False)
     log(f"[export] onnx -> {model}; predicted {len(preds)} test images with onnxruntime "
