@@ -193,3 +193,24 @@ def test_mix_vs_bce_rows_name_the_commit_that_trained_their_run(bench_modules, t
     assert m._trained_by(tmp_path) == "abc1234+dirty"
     head = m._head_commit()
     assert head == "" or head.split("+")[0].isalnum()
+
+
+def test_train_overhead_refuses_unknown_methods_and_times_the_mixing_functions(monkeypatch, capsys):
+    """benchmarks/train_overhead.py: an unknown --methods name stops with argparse's one line
+    before anything trains; the call-by-call timing gives the mixing functions' share of a
+    training step."""
+    import argparse
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import train_overhead
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(sys, "argv", ["train_overhead.py", "--methods", "logicmix,nosuchmix"])
+    with pytest.raises(SystemExit):
+        train_overhead.main()
+    assert "--methods: unknown ['nosuchmix']" in capsys.readouterr().err
+    got = train_overhead.mixing_share_of_step(argparse.Namespace(batch_size=4, size=16, backbone="test_resnet"),
+                                              alternations=3)
+    assert set(got["ms"]) == {"step", "logicmix", "mixup"} and all(v > 0 for v in got["ms"].values())
+    assert got["share_of_step"]["logicmix"] == pytest.approx(got["ms"]["logicmix"] / got["ms"]["step"])
