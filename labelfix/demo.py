@@ -111,12 +111,12 @@ def _fold_pool(folds: int):
 
 
 def _import_exporter() -> None:
-    """The export process's first task: import torch's ONNX exporter and onnxruntime."""
+    """The export process's first task: import torch's ONNX exporter and onnxruntime (its
+    parity check); ``predict`` runs in the demo's own process."""
     import onnxruntime  # noqa: F401
     import onnxscript  # noqa: F401
 
     import labelfix.export.onnx  # noqa: F401
-    import labelfix.export.predict  # noqa: F401
 
 
 def _export_process():

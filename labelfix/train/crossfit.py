@@ -321,9 +321,10 @@ def open_fold_pool(cfg: TrainConfig, callbacks: list | None, dist, shared=None):
     (they run in this process; the folds would run in others)."""
     if shared is not None:
         shared.check_open()
-    if shared is not None and shared.workers != min(cfg.fold_workers, cfg.folds):
-        raise ValueError(f"fold_pool has {shared.workers} workers; this run trains {min(cfg.fold_workers, cfg.folds)} "
-                         f"fold models at a time (fold_workers {cfg.fold_workers}, folds {cfg.folds})")
+        if shared.workers != min(cfg.fold_workers, cfg.folds):
+            raise ValueError(f"fold_pool has {shared.workers} workers; this run trains "
+                             f"{min(cfg.fold_workers, cfg.folds)} fold models at a time (fold_workers "
+                             f"{cfg.fold_workers}, folds {cfg.folds})")
     if cfg.fold_workers <= 1:
         return None
     from labelfix.train.distributed import resolve_device
