@@ -79,6 +79,9 @@ def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_p
     if r == 2:   # round 2 trained the suspicious cells of round 1 as unknown
         mask = np.load(out / "stats" / "round1" / "suspicious.npy")
         assert (np.load(fold_dir(out, 0, 2) / "labels.npy")[mask] == -1).all()
+    for f in range(3):   # only the last round's models embed the images (clean's neighbour evidence)
+        assert (fold_dir(out, f, r) / "stats" / "embeddings.npy").exists()
+        assert r == 1 or not (fold_dir(out, f, 1) / "stats" / "embeddings.npy").exists()
     ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     assert ckpt["model_config"]["ensemble"] == 3
     model = model_from_checkpoint(ckpt)
@@ -87,6 +90,27 @@ def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_p
                for f in range(3)]
     expect = torch.stack([m(x) for m in members]).mean(0)
     torch.testing.assert_close(model(x), expect)
+
+
+def test_rounds_stopped_early_embed_with_the_last_round_trained(tiny, tmp_path, monkeypatch):
+    """Round 1's fold models do not embed the images when a round 2 follows; when no
+    cell is suspicious, round 2 does not train and round 1's models embed them after all,
+    so clean has its neighbour evidence."""
+    from labelfix.cleaning.evidence import neighbour_votes
+    from labelfix.run import load_run
+    from labelfix.train import crossfit
+
+    monkeypatch.setattr(crossfit, "suspicious_cells", lambda logits, given, *a, **kw: np.zeros(given.shape, bool))
+    out = tmp_path / "run"
+    lines = []
+    train(cfg_for(tiny, out, rounds=2), log=lines.append)
+    assert json.loads((out / "stats" / "state.json").read_text())["rounds"] == 1
+    assert any("no suspicious cell" in line for line in lines)
+    assert not (out / "folds" / "round2").exists()
+    for f in range(3):
+        assert (fold_dir(out, f, 1) / "stats" / "embeddings.npy").exists()
+    votes, _pairs = neighbour_votes(load_run(out))
+    assert votes is not None and np.isfinite(votes).any()
 
 
 @pytest.mark.parametrize("mix", ["none", "balancemix"])

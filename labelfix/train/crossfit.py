@@ -207,6 +207,42 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         last = 1
         round_cfg = cfg   # the options of round r's fold models
         role_start = None   # a ROLE refit round's table start (refit_estimates)
+
+        def run_round(r: int, round_cfg: TrainConfig, current: LabelSet, role_start, *, embed: bool,
+                      embed_only: bool = False) -> None:
+            """Train round r's fold models (those not complete yet), in the pool or here;
+            ``embed_only``: only embed the images with round r's complete fold models, where
+            their embedding is missing."""
+            jobs = []
+            for f in range(k):
+                sub = fold_dir(out, f, r)
+                sub_cfg = dataclasses.replace(round_cfg, folds=0, rounds=None, refit_loss=None, out=str(sub),
+                                              fold_workers=1,
+                                              resume=(sub / "checkpoints" / "last.pt").exists(),
+                                              progress=cfg.progress and pool is None)
+                where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
+                         else f"fold {f + 1}/{k}")
+                if embed_only:
+                    if (sub / "stats" / "embeddings.npy").exists():
+                        continue
+                elif sub_cfg.resume and _complete(sub, cfg.epochs):
+                    say(f"{where}: complete")
+                    continue
+                else:
+                    say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
+                        f"holding out {int((folds == f).sum())}")
+                fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
+                if pool is not None:
+                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start,
+                                        embed))
+                    continue
+                # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
+                Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
+                        features_dir=out / "features", keep_process_group=True, image_cache=images,
+                        role_estimates=role_start, embed=embed).fit()
+            if pool is not None:   # without a log function the fold lines go where a Trainer's would
+                pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
+
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown
                 mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
@@ -233,30 +269,8 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                         + ("; its label table starts from round 1's held-out estimates" if role_start is not None
                            else ""))
             last = r
-            jobs = []
-            for f in range(k):
-                sub = fold_dir(out, f, r)
-                sub_cfg = dataclasses.replace(round_cfg, folds=0, rounds=None, refit_loss=None, out=str(sub),
-                                              fold_workers=1,
-                                              resume=(sub / "checkpoints" / "last.pt").exists(),
-                                              progress=cfg.progress and pool is None)
-                where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
-                         else f"fold {f + 1}/{k}")
-                if sub_cfg.resume and _complete(sub, cfg.epochs):
-                    say(f"{where}: complete")
-                    continue
-                say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
-                    f"holding out {int((folds == f).sum())}")
-                fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
-                if pool is not None:
-                    jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start))
-                    continue
-                # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
-                Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
-                        features_dir=out / "features", keep_process_group=True, image_cache=images,
-                        role_estimates=role_start).fit()
-            if pool is not None:   # without a log function the fold lines go where a Trainer's would
-                pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
+            # only the last round's fold embeddings feed clean's neighbour evidence
+            run_round(r, round_cfg, current, role_start, embed=r == cfg.rounds)
             for f in range(k):
                 frame = pd.read_csv(fold_dir(out, f, r) / "metrics.csv")
                 frame.insert(0, "fold", f)
@@ -264,6 +278,10 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 rows += frame.to_dict("records")
             if dist.is_main:
                 merge_round(out, r, given.shape, folds, k)
+        if last < cfg.rounds and not cfg.frozen:   # the rounds stopped early: round `last`'s models embed
+            say(f"cross-fitting round {last}/{cfg.rounds}: its fold models embed the images (clean's neighbour "
+                f"evidence)")
+            run_round(last, round_cfg, current, role_start, embed=True, embed_only=True)
         if dist.is_main:
             finish(out, last, folds, k, cfg.epochs, every_round=bool(cfg.refit_loss))
             atomic.write_csv(out / "metrics.csv", pd.DataFrame(rows))

@@ -53,12 +53,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
                  features_dir: Path | None = None, keep_process_group: bool = False,
-                 image_cache: dict | None = None, role_estimates: np.ndarray | None = None):
+                 image_cache: dict | None = None, role_estimates: np.ndarray | None = None,
+                 embed: bool = True):
         """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
         ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``),
-        ``image_cache`` (decoded evaluation images by row, shared by the fold models) and
-        ``role_estimates`` (float (N, K), the warm start of a refit round's ROLE table) are
-        given by the cross-fitting driver (``crossfit.py``) to each fold's run."""
+        ``image_cache`` (decoded evaluation images by row, shared by the fold models),
+        ``role_estimates`` (float (N, K), the warm start of a refit round's ROLE table) and
+        ``embed`` (False: no final ``stats/embeddings.npy``, which clean reads of the last
+        round only) come from the cross-fitting driver (``crossfit.py``)."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
         self._log = log
@@ -67,6 +69,7 @@ class Trainer:
         self._keep_group = keep_process_group
         self.image_cache = image_cache
         self.role_estimates = role_estimates
+        self.embed = embed
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -266,7 +269,7 @@ class Trainer:
                         f"{self.out}: interrupted during epoch {self.epoch + 1}; checkpoints/last.pt holds "
                         f"epoch {self.epoch}. Continue with: labelfix train {cfg.data} --out {cfg.out} --resume"
                     ) from None
-            if not cfg.frozen:   # the final model's embedding: clean's neighbour evidence
+            if self.embed and not cfg.frozen:   # the final model's embedding: clean's neighbour evidence
                 from labelfix.train.features import embed_run
 
                 embed_run(self, self.out / "stats", names=("embeddings",))

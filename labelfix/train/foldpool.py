@@ -46,8 +46,9 @@ class FoldJob:
     """One fold model to train: its options (``out`` = the fold's run directory), the
     labels of its round and its split (held-out rows marked 2), the log prefix, the
     cross-fitted run's ``RUN/features`` folder (``--frozen`` embeddings; it also names
-    the run whose decoded images a worker keeps) and, in a ROLE refit round, the
-    estimates its label table starts from."""
+    the run whose decoded images a worker keeps), in a ROLE refit round the estimates
+    its label table starts from, and whether it embeds the images at the end
+    (``Trainer(embed=)``)."""
 
     fold: int
     cfg: object
@@ -56,6 +57,7 @@ class FoldJob:
     where: str
     features_dir: str
     role_estimates: np.ndarray | None = None
+    embed: bool = True
 
 
 def _watch_parent(parent: int) -> None:
@@ -86,7 +88,7 @@ def _worker(tasks, results, threads: int, parent: int) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)   # training: stop at a clean point
         try:
             Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(job.features_dir),
-                    image_cache=images, role_estimates=job.role_estimates).fit()
+                    image_cache=images, role_estimates=job.role_estimates, embed=job.embed).fit()
             results.put(("done", job.fold, None))
         except LabelfixError as err:
             results.put(("error", job.fold, (type(err).__name__, str(err))))
