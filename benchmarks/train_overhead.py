@@ -22,7 +22,9 @@ measured epochs (the first epoch of each run is dropped) of ``--repeats`` interl
 runs per method. ``paired_relative_to_plain`` is the median over the repeats of each
 repeat's own ratio (the method's epoch against the plain run of the same repeat, run next
 to it), which a load that drifts between repeats does not bias: the number to read when
-the machine is noisy. ``--methods logicmix --repeats 8 --out ...`` measures a few methods
+the machine is noisy. ``paired_cpu_relative_to_plain`` is the same pairing on the CPU
+seconds of this process per whole epoch (``time.process_time``), which other processes'
+load inflates far less than the wall clock. ``--methods logicmix --repeats 8 --out ...`` measures a few methods
 with more repeats (plain, and plain_augmented for balancemix_augmented, always run).
 """
 
@@ -58,12 +60,27 @@ METHODS = {
 }
 
 
+class EpochCPU:
+    """Training callback: this process's CPU seconds (every thread's, ``time.process_time``)
+    between the ends of consecutive epochs, a cost that other processes' load on a shared
+    machine inflates far less than the wall clock."""
+
+    def __init__(self):
+        self.marks: list[float] = []
+
+    def on_epoch_end(self, trainer, epoch, row):
+        self.marks.append(time.process_time())
+
+
 def run(data: Path, out: Path, opts: dict, args) -> pd.DataFrame:
     cfg = TrainConfig(**{**dict(data=str(data), out=str(out), backbone=args.backbone, img_size=args.size,
                                 epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, progress=False,
                                 randaugment=False, hflip=0.0, seed=0, lr=1e-3, device=args.device), **opts})
-    train(cfg, log=lambda s: None)
-    return pd.read_csv(out / "metrics.csv").iloc[1:]   # drop the first epoch
+    cpu = EpochCPU()
+    train(cfg, callbacks=[cpu], log=lambda s: None)
+    frame = pd.read_csv(out / "metrics.csv").iloc[1:].copy()   # drop the first epoch
+    frame["cpu_seconds"] = [b - a for a, b in zip(cpu.marks, cpu.marks[1:])]   # epochs 2.. (whole epoch)
+    return frame
 
 
 def plain_loop_images_per_s(data: Path, args) -> float:
@@ -172,6 +189,10 @@ def main() -> None:
     def ratios(name, base):
         return [epoch_of(a) / epoch_of(b) for a, b in zip(parts[name], parts[base])]
 
+    def cpu_ratios(name, base):
+        return [statistics.median(a["cpu_seconds"]) / statistics.median(b["cpu_seconds"])
+                for a, b in zip(parts[name], parts[base])]
+
     plain = med("plain", "train_seconds")
     epoch = {name: med(name, "train_seconds") + med(name, "mixer_seconds") for name in names}
     bases = {name: "plain_augmented" if name == "balancemix_augmented" else "plain" for name in names
@@ -193,6 +214,11 @@ def main() -> None:
                                               if base == "plain_augmented"},
         "paired_relative_to_plain": {name: float(statistics.median(ratios(name, base))) for name, base in bases.items()},
         "paired_ratios_per_repeat": {name: ratios(name, base) for name, base in bases.items()},
+        # the whole epoch (training, statistics pass, the method's per-epoch work) in CPU seconds
+        "cpu_epoch_seconds": {name: med(name, "cpu_seconds") for name in names},
+        "paired_cpu_relative_to_plain": {name: float(statistics.median(cpu_ratios(name, base)))
+                                         for name, base in bases.items()},
+        "paired_cpu_ratios_per_repeat": {name: cpu_ratios(name, base) for name, base in bases.items()},
         # refine="batch": images whose second view was scored, of those scored on a first view
         "relabel_second_view_share": {name: float(rows[name]["relabel_second_views"].sum()
                                                   / max(rows[name]["relabel_first_views"].sum(), 1))
@@ -208,7 +234,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("relative_to_plain_epoch", "relative_to_plain_augmented_epoch",
-                                             "paired_relative_to_plain", "mixing_function_vs_training_step",
+                                             "paired_relative_to_plain", "paired_cpu_relative_to_plain",
+                                             "mixing_function_vs_training_step",
                                              "relabel_second_view_share",
                                              "images_per_s")}, indent=2))
 
