@@ -107,6 +107,7 @@ def test_interrupted_training_run(tmp_path):
     res = CliRunner().invoke(main, ["clean", str(run), "--no-report"])
     assert res.exit_code == 0, res.output
     assert "training did not finish" in res.output and "--resume" in res.output
+    assert "in-sample statistics" in res.output and "--folds 4" in res.output   # not cross-fitted: said
     assert "neighbour evidence skipped" in res.output   # no embedding: said, not silent
     res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--neighbours", "0"])
     assert res.exit_code == 0 and "neighbour evidence skipped" not in res.output

@@ -468,7 +468,9 @@ def test_unknown_cells_are_judged_by_every_round1_fold_model_when_none_saw_a_lab
     doc["train"].update(frozen=False, weights=None, pretrained=False)
     (scratch / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     np.testing.assert_array_equal(np.asarray(known_judge_logits(Run(scratch))[:]), np.load(out / "stats" / "logits.npy"))
-    assert not any("rounds' held-out logits" in n for n in clean_run(scratch, report=False, neighbours=0).notes)
+    notes = clean_run(scratch, report=False, neighbours=0).notes
+    assert not any("rounds' held-out logits" in n for n in notes)
+    assert not any("in-sample statistics" in n for n in notes)   # a cross-fitted run is out of sample
     np.testing.assert_allclose(np.asarray(known_judge_logits(Run(out))[:]), judge, rtol=1e-6)
 
 

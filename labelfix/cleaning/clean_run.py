@@ -305,6 +305,11 @@ def _stats_notes(run: Run) -> list[str]:
             f"training did not finish: using the statistics of epoch {state.get('last_epoch', '?')} "
             f"({state.get('epochs_recorded', '?')} epochs recorded); `labelfix train --resume` continues it"
         )
+    if state and not state.get("out_of_sample"):
+        # docs/cleaning.md "The evidence": in-sample statistics rank the errors worse
+        notes.append("in-sample statistics: the model judging each label trained on it and has partly learnt the "
+                     "wrong ones; `labelfix train --folds 4` judges every label out of sample, which ranked the "
+                     "label errors markedly better when the backbone trains (little better with --frozen)")
     return notes
 
 
