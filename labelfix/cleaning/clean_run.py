@@ -309,7 +309,7 @@ def _stats_notes(run: Run) -> list[str]:
         # docs/cleaning.md "The evidence": in-sample statistics rank the errors worse
         notes.append("in-sample statistics: the model judging each label trained on it and has partly learnt the "
                      "wrong ones; `labelfix train --folds 4` judges every label out of sample, which ranked the "
-                     "label errors markedly better when the backbone trains (little better with --frozen)")
+                     "label errors markedly better when the backbone trains (with --frozen the two are close)")
     return notes
 
 
