@@ -154,8 +154,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     metrics rows. ``fold_pool``: an open :class:`labelfix.train.foldpool.FoldPool` of
     ``cfg.fold_workers`` processes to train the fold models in (left open), instead of
     one started and closed for this run."""
-    from labelfix.io import read_labels
-    from labelfix.train.data import split_indices
+    from labelfix.train.data import read_run_labels, split_indices
     from labelfix.train.distributed import broadcast_object, cleanup, init_distributed, resolve_device
     from labelfix.train.engine import Trainer
 
@@ -179,8 +178,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         else:
             if (out / "folds.npy").exists() or (out / "checkpoints" / "last.pt").exists():
                 raise LabelfixError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-            labelset = read_labels(cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
-                                   class_descriptions=cfg.class_descriptions)
+            labelset = read_run_labels(cfg, cfg.data)
             split = split_indices(labelset.num_images, cfg.val_split, cfg.seed)
             from labelfix.train.optim import resolve_auto
 

@@ -147,13 +147,20 @@ def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
     return split
 
 
+def read_run_labels(cfg, path) -> LabelSet:
+    """The labels at ``path`` (``--data`` or ``--val``) read with the run's reading options
+    (``--format``, ``--images``, ``--unlabeled``, ``--class-descriptions``)."""
+    from labelfix.io import read_labels
+
+    return read_labels(path, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
+                       class_descriptions=cfg.class_descriptions)
+
+
 def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[LabelSet, np.ndarray]:
     """The label set and split (int8 (N,): 0 train, 1 validation, 2 held out) a run trains
     on: the run directory's own on ``--resume``, else ``labelset`` / ``split`` when the
     cross-fitting driver gives them, else read from ``cfg.data`` and drawn from the seed.
     Refuses a resume without a checkpoint and a new run over an existing one."""
-    from labelfix.io import read_labels
-
     out = Path(out)
     last = out / "checkpoints" / "last.pt"
     if cfg.resume:
@@ -163,8 +170,7 @@ def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[
     if last.exists():
         raise LabelfixError(f"{out}: already holds a run (checkpoints/last.pt); "
                             f"pass --resume to continue it or choose another --out")
-    labelset = labelset or read_labels(cfg.data, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
-                                       class_descriptions=cfg.class_descriptions)
+    labelset = labelset or read_run_labels(cfg, cfg.data)
     split = (split_indices(labelset.num_images, cfg.val_split, cfg.seed) if split is None
              else np.asarray(split, dtype=np.int8))
     return labelset, split
@@ -173,10 +179,7 @@ def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[
 def read_validation(cfg, classes: LabelSet) -> LabelSet:
     """``--val`` labels with their columns in the training class order (one clear line
     when the class sets differ)."""
-    from labelfix.io import read_labels
-
-    val = read_labels(cfg.val, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
-                      class_descriptions=cfg.class_descriptions)
+    val = read_run_labels(cfg, cfg.val)
     names = classes.class_names
     missing = sorted(set(names) - set(val.class_names))
     extra = sorted(set(val.class_names) - set(names))
