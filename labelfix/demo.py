@@ -94,7 +94,7 @@ def _train_round(data: Path, run: Path, epochs: int, folds: int, seed: int, log:
     """``labelfix train`` of one review round, one progress line per epoch; ``pool``: the
     demo's fold pool, shared by its rounds."""
     from labelfix.train.config import TrainConfig
-    from labelfix.train.engine import train
+    from labelfix.train.api import train
 
     cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, seed=seed, **dict(DEMO_TRAIN, folds=folds))
     return train(cfg.validate(), log=lambda msg: log(f"      {msg}"), fold_pool=pool)

@@ -92,10 +92,12 @@ def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_p
     torch.testing.assert_close(model(x), expect)
 
 
-def test_rounds_stopped_early_embed_with_the_last_round_trained(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fold_workers", [1, 2])
+def test_rounds_stopped_early_embed_with_the_last_round_trained(tiny, tmp_path, monkeypatch, fold_workers):
     """Round 1's fold models do not embed the images when a round 2 follows; when no
-    cell is suspicious, round 2 does not train and round 1's models embed them after all,
-    so clean has its neighbour evidence."""
+    cell is suspicious, round 2 does not train and round 1's finished models embed them
+    after all (here or in the fold pool), without training, so clean has its neighbour
+    evidence."""
     from labelfix.cleaning.evidence import neighbour_votes
     from labelfix.run import load_run
     from labelfix.train import crossfit
@@ -103,9 +105,10 @@ def test_rounds_stopped_early_embed_with_the_last_round_trained(tiny, tmp_path, 
     monkeypatch.setattr(crossfit, "suspicious_cells", lambda logits, given, *a, **kw: np.zeros(given.shape, bool))
     out = tmp_path / "run"
     lines = []
-    train(cfg_for(tiny, out, rounds=2), log=lines.append)
+    train(cfg_for(tiny, out, rounds=2, fold_workers=fold_workers), log=lines.append)
     assert json.loads((out / "stats" / "state.json").read_text())["rounds"] == 1
     assert any("no suspicious cell" in line for line in lines)
+    assert not any("epochs trained" in line for line in lines)   # the finished models do not train again
     assert not (out / "folds" / "round2").exists()
     for f in range(3):
         assert (fold_dir(out, f, 1) / "stats" / "embeddings.npy").exists()

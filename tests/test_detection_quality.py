@@ -23,7 +23,7 @@ from labelfix.data.noise import write_noisy_coco
 from labelfix.io import read_labels
 from labelfix.run import load_run
 from labelfix.train.config import TrainConfig
-from labelfix.train.engine import train
+from labelfix.train.api import train
 
 SETTINGS = {
     # kind, rate, training recipe

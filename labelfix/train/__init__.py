@@ -1,6 +1,6 @@
 """Training: ``train(TrainConfig(...))`` runs ``labelfix train`` from Python.
 
-Modules: ``config`` (options), ``engine`` (loop, checkpoints, resume), ``sampler``
+Modules: ``api`` (``train``), ``config`` (options), ``engine`` (the loop), ``sampler``
 (seeded / BalanceMix minority / distributed samplers), ``stats`` (per-cell statistics
 pass), ``balancemix`` (per-epoch label management), ``distributed`` (torchrun),
 ``metrics`` (partial-label mAP). User guide: docs/training.md.
@@ -20,7 +20,7 @@ _LAZY = {
     "read_run_config": "labelfix.train.config",
     "Trainer": "labelfix.train.engine",
     "TrainingInterrupted": "labelfix.train.engine",
-    "train": "labelfix.train.engine",
+    "train": "labelfix.train.api",
 }
 
 __all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "load_config_file", "read_run_config", "train"]

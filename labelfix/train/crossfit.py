@@ -232,12 +232,13 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
                 if pool is not None:
                     jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start,
-                                        embed))
+                                        embed, embed_only))
                     continue
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
-                Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
-                        features_dir=out / "features", keep_process_group=True, image_cache=images,
-                        role_estimates=role_start, embed=embed).fit()
+                t = Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
+                            features_dir=out / "features", keep_process_group=True, image_cache=images,
+                            role_estimates=role_start, embed=embed)
+                t.embed_only() if embed_only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
 

@@ -226,6 +226,16 @@ class Trainer:
         return out[np.asarray(rows)]
 
     # ------------------------------------------------------------------ main loop
+    def embed_only(self) -> None:
+        """Embed the images with the finished run's last checkpoint, without training (the
+        cross-fitting driver, when its rounds stop before the last: ``cfg.resume`` is set)."""
+        self._prepare_data()
+        self._build()
+        ckpt_mod.load_checkpoint(self)
+        from labelfix.train.features import embed_run
+
+        embed_run(self, self.out / "stats", names=("embeddings",))
+
     def fit(self) -> dict:
         cfg = self.cfg
         try:
@@ -340,19 +350,3 @@ class Trainer:
         loss = self.mixer.loss(logits.float(), mixed.to(self.device), self.loss_fn)
         return loss, x.shape[0]
 
-
-def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], None] | None = None,
-          fold_pool=None) -> dict:
-    """Train as configured (``cfg.folds`` >= 2: cross-fitted, ``crossfit.py``, in the open
-    ``labelfix.train.foldpool.FoldPool`` ``fold_pool`` if given); returns ``{"epochs",
-    "metrics", "skipped", "out"}``."""
-    if not cfg.folds and not cfg.dynamics:   # here, as a fold model's own options have folds 0
-        raise LabelfixError("train: --no-dynamics: only cross-fitting's fold models can skip the per-epoch pass "
-                            "(a single model's GMMs fit its loss over the epochs); has no effect without --folds")
-    if cfg.folds:
-        from labelfix.train.crossfit import train_folds
-
-        return train_folds(cfg, callbacks=callbacks, log=log, fold_pool=fold_pool)
-    if fold_pool is not None:
-        raise ValueError("fold_pool: only a cross-fitted run (folds >= 2) trains in a fold pool")
-    return Trainer(cfg, callbacks=callbacks, log=log).fit()

@@ -47,8 +47,9 @@ class FoldJob:
     labels of its round and its split (held-out rows marked 2), the log prefix, the
     cross-fitted run's ``RUN/features`` folder (``--frozen`` embeddings; it also names
     the run whose decoded images a worker keeps), in a ROLE refit round the estimates
-    its label table starts from, and whether it embeds the images at the end
-    (``Trainer(embed=)``)."""
+    its label table starts from, whether it embeds the images at the end
+    (``Trainer(embed=)``) and whether it only does that, with the finished model
+    (``Trainer.embed_only``)."""
 
     fold: int
     cfg: object
@@ -58,6 +59,7 @@ class FoldJob:
     features_dir: str
     role_estimates: np.ndarray | None = None
     embed: bool = True
+    embed_only: bool = False
 
 
 def _watch_parent(parent: int) -> None:
@@ -87,8 +89,9 @@ def _worker(tasks, results, threads: int, parent: int) -> None:
         log = lambda text, where=job.where: results.put(("log", job.fold, f"{where}: {text}"))
         signal.signal(signal.SIGINT, signal.default_int_handler)   # training: stop at a clean point
         try:
-            Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(job.features_dir),
-                    image_cache=images, role_estimates=job.role_estimates, embed=job.embed).fit()
+            t = Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(job.features_dir),
+                        image_cache=images, role_estimates=job.role_estimates, embed=job.embed)
+            t.embed_only() if job.embed_only else t.fit()
             results.put(("done", job.fold, None))
         except LabelfixError as err:
             results.put(("error", job.fold, (type(err).__name__, str(err))))
