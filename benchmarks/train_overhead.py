@@ -23,8 +23,8 @@ runs per method. ``paired_relative_to_plain`` is the median over the repeats of 
 repeat's own ratio (the method's epoch against the plain run of the same repeat, run next
 to it), which a load that drifts between repeats does not bias: the number to read when
 the machine is noisy. ``paired_cpu_relative_to_plain`` is the same pairing on the CPU
-seconds of this process per whole epoch (``time.process_time``), which other processes'
-load inflates far less than the wall clock. ``--methods logicmix --repeats 8 --out ...`` measures a few methods
+seconds of this process per whole epoch (``time.process_time``), a second measure beside
+the wall clock (on the shared 2-core machine it swung with it: waiting threads spin). ``--methods logicmix --repeats 8 --out ...`` measures a few methods
 with more repeats (plain, and plain_augmented for balancemix_augmented, always run).
 """
 
@@ -62,8 +62,7 @@ METHODS = {
 
 class EpochCPU:
     """Training callback: this process's CPU seconds (every thread's, ``time.process_time``)
-    between the ends of consecutive epochs, a cost that other processes' load on a shared
-    machine inflates far less than the wall clock."""
+    between the ends of consecutive epochs."""
 
     def __init__(self):
         self.marks: list[float] = []
