@@ -114,6 +114,11 @@ def test_rounds_stopped_early_embed_with_the_last_round_trained(tiny, tmp_path, 
         assert (fold_dir(out, f, 1) / "stats" / "embeddings.npy").exists()
     votes, _pairs = neighbour_votes(load_run(out))
     assert votes is not None and np.isfinite(votes).any()
+    # an embedding pass killed half-way (its record says not complete) is redone on --resume
+    record = fold_dir(out, 1, 1) / "stats" / "embeddings.json"
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), complete=False)))
+    train(cfg_for(tiny, out, rounds=2, fold_workers=fold_workers, resume=True), log=lambda s: None)
+    assert json.loads(record.read_text())["complete"]
 
 
 @pytest.mark.parametrize("mix", ["none", "balancemix"])

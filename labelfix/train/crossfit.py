@@ -157,6 +157,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     from labelfix.train.data import read_run_labels, split_indices
     from labelfix.train.distributed import broadcast_object, cleanup, init_distributed, resolve_device
     from labelfix.train.engine import Trainer
+    from labelfix.train.features import feature_info
 
     cfg = cfg.validate()
     out = Path(cfg.out)
@@ -210,7 +211,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                       embed_only: bool = False) -> None:
             """Train round r's fold models (those not complete yet), in the pool or here;
             ``embed_only``: only embed the images with round r's complete fold models, where
-            their embedding is missing."""
+            their embedding is missing or unfinished."""
             jobs = []
             for f in range(k):
                 sub = fold_dir(out, f, r)
@@ -221,7 +222,8 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
                          else f"fold {f + 1}/{k}")
                 if embed_only:
-                    if (sub / "stats" / "embeddings.npy").exists():
+                    emb = sub / "stats" / "embeddings.npy"
+                    if emb.exists() and feature_info(emb).get("complete"):   # a killed pass resumes
                         continue
                 elif sub_cfg.resume and _complete(sub, cfg.epochs):
                     say(f"{where}: complete")
