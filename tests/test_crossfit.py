@@ -92,6 +92,22 @@ def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_p
     torch.testing.assert_close(model(x), expect)
 
 
+def test_a_fold_killed_while_embedding_embeds_again_on_resume(tiny, tmp_path):
+    """A fold model of the last round killed during its final embedding pass (training
+    complete, the embedding's record not) embeds the images again on --resume, without
+    training: clean reads that embedding."""
+    out = tmp_path / "run"
+    train(cfg_for(tiny, out, rounds=1), log=lambda s: None)
+    record = fold_dir(out, 2, 1) / "stats" / "embeddings.json"
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), complete=False)))
+    before = (fold_dir(out, 2, 1) / "checkpoints" / "last.pt").stat().st_mtime_ns
+    lines = []
+    train(cfg_for(tiny, out, rounds=1, resume=True), log=lines.append)
+    assert json.loads(record.read_text())["complete"]
+    assert any("fold 3/3: complete; its embedding" in line for line in lines)
+    assert (fold_dir(out, 2, 1) / "checkpoints" / "last.pt").stat().st_mtime_ns == before   # no training
+
+
 @pytest.mark.parametrize("fold_workers", [1, 2])
 def test_rounds_stopped_early_embed_with_the_last_round_trained(tiny, tmp_path, monkeypatch, fold_workers):
     """Round 1's fold models do not embed the images when a round 2 follows; when no

@@ -210,8 +210,8 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         def run_round(r: int, round_cfg: TrainConfig, current: LabelSet, role_start, *, embed: bool,
                       embed_only: bool = False) -> None:
             """Train round r's fold models (those not complete yet), in the pool or here;
-            ``embed_only``: only embed the images with round r's complete fold models, where
-            their embedding is missing or unfinished."""
+            a complete one whose embedding (``embed``) is missing or unfinished (a kill
+            during the pass) only embeds the images; ``embed_only``: every fold does only that."""
             jobs = []
             for f in range(k):
                 sub = fold_dir(out, f, r)
@@ -221,26 +221,28 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                                               progress=cfg.progress and pool is None)
                 where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
                          else f"fold {f + 1}/{k}")
-                if embed_only:
-                    emb = sub / "stats" / "embeddings.npy"
-                    if emb.exists() and feature_info(emb).get("complete"):   # a killed pass resumes
-                        continue
-                elif sub_cfg.resume and _complete(sub, cfg.epochs):
-                    say(f"{where}: complete")
+                emb = sub / "stats" / "embeddings.npy"
+                embedded = not embed or cfg.frozen or (emb.exists() and bool(feature_info(emb).get("complete")))
+                only = embed_only or (sub_cfg.resume and _complete(sub, cfg.epochs))
+                if only and embedded:
+                    if not embed_only:
+                        say(f"{where}: complete")
                     continue
-                else:
+                if not only:
                     say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
                         f"holding out {int((folds == f).sum())}")
+                elif not embed_only:
+                    say(f"{where}: complete; its embedding of the images was not, embedding them")
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
                 if pool is not None:
                     jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start,
-                                        embed, embed_only))
+                                        embed, only))
                     continue
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 t = Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
                             features_dir=out / "features", keep_process_group=True, image_cache=images,
                             role_estimates=role_start, embed=embed)
-                t.embed_only() if embed_only else t.fit()
+                t.embed_only() if only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
 
