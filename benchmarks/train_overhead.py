@@ -24,8 +24,9 @@ repeat's own ratio (the method's epoch against the plain run of the same repeat,
 to it), which a load that drifts between repeats does not bias: the number to read when
 the machine is noisy. ``paired_cpu_relative_to_plain`` is the same pairing on the CPU
 seconds of this process per whole epoch (``time.process_time``), a second measure beside
-the wall clock (on the shared 2-core machine it swung with it: waiting threads spin). ``--methods logicmix --repeats 8 --out ...`` measures a few methods
-with more repeats (plain, and plain_augmented for balancemix_augmented, always run).
+the wall clock (on the shared 2-core machine it swung with it: waiting threads spin).
+``--methods logicmix --repeats 8 --out ...`` measures a few methods with more repeats
+(plain, and plain_augmented for balancemix_augmented, always run).
 """
 
 from __future__ import annotations
@@ -185,12 +186,11 @@ def main() -> None:
     def epoch_of(frame):
         return float(statistics.median(frame["train_seconds"] + frame.get("mixer_seconds", 0.0)))
 
-    def ratios(name, base):
-        return [epoch_of(a) / epoch_of(b) for a, b in zip(parts[name], parts[base])]
+    def cpu_of(frame):
+        return float(statistics.median(frame["cpu_seconds"]))
 
-    def cpu_ratios(name, base):
-        return [statistics.median(a["cpu_seconds"]) / statistics.median(b["cpu_seconds"])
-                for a, b in zip(parts[name], parts[base])]
+    def ratios(name, base, of=epoch_of):
+        return [of(a) / of(b) for a, b in zip(parts[name], parts[base])]
 
     plain = med("plain", "train_seconds")
     epoch = {name: med(name, "train_seconds") + med(name, "mixer_seconds") for name in names}
@@ -215,9 +215,9 @@ def main() -> None:
         "paired_ratios_per_repeat": {name: ratios(name, base) for name, base in bases.items()},
         # the whole epoch (training, statistics pass, the method's per-epoch work) in CPU seconds
         "cpu_epoch_seconds": {name: med(name, "cpu_seconds") for name in names},
-        "paired_cpu_relative_to_plain": {name: float(statistics.median(cpu_ratios(name, base)))
+        "paired_cpu_relative_to_plain": {name: float(statistics.median(ratios(name, base, cpu_of)))
                                          for name, base in bases.items()},
-        "paired_cpu_ratios_per_repeat": {name: cpu_ratios(name, base) for name, base in bases.items()},
+        "paired_cpu_ratios_per_repeat": {name: ratios(name, base, cpu_of) for name, base in bases.items()},
         # refine="batch": images whose second view was scored, of those scored on a first view
         "relabel_second_view_share": {name: float(rows[name]["relabel_second_views"].sum()
                                                   / max(rows[name]["relabel_first_views"].sum(), 1))

@@ -207,11 +207,10 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         round_cfg = cfg   # the options of round r's fold models
         role_start = None   # a ROLE refit round's table start (refit_estimates)
 
-        def run_round(r: int, round_cfg: TrainConfig, current: LabelSet, role_start, *, embed: bool,
-                      embed_only: bool = False) -> None:
+        def run_round(r: int, round_cfg: TrainConfig, current: LabelSet, role_start, *, embed: bool) -> None:
             """Train round r's fold models (those not complete yet), in the pool or here;
             a complete one whose embedding (``embed``) is missing or unfinished (a kill
-            during the pass) only embeds the images; ``embed_only``: every fold does only that."""
+            during the pass, or rounds that stopped before the last) only embeds the images."""
             jobs = []
             for f in range(k):
                 sub = fold_dir(out, f, r)
@@ -223,16 +222,15 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                          else f"fold {f + 1}/{k}")
                 emb = sub / "stats" / "embeddings.npy"
                 embedded = not embed or cfg.frozen or (emb.exists() and bool(feature_info(emb).get("complete")))
-                only = embed_only or (sub_cfg.resume and _complete(sub, cfg.epochs))
+                only = sub_cfg.resume and _complete(sub, cfg.epochs)
                 if only and embedded:
-                    if not embed_only:
-                        say(f"{where}: complete")
+                    say(f"{where}: complete")
                     continue
-                if not only:
+                if only:
+                    say(f"{where}: complete; its embedding of the images was not, embedding them")
+                else:
                     say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
                         f"holding out {int((folds == f).sum())}")
-                elif not embed_only:
-                    say(f"{where}: complete; its embedding of the images was not, embedding them")
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
                 if pool is not None:
                     jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start,
@@ -284,7 +282,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         if last < cfg.rounds and not cfg.frozen:   # the rounds stopped early: round `last`'s models embed
             say(f"cross-fitting round {last}/{cfg.rounds}: its fold models embed the images (clean's neighbour "
                 f"evidence)")
-            run_round(last, round_cfg, current, role_start, embed=True, embed_only=True)
+            run_round(last, round_cfg, current, role_start, embed=True)
         if dist.is_main:
             finish(out, last, folds, k, cfg.epochs, every_round=bool(cfg.refit_loss))
             atomic.write_csv(out / "metrics.csv", pd.DataFrame(rows))
