@@ -59,3 +59,27 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(LabelfixError, match="not a labelfix demo folder"):
         run_demo(tmp_path, epochs=1, n_train=8, n_test=4, log=lambda m: None)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_demo_data_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """make_demo writes its images and COCO files as one output set: interrupted half-way
+    (here: the 6th image fails to encode), it leaves no image and no COCO file behind."""
+    from PIL import Image
+
+    from labelfix.data.demo import make_demo
+
+    real_save, calls = Image.Image.save, []
+
+    def failing_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        make_demo(tmp_path / "data", n_train=8, n_test=4, size=32, seed=0)
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*") if p.is_file()) == []
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    paths = make_demo(tmp_path / "data", n_train=8, n_test=4, size=32, seed=0)
+    assert len(list(paths["images"].glob("*.png"))) == 12 and paths["train"].exists() and paths["test"].exists()

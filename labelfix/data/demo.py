@@ -98,7 +98,8 @@ def make_demo(
     """Generate the demo dataset into ``out_dir``.
 
     Writes ``out_dir/images/*.png``, ``out_dir/train.json`` and ``out_dir/test.json``
-    (COCO, exhaustive labels). Returns ``{"train": ..., "test": ..., "images": ...}``.
+    (COCO, exhaustive labels) as one :func:`labelfix.io.atomic.output_set`: interrupted, it
+    leaves none of them. Returns ``{"train": ..., "test": ..., "images": ...}``.
     Deterministic for a given seed.
     """
     from sklearn.datasets import load_digits
@@ -114,9 +115,12 @@ def make_demo(
     class_p = decay ** rng.permutation(10).astype(np.float64)
     class_p /= class_p.sum()
     paths = {}
-    for split, idx, n in (("train", perm[:cut], n_train), ("test", perm[cut:], n_test)):
-        coco = _render_split(rng, data.images[idx], data.target[idx], class_p, n, size, folder, split)
-        paths[split] = out / f"{split}.json"
-        atomic.write_json(paths[split], coco, indent=None)
+    # one output set: the images and both COCO files appear together when all are written
+    # (an interrupted run leaves none of them), and the folder is fsync'ed once, not per image
+    with atomic.output_set():
+        for split, idx, n in (("train", perm[:cut], n_train), ("test", perm[cut:], n_test)):
+            coco = _render_split(rng, data.images[idx], data.target[idx], class_p, n, size, folder, split)
+            paths[split] = out / f"{split}.json"
+            atomic.write_json(paths[split], coco, indent=None)
     paths["images"] = folder
     return paths
