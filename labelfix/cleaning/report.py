@@ -311,7 +311,7 @@ def write_report(run, issues, corrections: pd.DataFrame, notes: list[str], *, lo
             vals = vals[np.isfinite(vals)]
             if not vals.size:
                 continue
-            ax.hist(vals, bins=40, density=True, alpha=0.35, color=colour, label=label)
+            ax.hist(vals, bins=40, density=True, histtype="stepfilled", alpha=0.35, color=colour, label=label)
             if fit.degenerate[k, z]:
                 continue
             lo, hi = fit.lo[k, z], fit.hi[k, z]
