@@ -158,6 +158,9 @@ def run_demo(
     Each round trains on the current labels (round 1: the noisy file; round r: the
     cleaned file of round r - 1, whose verified cells are trusted), cleans, lets the
     simulated reviewer decide the top suggestions and exports the cleaned COCO."""
+    from labelfix.validation import check_number
+
+    check_number(seed, "seed", integer=True, low=0)   # before the folder is made
     out = _fresh_folder(Path(out))
     t0 = time.perf_counter()
     pool = _fold_pool(folds)

@@ -25,7 +25,7 @@ CORRECTIONS_COLUMNS = [
 CORRECTIONS_REQUIRED = ("image_id", "class", "category_id", "action", "score")
 
 
-def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     """``np.load`` without pickles; one line naming the file when it cannot be read."""
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
@@ -40,7 +40,7 @@ def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A per-cell ``.npy`` array of a run (memory-mapped), checked: readable without
     pickles, numbers (float, int or unsigned; not strings, objects, complex or bool), and
     of ``shape`` (N, K); else one line naming the file."""
-    arr = _load_npy(path, mmap_mode="r")
+    arr = load_npy(path, mmap_mode="r")
     if arr.dtype.kind not in "fiu":
         raise LabelfixError(f"{path}: dtype {arr.dtype}: expected numbers (float or integer)")
     if arr.shape != tuple(shape):
@@ -82,9 +82,16 @@ class Run:
     def split(self) -> np.ndarray:
         """int8 (N,): 0 train, 1 held-out validation (all 0 when the file is absent)."""
         p = self.path / "split.npy"
-        if p.exists():
-            return np.load(p, mmap_mode="r")
-        return np.zeros(self.labelset.num_images, np.int8)
+        n = self.labelset.num_images
+        if not p.exists():
+            return np.zeros(n, np.int8)
+        arr = load_npy(p)
+        if arr.dtype.kind not in "iu" or arr.shape != (n,):
+            raise LabelfixError(f"{p}: dtype {arr.dtype}, shape {arr.shape}: expected integers of shape ({n},)")
+        bad = np.flatnonzero((arr != 0) & (arr != 1))
+        if bad.size:
+            raise LabelfixError(f"{p}: row {int(bad[0])}: {int(arr[bad[0]])}, expected 0 (train) or 1 (validation)")
+        return arr
 
     @property
     def folds(self) -> np.ndarray | None:
@@ -94,9 +101,15 @@ class Run:
         if not p.exists():
             return None
         n = self.labelset.num_images
-        arr = _load_npy(p)
+        arr = load_npy(p)
         if arr.dtype.kind not in "iu" or arr.shape != (n,):
             raise LabelfixError(f"{p}: dtype {arr.dtype}, shape {arr.shape}: expected integer folds of shape ({n},)")
+        k = (self.config.get("train") or {}).get("folds")
+        top = int(k) - 1 if isinstance(k, int) and k >= 2 else int(arr.max(initial=0))
+        bad = np.flatnonzero((arr < -1) | (arr > top))
+        if bad.size:
+            raise LabelfixError(f"{p}: row {int(bad[0])}: fold {int(arr[bad[0]])}, expected -1 (validation) or a "
+                                f"fold 0 to {top}" + (f" (the run has {k} folds)" if top == int(k or 0) - 1 else ""))
         return arr
 
     def _array(self, folder: str, name: str, required: bool) -> np.ndarray | None:

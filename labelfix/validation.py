@@ -592,7 +592,7 @@ def check_run_labelset(cls, d, labels, images, classes, source, verified):
     """Build the LabelSet of run directory ``d`` from its files, checking what a damaged
     or hand-edited run can get wrong, one line naming the file: classes.json records
     (names unique and non-empty, integer category ids), images.csv columns, labels.npy
-    (int8, shape (images, classes)), verified.npy (bool, same shape), source.json (an
+    (int8 values 1 / 0 / -1, shape (images, classes)), verified.npy (bool, same shape), source.json (an
     object)."""
     from pathlib import Path
 
@@ -625,6 +625,14 @@ def check_run_labelset(cls, d, labels, images, classes, source, verified):
                             f"images.csv ({n} images) x classes.json ({k} classes)")
     if labels.dtype != np.int8:
         raise LabelfixError(f"{where / 'labels.npy'}: dtype {labels.dtype}, expected int8 (1 / 0 / -1)")
+    rows = max(1, (1 << 24) // max(k, 1))   # about 16 MB of int8 at a time (a memmap)
+    for s in range(0, n, rows):
+        block = np.asarray(labels[s:s + rows])
+        if block.size and (block.min() < -1 or block.max() > 1):
+            bad = np.argwhere((block < -1) | (block > 1))
+            i, j = int(bad[0][0]) + s, int(bad[0][1])
+            raise LabelfixError(f"{where / 'labels.npy'}: row {i}, column {j}: value {int(labels[i, j])}, expected "
+                                f"1 / 0 / -1")
     if verified is not None and (tuple(verified.shape) != (n, k) or verified.dtype != np.bool_):
         raise LabelfixError(f"{where / 'verified.npy'}: {verified.dtype} {tuple(verified.shape)}, expected bool "
                             f"({n}, {k})")

@@ -128,6 +128,36 @@ def test_find_label_issues_synthetic_noise():
     pd.testing.assert_frame_equal(top.corrections, c.drop(columns="class").head(5))
 
 
+def test_cells_the_model_did_not_score_are_never_suggested():
+    """A NaN row of probabilities (an image the model did not score) and, in a run's own
+    logits, a NaN cell keep their given label: no suggestion, score 0, p_clean NaN, and
+    ``settings`` counts them; the other cells are scored as without them."""
+    true, given, probs = _noisy()
+    wrong_rows = np.flatnonzero(((given != true) & (given != -1)).any(1))
+    row, other = wrong_rows[0], wrong_rows[1]
+    base = find_label_issues(given, probs)
+    assert row in set(base.corrections.image_index) and base.settings["unscored_images"] == 0
+    holed = probs.copy()
+    holed[row] = np.nan
+    iss = find_label_issues(given, holed)
+    assert row not in set(iss.corrections.image_index)
+    assert iss.settings["unscored_images"] == 1 and iss.settings["unranked_cells"] == 0
+    assert (iss.score[row] == 0).all() and np.isnan(iss.p_clean[row]).all()
+    assert (iss.suggested[row] == given[row]).all() and (iss.state[row][given[row] != -1] == CLEAN).all()
+    # a single NaN cell is refused in a user's probabilities, skipped in a run's own logits
+    cell = (other, int(np.flatnonzero((given[other] != true[other]) & (given[other] != -1))[0]))
+    logits = np.log(holed / (1 - holed))
+    logits[cell] = np.nan
+    with pytest.raises(LabelfixError, match="NaN"):
+        find_label_issues(given, 1 / (1 + np.exp(-logits)))
+    from labelfix.cleaning.api import LazyProbs
+
+    iss = find_label_issues(given, LazyProbs(logits))
+    assert iss.settings["unscored_images"] == 2
+    assert not ((iss.corrections.image_index == cell[0]) & (iss.corrections.class_index == cell[1])).any()
+    assert other in set(iss.corrections.image_index) or (given[other] != true[other]).sum() == 1
+
+
 def test_find_label_issues_logits_memmap_out_dir(tmp_path):
     true, given, probs = _noisy(seed=1, n=300, k=3)
     logits = np.log(probs) - np.log1p(-probs)

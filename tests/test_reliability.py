@@ -741,6 +741,9 @@ OTHER_OPTION_CASES = {
     "noise-rate-2": (lambda w: ["noise", w["labels"], "--kind", "flip", "--rate", "2", "--out", w["root"] / "n.json"],
                      "--rate"),
     "noise-seed-string": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", "x"), "--seed"),
+    "noise-seed-negative": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", "-1"), "--seed"),
+    "demo-seed-negative": (lambda w: ["demo", "--out", w["root"] / "demo", "--seed", "-1", "--no-review"], "--seed"),
+    "clean-classes-no-name": (lambda w: ["clean", w["run"], "--classes", " , "], "--classes ' , ': no class name"),
     "predict-threshold-nan": (lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--threshold", "nan"],
                               "--threshold"),
     "predict-batch-size-0": (lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--batch-size", "0"],
@@ -927,6 +930,8 @@ TAMPER_CASES = {
     "labels-npy-wrong-dtype": (lambda w: np.save(w["run"] / "labels.npy", np.zeros((N_IMAGES, 3), np.float64)),
                                ["labels.npy", "dtype float64"]),
     "labels-npy-garbage": (_write("labels.npy", b"\x93NUMPY garbage"), ["labels.npy: corrupt run directory file"]),
+    "labels-npy-value-5": (lambda w: np.save(w["run"] / "labels.npy", np.full((N_IMAGES, 3), 5, np.int8)),
+                           ["labels.npy: row 0, column 0", "value 5"]),
     "classes-json-duplicate-name": (
         _write("classes.json", json.dumps([{"name": "cat", "category_id": 1}, {"name": "cat", "category_id": 2},
                                            {"name": "bird", "category_id": 3}]).encode()),
@@ -950,6 +955,114 @@ def test_tampered_run_files(world, case):
     res = invoke("export", "coco", world["run"], "--out", out, "--from", "csv", "--decisions", "all")
     assert_one_error(res, *fragments, code=2)
     assert not out.exists() and digest(world["root"]) == before
+
+
+def _embedding(w, arr, record: bytes = b'{"rows_done": 8, "complete": true, "meta": {}}'):
+    """A finished final-model embedding in the run (what clean's neighbour evidence reads)."""
+    np.save(w["run"] / "stats" / "embeddings.npy", arr)
+    (w["run"] / "stats" / "embeddings.json").write_bytes(record)
+
+
+def _truncated_split(w):
+    p = w["run"] / "split.npy"
+    p.write_bytes(p.read_bytes()[:130])
+
+
+#: damaged statistics of a run: ``labelfix clean`` names the file (and the row) and writes nothing
+CLEAN_TAMPER_CASES = {
+    "split-npy-short": (lambda w: np.save(w["run"] / "split.npy", np.zeros(3, np.int8)), ["split.npy", "shape (3,)"]),
+    "split-npy-value-9": (lambda w: np.save(w["run"] / "split.npy", np.array([0, 0, 0, 9, 0, 0, 0, 0], np.int8)),
+                          ["split.npy: row 3: 9", "0 (train) or 1 (validation)"]),
+    "split-npy-truncated": (_truncated_split, ["split.npy: unreadable array"]),
+    "split-npy-text": (lambda w: np.save(w["run"] / "split.npy", np.array(["x"] * N_IMAGES)), ["split.npy", "<U1"]),
+    "labels-npy-value-5": (lambda w: np.save(w["run"] / "labels.npy", np.full((N_IMAGES, 3), -3, np.int8)),
+                           ["labels.npy: row 0, column 0", "value -3"]),
+    "embeddings-rows": (lambda w: _embedding(w, np.zeros((3, 4), np.float16)), ["embeddings.npy", "(3, 4)"]),
+    "embeddings-truncated": (lambda w: (_embedding(w, np.zeros((N_IMAGES, 64), np.float16)),
+                                        (w["run"] / "stats" / "embeddings.npy").write_bytes(b"\x93NUMPY\x01\x00")),
+                             ["embeddings.npy: unreadable array"]),
+    "embeddings-record-corrupt": (lambda w: _embedding(w, np.zeros((N_IMAGES, 4), np.float16), b"{bad"),
+                                  ["embeddings.json: corrupt embedding record"]),
+    "logits-all-nan": (lambda w: np.save(w["run"] / "stats" / "logits.npy", np.full((N_IMAGES, 3), np.nan, np.float16)),
+                       ["stats: the model's logits are NaN for every image"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLEAN_TAMPER_CASES))
+def test_clean_refuses_damaged_statistics(world, case):
+    tamper, fragments = CLEAN_TAMPER_CASES[case]
+    tamper(world)
+    before = digest(world["root"])
+    assert_one_error(invoke("clean", world["run"], "--no-report"), *fragments, code=2)
+    assert digest(world["root"]) == before and leftovers(world["run"]) == []
+
+
+def test_clean_skips_unscored_cells_with_a_count(world):
+    """Cells the model did not score (NaN logits: an image that failed to decode in
+    training, or a damaged cell) keep their label and are never suggested, with a count;
+    a scored cell whose score rule has no input (NaN loss_mean for --score loss) ranks last
+    with a count; all-NaN embeddings skip the neighbour evidence with a note."""
+    run = world["run"]
+    logits = np.load(run / "stats" / "logits.npy").astype(np.float32)
+    lab = np.load(run / "labels.npy")
+    logits = np.where(lab == POS, -3.0, 3.0).astype(np.float16)   # every known label looks wrong
+    logits[2] = np.nan   # image 3 not scored
+    logits[5, 1] = np.nan   # one damaged cell
+    np.save(run / "stats" / "logits.npy", logits)
+    _embedding(world, np.full((N_IMAGES, 4), np.nan, np.float16))
+    res = invoke("clean", run, "--no-report")
+    assert res.exit_code == 0, res.output
+    assert "note: 2 images have cells the model did not score" in res.output
+    assert "no image got a neighbour vote" in res.output
+    assert f"{N_IMAGES - 2} images scored" in res.output
+    assert np.isnan(np.load(run / "cells" / "p_clean.npy")[2]).all()   # what suggests nothing: tests/test_cleaning.py
+    loss = np.ones((N_IMAGES, 3), np.float16)
+    loss[0] = np.nan
+    np.save(run / "stats" / "loss_mean.npy", loss)
+    res = invoke("clean", run, "--no-report", "--score", "loss")
+    assert res.exit_code == 0, res.output
+    assert "3 scored cells got no value from the score rule 'loss'" in res.output
+    assert (np.load(run / "cells" / "score.npy")[0] == 0).all()
+
+
+def test_clean_keeps_a_reviewers_own_columns(world):
+    """A column a person added to corrections.csv (a note) is not written again by clean,
+    which says so and keeps the previous file beside it."""
+    p = world["run"] / "corrections.csv"
+    frame = pd.read_csv(p)
+    frame["note"] = "checked by Ann"
+    frame.to_csv(p, index=False)
+    before = p.read_bytes()
+    res = invoke("clean", world["run"], "--no-report")
+    assert res.exit_code == 0, res.output
+    assert "column(s) 'note' are not labelfix's" in res.output
+    assert (world["run"] / "corrections.previous.csv").read_bytes() == before
+    assert "note" not in pd.read_csv(p).columns
+
+
+def test_resume_refuses_a_changed_data_file(tmp_path):
+    """--resume trains on the labels the run saved: a DATA file edited since is refused
+    (one line naming it), an unchanged one resumes."""
+    from labelfix.data.demo import make_demo
+    from labelfix.train import TrainConfig, TrainingInterrupted, train
+
+    data = make_demo(tmp_path / "data", n_train=8, n_test=4, size=32, seed=3)["train"]
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(data), out=str(out), backbone="test_resnet", img_size=32, batch_size=4, workers=0,
+                      progress=False, mix="none", randaugment=False, lr=1e-3, epochs=2)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, callbacks=[_InterruptAfterEpoch()], log=lambda s: None)
+    original = data.read_bytes()
+    coco = json.loads(original)
+    coco["annotations"] = coco["annotations"][1:]   # one label removed by hand
+    data.write_text(json.dumps(coco))
+    before = digest(out)
+    res = invoke("train", data, "--out", out, "--resume")
+    assert_one_error(res, str(data), "not those the run", "started with", code=2)
+    assert digest(out) == before
+    data.write_bytes(original)
+    res = invoke("train", data, "--out", out, "--resume")
+    assert res.exit_code == 0 and "done: 2 epochs" in res.output, res.output
 
 
 def test_corrections_edited_in_a_spreadsheet_are_accepted(world):
@@ -1295,7 +1408,9 @@ CLASS_OF = {
     "test_other_numeric_options": "D", "test_device_without_gpu": "D", "test_unused_options_are_refused": "D",
     "test_tampered_run_files": "E", "test_tampered_decisions": "E",
     "test_corrections_edited_in_a_spreadsheet_are_accepted": "E", "test_config_yaml_types_on_resume": "E",
-    "test_tampered_onnx_metadata": "E",
+    "test_tampered_onnx_metadata": "E", "test_clean_refuses_damaged_statistics": "E",
+    "test_clean_skips_unscored_cells_with_a_count": "E", "test_clean_keeps_a_reviewers_own_columns": "E",
+    "test_resume_refuses_a_changed_data_file": "E",
     "test_wrong_label_files": "F", "test_lvis_negative_overlapping_positive_is_counted": "F",
     "test_find_label_issues_refuses": "F", "test_find_label_issues_converts_and_aliases": "F",
     "test_find_label_issues_does_not_import_torch": "F",

@@ -38,9 +38,10 @@ class LabelIssues:
     written to a directory).
 
     Attributes:
-        p_clean: float32, GMM posterior that the given label is clean (NaN on unknown cells).
+        p_clean: float32, GMM posterior that the given label is clean (NaN on unknown cells
+            and on cells the model did not score).
         score: float32 in [0, 1], issue score (higher = given label more likely wrong, or
-            unknown cell more likely positive).
+            unknown cell more likely positive); 0 on cells the model did not score.
         state: int8, CLEAN 0 / RELABELED 1 / AMBIGUOUS 2 / ESTIMATED 3.
         suggested: int8, suggested label: the given one for clean cells, the re-labeled
             value, the rounded model estimate for ambiguous cells; for unknown cells 1 / 0
@@ -49,6 +50,12 @@ class LabelIssues:
             columns ``CORRECTION_COLUMNS``.
         gmms: the fitted label-wise mixtures (group shape (K, 2)).
         delta: re-labeling threshold used; estimate_threshold: threshold for unknown cells.
+        settings: the options used, and two counts of cells left out of the ranking:
+            ``unscored_images`` (images with a NaN probability, cells the model did not
+            score, e.g. an image that failed to decode in training: their cells keep the
+            given label, score 0, state clean, p_clean NaN) and ``unranked_cells`` (scored
+            cells whose score rule got no value, e.g. a NaN ``dynamics`` for ``loss``:
+            score 0, so they rank last).
     """
 
     p_clean: np.ndarray
@@ -305,6 +312,7 @@ def find_label_issues(
         err_rate = known_error_rate(joint, counts) if mixed else None
 
     cand = {c: [] for c in ("i", "k", "g", "s", "st", "score", "p", "prob")}
+    unscored_images = unranked = 0
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
             out_dir = Path(out_dir)
@@ -326,6 +334,15 @@ def find_label_issues(
             sc = score_fn(g, probs=pr, p_clean=pc, two_view=tv, losses=ls,
                           estimates=es, neighbours=nb, noise_rates=rates, known_error_rate=err_rate)
             sg = _suggest_block(g, st, tg, pr, tv, es, est_thr)
+            # a cell the model did not score has no evidence: kept as given, ranked nowhere
+            unscored = np.isnan(pr)
+            unscored_images += int(unscored.any(1).sum())
+            unranked += int((np.isnan(sc) & ~unscored).sum())
+            if unscored.any():
+                pc = np.where(unscored, np.float32(np.nan), pc)
+                st = np.where(unscored & (g != UNK), np.int8(CLEAN), st).astype(np.int8)
+                sg = np.where(unscored, g, sg).astype(np.int8)
+            sc = np.nan_to_num(sc, nan=0.0)
             if verified is not None or trust_positives:   # a person's decision stands
                 vf = (g == 1) if trust_positives else np.zeros(g.shape, bool)
                 if verified is not None:
@@ -359,7 +376,8 @@ def find_label_issues(
                       trusted_single_positives=bool(trust_positives),
                       gmm=dict(fit.settings),
                       noise_rates=None if rates is None else rates.round(6).tolist(),
-                      known_error_rate=None if err_rate is None else round(err_rate, 6)),
+                      known_error_rate=None if err_rate is None else round(err_rate, 6),
+                      unscored_images=unscored_images, unranked_cells=unranked),
     )
 
 

@@ -414,7 +414,7 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     """The part of :func:`clean_run` that writes: scores, suggestions, report."""
     from labelfix.cleaning.evidence import duplicates_table, neighbour_votes
     from labelfix.cleaning.report import decision_estimate
-    from labelfix.review.decisions import carry_decisions, table_decisions
+    from labelfix.review.decisions import carry_decisions, keep_foreign_columns, table_decisions
 
     ls = run.labelset
     k_nb = neighbours
@@ -422,6 +422,10 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     if k_nb and neighbours is None:   # a documented skip, not a silent one
         notes.append("no complete image embedding in the run (training interrupted before its end?): "
                      "neighbour evidence skipped, so the evidence score is the disagreement")
+    elif neighbours is not None and not np.isfinite(neighbours).any():
+        notes.append("no image got a neighbour vote (the run's embeddings have no finite row, or no neighbour "
+                     "has a known label): neighbour evidence skipped, so the evidence score is the disagreement")
+        neighbours, pairs = None, None
     if neighbours is None:   # no neighbour evidence in this clean: none of an earlier one stays beside it
         atomic.remove(run.path / "cells" / "neighbours.npy")
         atomic.remove(run.path / "cells" / "duplicates.csv")
@@ -455,6 +459,17 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
         device=device,
     )
     notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
+    unscored, unranked = issues.settings["unscored_images"], issues.settings["unranked_cells"]
+    if unscored == ls.num_images:   # raised inside the output set: nothing is written
+        raise LabelfixError(f"{run.path / 'stats'}: the model's logits are NaN for every image, so no image was "
+                            f"scored (a damaged stats/logits.npy, or training diverged); retrain the run")
+    if unscored:
+        notes.append(f"{unscored} images have cells the model did not score (NaN logits: images that failed to "
+                     f"decode, listed in skipped_images.csv, or a damaged stats file): those cells keep their "
+                     f"given label and are not suggested")
+    if unranked:
+        notes.append(f"{unranked} scored cells got no value from the score rule '{scorer or DEFAULT_SCORER}' "
+                     f"(NaN in its input, e.g. stats/loss_mean.npy): score 0, so they rank last")
     table = corrections_table(run, issues.corrections)
     if learn_from_decisions:
         issues, table, note = _learn_from_decisions(run, issues, table, known)
@@ -471,6 +486,9 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     # the reviewer's accept column survives a re-run (docs/review.md, "Decisions across re-runs")
     table, kept = carry_decisions(run.path, table, old_corrections)
     notes += kept
+    foreign = keep_foreign_columns(run.path)
+    if foreign:
+        notes.append(foreign)
     atomic.write_csv(run.path / "corrections.csv", table)
     atomic.write_json(run.path / "cells" / CLEAN_OPTIONS_FILE, dict(
         clean_threshold=clean_threshold, relabel_threshold=relabel_threshold, max_suggestions=max_suggestions,

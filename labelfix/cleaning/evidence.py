@@ -22,18 +22,26 @@ import numpy as np
 import pandas as pd
 
 from labelfix.cleaning.neighbours import DEFAULT_K, duplicate_groups, neighbour_estimates
+from labelfix.errors import LabelfixError
 from labelfix.labels import UNK
-from labelfix.run import Run
+from labelfix.run import Run, load_npy
 
 NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
 
 
-def _complete_array(path: Path) -> np.ndarray | None:
+def _complete_array(path: Path, n: int) -> np.ndarray | None:
+    """The finished (n, D) embedding at ``path`` (memory-mapped), None when it is not
+    there or not finished; a damaged one (unreadable, not float (n, D)) is one line
+    naming it."""
     from labelfix.train.features import feature_info
 
-    if path.exists() and feature_info(path).get("complete"):
-        return np.load(path, mmap_mode="r")
-    return None
+    if not (path.exists() and feature_info(path).get("complete")):
+        return None
+    arr = load_npy(path, mmap_mode="r")
+    if arr.dtype.kind != "f" or arr.ndim != 2 or arr.shape[0] != n:
+        raise LabelfixError(f"{path}: {arr.dtype} {arr.shape}: expected a float embedding of the run's {n} images "
+                            f"(rows, dimensions)")
+    return arr
 
 
 def voting_labels(run: Run) -> np.ndarray:
@@ -56,7 +64,7 @@ def neighbour_votes(run: Run, k: int = DEFAULT_K) -> tuple[np.ndarray | None, np
     n, kk = run.labelset.labels.shape
     votes = voting_labels(run)
     split = np.asarray(run.split)
-    frozen = _complete_array(run.path / "features" / "train.npy")
+    frozen = _complete_array(run.path / "features" / "train.npy", n)
     if frozen is not None:
         res = neighbour_estimates(frozen, votes, np.arange(n), np.flatnonzero(split == 0), k=k)
         return res.estimate, res.duplicates
@@ -66,7 +74,7 @@ def neighbour_votes(run: Run, k: int = DEFAULT_K) -> tuple[np.ndarray | None, np
         out = np.full((n, kk), np.nan, dtype=np.float32)
         pairs = []
         for f in range(int(folds.max()) + 1):
-            emb = _complete_array(run.path / "folds" / f"round{rounds}" / f"fold{f}" / "stats" / "embeddings.npy")
+            emb = _complete_array(run.path / "folds" / f"round{rounds}" / f"fold{f}" / "stats" / "embeddings.npy", n)
             if emb is None:
                 return None, NO_PAIRS
             query = np.flatnonzero((folds == f) | ((folds < 0) if f == 0 else False))
@@ -74,7 +82,7 @@ def neighbour_votes(run: Run, k: int = DEFAULT_K) -> tuple[np.ndarray | None, np
             out[res.rows] = res.estimate
             pairs.append(res.duplicates)
         return out, np.concatenate(pairs)
-    emb = _complete_array(run.path / "stats" / "embeddings.npy")
+    emb = _complete_array(run.path / "stats" / "embeddings.npy", n)
     if emb is None:
         return None, NO_PAIRS
     res = neighbour_estimates(emb, votes, np.arange(n), np.flatnonzero(split == 0), k=k)

@@ -10,7 +10,9 @@ Every scorer has the same signature and is array-in / array-out on one block of 
 
     scorer(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
            neighbours=None, noise_rates=None, known_error_rate=None)
-        -> float32 array, same shape as ``given``
+        -> float32 array, same shape as ``given``: the score in [0, 1], NaN where the rule
+           has no value for a cell (a NaN in its input); :func:`find_label_issues` scores
+           those 0 and counts them (``settings["unranked_cells"]``)
 
 A scorer registered with ``needs_noise_rates=True`` gets ``noise_rates``, float (K, 2)
 per-class noise rates that :func:`find_label_issues` estimates over all rows first
@@ -94,7 +96,7 @@ def unknown_estimate(probs, two_view=None, estimates=None) -> np.ndarray:
 def _finish(known, known_score, probs, two_view) -> np.ndarray:
     q = unknown_estimate(probs, two_view)   # not the estimates: see the module docstring
     out = np.where(known, known_score, q)
-    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 @register_scorer("gmm")
@@ -196,7 +198,7 @@ def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, es
     g, known, y = _known(given)
     q = evidence_estimate(probs, neighbours)
     out = np.where(known, np.abs(y - q), unknown_on_known_scale(q, known_error_rate))
-    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 #: share of a cell's ``evidence`` score taken away when the label GMMs call it clean

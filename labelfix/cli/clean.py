@@ -38,12 +38,15 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     ambiguous), estimates for unknown cells, ranked corrections in RUN/corrections.csv,
     per-cell arrays in RUN/cells/ and a report in RUN/report/."""
     from labelfix.cleaning.clean_run import clean_run
+    from labelfix.errors import LabelfixError
     from labelfix.io.lock import run_lock
     from labelfix.validation import check_device
 
     check_device(device, "--device")   # before any work: cuda without a GPU is one line
 
-    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+    if names is not None and not names:
+        raise LabelfixError(f"--classes {classes!r}: no class name in it (comma-separated names)")
     with run_lock(run, "clean"):
         res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
                         max_suggestions=max_suggestions, classes=names, report=not no_report, device=device,
@@ -53,5 +56,5 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
         click.echo(f"note: {note}", err=True)
     c = res.corrections
     click.echo(f"{len(c)} suggested corrections ({int((c['action'] == 'add').sum())} add, "
-               f"{int((c['action'] == 'remove').sum())} remove) -> {res.issues.p_clean.shape[0]} images scored; "
+               f"{int((c['action'] == 'remove').sum())} remove) -> {res.issues.p_clean.shape[0] - res.issues.settings['unscored_images']} images scored; "
                f"wrote {run}/corrections.csv" + (f" and {res.report}" if res.report else ""))

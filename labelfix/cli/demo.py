@@ -26,7 +26,7 @@ from labelfix.demo import DEMO_EPOCHS, DEMO_TRAIN
 @click.option("--review-batch", type=click.IntRange(min=1), default=100, show_default=True,
               help="Suggestions the simulated reviewer decides at a time; clean re-ranks the rest with its "
                    "decisions between batches (docs/review.md).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--no-review", is_flag=True, help="Skip the FiftyOne step (no MongoDB needed).")
 def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, review_batch, seed, no_review):
     """Generate the demo data, inject noise, then review rounds (train, clean, a simulated

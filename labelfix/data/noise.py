@@ -84,7 +84,9 @@ def missing(labels: np.ndarray, rate: float, rng: np.random.Generator) -> NoiseR
 
 def inject_noise(labels: np.ndarray, kind: str, rate: float | None = None, seed: int = 0) -> NoiseResult:
     """Apply one noise protocol. ``rate`` is ignored only by ``single-positive`` (which has
-    none) and required by the others."""
+    none) and required by the others; ``seed`` is a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed {seed!r}: expected a non-negative integer")
     rng = np.random.default_rng(seed)
     if kind == "single-positive":
         if rate is not None:

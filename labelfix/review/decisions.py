@@ -302,6 +302,34 @@ def _decided_rows(path: Path, corrections: pd.DataFrame | None) -> pd.DataFrame 
     return corrections[corrections["accept"].astype(str).str.strip() != ""]
 
 
+#: where ``labelfix clean`` keeps the previous corrections.csv when a person added columns to it
+PREVIOUS_FILE = "corrections.previous.csv"
+
+
+def keep_foreign_columns(run_path) -> str | None:
+    """Before ``labelfix clean`` rewrites RUN/corrections.csv: when a person added columns
+    of their own to it (not product.md's schema, not ``accept``, e.g. a ``note``), copy the
+    file to RUN/corrections.previous.csv (atomically; inside clean's output set) so that
+    what they wrote is not lost with the rewrite. Returns the note saying so, else None."""
+    import shutil
+
+    from labelfix.io import atomic
+    from labelfix.run import CORRECTIONS_COLUMNS
+    from labelfix.validation import read_run_csv
+
+    path = Path(run_path) / "corrections.csv"
+    if not path.exists():
+        return None
+    foreign = [str(c) for c in read_run_csv(path, nrows=0).columns if c not in (*CORRECTIONS_COLUMNS, "accept")]
+    if not foreign:
+        return None
+    target = Path(run_path) / PREVIOUS_FILE
+    with atomic.atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
+    return (f"corrections.csv: column(s) {', '.join(repr(c) for c in foreign)} are not labelfix's and are not "
+            f"written again (the accept column is carried over); the previous file is kept as {target}")
+
+
 def carry_decisions(run_path, table: pd.DataFrame,
                     corrections: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Keep the reviewer's ``accept`` column across a new ``labelfix clean``.

@@ -18,6 +18,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
     if not cfg.folds and not cfg.dynamics:   # here, as a fold model's own options have folds 0
         raise LabelfixError("train: --no-dynamics: only cross-fitting's fold models can skip the per-epoch pass "
                             "(a single model's GMMs fit its loss over the epochs); has no effect without --folds")
+    if cfg.resume:
+        from labelfix.train.data import check_resume_data
+
+        check_resume_data(cfg)
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 

@@ -156,6 +156,21 @@ def read_run_labels(cfg, path) -> LabelSet:
                        class_descriptions=cfg.class_descriptions)
 
 
+def check_resume_data(cfg) -> None:
+    """Refuse ``--resume`` when the labels at ``cfg.data`` are no longer those the run in
+    ``cfg.out`` started with (the file was edited or replaced since): a resumed run trains
+    on the labels it saved (``RUN/labels.npy``), so it would otherwise ignore the change.
+    Nothing to compare when the run has not saved labels yet or the file is gone (the run
+    then resumes on its saved labels, as ``export coco`` reads them)."""
+    out = Path(cfg.out)
+    if not cfg.data or not (out / "labels.npy").exists() or not Path(cfg.data).exists():
+        return
+    if read_run_labels(cfg, cfg.data).fingerprint() != LabelSet.load(out).fingerprint():
+        raise LabelfixError(f"{cfg.data}: its labels, images or classes are not those the run in {out} started "
+                            f"with (the file changed since); --resume trains on the run's saved labels: restore "
+                            f"the file, or train the new labels into a new --out")
+
+
 def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[LabelSet, np.ndarray]:
     """The label set and split (int8 (N,): 0 train, 1 validation, 2 held out) a run trains
     on: the run directory's own on ``--resume``, else ``labelset`` / ``split`` when the

@@ -40,8 +40,21 @@ def pooled(features: torch.Tensor) -> torch.Tensor:
 
 
 def feature_info(path: Path) -> dict:
+    """The progress record of the embedding at ``path`` (``<path>.json``: rows_done,
+    complete, meta; {} when there is none). A record that is not a JSON object is one
+    line naming it."""
     p = Path(path).with_suffix(".json")
-    return json.loads(p.read_text()) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        info = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LabelfixError(f"{p}: corrupt embedding record ({str(err).splitlines()[0]}); remove it and its "
+                            f"{Path(path).name} to embed again") from None
+    if not isinstance(info, dict):
+        raise LabelfixError(f"{p}: corrupt embedding record (expected a JSON object); remove it and its "
+                            f"{Path(path).name} to embed again")
+    return info
 
 
 def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np.ndarray], object],
