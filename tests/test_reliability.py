@@ -1159,6 +1159,8 @@ LABEL_FILE_CASES = {
                               ["categories[2]", "non-empty"]),
     "coco-empty-class-name": (_coco_variant(lambda d: d["categories"][2].update(name="")), ["categories[2]"]),
     "wide-width-1e30": (_text("w.csv", "file_name,width,cat\nimg0.png,1e30,1\n"), ["row 2", "width"]),
+    "coco-read-as-csv": (lambda w: [w["labels"], "--format", "csv-wide"],
+                         ["labels.json: --format csv-wide: the file is JSON, not CSV"]),
     "wide-width-negative": (_text("w.csv", "file_name,height,cat\nimg0.png,-4,1\n"), ["row 2", "height"]),
     "wide-width-text": (_text("w.csv", "file_name,width,cat\nimg0.png,wide,1\n"), ["row 2", "width"]),
     "openimages-duplicate-display-name": (

@@ -65,6 +65,12 @@ def read_labels(
         raise LabelfixError(f"{path}: --unlabeled applies to COCO files only (format is {fmt})")
     if class_descriptions is not None and fmt != "openimages":
         raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is {fmt})")
+    if format in ("csv-wide", "csv-long", "openimages") and path.is_file():
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head[:1] in (b"{", b"["):
+            raise LabelfixError(f"{path}: --format {format}: the file is JSON, not CSV; use --format coco "
+                                f"(or leave --format out)")
     if fmt == "coco":
         from labelfix.io.coco import read_coco
 
