@@ -80,7 +80,9 @@ class Run:
 
     @property
     def split(self) -> np.ndarray:
-        """int8 (N,): 0 train, 1 held-out validation (all 0 when the file is absent)."""
+        """int8 (N,): 0 train, 1 held-out validation, 2 held out by a cross-fitting fold
+        model (its own run directory, ``folds/round<r>/fold<f>/``); all 0 when the file is
+        absent."""
         p = self.path / "split.npy"
         n = self.labelset.num_images
         if not p.exists():
@@ -88,9 +90,10 @@ class Run:
         arr = load_npy(p)
         if arr.dtype.kind not in "iu" or arr.shape != (n,):
             raise LabelfixError(f"{p}: dtype {arr.dtype}, shape {arr.shape}: expected integers of shape ({n},)")
-        bad = np.flatnonzero((arr != 0) & (arr != 1))
+        bad = np.flatnonzero((arr < 0) | (arr > 2))
         if bad.size:
-            raise LabelfixError(f"{p}: row {int(bad[0])}: {int(arr[bad[0]])}, expected 0 (train) or 1 (validation)")
+            raise LabelfixError(f"{p}: row {int(bad[0])}: {int(arr[bad[0]])}, expected 0 (train), 1 (validation) "
+                                f"or 2 (held out by a fold model)")
         return arr
 
     @property

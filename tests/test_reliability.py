@@ -972,7 +972,7 @@ def _truncated_split(w):
 CLEAN_TAMPER_CASES = {
     "split-npy-short": (lambda w: np.save(w["run"] / "split.npy", np.zeros(3, np.int8)), ["split.npy", "shape (3,)"]),
     "split-npy-value-9": (lambda w: np.save(w["run"] / "split.npy", np.array([0, 0, 0, 9, 0, 0, 0, 0], np.int8)),
-                          ["split.npy: row 3: 9", "0 (train) or 1 (validation)"]),
+                          ["split.npy: row 3: 9", "0 (train), 1 (validation) or 2"]),
     "split-npy-truncated": (_truncated_split, ["split.npy: unreadable array"]),
     "split-npy-text": (lambda w: np.save(w["run"] / "split.npy", np.array(["x"] * N_IMAGES)), ["split.npy", "<U1"]),
     "labels-npy-value-5": (lambda w: np.save(w["run"] / "labels.npy", np.full((N_IMAGES, 3), -3, np.int8)),
@@ -1063,6 +1063,47 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
     data.write_bytes(original)
     res = invoke("train", data, "--out", out, "--resume")
     assert res.exit_code == 0 and "done: 2 epochs" in res.output, res.output
+
+
+def test_resume_data_check_reads_only_a_modified_file(world, tmp_path):
+    """check_resume_data re-reads DATA only when it was modified after the run saved its
+    labels, compares with config.yaml's fingerprint, and resumes with a log line when the
+    file can no longer be read as the run read it."""
+    import os
+
+    from labelfix.io import read_labels
+    from labelfix.train import TrainConfig
+    from labelfix.train.data import check_resume_data
+
+    out = tmp_path / "run"
+    ls = read_labels(world["labels"])
+    ls.save(out)
+    (out / "config.yaml").write_text(f"dataset:\n  fingerprint: {ls.fingerprint()}\n")
+    cfg = TrainConfig(data=str(world["labels"]), out=str(out))
+    lines = []
+    os.utime(world["labels"], (1, 1))   # older than the run's labels: not read at all
+    world["labels"].write_text("{ no longer JSON")
+    os.utime(world["labels"], (1, 1))
+    check_resume_data(cfg, lines.append)
+    world["labels"].write_text(json.dumps(coco_dict(sorted(p.name for p in world["data"].glob("*.png")))))
+    check_resume_data(cfg, lines.append)   # modified since, same labels: resumes
+    unreadable = TrainConfig(data=str(world["labels"]), out=str(out), format="csv-wide")
+    check_resume_data(unreadable, lines.append)
+    assert len(lines) == 1 and "could not read" in lines[0] and "the file is JSON" in lines[0], lines
+    coco = json.loads(world["labels"].read_text())
+    coco["annotations"] = coco["annotations"][1:]
+    world["labels"].write_text(json.dumps(coco))
+    with pytest.raises(LabelfixError, match="not those the run"):
+        check_resume_data(cfg, lines.append)
+
+
+def test_split_of_a_fold_model_is_read(world):
+    """A fold model's run directory marks its held-out rows 2 in split.npy: read, not refused."""
+    from labelfix.run import load_run
+
+    split = np.array([0, 2, 1, 0, 2, 0, 0, 0], np.int8)
+    np.save(world["run"] / "split.npy", split)
+    assert load_run(world["run"]).split.tolist() == split.tolist()
 
 
 def test_corrections_edited_in_a_spreadsheet_are_accepted(world):
@@ -1412,7 +1453,8 @@ CLASS_OF = {
     "test_corrections_edited_in_a_spreadsheet_are_accepted": "E", "test_config_yaml_types_on_resume": "E",
     "test_tampered_onnx_metadata": "E", "test_clean_refuses_damaged_statistics": "E",
     "test_clean_skips_unscored_cells_with_a_count": "E", "test_clean_keeps_a_reviewers_own_columns": "E",
-    "test_resume_refuses_a_changed_data_file": "E",
+    "test_resume_refuses_a_changed_data_file": "E", "test_resume_data_check_reads_only_a_modified_file": "E",
+    "test_split_of_a_fold_model_is_read": "E",
     "test_wrong_label_files": "F", "test_lvis_negative_overlapping_positive_is_counted": "F",
     "test_find_label_issues_refuses": "F", "test_find_label_issues_converts_and_aliases": "F",
     "test_find_label_issues_does_not_import_torch": "F",

@@ -53,7 +53,8 @@ class LabelIssues:
         settings: the options used, and two counts of cells left out of the ranking:
             ``unscored_images`` (images with a NaN probability, cells the model did not
             score, e.g. an image that failed to decode in training: their cells keep the
-            given label, score 0, state clean, p_clean NaN) and ``unranked_cells`` (scored
+            given label, score 0 and p_clean NaN; known ones get state clean, unknown ones
+            stay estimated with suggested -1) and ``unranked_cells`` (scored
             cells whose score rule got no value, e.g. a NaN ``dynamics`` for ``loss``:
             score 0, so they rank last).
     """

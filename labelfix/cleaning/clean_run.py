@@ -422,7 +422,8 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     if k_nb and neighbours is None:   # a documented skip, not a silent one
         notes.append("no complete image embedding in the run (training interrupted before its end?): "
                      "neighbour evidence skipped, so the evidence score is the disagreement")
-    elif neighbours is not None and not np.isfinite(neighbours).any():
+    elif neighbours is not None and not any(np.isfinite(neighbours[s:s + 65_536]).any()
+                                            for s in range(0, len(neighbours), 65_536)):
         notes.append("no image got a neighbour vote (the run's embeddings have no finite row, or no neighbour "
                      "has a known label): neighbour evidence skipped, so the evidence score is the disagreement")
         neighbours, pairs = None, None
@@ -460,7 +461,7 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     )
     notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
     unscored, unranked = issues.settings["unscored_images"], issues.settings["unranked_cells"]
-    if unscored == ls.num_images:   # raised inside the output set: nothing is written
+    if unscored and unscored == ls.num_images:   # raised inside the output set: nothing is written
         raise LabelfixError(f"{run.path / 'stats'}: the model's logits are NaN for every image, so no image was "
                             f"scored (a damaged stats/logits.npy, or training diverged); retrain the run")
     if unscored:

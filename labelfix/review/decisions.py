@@ -320,14 +320,16 @@ def keep_foreign_columns(run_path) -> str | None:
     path = Path(run_path) / "corrections.csv"
     if not path.exists():
         return None
-    foreign = [str(c) for c in read_run_csv(path, nrows=0).columns if c not in (*CORRECTIONS_COLUMNS, "accept")]
+    header = [str(c) for c in read_run_csv(path, nrows=0).columns]
+    foreign = [c for c in header if c not in (*CORRECTIONS_COLUMNS, "accept")]
     if not foreign:
         return None
     target = Path(run_path) / PREVIOUS_FILE
     with atomic.atomic_path(target) as tmp:
         shutil.copyfile(path, tmp)
     return (f"corrections.csv: column(s) {', '.join(repr(c) for c in foreign)} are not labelfix's and are not "
-            f"written again (the accept column is carried over); the previous file is kept as {target}")
+            f"written again" + (" (the accept column is carried over)" if "accept" in header else "")
+            + f"; the previous file is kept as {target}")
 
 
 def carry_decisions(run_path, table: pd.DataFrame,

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from labelfix.errors import LabelfixError
@@ -21,7 +22,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
     if cfg.resume:
         from labelfix.train.data import check_resume_data
 
-        check_resume_data(cfg)
+        if int(os.environ.get("RANK", "0")) == 0:   # torchrun: one rank reads DATA
+            check_resume_data(cfg, log)
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 

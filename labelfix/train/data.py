@@ -156,17 +156,34 @@ def read_run_labels(cfg, path) -> LabelSet:
                        class_descriptions=cfg.class_descriptions)
 
 
-def check_resume_data(cfg) -> None:
+def check_resume_data(cfg, log=None) -> None:
     """Refuse ``--resume`` when the labels at ``cfg.data`` are no longer those the run in
     ``cfg.out`` started with (the file was edited or replaced since): a resumed run trains
     on the labels it saved (``RUN/labels.npy``), so it would otherwise ignore the change.
-    Nothing to compare when the run has not saved labels yet or the file is gone (the run
-    then resumes on its saved labels, as ``export coco`` reads them)."""
+
+    The file is read again only when it was modified after the run saved its labels (its
+    mtime is later than ``labels.npy``'s), and its labels' fingerprint is compared with
+    the one ``config.yaml`` recorded. Nothing to compare when the run has not saved labels
+    yet or the file is gone; a file that can no longer be read as the run read it (e.g. an
+    Open Images class-description file moved away) is logged and the run resumes on its
+    saved labels, as ``export coco`` reads them."""
     out = Path(cfg.out)
-    if not cfg.data or not (out / "labels.npy").exists() or not Path(cfg.data).exists():
+    data = Path(cfg.data) if cfg.data else None
+    saved = out / "labels.npy"
+    if data is None or not saved.exists() or not data.is_file() or data.stat().st_mtime <= saved.stat().st_mtime:
         return
-    if read_run_labels(cfg, cfg.data).fingerprint() != LabelSet.load(out).fingerprint():
-        raise LabelfixError(f"{cfg.data}: its labels, images or classes are not those the run in {out} started "
+    from labelfix.run import Run
+
+    recorded = (Run(out).config.get("dataset") or {}).get("fingerprint")
+    try:
+        now = read_run_labels(cfg, data).fingerprint()
+    except LabelfixError as err:
+        if log:
+            log(f"note: --resume could not read {data} again to check it is unchanged ({err}); resuming on the "
+                f"run's saved labels")
+        return
+    if now != (recorded or LabelSet.load(out).fingerprint()):
+        raise LabelfixError(f"{data}: its labels, images or classes are not those the run in {out} started "
                             f"with (the file changed since); --resume trains on the run's saved labels: restore "
                             f"the file, or train the new labels into a new --out")
 
