@@ -255,6 +255,23 @@ def test_rerun_is_idempotent_and_keeps_decisions(fo, review):
     assert key(decisions_frame(ds4)) == got and s4.restored_decisions == 2
 
 
+def test_a_label_tagged_both_ways_stays_to_review_and_is_named(fo, review):
+    """A suggestion tagged accepted AND rejected by hand is undecided: the to_review view
+    keeps it and review says how many there are (before, the view hid it silently)."""
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import decisions_frame
+
+    run_dir, ds, summary = review
+    assert len(ds.load_saved_view("to_review").values("suggestions.classifications", unwind=True)) == 12
+    label_id = decisions_frame(ds).label_id.iloc[0]
+    ds.select_labels(ids=[label_id], fields="suggestions").tag_labels(["accepted", "rejected"])
+    ds2, s2 = build_review_dataset(run_dir, ds.name)
+    in_view = ds2.load_saved_view("to_review").values("suggestions.classifications.id", unwind=True)
+    assert label_id in in_view and len(in_view) == 12
+    assert s2.accepted == s2.rejected == 0 and s2.to_review == 12
+    assert any("1 suggestions are tagged both 'accepted' and 'rejected'" in n for n in s2.notes)
+
+
 def test_other_run_same_name_is_refused(fo, review, demo_data, tmp_path):
     from labelfix.errors import LabelfixError
     from labelfix.review.dataset import build_review_dataset
@@ -263,6 +280,11 @@ def test_other_run_same_name_is_refused(fo, review, demo_data, tmp_path):
     other = make_run(demo_data, tmp_path / "other")
     with pytest.raises(LabelfixError, match="belongs to another run"):
         build_review_dataset(other, ds.name)
+    from labelfix.export.coco import export_cleaned_coco
+
+    with pytest.raises(LabelfixError, match="belongs to another run"):   # export reads no other run's decisions
+        export_cleaned_coco(other, tmp_path / "x.json", source="fiftyone", dataset_name=ds.name)
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_operators_change_exactly_the_targets(fo, review):
@@ -283,6 +305,13 @@ def test_operators_change_exactly_the_targets(fo, review):
     f = decisions_frame(ds)
     assert set(f.loc[f.decision == "accepted", "label_id"]) == set(picked.label_id)
     assert (f.decision != "").sum() == 2
+
+    # no target given, a ground_truth label selected: nothing is decided, not the whole view
+    gt = ds.first().ground_truth.classifications[0]
+    res = foo.execute_operator(rej_uri, ctx=dict(dataset=ds, selected_labels=[
+        {"label_id": gt.id, "sample_id": ds.first().id, "field": "ground_truth"}]))
+    assert res.result["count"] == 0 and res.result["target"] == "selected_labels"
+    assert (decisions_frame(ds).decision != "").sum() == 2
 
     # selected samples, restricted by the current view (the removals saved view)
     removals = ds.load_saved_view("removals")

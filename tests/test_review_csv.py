@@ -246,6 +246,15 @@ def test_clean_keeps_decisions_and_archives_the_ones_it_drops(tmp_path):
         (first.at[12, "image_id"], first.at[12, "category_id"], "accepted", "corrections.csv"),
         (first.at[13, "image_id"], first.at[13, "category_id"], "rejected", "corrections.csv"),
     }
+    # export now: the archived decisions are applied and verified as well (before, they
+    # were dropped, and the next round could suggest those cells again)
+    res = export_cleaned_coco(run, tmp_path / "before_restore.json", source="csv")
+    assert res.archived == 2 and res.changes == 3   # rows 0 and 2, and the archived row 12
+    log = pd.read_csv(tmp_path / "before_restore.changes.csv", dtype=str)
+    assert (first.at[12, "image_id"], first.at[12, "category_id"]) in set(zip(log.image_id, log.category_id))
+    verified = json.loads((tmp_path / "before_restore.json").read_text())["labelfix"]["verified"]
+    for i in (0, 1, 2, 12, 13):
+        assert [int(first.at[i, "image_id"]), int(first.at[i, "category_id"])] in verified
 
     # the same changes suggested again: their decisions come back from the archive
     r = _clean(run, "--no-learn-from-decisions")

@@ -60,6 +60,7 @@ class ExportResult:
     negatives: int
     source: str
     converted: bool
+    archived: int = 0   # decisions applied from RUN/decisions_archive.csv
 
 
 def parse_decisions(decisions) -> tuple[str, float | None]:
@@ -124,6 +125,38 @@ def decisions_from_fiftyone(run: Run, dataset_name: str | None = None) -> pd.Dat
     frame["row"] = row_of.loc[frame["image_id"].to_numpy()].to_numpy()
     frame["col"] = col_of.loc[frame["category_id"].to_numpy()].to_numpy()
     return frame
+
+
+def archived_decisions(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
+    """The decisions of RUN/decisions_archive.csv on cells ``frame`` (the current
+    suggestions) does not hold, as rows like ``frame``'s: a person decided them and a later
+    ``clean`` stopped suggesting them (``--max-suggestions``, the scores learnt from the
+    decisions), so they are applied and verified like the current ones (before, they were
+    dropped from the export and the next round could suggest them again)."""
+    from labelfix.review.decisions import DECISION_TAGS, read_archive_frame
+
+    arch = read_archive_frame(run)
+    if arch is None:
+        return frame.iloc[:0]
+    arch = arch[arch["decision"].isin(DECISION_TAGS)]
+    current = set(zip(frame["image_id"].astype(np.int64), frame["category_id"].astype(np.int64)))
+    arch = arch[[cell not in current for cell in zip(arch["image_id"], arch["category_id"])]]
+    arch = arch.drop_duplicates(["image_id", "category_id"], keep="last")
+    ls = run.labelset
+    row_of, col_of = ls.image_rows(), ls.class_columns()
+    bad = ~arch["image_id"].isin(row_of.index) | ~arch["category_id"].isin(col_of.index)
+    if bad.any():
+        r = arch[bad].iloc[0]
+        raise LabelfixError(f"{run.path / 'decisions_archive.csv'}: image {r.image_id}, category {r.category_id} "
+                            f"is not in the run")
+    rows = row_of.loc[arch["image_id"]].to_numpy()
+    cols = col_of.loc[arch["category_id"]].to_numpy()
+    return pd.DataFrame({
+        "image_id": arch["image_id"].to_numpy(), "file_name": ls.images["file_name"].astype(str).to_numpy()[rows],
+        "class": [ls.class_names[c] for c in cols], "category_id": arch["category_id"].to_numpy(),
+        "action": np.where(arch["suggested"].to_numpy() == 1, "add", "remove"),
+        "score": pd.to_numeric(arch["score"], errors="coerce").fillna(0.0).to_numpy(),
+        "decision": arch["decision"].to_numpy(), "row": rows, "col": cols})
 
 
 def select_changes(frame: pd.DataFrame, decisions) -> pd.DataFrame:
@@ -216,6 +249,9 @@ def export_cleaned_coco(
     parse_decisions(decisions)  # fail before any work
 
     frame = decisions_from_fiftyone(run, dataset_name) if source == "fiftyone" else decisions_from_csv(run)
+    archived = archived_decisions(run, frame)
+    if len(archived):
+        frame = pd.concat([frame, archived], ignore_index=True)
     log = change_log(pd.concat([select_changes(frame, decisions), rejected_additions(frame)]), ls.labels)
 
     converted = not (ls.source.get("format") == "coco" and src_path)
@@ -243,6 +279,7 @@ def export_cleaned_coco(
         negatives=int((log["action"] == VERIFY_NEGATIVE).sum()),
         source=source,
         converted=converted,
+        archived=int(len(archived)),
     )
 
 

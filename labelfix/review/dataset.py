@@ -401,7 +401,10 @@ def _stages(view) -> list[dict]:
 def _saved_views(dataset, class_views: dict[str, int], class_names: list[str], notes: list[str]) -> list[str]:
     from fiftyone import ViewField as F
 
-    decided = F("tags").contains(list(DECISION_TAGS))
+    # decided: one of the two tags; a label tagged both ways is undecided (decisions_frame)
+    # and stays in to_review
+    accepted, rejected = F("tags").contains(ACCEPTED), F("tags").contains(REJECTED)
+    decided = (accepted & ~rejected) | (rejected & ~accepted)
     views = {
         "additions": (F("action") == "add", "Suggested additions (+ class: given 0 or unknown -> 1), highest score first"),
         "removals": (F("action") == "remove", "Suggested removals (- class: given 1 -> 0), highest score first"),
@@ -676,6 +679,11 @@ def build_review_dataset(
                      f"{run.path / 'decisions_archive.csv'}")
     sync_decisions(ds, run)
     counts_now = decision_counts(ds)
+    both = sum(1 for per_sample in ds.values(f"{SUGGESTIONS}.classifications.tags") for tags in per_sample or []
+               if tags and ACCEPTED in tags and REJECTED in tags)
+    if both:
+        notes.append(f"{both} suggestions are tagged both '{ACCEPTED}' and '{REJECTED}': undecided, like untagged "
+                     f"ones (the to_review view keeps them), until one of the tags is removed")
     summary = ReviewSummary(
         name=name,
         samples=len(ds),
@@ -713,4 +721,9 @@ def load_review_dataset(run: Run | str | Path, name: str | None = None):
 
     if not fo.dataset_exists(name):
         raise LabelfixError(f"{run.path}: FiftyOne dataset {name!r} not found; run `labelfix review {run.path}` first")
-    return fo.load_dataset(name)
+    ds = fo.load_dataset(name)
+    other = ds.info.get("labelfix_run")
+    if other and other != str(run.path.resolve()):   # as the review build refuses it
+        raise LabelfixError(f"{run.path}: dataset {name!r} belongs to another run ({other}); its decisions are not "
+                            f"this run's")
+    return ds

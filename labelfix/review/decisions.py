@@ -185,7 +185,7 @@ def read_decisions_csv(run) -> pd.DataFrame | None:
 def read_archive(run) -> dict[tuple[int, int, int], str]:
     """RUN/decisions_archive.csv as ``{(image_id, category_id, suggested): decision}``
     (empty when the file does not exist)."""
-    frame = _read_archive_frame(run)
+    frame = read_archive_frame(run)
     if frame is None:
         return {}
     return {
@@ -195,7 +195,9 @@ def read_archive(run) -> dict[tuple[int, int, int], str]:
     }
 
 
-def _read_archive_frame(run) -> pd.DataFrame | None:
+def read_archive_frame(run) -> pd.DataFrame | None:
+    """RUN/decisions_archive.csv (columns :data:`ARCHIVE_COLUMNS`, ids as int64), None
+    when there is none; a file without the key columns is one line naming it."""
     path = Path(run.path if hasattr(run, "path") else run) / ARCHIVE_FILE
     if not path.exists():
         return None
@@ -217,7 +219,7 @@ def archive_decisions(run, frame: pd.DataFrame) -> Path:
     """Add decided suggestions (columns :data:`ARCHIVE_COLUMNS`) to RUN/decisions_archive.csv,
     one row per (image_id, category_id, suggested), the newest kept. Written atomically."""
     path = Path(run.path if hasattr(run, "path") else run) / ARCHIVE_FILE
-    old = _read_archive_frame(run)
+    old = read_archive_frame(run)
     new = frame.reindex(columns=ARCHIVE_COLUMNS).copy()
     for col in ("image_id", "category_id", "suggested"):
         new[col] = pd.to_numeric(new[col]).astype(np.int64)   # "1.0" from a spreadsheet too

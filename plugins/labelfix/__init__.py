@@ -14,7 +14,9 @@ Targets of accept / reject (param ``target``):
   current view;
 - ``view``: every suggestion visible in the current view (e.g. the ``to_review`` saved
   view filtered further in the sidebar).
-The default is the first of these that is not empty.
+The default follows the selection: selected labels of any field (so a selection that
+holds no suggestion decides nothing, rather than the whole view), else selected samples,
+else the view.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ TARGET_LABELS = {
 
 
 def _default_target(ctx) -> str:
-    if any(s.get("field") == "suggestions" for s in ctx.selected_labels or []):
+    if ctx.selected_labels:
         return "selected_labels"
     if ctx.selected:
         return "selected_samples"
