@@ -401,6 +401,15 @@ def test_export_from_fiftyone_and_operator(fo, review, tmp_path):
     reject(ds, label_ids=f.label_id.iloc[3:5])
     out = tmp_path / "cleaned.json"
     res = export_cleaned_coco(run_dir, out)  # review.json exists -> decisions from FiftyOne
+    assert res.notes == []
+    # corrections.csv newer than the dataset (a clean, or accept edits, after review): said
+    import os
+
+    stamp = (run_dir / "review.json").stat().st_mtime + 10
+    os.utime(run_dir / "corrections.csv", (stamp, stamp))
+    stale = export_cleaned_coco(run_dir, tmp_path / "stale.json")
+    assert len(stale.notes) == 1 and "changed after the review dataset was last built" in stale.notes[0]
+    os.utime(run_dir / "corrections.csv", (stamp - 20, stamp - 20))
     assert res.source == "fiftyone" and res.changes == 3
     ls = LabelSet.load(run_dir)
     expect = np.array(ls.labels)

@@ -60,6 +60,8 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     negatives = f", {r.negatives} unknown cells verified negative (rejected additions)" if r.negatives else ""
     click.echo(f"{r.out}: {r.changes} changes applied ({r.additions} additions, {r.removals} removals{negatives}; "
                f"decisions from {r.source})")
+    for note in r.notes:
+        click.echo(f"note: {note}")
     if r.archived:
         click.echo(f"note: {r.archived} decisions on suggestions a later clean no longer makes were applied from "
                    f"{run}/decisions_archive.csv")

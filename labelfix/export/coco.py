@@ -29,7 +29,7 @@ Label sources that are not COCO are converted with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ class ExportResult:
     source: str
     converted: bool
     archived: int = 0   # decisions applied from RUN/decisions_archive.csv
+    notes: list = field(default_factory=list)
 
 
 def parse_decisions(decisions) -> tuple[str, float | None]:
@@ -249,6 +250,13 @@ def export_cleaned_coco(
     parse_decisions(decisions)  # fail before any work
 
     frame = decisions_from_fiftyone(run, dataset_name) if source == "fiftyone" else decisions_from_csv(run)
+    notes = []
+    corrections, review = run.path / "corrections.csv", run.path / REVIEW_FILE
+    if source == "fiftyone" and review.exists() and corrections.stat().st_mtime > review.stat().st_mtime:
+        # a clean or accept-column edits after the dataset was built: the dataset does not show them
+        notes.append(f"{corrections} changed after the review dataset was last built (a clean, or edits of its "
+                     f"accept column): these decisions come from the dataset as it is; `labelfix review "
+                     f"{run.path}` brings the changes in (or export with --from csv)")
     archived = archived_decisions(run, frame)
     if len(archived):
         frame = pd.concat([frame, archived], ignore_index=True)
@@ -280,6 +288,7 @@ def export_cleaned_coco(
         source=source,
         converted=converted,
         archived=int(len(archived)),
+        notes=notes,
     )
 
 
