@@ -272,6 +272,26 @@ def test_a_label_tagged_both_ways_stays_to_review_and_is_named(fo, review):
     assert any("1 suggestions are tagged both 'accepted' and 'rejected'" in n for n in s2.notes)
 
 
+def test_a_deleted_samples_decision_comes_back_from_decisions_csv(fo, review):
+    """A decided suggestion whose sample was deleted from the dataset gets its decision
+    back from decisions.csv when review rebuilds it (before, review re-added the sample
+    undecided and overwrote the decision with nothing)."""
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import accept, decisions_frame, read_decisions_csv, sync_decisions
+
+    run_dir, ds, _ = review
+    row = decisions_frame(ds).iloc[0]
+    accept(ds, label_ids=[row.label_id])
+    sync_decisions(ds)
+    ds.delete_samples([row.sample_id])
+    ds2, s2 = build_review_dataset(run_dir, ds.name)
+    f = decisions_frame(ds2)
+    back = f[(f.image_id == row.image_id) & (f["class"] == row["class"])]
+    assert list(back.decision) == ["accepted"] and s2.accepted == 1 and s2.restored_decisions == 1
+    csv = read_decisions_csv(run_dir)
+    assert (csv.decision == "accepted").sum() == 1
+
+
 def test_other_run_same_name_is_refused(fo, review, demo_data, tmp_path):
     from labelfix.errors import LabelfixError
     from labelfix.review.dataset import build_review_dataset

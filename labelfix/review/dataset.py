@@ -243,7 +243,7 @@ def _csv_decisions(run: Run) -> dict[tuple[int, str], _Prev]:
     return out
 
 
-def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, archive: dict, keep_restores: bool):
+def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, archive: dict, restores: set):
     """The label id, tags and imported CSV value of every suggestion, in ``sugg`` order.
 
     - a suggestion known before (``keep``: same image_id and class) keeps its label id,
@@ -256,7 +256,7 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
       the App is kept.
 
     Returns ``(plan, counts, gone)``: plan[i] = (label_id | None, tags, csv_decision);
-    counts ``imported`` / ``restored`` (from decisions.csv when ``keep_restores``, or
+    counts ``imported`` / ``restored`` (from decisions.csv for the ``keep`` keys in ``restores``, or
     from the archive); gone = the decided ``keep`` entries no longer
     suggested, as ``[(image_id, class, _Prev)]``.
     """
@@ -269,7 +269,7 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
         prev = keep.get(key)
         if prev is not None:
             lid, tags, imp = prev.label_id, list(prev.tags), prev.csv_decision
-            restored += bool(keep_restores and _decision_of(tags))
+            restored += bool(key in restores and _decision_of(tags))
         else:
             lid, tags, imp = None, [], ""
             old = archive.get((int(rec.image_id), int(rec.category_id), 1 if rec.action == "add" else 0))
@@ -563,10 +563,13 @@ def build_review_dataset(
 
     ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
     keep = _existing_decisions(ds) if ds is not None else {}
-    from_csv = not keep  # a dataset created afresh: decisions come back from decisions.csv
-    if from_csv:
-        keep = _csv_decisions(run)
-    plan, counts, gone = _plan_decisions(sugg, class_names, keep, archive, keep_restores=from_csv)
+    # decisions.csv brings back what the dataset does not hold: all of it for a dataset
+    # created afresh, else the decided suggestions whose sample or label was deleted from
+    # it (before, their decisions were overwritten with nothing); the dataset's tags win
+    saved = _csv_decisions(run)
+    restores = {k for k, prev in saved.items() if k not in keep and (not keep or _decision_of(prev.tags))}
+    keep = {**{k: saved[k] for k in restores}, **keep}
+    plan, counts, gone = _plan_decisions(sugg, class_names, keep, archive, restores)
     if ds is None:
         ds = fo.Dataset(name, persistent=True)
     ds.info["labelfix_run"] = run_path
