@@ -114,18 +114,22 @@ def decisions_from_fiftyone(run: Run, dataset_name: str | None = None) -> pd.Dat
 
     ds = load_review_dataset(run, dataset_name)
     frame = decisions_frame(ds)
-    ls = run.labelset
+    frame["row"], frame["col"] = _cell_index(frame, run.labelset, f"dataset {ds.name!r}", "suggestion for ",
+                                             f" {run.path}; re-run `labelfix review {run.path}`")
+    return frame
+
+
+def _cell_index(frame: pd.DataFrame, ls, where: str, what: str = "", tail: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) int64 of ``frame``'s (image_id, category_id) in the run's label matrix;
+    an id the run does not have is one line, ``{where}: {what}image I, category C is not in
+    the run{tail}``."""
     row_of, col_of = ls.image_rows(), ls.class_columns()
     bad = ~frame["image_id"].isin(row_of.index) | ~frame["category_id"].isin(col_of.index)
     if bad.any():
         r = frame[bad].iloc[0]
-        raise LabelfixError(
-            f"dataset {ds.name!r}: suggestion for image {r.image_id}, category {r.category_id} is not in the run "
-            f"{run.path}; re-run `labelfix review {run.path}`"
-        )
-    frame["row"] = row_of.loc[frame["image_id"].to_numpy()].to_numpy()
-    frame["col"] = col_of.loc[frame["category_id"].to_numpy()].to_numpy()
-    return frame
+        raise LabelfixError(f"{where}: {what}image {r.image_id}, category {r.category_id} is not in the run{tail}")
+    return (row_of.loc[frame["image_id"].to_numpy()].to_numpy(),
+            col_of.loc[frame["category_id"].to_numpy()].to_numpy())
 
 
 def archived_decisions(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
@@ -144,14 +148,7 @@ def archived_decisions(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
     arch = arch[[cell not in current for cell in zip(arch["image_id"], arch["category_id"])]]
     arch = arch.drop_duplicates(["image_id", "category_id"], keep="last")
     ls = run.labelset
-    row_of, col_of = ls.image_rows(), ls.class_columns()
-    bad = ~arch["image_id"].isin(row_of.index) | ~arch["category_id"].isin(col_of.index)
-    if bad.any():
-        r = arch[bad].iloc[0]
-        raise LabelfixError(f"{run.path / 'decisions_archive.csv'}: image {r.image_id}, category {r.category_id} "
-                            f"is not in the run")
-    rows = row_of.loc[arch["image_id"]].to_numpy()
-    cols = col_of.loc[arch["category_id"]].to_numpy()
+    rows, cols = _cell_index(arch, ls, str(run.path / "decisions_archive.csv"))
     return pd.DataFrame({
         "image_id": arch["image_id"].to_numpy(), "file_name": ls.images["file_name"].astype(str).to_numpy()[rows],
         "class": [ls.class_names[c] for c in cols], "category_id": arch["category_id"].to_numpy(),
