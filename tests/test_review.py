@@ -292,6 +292,64 @@ def test_a_deleted_samples_decision_comes_back_from_decisions_csv(fo, review):
     assert (csv.decision == "accepted").sum() == 1
 
 
+def test_review_without_name_keeps_the_runs_dataset_and_a_switch_carries_decisions(fo, review):
+    """review RUN without --name uses the dataset the last review recorded (before, it went
+    back to the default name and decisions.csv lost the named dataset's decisions); an
+    explicit switch to another dataset brings decisions.csv's decisions into it, names
+    the switch, and counts the suggestions decided differently there."""
+    from labelfix.review.dataset import build_review_dataset, recorded_dataset_name
+    from labelfix.review.decisions import accept, decisions_frame, read_decisions_csv, reject, sync_decisions
+    from labelfix.run import load_run
+
+    run_dir, ds, _ = review
+    frame = decisions_frame(ds)
+    accept(ds, label_ids=frame.label_id.iloc[[0, 1]])
+    sync_decisions(ds)
+    again, s = build_review_dataset(run_dir)            # no name: the recorded one
+    assert again.name == ds.name and s.accepted == 2
+    assert (read_decisions_csv(run_dir).decision == "accepted").sum() == 2
+
+    other = unique()
+    try:
+        ds2, s2 = build_review_dataset(run_dir, other)   # a new dataset: decisions carried over
+        assert s2.accepted == 2 and s2.restored_decisions == 2
+        assert any(f"is now {other!r} (was {ds.name!r})" in n for n in s2.notes)
+        assert recorded_dataset_name(load_run(run_dir)) == other
+        f2 = decisions_frame(ds2)
+        reject(ds2, label_ids=f2.label_id.iloc[[0]])     # decided differently in the new one
+        accept(ds2, label_ids=f2.label_id.iloc[[2]])
+        sync_decisions(ds2)
+        back, s3 = build_review_dataset(run_dir, ds.name)  # back to the first: its tags win
+        f3 = decisions_frame(back)
+        assert list(f3.decision.iloc[:3]) == ["accepted", "accepted", "accepted"]
+        assert s3.restored_decisions == 1
+        assert any("1 suggestions decided differently there keep this dataset's decision" in n for n in s3.notes)
+    finally:
+        if fo.dataset_exists(other):
+            fo.load_dataset(other).delete()
+
+
+def test_an_archived_decision_written_back_by_clean_counts_once(fo, review):
+    """A decision archived by review and written into the accept column by a later clean
+    is one restored decision, not also an imported one."""
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import accept, decisions_frame, sync_decisions
+
+    run_dir, ds, _ = review
+    row = decisions_frame(ds).iloc[0]
+    accept(ds, label_ids=[row.label_id])
+    sync_decisions(ds)
+    corr = pd.read_csv(run_dir / "corrections.csv", dtype=str, keep_default_na=False)
+    same = (corr["image_id"].astype(int) == row.image_id) & (corr["class"] == row["class"])
+    corr[~same].to_csv(run_dir / "corrections.csv", index=False)
+    _, s1 = build_review_dataset(run_dir, ds.name)       # the decided suggestion is archived
+    assert s1.archived_decisions == 1
+    corr["accept"] = np.where(same, "yes", "")           # as clean writes it back
+    corr.to_csv(run_dir / "corrections.csv", index=False)
+    _, s2 = build_review_dataset(run_dir, ds.name)
+    assert (s2.accepted, s2.restored_decisions, s2.imported_decisions) == (1, 1, 0)
+
+
 def test_other_run_same_name_is_refused(fo, review, demo_data, tmp_path):
     from labelfix.errors import LabelfixError
     from labelfix.review.dataset import build_review_dataset
@@ -356,6 +414,37 @@ def test_operators_change_exactly_the_targets(fo, review):
     # decisions.csv synced by the operators
     csv = pd.read_csv(run_dir / "decisions.csv", keep_default_na=False)
     assert (csv.decision == "rejected").sum() == (f.decision == "rejected").sum()
+
+
+def test_clean_reads_tags_set_with_the_apps_tag_button(fo, demo_data, tmp_path):
+    """Label tags set with the App's tag button (no operator, no sync) are decisions for
+    `labelfix clean` too: it syncs decisions.csv from the run's review dataset first
+    (before, it learned from them only after a review or an operator copied them);
+    without the dataset it says it uses decisions.csv as it is."""
+    from click.testing import CliRunner
+
+    from labelfix.cleaning.clean_run import clean_run
+    from labelfix.cli import main
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import decisions_frame, read_decisions_csv
+
+    run_dir = make_run(demo_data, tmp_path / "run")
+    clean_run(run_dir, report=False)   # the suggestions clean makes again below
+    ds, _ = build_review_dataset(run_dir, unique())
+    f = decisions_frame(ds)
+    ids = f.label_id.iloc[:2].tolist()
+    ds.select_labels(ids=ids, fields="suggestions").tag_labels("rejected", label_fields="suggestions")
+    assert read_decisions_csv(run_dir) is None or (read_decisions_csv(run_dir).decision != "").sum() == 0
+    r = CliRunner().invoke(main, ["clean", str(run_dir), "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert (read_decisions_csv(run_dir).decision == "rejected").sum() == 2
+    assert "learned from 2 of your decisions" in r.output
+
+    ds.delete()
+    r = CliRunner().invoke(main, ["clean", str(run_dir), "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "as the last review or App operator left it (the review dataset" in r.output
+    assert "learned from 2 of your decisions" in r.output
 
 
 def test_rerank_operator_learns_from_the_app_decisions(fo, demo_data, tmp_path):

@@ -121,12 +121,17 @@ def test_app_decision_wins_until_the_csv_cell_changes(fo, run_dir):  # noqa: F81
         set_accept(run_dir, {k: "0"})
         ds, s = build_review_dataset(run_dir, name)
         assert s.imported_decisions == 1 and _key(decisions_frame(ds))[k] == "rejected"
+        assert not any("changed by edited accept cells" in n for n in s.notes)   # the same decision
+        # an edit that changes the dataset's decision wins, and the note names it
         set_accept(run_dir, {k: "1"})
-        ds, _ = build_review_dataset(run_dir, name)
+        ds, s = build_review_dataset(run_dir, name)
         assert _key(decisions_frame(ds))[k] == "accepted"
+        assert any(f"1 decisions of the dataset were changed by edited accept cells of corrections.csv "
+                   f"(an edited cell wins): image {k[0]} {k[1]!r}: rejected -> accepted" in n for n in s.notes)
         set_accept(run_dir, {})
-        ds, _ = build_review_dataset(run_dir, name)
+        ds, s = build_review_dataset(run_dir, name)
         assert _key(decisions_frame(ds))[k] == ""
+        assert any(f"image {k[0]} {k[1]!r}: accepted -> undecided" in n for n in s.notes)
     finally:
         ds.delete()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from labelfix.cleaning.scores import list_scorers
@@ -40,6 +42,8 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.errors import LabelfixError
     from labelfix.io.lock import run_lock
+    from labelfix.review.dataset import REVIEW_FILE
+    from labelfix.review.decisions import refresh_decisions
     from labelfix.validation import check_device
 
     check_device(device, "--device")   # before any work: cuda without a GPU is one line
@@ -48,11 +52,13 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     if names is not None and not names:
         raise LabelfixError(f"--classes {classes!r}: no class name in it (comma-separated names)")
     with run_lock(run, "clean"):
+        # tags set with the App's tag button reach decisions.csv only through a sync
+        synced = refresh_decisions(run) if Path(run, REVIEW_FILE).exists() else None
         res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
                         max_suggestions=max_suggestions, classes=names, report=not no_report, device=device,
                         scorer=scorer, neighbours=neighbours, single_positive_removals=single_positive_removals,
                         learn_from_decisions=learn_from_decisions, with_runs=with_runs)
-    for note in res.notes:
+    for note in ([synced] if synced else []) + res.notes:
         click.echo(f"note: {note}", err=True)
     c = res.corrections
     click.echo(f"{len(c)} suggested corrections ({int((c['action'] == 'add').sum())} add, "

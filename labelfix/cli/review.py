@@ -9,7 +9,8 @@ DEFAULT_ADDRESS = "127.0.0.1"
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--name", default=None, help="FiftyOne dataset name (default: labelfix-<run folder name>-<hash of its path>).")
+@click.option("--name", default=None, help="FiftyOne dataset name (default: the one the run's last review used, else "
+                   "labelfix-<run folder name>-<hash of its path>).")
 @click.option("--max-predictions", type=click.IntRange(min=1), default=50, show_default=True,
               help="Most probable classes stored per sample in 'predictions' (the full logit vector is kept).")
 @click.option("--launch", is_flag=True, help="Serve the FiftyOne App on the dataset until Ctrl-C.")

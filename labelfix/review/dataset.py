@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -257,12 +257,13 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
 
     Returns ``(plan, counts, gone)``: plan[i] = (label_id | None, tags, csv_decision);
     counts ``imported`` / ``restored`` (from decisions.csv for the ``keep`` keys in ``restores``, or
-    from the archive); gone = the decided ``keep`` entries no longer
+    from the archive) and ``overridden`` (one line per decision of the dataset that an
+    edited ``accept`` cell changed); gone = the decided ``keep`` entries no longer
     suggested, as ``[(image_id, class, _Prev)]``.
     """
     has_csv = "decision" in sugg.columns
     csv_values = sugg["decision"].to_numpy() if has_csv else [None] * len(sugg)
-    plan, imported, restored, seen = [], 0, 0, set()
+    plan, imported, restored, seen, overridden = [], 0, 0, set(), []
     for rec, v in zip(sugg.itertuples(index=False), csv_values):
         key = (int(rec.image_id), class_names[int(rec.col)])
         seen.add(key)
@@ -275,14 +276,18 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
             old = archive.get((int(rec.image_id), int(rec.category_id), 1 if rec.action == "add" else 0))
             if old:
                 tags, restored = [old], restored + 1
+                if has_csv and v == old:   # clean wrote the archived decision into the accept column
+                    imp = v                # (counted once, as restored)
         if has_csv and v != imp:
+            if _decision_of(tags) and _decision_of(tags) != v:   # the edited cell wins; named
+                overridden.append(f"image {key[0]} {key[1]!r}: {_decision_of(tags)} -> {v or 'undecided'}")
             tags = [t for t in tags if t not in DECISION_TAGS] + ([v] if v else [])
             imp = v
             imported += 1
         plan.append((lid, tags, imp))
     gone = [(iid, cls, prev) for (iid, cls), prev in keep.items()
             if (iid, cls) not in seen and _decision_of(prev.tags)]
-    return plan, {"imported": imported, "restored": restored}, gone
+    return plan, {"imported": imported, "restored": restored, "overridden": overridden}, gone
 
 
 def _suggestion(rec, name: str, plan_item) -> "object":
@@ -538,7 +543,11 @@ def build_review_dataset(
     from labelfix.review.decisions import archive_decisions, read_archive
 
     run = run if isinstance(run, Run) else load_run(run)
-    name = name or default_dataset_name(run)
+    # the run's dataset is the one the last review recorded (before: a review without
+    # --name went back to the default name and overwrote decisions.csv with its tags)
+    recorded = recorded_dataset_name(run)
+    name = name or recorded or default_dataset_name(run)
+    switched = recorded is not None and recorded != name
     enable_plugin()
     import fiftyone as fo
 
@@ -568,8 +577,26 @@ def build_review_dataset(
     # it (before, their decisions were overwritten with nothing); the dataset's tags win
     saved = _csv_decisions(run)
     restores = {k for k, prev in saved.items() if k not in keep and (not keep or _decision_of(prev.tags))}
-    keep = {**{k: saved[k] for k in restores}, **keep}
+    if switched:
+        # decisions.csv holds the recorded dataset's decisions: they go to the suggestions
+        # this one left undecided; where both decided differently, this dataset's tags win
+        undecided = {k for k, prev in saved.items()
+                     if k in keep and _decision_of(prev.tags) and not _decision_of(keep[k].tags)}
+        differ = sum(1 for k, prev in saved.items() if k in keep and _decision_of(keep[k].tags)
+                     and _decision_of(prev.tags) and _decision_of(prev.tags) != _decision_of(keep[k].tags))
+        for k in undecided:
+            keep[k] = replace(keep[k], tags=[t for t in keep[k].tags if t not in DECISION_TAGS] + saved[k].tags)
+        restores |= undecided
+        notes.append(f"the run's review dataset is now {name!r} (was {recorded!r}); the decisions of "
+                     f"{run.path / 'decisions.csv'} were brought into it"
+                     + (f"; {differ} suggestions decided differently there keep this dataset's decision"
+                        if differ else ""))
+    keep = {**{k: saved[k] for k in restores if k not in keep}, **keep}
     plan, counts, gone = _plan_decisions(sugg, class_names, keep, archive, restores)
+    if counts["overridden"]:
+        o = counts["overridden"]
+        notes.append(f"{len(o)} decisions of the dataset were changed by edited accept cells of corrections.csv "
+                     f"(an edited cell wins): {'; '.join(o[:5])}" + (f"; and {len(o) - 5} more" if len(o) > 5 else ""))
     if ds is None:
         ds = fo.Dataset(name, persistent=True)
     ds.info["labelfix_run"] = run_path

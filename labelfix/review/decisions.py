@@ -159,6 +159,39 @@ def sync_decisions(dataset, run=None, field: str = SUGGESTIONS) -> Path:
     return out
 
 
+def refresh_decisions(run) -> str | None:
+    """Bring RUN/decisions.csv up to date with the run's review dataset (the one
+    RUN/review.json records), so that tags set with the App's tag button, which nothing
+    copies, count as decisions for ``labelfix clean`` too.
+
+    Returns None when the run has no review dataset (never reviewed) or the file was
+    synced; else a one-line note saying why the file is used as it is (the dataset was
+    deleted, the database does not start, it belongs to another run).
+    """
+    from labelfix.review.dataset import load_review_dataset, recorded_dataset_name
+    from labelfix.run import Run, load_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    kept = f"decisions read from {run.path / DECISIONS_FILE} as the last review or App operator left it"
+    try:
+        name = recorded_dataset_name(run)
+    except LabelfixError as e:
+        return f"{kept} ({e})"
+    if name is None:
+        return None
+    try:
+        import fiftyone as fo
+
+        if not fo.dataset_exists(name):
+            return f"{kept} (the review dataset {name!r} no longer exists)"
+        sync_decisions(load_review_dataset(run, name), run)
+    except LabelfixError as e:
+        return f"{kept} ({e})"
+    except Exception as e:   # noqa: BLE001 - no database here (another machine, a broken install)
+        return f"{kept} (FiftyOne dataset {name!r} not readable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None
+
+
 def read_decisions_csv(run) -> pd.DataFrame | None:
     """RUN/decisions.csv as a DataFrame (None when the file does not exist)."""
     from labelfix.run import Run, load_run
