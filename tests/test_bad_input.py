@@ -45,6 +45,14 @@ COCO_CASES = {
     "windows-path": (mutate(lambda d: d["images"][0].update(file_name="C:\\x\\a.png")), "is an absolute path"),
     "lvis-unknown-neg": (mutate(lambda d: d["images"][0].update(neg_category_ids=[7])), "'neg_category_ids' names unknown category id 7"),
     "annotations-not-list": (mutate(lambda d: d.update(annotations={})), "'annotations' must be a list"),
+    # json keeps the last of two equal keys: the first annotations list would be dropped
+    "duplicate-top-level-key": (mutate(lambda d: None)[:-1] + ', "annotations": []}',
+                                "the top-level key 'annotations' appears twice"),
+    # not JSON numbers; they used to be read, and written back as they were by export
+    "infinite-area": (mutate(lambda d: d["annotations"][1].update(area="INF")).replace('"INF"', "Infinity"),
+                      "annotations[1] (id 2) 'area' is Infinity, which is not a JSON number"),
+    "nan-in-bbox": (mutate(lambda d: d["annotations"][0].update(bbox=[0, 0, "NAN", 1])).replace('"NAN"', "NaN"),
+                    "annotations[0] (id 1) 'bbox' is NaN"),
 }
 
 

@@ -105,3 +105,26 @@ def test_randaugment_survives_every_magnitude():
     im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
     for _ in range(400):
         assert tf(im).shape == (3, 16, 16)
+
+
+def test_large_images_decode_without_pils_warning_and_huge_ones_are_bad_images(tmp_path):
+    """Between PIL's limit and twice it an image decodes without PIL's raw two-line
+    warning on stderr; above twice it, it is a decode error (reported or counted as a
+    bad image). The limit is lowered in the child process to keep the images small."""
+    import subprocess
+    import sys
+
+    Image.new("L", (40, 40), 7).save(tmp_path / "big.png")      # 1,600 pixels: over 1,000
+    Image.new("L", (50, 50), 7).save(tmp_path / "huge.png")     # 2,500 pixels: over 2,000
+    code = (
+        "import warnings; warnings.simplefilter('default')\n"
+        "from PIL import Image; Image.MAX_IMAGE_PIXELS = 1000\n"
+        "from labelfix.data.image import DECODE_ERRORS, load_rgb\n"
+        f"print(load_rgb({str(tmp_path / 'big.png')!r}).size)\n"
+        f"try:\n    load_rgb({str(tmp_path / 'huge.png')!r})\n"
+        "except DECODE_ERRORS as e:\n    print(type(e).__name__)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["(40,", "40)", "DecompressionBombError"]
+    assert r.stderr == ""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -33,6 +35,12 @@ class UnsafeImage(OSError):
 
 
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+# PIL warns (two raw lines on stderr) above Image.MAX_IMAGE_PIXELS (89 megapixels) and
+# refuses above twice that (DecompressionBombError, one of DECODE_ERRORS: a reported or
+# counted bad image). Every image here is the user's own data and is resized after
+# decoding, so between the two limits it is decoded without the warning (docs/user_guide.md).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _inside(path: str, root: str) -> bool:

@@ -32,11 +32,77 @@ from labelfix.labels import NEG, POS, UNK, LabelSet
 UNLABELED_CHOICES = ("negative", "unknown")
 
 
+class _Constant(ValueError):
+    """``NaN`` / ``Infinity`` / ``-Infinity`` in a file: not JSON numbers (RFC 8259)."""
+
+
+def _refuse_constant(name: str):
+    raise _Constant(name)
+
+
+def _where_constant(raw: bytes) -> str:
+    """Where the first NaN / Infinity of ``raw`` is, as ``annotations[12] (id 55) 'area'``
+    (the error path only: the file is parsed again with the constants kept)."""
+    mark = object()
+    data = json.loads(raw, parse_constant=lambda name: mark)
+
+    def holds(v) -> bool:
+        return v is mark or (isinstance(v, list) and any(map(holds, v))) or (
+            isinstance(v, dict) and any(map(holds, v.values())))
+
+    if not isinstance(data, dict):
+        return "a value"
+    for key, value in data.items():
+        if isinstance(value, list):
+            for i, rec in enumerate(value):
+                if isinstance(rec, dict):
+                    bad = next((k for k, v in rec.items() if holds(v)), None)
+                    if bad is not None:
+                        rid = f" (id {rec['id']})" if isinstance(rec.get("id"), int) else ""
+                        return f"{key}[{i}]{rid} {bad!r}"
+                elif holds(rec):
+                    return f"{key}[{i}]"
+        elif holds(value):
+            return f"top-level key {key!r}"
+    return "a value"
+
+
+def _top_level_duplicate(raw: bytes, data: dict) -> str | None:
+    """A key the top-level object of ``raw`` holds twice (json keeps the last one
+    silently: a second "annotations" list would hide the first). Each key is looked up as
+    bytes first, so a file that is fine costs a few memchr passes; a key seen twice is
+    confirmed by parsing again with the pairs of the top-level object."""
+    def seen(k: str) -> int:
+        forms = {json.dumps(k, ensure_ascii=False).encode(), json.dumps(k).encode()}   # as written, or escaped
+        return sum(raw.count(f) for f in forms)
+
+    if not any(seen(k) > 1 for k in data):
+        return None
+    last: list = []
+
+    def pairs(items):
+        last[:] = [items]
+        return dict(items)
+
+    json.loads(raw, object_pairs_hook=pairs)
+    seen: set = set()
+    for k, _ in last[0]:
+        if k in seen:
+            return k
+        seen.add(k)
+    return None
+
+
 def load_json(path: Path, object_hook=None) -> dict:
-    """Read a JSON object with one-line errors for missing, unreadable or invalid files."""
+    """Read a JSON object with one-line errors for missing, unreadable or invalid files,
+    for ``NaN`` / ``Infinity`` (not JSON; they would be written back as they are) and for
+    a top-level key given twice."""
     try:
         with open(path, "rb") as fh:
-            data = json.load(fh, object_hook=object_hook)
+            raw = fh.read()
+        data = json.loads(raw, object_hook=object_hook, parse_constant=_refuse_constant)
+    except _Constant as e:
+        raise LabelfixError(f"{path}: {_where_constant(raw)} is {e}, which is not a JSON number") from None
     except RecursionError:
         raise LabelfixError(f"{path}: invalid JSON: nested too deeply") from None
     except FileNotFoundError:
@@ -49,6 +115,9 @@ def load_json(path: Path, object_hook=None) -> dict:
         raise LabelfixError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(data, dict):
         raise LabelfixError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    dup = _top_level_duplicate(raw, data)
+    if dup is not None:
+        raise LabelfixError(f"{path}: the top-level key {dup!r} appears twice (JSON readers keep only the last)")
     return data
 
 
