@@ -350,6 +350,36 @@ def test_an_archived_decision_written_back_by_clean_counts_once(fo, review):
     assert (s2.accepted, s2.restored_decisions, s2.imported_decisions) == (1, 1, 0)
 
 
+def test_a_reviewers_own_tags_come_back_with_the_decisions(fo, review):
+    """A suggestion's own label tags (a reviewer's "unsure", with or without a decision)
+    are kept in decisions.csv and come back when the dataset is created afresh (before,
+    only accepted / rejected came back); a damaged other_tags cell is one line."""
+    from labelfix.errors import LabelfixError
+    from labelfix.review.dataset import build_review_dataset
+    from labelfix.review.decisions import accept, read_decisions_csv, sync_decisions
+
+    run_dir, ds, _ = review
+    ids = [c.id for smp in ds.iter_samples() for c in smp.suggestions.classifications][:2]
+    ds.select_labels(ids=ids, fields="suggestions").tag_labels(["unsure", "a, b"], label_fields="suggestions")
+    accept(ds, label_ids=ids[:1])
+    sync_decisions(ds)
+    import json
+
+    assert sorted(sorted(json.loads(t)) for t in read_decisions_csv(run_dir).other_tags if t) == [["a, b", "unsure"]] * 2
+    name = ds.name
+    ds.delete()
+    ds2, s2 = build_review_dataset(run_dir, name)
+    tags = {c.id: sorted(c.tags) for smp in ds2.iter_samples() for c in smp.suggestions.classifications}
+    assert s2.accepted == 1
+    assert sorted(tags.values(), key=len)[-2:] == [["a, b", "unsure"], ["a, b", "accepted", "unsure"]]
+
+    csv = pd.read_csv(run_dir / "decisions.csv", dtype=str, keep_default_na=False)
+    csv.loc[0, "other_tags"] = "unsure"   # not a JSON list
+    csv.to_csv(run_dir / "decisions.csv", index=False)
+    with pytest.raises(LabelfixError, match=r"decisions.csv: row 2: other_tags 'unsure' must be a JSON list"):
+        read_decisions_csv(run_dir)
+
+
 def test_other_run_same_name_is_refused(fo, review, demo_data, tmp_path):
     from labelfix.errors import LabelfixError
     from labelfix.review.dataset import build_review_dataset

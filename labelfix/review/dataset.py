@@ -221,22 +221,23 @@ def _existing_decisions(dataset) -> dict[tuple[int, str], _Prev]:
 
 def _csv_decisions(run: Run) -> dict[tuple[int, str], _Prev]:
     """Decisions from RUN/decisions.csv (used when the dataset is created afresh)."""
-    from labelfix.review.decisions import read_decisions_csv
+    from labelfix.review.decisions import parse_other_tags, read_decisions_csv
 
     frame = read_decisions_csv(run)
     if frame is None:
         return {}
-    csv_dec = frame["csv_decision"] if "csv_decision" in frame.columns else pd.Series([""] * len(frame))
+    blank = pd.Series([""] * len(frame))
     out = {}
-    for iid, cls, dec, cd, cat, fname, action, score in zip(
-        frame["image_id"], frame["class"], frame["decision"], csv_dec,
-        frame.get("category_id", pd.Series([None] * len(frame))), frame.get("file_name", pd.Series([""] * len(frame))),
-        frame.get("action", pd.Series([""] * len(frame))), frame.get("score", pd.Series([None] * len(frame))),
+    for iid, cls, dec, cd, cat, fname, action, score, other in zip(
+        frame["image_id"], frame["class"], frame["decision"], frame.get("csv_decision", blank),
+        frame.get("category_id", pd.Series([None] * len(frame))), frame.get("file_name", blank),
+        frame.get("action", blank), frame.get("score", pd.Series([None] * len(frame))), frame.get("other_tags", blank),
     ):
-        if dec not in DECISION_TAGS and not cd:
+        other = parse_other_tags(other, "decisions.csv")   # checked by read_decisions_csv
+        if dec not in DECISION_TAGS and not cd and not other:
             continue
         out[(int(iid), str(cls))] = _Prev(
-            None, [dec] if dec in DECISION_TAGS else [], str(cd or ""),
+            None, other + ([dec] if dec in DECISION_TAGS else []), str(cd or ""),
             None if cat in (None, "") else int(cat), str(fname or ""), str(action or ""),
             (1 if action == "add" else 0) if action in ("add", "remove") else None, _float_or_none(score),
         )
@@ -576,7 +577,7 @@ def build_review_dataset(
     # created afresh, else the decided suggestions whose sample or label was deleted from
     # it (before, their decisions were overwritten with nothing); the dataset's tags win
     saved = _csv_decisions(run)
-    restores = {k for k, prev in saved.items() if k not in keep and (not keep or _decision_of(prev.tags))}
+    restores = {k for k, prev in saved.items() if k not in keep and (not keep or prev.tags)}
     if switched:
         # decisions.csv holds the recorded dataset's decisions: they go to the suggestions
         # this one left undecided; where both decided differently, this dataset's tags win
@@ -585,7 +586,8 @@ def build_review_dataset(
         differ = sum(1 for k, prev in saved.items() if k in keep and _decision_of(keep[k].tags)
                      and _decision_of(prev.tags) and _decision_of(prev.tags) != _decision_of(keep[k].tags))
         for k in undecided:
-            keep[k] = replace(keep[k], tags=[t for t in keep[k].tags if t not in DECISION_TAGS] + saved[k].tags)
+            keep[k] = replace(keep[k], tags=[t for t in keep[k].tags if t not in DECISION_TAGS]
+                              + [_decision_of(saved[k].tags)])
         restores |= undecided
         notes.append(f"the run's review dataset is now {name!r} (was {recorded!r}); the decisions of "
                      f"{run.path / 'decisions.csv'} were brought into it"

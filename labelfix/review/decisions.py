@@ -32,12 +32,14 @@ from labelfix.review.dataset import ACCEPTED, DECISION_TAGS, REJECTED, SUGGESTIO
 
 DECISIONS_FILE = "decisions.csv"
 ARCHIVE_FILE = "decisions_archive.csv"
-DECISION_COLUMNS = ["image_id", "file_name", "class", "category_id", "action", "score", "decision", "csv_decision"]
+DECISION_COLUMNS = ["image_id", "file_name", "class", "category_id", "action", "score", "decision", "csv_decision",
+                    "other_tags"]
 ARCHIVE_COLUMNS = ["image_id", "file_name", "class", "category_id", "suggested", "action", "score", "decision",
                    "source"]
 FRAME_COLUMNS = [
     "image_id", "file_name", "class", "category_id", "class_index", "given", "suggested",
-    "action", "state", "score", "p_clean", "probability", "decision", "csv_decision", "label_id", "sample_id",
+    "action", "state", "score", "p_clean", "probability", "decision", "csv_decision", "other_tags", "label_id",
+    "sample_id",
 ]
 
 
@@ -98,11 +100,38 @@ def _decision(tags) -> str:
     return ""
 
 
+def other_tags(tags) -> str:
+    """The label tags other than the decision tags, as the JSON list decisions.csv
+    stores (``""`` for none): a tag may hold any character, a comma included."""
+    import json
+
+    rest = [str(t) for t in (tags or []) if t not in DECISION_TAGS]
+    return json.dumps(rest, ensure_ascii=False) if rest else ""
+
+
+def parse_other_tags(value, where: str) -> list[str]:
+    """The tags of an ``other_tags`` cell (:func:`other_tags`); a cell that is not a JSON
+    list of strings is one line naming ``where``."""
+    import json
+
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return []
+    try:
+        tags = json.loads(value)
+    except (TypeError, ValueError):
+        tags = None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise LabelfixError(f"{where}: other_tags {value!r} must be a JSON list of tags, e.g. [\"unsure\"], or empty")
+    return [t for t in tags if t not in DECISION_TAGS]
+
+
 def decisions_frame(collection, field: str = SUGGESTIONS) -> pd.DataFrame:
     """One row per suggestion in ``collection`` with its decision.
 
     Columns :data:`FRAME_COLUMNS`; ``decision`` is ``accepted``, ``rejected`` or ``""``
-    (a suggestion tagged both ways by hand counts as undecided). Rows are sorted by
+    (a suggestion tagged both ways by hand counts as undecided); ``other_tags`` the
+    suggestion's other label tags (a reviewer's ``unsure``) as a JSON list, ``""`` when
+    there are none (:func:`other_tags`). Rows are sorted by
     score (highest first), then image_id and class_index.
     """
     attrs = ["label", "class_name", "category_id", "class_index", "given", "suggested", "action", "state",
@@ -126,6 +155,7 @@ def decisions_frame(collection, field: str = SUGGESTIONS) -> pd.DataFrame:
                     "p_clean": np.nan if rec["p_clean"] is None else float(rec["p_clean"]),
                     "probability": np.nan if rec["probability"] is None else float(rec["probability"]),
                     "decision": _decision(rec["tags"]), "csv_decision": str(rec["csv_decision"] or ""),
+                    "other_tags": other_tags(rec["tags"]),
                     "label_id": str(rec["id"]), "sample_id": str(sid),
                 }
             )
@@ -201,7 +231,8 @@ def read_decisions_csv(run) -> pd.DataFrame | None:
     if not p.exists():
         return None
     from labelfix.validation import read_run_csv   # empty / non-UTF-8 / unparsable: one line
-    frame = read_run_csv(p, dtype={"class": str, "file_name": str, "decision": str, "csv_decision": str})
+    frame = read_run_csv(p, dtype={"class": str, "file_name": str, "decision": str, "csv_decision": str,
+                                   "other_tags": str})
     missing = {"image_id", "class", "decision"} - set(frame.columns)
     if missing:
         raise LabelfixError(f"{p}: missing columns {', '.join(sorted(missing))}")
@@ -210,6 +241,9 @@ def read_decisions_csv(run) -> pd.DataFrame | None:
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise LabelfixError(f"{p}: row {i + 2}: decision {frame['decision'].iloc[i]!r} must be accepted, rejected "
                             f"or empty")
+    if "other_tags" in frame.columns:   # absent in files of earlier versions
+        for i, v in enumerate(frame["other_tags"]):
+            parse_other_tags(v, f"{p}: row {i + 2}")
     from labelfix.validation import check_decisions   # image ids, classes, category ids, one row per cell
     check_decisions(frame, p, run.labelset)
     return frame
