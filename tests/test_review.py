@@ -329,6 +329,34 @@ def test_review_without_name_keeps_the_runs_dataset_and_a_switch_carries_decisio
             fo.load_dataset(other).delete()
 
 
+def test_a_renamed_review_dataset_is_found_by_its_run_tag(fo, review):
+    """A review dataset renamed in Python is still the run's dataset: review and export
+    without --name find it by its run tag (before, review created a new dataset under
+    the old name); two datasets with the tag are refused with a line naming both."""
+    from labelfix.errors import LabelfixError
+    from labelfix.review.dataset import build_review_dataset, load_review_dataset
+    from labelfix.review.decisions import accept, decisions_frame
+
+    run_dir, ds, _ = review
+    accept(ds, label_ids=decisions_frame(ds).label_id.iloc[[0]])
+    old, new = ds.name, unique()
+    ds.name = new
+    try:
+        again, s = build_review_dataset(run_dir)
+        assert again.name == new and s.accepted == 1 and not fo.dataset_exists(old)
+        assert any(f"using dataset {new!r}, which belongs to this run" in n and f"named {old!r}" in n for n in s.notes)
+        assert load_review_dataset(run_dir).name == new
+        copy = again.clone(old, persistent=True)         # a clone keeps the tag: which one is meant?
+        copy.name = unique()
+        again.name = unique()
+        with pytest.raises(LabelfixError, match="all belong to this run; pass --name to choose one"):
+            build_review_dataset(run_dir)
+    finally:
+        for n in fo.list_datasets():
+            if n in (new, old) or fo.load_dataset(n).info.get("labelfix_run") == str(run_dir.resolve()):
+                fo.delete_dataset(n)
+
+
 def test_an_archived_decision_written_back_by_clean_counts_once(fo, review):
     """A decision archived by review and written into the accept column by a later clean
     is one restored decision, not also an imported one."""

@@ -37,6 +37,7 @@ Decisions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -105,12 +106,43 @@ def default_dataset_name(run: Run | str | Path) -> str:
     """``labelfix-<run folder name>-<6 hex digits of the run's absolute path>``
     (characters other than letters, digits, ``-_.`` replaced by ``-``): readable, and two
     runs whose folders share a name (``exp1/run``, ``exp2/run``) get their own datasets."""
-    import hashlib
-
     run = run if isinstance(run, Run) else load_run(run)
-    path = run.path.resolve()
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name).strip("-") or "run"
-    return f"labelfix-{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.path.resolve().name).strip("-") or "run"
+    return f"labelfix-{stem}-{_path_digest(run)[:6]}"
+
+
+def run_tag(run: Run) -> str:
+    """The dataset tag ``labelfix-run-<12 hex digits of the run's absolute path>`` that
+    marks a run's review dataset, so that it is found after a rename."""
+    return f"labelfix-run-{_path_digest(run)[:12]}"
+
+
+def _path_digest(run: Run) -> str:
+    return hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()
+
+
+def run_dataset_name(run: Run, name: str | None = None) -> tuple[str, str | None]:
+    """``(name, note)``: the review dataset of ``run``. ``name`` when given; else the one
+    RUN/review.json records (before, a review without --name went back to the default
+    name and overwrote decisions.csv with that dataset's tags) when it exists; else the
+    one dataset tagged :func:`run_tag` (renamed in Python since; ``note`` says so; two are
+    refused: pass a name); else the recorded or the default name (created afresh)."""
+    import fiftyone as fo
+
+    if name is not None:
+        return name, None
+    recorded = recorded_dataset_name(run)
+    if recorded is not None and fo.dataset_exists(recorded):
+        return recorded, None
+    tagged = fo.list_datasets(tags=run_tag(run))
+    if len(tagged) > 1:
+        raise LabelfixError(f"{run.path}: datasets {', '.join(map(repr, tagged))} all belong to this run; "
+                            f"pass --name to choose one")
+    if tagged:
+        return tagged[0], (f"using dataset {tagged[0]!r}, which belongs to this run"
+                           + (f" ({run.path / REVIEW_FILE} named {recorded!r}, which no longer exists)"
+                              if recorded else ""))
+    return recorded or default_dataset_name(run), None
 
 
 def recorded_dataset_name(run: Run) -> str | None:
@@ -544,13 +576,14 @@ def build_review_dataset(
     from labelfix.review.decisions import archive_decisions, read_archive
 
     run = run if isinstance(run, Run) else load_run(run)
-    # the run's dataset is the one the last review recorded (before: a review without
-    # --name went back to the default name and overwrote decisions.csv with its tags)
-    recorded = recorded_dataset_name(run)
-    name = name or recorded or default_dataset_name(run)
-    switched = recorded is not None and recorded != name
     enable_plugin()
     import fiftyone as fo
+
+    recorded = recorded_dataset_name(run)
+    explicit = name is not None
+    name, found = run_dataset_name(run, name)
+    notes: list[str] = [found] if found else []
+    switched = explicit and recorded is not None and recorded != name
 
     ls = run.labelset
     sugg = suggestion_rows(run)
@@ -560,7 +593,6 @@ def build_review_dataset(
     n = ls.num_images
     class_names = ls.class_names
     run_path = str(run.path.resolve())
-    notes: list[str] = []
     archive = read_archive(run)
 
     if fo.dataset_exists(name):
@@ -602,6 +634,8 @@ def build_review_dataset(
     if ds is None:
         ds = fo.Dataset(name, persistent=True)
     ds.info["labelfix_run"] = run_path
+    if run_tag(run) not in ds.tags:   # survives a rename, unlike the name review.json records
+        ds.tags = [*ds.tags, run_tag(run)]
     ds.info["labelfix_classes"] = class_names
     ds.info["labelfix_max_predictions"] = max_predictions   # the plugin's re-rank keeps it
     ds.default_classes = class_names
@@ -743,13 +777,14 @@ def _any_unknown(labels, chunk_rows: int) -> bool:
 
 
 def load_review_dataset(run: Run | str | Path, name: str | None = None):
-    """The review dataset of ``run`` (``name``, else the recorded or default name)."""
+    """The review dataset of ``run`` (``name``, else :func:`run_dataset_name`'s)."""
     run = run if isinstance(run, Run) else load_run(run)
-    name = name or recorded_dataset_name(run) or default_dataset_name(run)
     from labelfix.review import enable_plugin
 
     enable_plugin()
     import fiftyone as fo
+
+    name, _ = run_dataset_name(run, name)
 
     if not fo.dataset_exists(name):
         raise LabelfixError(f"{run.path}: FiftyOne dataset {name!r} not found; run `labelfix review {run.path}` first")

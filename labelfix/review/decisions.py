@@ -198,20 +198,20 @@ def refresh_decisions(run) -> str | None:
     synced; else a one-line note saying why the file is used as it is (the dataset was
     deleted, the database does not start, it belongs to another run).
     """
-    from labelfix.review.dataset import load_review_dataset, recorded_dataset_name
+    from labelfix.review.dataset import load_review_dataset, recorded_dataset_name, run_dataset_name
     from labelfix.run import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
     kept = f"decisions read from {run.path / DECISIONS_FILE} as the last review or App operator left it"
     try:
-        name = recorded_dataset_name(run)
+        if recorded_dataset_name(run) is None:
+            return None
     except LabelfixError as e:
         return f"{kept} ({e})"
-    if name is None:
-        return None
     try:
         import fiftyone as fo
 
+        name, _ = run_dataset_name(run)
         if not fo.dataset_exists(name):
             return f"{kept} (the review dataset {name!r} no longer exists)"
         sync_decisions(load_review_dataset(run, name), run)
