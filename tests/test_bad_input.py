@@ -138,3 +138,29 @@ def test_skips_are_counted(tmp_path):
     assert out["missing_files"] == ["missing.png"]
     assert out["corrupt_files"] == ["trunc.png"]
     assert out["classes_without_positives"] == ["never"]
+
+
+def test_json_checks_on_odd_files(tmp_path):
+    """The NaN and duplicate-key checks on files they could trip over: a lone-surrogate
+    key (no crash, no false duplicate), a NaN nested deeper than the walk that names it
+    (one line), a UTF-16 file and many top-level keys (duplicates still found), a key
+    string repeated as a value (no false duplicate)."""
+    from labelfix.errors import LabelfixError
+    from labelfix.io.coco import load_json
+
+    def read(name, data: bytes):
+        (tmp_path / name).write_bytes(data)
+        return load_json(tmp_path / name)
+
+    assert list(read("s.json", b'{"\\ud800": 1, "images": []}')) == ["\ud800", "images"]
+    assert read("v.json", b'{"images": [{"file_name": "images"}]}')["images"] == [{"file_name": "images"}]
+    cases = [
+        ("deep.json", b'{"a": ' + b"[" * 600 + b"NaN" + b"]" * 600 + b"}", "a value is NaN"),
+        ("u16.json", '{"a": 1, "a": 2}'.encode("utf-16-le"), "the top-level key 'a' appears twice"),
+        ("many.json", ("{" + ", ".join(f'"k{i}": {i}' for i in range(10)) + ', "k3": 1}').encode(),
+         "the top-level key 'k3' appears twice"),
+    ]
+    for name, data, msg in cases:
+        with pytest.raises(LabelfixError, match=msg) as e:
+            read(name, data)
+        assert "\n" not in str(e.value) and name in str(e.value)

@@ -329,6 +329,53 @@ def test_review_without_name_keeps_the_runs_dataset_and_a_switch_carries_decisio
             fo.load_dataset(other).delete()
 
 
+def test_a_switch_hands_the_run_over_and_a_deleted_dataset_comes_back(fo, review, monkeypatch):
+    """After `review --name B` the old dataset is no longer the run's (its tag goes), its
+    tag-button decisions are synced before they are brought over, an imported accept value
+    comes along without being imported again; when B is deleted, clean's sync says so and
+    keeps decisions.csv, and review rebuilds B from it. A database that does not start is
+    a note for clean's sync, not a crash."""
+    from labelfix.review import dataset as review_dataset
+    from labelfix.review.dataset import build_review_dataset, run_tag
+    from labelfix.review.decisions import decisions_frame, read_decisions_csv, refresh_decisions
+    from labelfix.run import load_run
+
+    run_dir, ds, _ = review
+    f = decisions_frame(ds)
+    corr = pd.read_csv(run_dir / "corrections.csv", dtype=str, keep_default_na=False)
+    first = (corr["image_id"].astype(int) == f.image_id.iloc[0]) & (corr["class"] == f["class"].iloc[0])
+    corr["accept"] = np.where(first, "yes", "")
+    corr.to_csv(run_dir / "corrections.csv", index=False)
+    build_review_dataset(run_dir, ds.name)                      # imports "yes"
+    ds.select_labels(ids=[f.label_id.iloc[0]], fields="suggestions").untag_labels("accepted", label_fields="suggestions")
+    ds.select_labels(ids=list(f.label_id.iloc[[0, 1]]), fields="suggestions").tag_labels(
+        "rejected", label_fields="suggestions")                  # tag button, not synced
+    other = unique()
+    try:
+        b, s = build_review_dataset(run_dir, other)
+        got = dict(zip(zip(decisions_frame(b).image_id, decisions_frame(b)["class"]), decisions_frame(b).decision))
+        assert [got[k] for k in zip(f.image_id.iloc[:2], f["class"].iloc[:2])] == ["rejected", "rejected"]
+        assert s.imported_decisions == 0 and not any("edited accept cells" in n for n in s.notes)
+        assert run_tag(load_run(run_dir)) not in fo.load_dataset(ds.name).tags
+        assert run_tag(load_run(run_dir)) in b.tags
+        b.delete()
+        note = refresh_decisions(run_dir)
+        assert note and f"the review dataset {other!r} no longer exists" in note
+        assert (read_decisions_csv(run_dir).decision == "rejected").sum() == 2
+        again, s2 = build_review_dataset(run_dir)
+        assert again.name == other and s2.rejected == 2
+
+        def broken(*a, **k):
+            raise RuntimeError("could not connect to the database\nsecond line")
+
+        monkeypatch.setattr(review_dataset, "run_dataset_name", broken)
+        note = refresh_decisions(run_dir)
+        assert "not readable: RuntimeError: could not connect to the database" in note and "second" not in note
+    finally:
+        if fo.dataset_exists(other):
+            fo.load_dataset(other).delete()
+
+
 def test_a_renamed_review_dataset_is_found_by_its_run_tag(fo, review):
     """A review dataset renamed in Python is still the run's dataset: review and export
     without --name find it by its run tag (before, review created a new dataset under
@@ -344,7 +391,7 @@ def test_a_renamed_review_dataset_is_found_by_its_run_tag(fo, review):
     try:
         again, s = build_review_dataset(run_dir)
         assert again.name == new and s.accepted == 1 and not fo.dataset_exists(old)
-        assert any(f"using dataset {new!r}, which belongs to this run" in n and f"named {old!r}" in n for n in s.notes)
+        assert any(f"using dataset {new!r}, found by this run's tag" in n and f"named {old!r}" in n for n in s.notes)
         assert load_review_dataset(run_dir).name == new
         copy = again.clone(old, persistent=True)         # a clone keeps the tag: which one is meant?
         copy.name = unique()

@@ -126,7 +126,7 @@ def test_app_decision_wins_until_the_csv_cell_changes(fo, run_dir):  # noqa: F81
         set_accept(run_dir, {k: "1"})
         ds, s = build_review_dataset(run_dir, name)
         assert _key(decisions_frame(ds))[k] == "accepted"
-        assert any(f"1 decisions of the dataset were changed by edited accept cells of corrections.csv "
+        assert any(f"1 earlier decisions were changed by edited accept cells of corrections.csv "
                    f"(an edited cell wins): image {k[0]} {k[1]!r}: rejected -> accepted" in n for n in s.notes)
         set_accept(run_dir, {})
         ds, s = build_review_dataset(run_dir, name)

@@ -367,6 +367,9 @@ def clean_run(
             (accept column, the App's decisions.csv, the archive), weigh the scores per
             class and direction (addition / removal) by the share of each the person
             accepted (:func:`labelfix.cleaning.calibration.decision_weights`; docs/review.md).
+            The App's decisions are read from RUN/decisions.csv as it is; the ``labelfix
+            clean`` command first syncs it from the review dataset
+            (:func:`labelfix.review.decisions.refresh_decisions`).
         with_runs: other run directories trained on the same labels: their held-out
             probabilities are averaged with this run's (:func:`run_evidence`).
     """

@@ -52,45 +52,55 @@ def _where_constant(raw: bytes) -> str:
 
     if not isinstance(data, dict):
         return "a value"
-    for key, value in data.items():
-        if isinstance(value, list):
-            for i, rec in enumerate(value):
-                if isinstance(rec, dict):
-                    bad = next((k for k, v in rec.items() if holds(v)), None)
-                    if bad is not None:
-                        rid = f" (id {rec['id']})" if isinstance(rec.get("id"), int) else ""
-                        return f"{key}[{i}]{rid} {bad!r}"
-                elif holds(rec):
-                    return f"{key}[{i}]"
-        elif holds(value):
-            return f"top-level key {key!r}"
+    try:
+        for key, value in data.items():
+            if isinstance(value, list):
+                for i, rec in enumerate(value):
+                    if isinstance(rec, dict):
+                        bad = next((k for k, v in rec.items() if holds(v)), None)
+                        if bad is not None:
+                            rid = f" (id {rec['id']})" if isinstance(rec.get("id"), int) else ""
+                            return f"{key}[{i}]{rid} {bad!r}"
+                    elif holds(rec):
+                        return f"{key}[{i}]"
+            elif holds(value):
+                return f"top-level key {key!r}"
+    except RecursionError:   # nested deeper than the walk goes
+        pass
     return "a value"
+
+
+#: more top-level keys than this are checked by the exact re-parse (a byte count per key
+#: would cost one pass over the file each); COCO files have five or six
+_COUNTED_KEYS = 8
 
 
 def _top_level_duplicate(raw: bytes, data: dict) -> str | None:
     """A key the top-level object of ``raw`` holds twice (json keeps the last one
     silently: a second "annotations" list would hide the first). Each key is looked up as
-    bytes first, so a file that is fine costs a few memchr passes; a key seen twice is
-    confirmed by parsing again with the pairs of the top-level object."""
+    bytes first (as written, or \\u-escaped as ``json.dump`` writes it), so a file that is
+    fine costs a few memchr passes; a key seen twice is confirmed by parsing again with the
+    pairs of the top-level object. Another spelling of a key (``\\u0069mages``, ``\\/``) is
+    found only when some key string repeats or by the exact parse of a UTF-16 / UTF-32
+    file or one with many top-level keys."""
     def seen(k: str) -> int:
-        forms = {json.dumps(k, ensure_ascii=False).encode(), json.dumps(k).encode()}   # as written, or escaped
+        forms = {json.dumps(k, ensure_ascii=False).encode(), json.dumps(k).encode()}
         return sum(raw.count(f) for f in forms)
 
-    if not any(seen(k) > 1 for k in data):
+    try:
+        exact = len(data) > _COUNTED_KEYS or 0 in raw[:4] or any(seen(k) > 1 for k in data)
+    except UnicodeEncodeError:   # a key with a lone surrogate: not countable as UTF-8
+        exact = True
+    if not exact:
         return None
     last: list = []
 
-    def pairs(items):
+    def pairs(items):   # nested objects become None: the re-parse holds only the top level
         last[:] = [items]
-        return dict(items)
 
-    json.loads(raw, object_pairs_hook=pairs)
-    seen: set = set()
-    for k, _ in last[0]:
-        if k in seen:
-            return k
-        seen.add(k)
-    return None
+    json.loads(raw, object_pairs_hook=pairs, parse_constant=_refuse_constant)
+    keys = [k for k, _ in last[0]]
+    return next((k for i, k in enumerate(keys) if k in keys[:i]), None)
 
 
 def load_json(path: Path, object_hook=None) -> dict:

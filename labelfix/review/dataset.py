@@ -125,7 +125,7 @@ def run_dataset_name(run: Run, name: str | None = None) -> tuple[str, str | None
     """``(name, note)``: the review dataset of ``run``. ``name`` when given; else the one
     RUN/review.json records (before, a review without --name went back to the default
     name and overwrote decisions.csv with that dataset's tags) when it exists; else the
-    one dataset tagged :func:`run_tag` (renamed in Python since; ``note`` says so; two are
+    one dataset tagged :func:`run_tag` (renamed in Python since; ``note`` names it; two are
     refused: pass a name); else the recorded or the default name (created afresh)."""
     import fiftyone as fo
 
@@ -139,7 +139,7 @@ def run_dataset_name(run: Run, name: str | None = None) -> tuple[str, str | None
         raise LabelfixError(f"{run.path}: datasets {', '.join(map(repr, tagged))} all belong to this run; "
                             f"pass --name to choose one")
     if tagged:
-        return tagged[0], (f"using dataset {tagged[0]!r}, which belongs to this run"
+        return tagged[0], (f"dataset {tagged[0]!r}, found by this run's tag"
                            + (f" ({run.path / REVIEW_FILE} named {recorded!r}, which no longer exists)"
                               if recorded else ""))
     return recorded or default_dataset_name(run), None
@@ -582,7 +582,7 @@ def build_review_dataset(
     recorded = recorded_dataset_name(run)
     explicit = name is not None
     name, found = run_dataset_name(run, name)
-    notes: list[str] = [found] if found else []
+    notes: list[str] = [f"using {found}"] if found else []
     switched = explicit and recorded is not None and recorded != name
 
     ls = run.labelset
@@ -603,6 +603,11 @@ def build_review_dataset(
             )
     boxes = _source_boxes(ls, notes)
 
+    previous = fo.load_dataset(recorded) if switched and fo.dataset_exists(recorded) else None
+    if previous is not None and previous.info.get("labelfix_run") == run_path:
+        from labelfix.review.decisions import sync_decisions
+
+        sync_decisions(previous, run)   # its tag-button decisions too, before they are brought over
     ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
     keep = _existing_decisions(ds) if ds is not None else {}
     # decisions.csv brings back what the dataset does not hold: all of it for a dataset
@@ -619,7 +624,7 @@ def build_review_dataset(
                      and _decision_of(prev.tags) and _decision_of(prev.tags) != _decision_of(keep[k].tags))
         for k in undecided:
             keep[k] = replace(keep[k], tags=[t for t in keep[k].tags if t not in DECISION_TAGS]
-                              + [_decision_of(saved[k].tags)])
+                              + [_decision_of(saved[k].tags)], csv_decision=saved[k].csv_decision)
         restores |= undecided
         notes.append(f"the run's review dataset is now {name!r} (was {recorded!r}); the decisions of "
                      f"{run.path / 'decisions.csv'} were brought into it"
@@ -629,7 +634,7 @@ def build_review_dataset(
     plan, counts, gone = _plan_decisions(sugg, class_names, keep, archive, restores)
     if counts["overridden"]:
         o = counts["overridden"]
-        notes.append(f"{len(o)} decisions of the dataset were changed by edited accept cells of corrections.csv "
+        notes.append(f"{len(o)} earlier decisions were changed by edited accept cells of corrections.csv "
                      f"(an edited cell wins): {'; '.join(o[:5])}" + (f"; and {len(o) - 5} more" if len(o) > 5 else ""))
     if ds is None:
         ds = fo.Dataset(name, persistent=True)
@@ -732,6 +737,8 @@ def build_review_dataset(
     _app_config(ds, active, color_fields(class_names, suggested_classes, explicit_negatives, boxes is not None))
 
     atomic.write_json(run.path / REVIEW_FILE, {"dataset": name})
+    if previous is not None and run_tag(run) in previous.tags:   # one dataset is the run's
+        previous.tags = [t for t in previous.tags if t != run_tag(run)]
     from labelfix.review.decisions import decision_counts, sync_decisions
 
     if gone:

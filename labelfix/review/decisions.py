@@ -204,22 +204,24 @@ def refresh_decisions(run) -> str | None:
     run = run if isinstance(run, Run) else load_run(run)
     kept = f"decisions read from {run.path / DECISIONS_FILE} as the last review or App operator left it"
     try:
-        if recorded_dataset_name(run) is None:
-            return None
+        name = recorded_dataset_name(run)
     except LabelfixError as e:
         return f"{kept} ({e})"
+    if name is None:
+        return None
     try:
         import fiftyone as fo
 
-        name, _ = run_dataset_name(run)
+        name, found = run_dataset_name(run)
         if not fo.dataset_exists(name):
             return f"{kept} (the review dataset {name!r} no longer exists)"
         sync_decisions(load_review_dataset(run, name), run)
     except LabelfixError as e:
         return f"{kept} ({e})"
     except Exception as e:   # noqa: BLE001 - no database here (another machine, a broken install)
-        return f"{kept} (FiftyOne dataset {name!r} not readable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    return None
+        why = str(e).splitlines()[0] if str(e) else ""
+        return f"{kept} (FiftyOne dataset {name!r} not readable: {type(e).__name__}: {why})"
+    return f"decisions synced from {found}" if found else None
 
 
 def read_decisions_csv(run) -> pd.DataFrame | None:
