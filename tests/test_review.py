@@ -421,8 +421,15 @@ def test_an_archived_decision_written_back_by_clean_counts_once(fo, review):
     assert s1.archived_decisions == 1
     corr["accept"] = np.where(same, "yes", "")           # as clean writes it back
     corr.to_csv(run_dir / "corrections.csv", index=False)
-    _, s2 = build_review_dataset(run_dir, ds.name)
+    ds2, s2 = build_review_dataset(run_dir, ds.name)
     assert (s2.accepted, s2.restored_decisions, s2.imported_decisions) == (1, 1, 0)
+    # restored from decisions.csv into a fresh dataset but changed by an edited cell: imported only
+    name = ds2.name
+    ds2.delete()
+    corr["accept"] = np.where(same, "no", "")
+    corr.to_csv(run_dir / "corrections.csv", index=False)
+    _, s3 = build_review_dataset(run_dir, name)
+    assert (s3.rejected, s3.restored_decisions, s3.imported_decisions) == (1, 0, 1)
 
 
 def test_a_reviewers_own_tags_come_back_with_the_decisions(fo, review):

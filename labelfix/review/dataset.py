@@ -303,12 +303,13 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
         prev = keep.get(key)
         if prev is not None:
             lid, tags, imp = prev.label_id, list(prev.tags), prev.csv_decision
-            restored += bool(key in restores and _decision_of(tags))
+            back = bool(key in restores and _decision_of(tags))
         else:
             lid, tags, imp = None, [], ""
             old = archive.get((int(rec.image_id), int(rec.category_id), 1 if rec.action == "add" else 0))
+            back = bool(old)
             if old:
-                tags, restored = [old], restored + 1
+                tags = [old]
                 if has_csv and v == old:   # clean wrote the archived decision into the accept column
                     imp = v                # (counted once, as restored)
         if has_csv and v != imp:
@@ -317,6 +318,8 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
             tags = [t for t in tags if t not in DECISION_TAGS] + ([v] if v else [])
             imp = v
             imported += 1
+            back = False   # the decision is the imported one: counted once
+        restored += back
         plan.append((lid, tags, imp))
     gone = [(iid, cls, prev) for (iid, cls), prev in keep.items()
             if (iid, cls) not in seen and _decision_of(prev.tags)]
