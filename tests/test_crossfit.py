@@ -577,6 +577,20 @@ def test_fold_workers_refusals(tiny, tmp_path):
         cfg_for(tiny, tmp_path / "b", frozen=True, fold_workers=2).validate()
     with pytest.raises(LabelfixError, match="--fold-workers: callbacks run in this process"):
         train(cfg_for(tiny, tmp_path / "c", fold_workers=2), callbacks=[object()], log=lambda s: None)
+    # a fold process cannot start loader processes: an explicit --workers is refused
+    with pytest.raises(LabelfixError, match="--workers: not with --fold-workers above 1"):
+        cfg_for(tiny, tmp_path / "d", fold_workers=2, workers=2).validate()
+
+
+def test_fold_workers_train_with_the_default_loader_workers(tiny, tmp_path):
+    """--fold-workers 2 without --workers (the README's CPU command) trains: the loader
+    workers default to 0 there (before: 2, and every fold process crashed with "daemonic
+    processes are not allowed to have children")."""
+    cfg = cfg_for(tiny, tmp_path / "run", fold_workers=2, workers=None, rounds=1, epochs=1)
+    assert cfg.validate().loader_workers == 0
+    assert cfg_for(tiny, tmp_path / "x", workers=None).loader_workers > 0   # one process: loader workers
+    summary = train(cfg, log=lambda s: None)
+    assert (tmp_path / "run" / "stats" / "logits.npy").exists() and summary is not None
 
 
 def test_a_fold_error_in_a_worker_is_one_line_in_the_driver(tiny, tmp_path):

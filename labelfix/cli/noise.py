@@ -11,7 +11,7 @@ from labelfix.data.noise import KINDS
 @click.command()
 @click.argument("data", type=click.Path())
 @data_options
-@click.option("--kind", type=click.Choice(KINDS), required=True, help="Noise protocol (methods.md).")
+@click.option("--kind", type=click.Choice(KINDS), required=True, help="Noise protocol (docs/user_guide.md, \"Noise injection\").")
 @click.option("--rate", type=FiniteFloat(0, 1), default=None,
               help="Noise rate (required except for single-positive).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)

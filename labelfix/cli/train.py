@@ -52,7 +52,7 @@ def _opt(*decls, **kw):
 @_opt("--dynamics/--no-dynamics", help="With --folds: each fold model scores its held-out images after every "
                                        "epoch, for the loss over the epochs (stats/loss_mean.npy, the `clean "
                                        "--score loss` signal); --no-dynamics scores them after the last epoch only, "
-                                       "about 8 %% less time on a small model, and loss_mean is then the last "
+                                       "about 8 % less time on a small model, and loss_mean is then the last "
                                        "epoch's loss [default: on].")
 @_opt("--fold-workers", type=int, help="With --folds on the CPU: train this many fold models side by side, each "
                                        "in its own process with its share of the CPU threads; small models train "
@@ -113,7 +113,8 @@ def _opt(*decls, **kw):
 @_opt("--class-groups", type=click.Choice(CLASS_GROUPS),
       help=f"How the validation mAP's many/medium/few class groups are cut (with --val or --val-split) "
            f"[default: {_D.class_groups}].")
-@_opt("--workers", type=int, help=f"Data-loading processes [default: {DEFAULT_WORKERS}, at most the CPU count].")
+@_opt("--workers", type=int, help=f"Data-loading processes [default: {DEFAULT_WORKERS}, at most the CPU count; "
+                                   f"0 with --fold-workers above 1].")
 @_opt("--seed", type=int, help=f"Random seed [default: {_D.seed}].")
 @_opt("--device", help=f"auto, cpu, cuda, cuda:1 ... [default: {_D.device}].")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from checkpoints/last.pt.")

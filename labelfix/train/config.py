@@ -143,8 +143,11 @@ class TrainConfig:
     def loader_workers(self) -> int:
         """``--workers`` resolved: as given, else :data:`DEFAULT_WORKERS` but at most the
         number of CPUs (more processes than cores only compete for them, and PyTorch
-        warns about it)."""
-        return self.workers if self.workers is not None else min(DEFAULT_WORKERS, os.cpu_count() or 1)
+        warns about it); 0 with ``--fold-workers`` above 1, whose fold processes are the
+        parallelism (and, being daemon processes, cannot start loader processes)."""
+        if self.workers is not None:
+            return self.workers
+        return 0 if self.fold_workers > 1 else min(DEFAULT_WORKERS, os.cpu_count() or 1)
 
     def validate(self) -> "TrainConfig":
         """Raise ``LabelfixError`` on an impossible option; return self.
@@ -198,6 +201,9 @@ class TrainConfig:
             self.rounds = 2
         if self.fold_workers > 1 and not self.folds:
             bad("fold_workers", "trains cross-fitting's fold models side by side; has no effect without --folds")
+        if self.fold_workers > 1 and self.workers:
+            bad("workers", "not with --fold-workers above 1: each fold model trains in its own process and loads "
+                           "its images there (the fold processes are the parallelism); leave --workers out or pass 0")
         if self.fold_workers > 1 and self.frozen:
             bad("fold_workers", "not with --frozen: its fold heads share one embedding that the first fold "
                                 "writes, and each trains in seconds")
