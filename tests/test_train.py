@@ -253,6 +253,8 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
     lines = []
     train(cfg_for(tiny, out, epochs=2, resume=True), log=lines.append)
     assert any("all 2 epochs trained; raise --epochs" in line for line in lines)
+    # nothing to train: no "training N images" line, and the embedding is reused silently
+    assert not any(line.startswith("training ") or "embedding " in line for line in lines), lines
     # a config.yaml edited by hand to an unresolved method: name it to resume, never a traceback
     doc = yaml.safe_load(config)
     run_mix = doc["train"]["mix"]
@@ -385,6 +387,24 @@ def test_ctrl_c_stops_with_resume_hint(tiny, tmp_path):
     with pytest.raises(TrainingInterrupted, match=r"epoch 2; checkpoints/last.pt holds epoch 1.*--resume"):
         train(cfg_for(tiny, out), callbacks=[CtrlC()], log=quiet)
     assert _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_ctrl_c_in_the_evaluation_pass_names_it(tiny, tmp_path, monkeypatch):
+    """Ctrl-C in the pass that follows a saved epoch names that pass and that epoch
+    (before: "during epoch 3" when epoch 2's pass was interrupted)."""
+    from labelfix.train import TrainingInterrupted, evaluate
+
+    real = evaluate.finalize_epoch
+
+    def finalize(t, epoch, info, record_mean):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(t, epoch, info, record_mean)
+
+    monkeypatch.setattr(evaluate, "finalize_epoch", finalize)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted in the evaluation pass after epoch 2 \(--resume runs "
+                                                   r"it again\); checkpoints/last.pt holds epoch 2"):
+        train(cfg_for(tiny, tmp_path / "run"), log=quiet)
 
 
 def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):

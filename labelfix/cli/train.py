@@ -175,7 +175,7 @@ def train(data, config_file, **flags):
         click.echo(f"stopped: {err}", err=True)
         sys.exit(130)
     last = summary["metrics"][-1] if summary["metrics"] else {}
-    msg = f"done: {summary['epochs']} epochs in {summary['out']}"
+    msg = f"done: {summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'} in {summary['out']}"
     if "val_map" in last:
         msg += f"; last validation mAP {last['val_map']:.2f}"
     if summary["skipped"]:

@@ -239,7 +239,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 t = Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
                             features_dir=out / "features", keep_process_group=True, image_cache=images,
-                            role_estimates=role_start, embed=embed)
+                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ")
                 t.embed_only() if only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))

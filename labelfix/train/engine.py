@@ -54,16 +54,17 @@ class Trainer:
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
                  features_dir: Path | None = None, keep_process_group: bool = False,
                  image_cache: dict | None = None, role_estimates: np.ndarray | None = None,
-                 embed: bool = True):
+                 embed: bool = True, log_prefix: str = ""):
         """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
         ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``),
         ``image_cache`` (decoded evaluation images by row, shared by the fold models),
         ``role_estimates`` (float (N, K), the warm start of a refit round's ROLE table) and
         ``embed`` (False: no final ``stats/embeddings.npy``, which clean reads of the last
-        round only) come from the cross-fitting driver (``crossfit.py``)."""
+        round only) and ``log_prefix`` (the fold a line is of) come from the cross-fitting
+        driver (``crossfit.py``)."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
-        self._log = log
+        self._log, self._prefix = log, log_prefix
         self._given = {"labelset": labelset, "split": split}
         self.features_dir = Path(features_dir) if features_dir is not None else Path(cfg.out) / "features"
         self._keep_group = keep_process_group
@@ -84,6 +85,7 @@ class Trainer:
     def log(self, text: str) -> None:
         if not self.dist.is_main:
             return
+        text = self._prefix + text
         if self._log is not None:
             self._log(text)
         elif self.progress is not None:
@@ -257,16 +259,20 @@ class Trainer:
                     evaluate.resume_finalize(self)
                     if self.epoch == cfg.epochs:
                         self.log(f"{self.out}: all {cfg.epochs} epochs trained; raise --epochs to train longer")
-                self.log(f"training {self.train_rows.size} images, {self.labelset.num_classes} classes, "
-                         f"{self.micro_steps} steps/epoch on {self.device}"
-                         + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
+                if self.epoch < cfg.epochs:
+                    self.log(f"training {self.train_rows.size} images, {self.labelset.num_classes} classes, "
+                             f"{self.micro_steps} steps/epoch on {self.device}"
+                             + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
+                finishing = False   # in the evaluation pass of a saved epoch
                 try:
                     while self.epoch < cfg.epochs:
                         e = self.epoch
                         self.last_train_info = self._train_epoch(e)
                         self.epoch = e + 1
                         ckpt_mod.save_checkpoint(self)
+                        finishing = True
                         row = evaluate.finalize_epoch(self, e, self.last_train_info, record_mean=True)
+                        finishing = False
                         self.log(format_row(row))
                         for cb in self.callbacks:
                             if hasattr(cb, "on_epoch_end"):
@@ -275,8 +281,10 @@ class Trainer:
                     if self.epoch == 0:
                         raise TrainingInterrupted(f"{self.out}: interrupted during epoch 1, before any checkpoint; "
                                                   f"start again with a new --out (or delete this one)") from None
+                    where = (f"in the evaluation pass after epoch {self.epoch} (--resume runs it again)" if finishing
+                             else f"during epoch {self.epoch + 1}")
                     raise TrainingInterrupted(
-                        f"{self.out}: interrupted during epoch {self.epoch + 1}; checkpoints/last.pt holds "
+                        f"{self.out}: interrupted {where}; checkpoints/last.pt holds "
                         f"epoch {self.epoch}. Continue with: labelfix train {cfg.data} --out {cfg.out} --resume"
                     ) from None
             if self.embed and not cfg.frozen:   # the final model's embedding: clean's neighbour evidence

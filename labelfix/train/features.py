@@ -192,7 +192,9 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
                     return pooled(model.forward_features(t.to_device(images)))
 
             model.eval()
-            t.log(f"embedding {labelset.num_images} images -> {path}")
+            done = feature_info(path)
+            if not (done.get("complete") and path.exists() and done.get("meta") == info):   # else embed() reuses it
+                t.log(f"embedding {labelset.num_images} images -> {path}")
             last = [0]
 
             def report(done, n):
