@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from labelfix.cli import main
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.io.coco import read_coco
@@ -205,6 +206,14 @@ def test_no_accept_column_means_nothing_accepted(run_dir, tmp_path):
     src = json.loads(Path(json.loads((run_dir / "source.json").read_text())["path"]).read_text())
     cleaned = json.loads(out.read_text())
     assert cleaned["annotations"] == src["annotations"] and cleaned["images"] == src["images"]
+    assert res.decided == 0
+    # the command says that nothing is decided yet and how to decide (before: only "0 changes")
+    r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(tmp_path / "d.json"), "--from", "csv"])
+    assert r.exit_code == 0 and "0 cells recorded as verified" in r.output
+    assert f"note: no suggestion of {run_dir} is decided yet" in r.output and "--decisions all" in r.output
+    r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(tmp_path / "e.json"), "--from", "csv",
+                                  "--decisions", "all"])
+    assert r.exit_code == 0 and "is decided yet" not in r.output
 
 
 def test_lvis_source_unknown_cells(demo_data, tmp_path):

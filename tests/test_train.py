@@ -124,6 +124,11 @@ def test_run_writes_every_file(tiny, tmp_path):
     assert ckpt["optimizer"]["param_groups"][2]["initial_lr"] == pytest.approx(10 * 1e-3)
     model = model_from_checkpoint(ckpt)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, k)
+    # `labelfix info RUN` says it read a run (before: "(coco)", the format of its DATA file)
+    from labelfix.cli import main
+
+    res = CliRunner().invoke(main, ["info", str(out), "--no-files"])
+    assert res.exit_code == 0 and "(labelfix run, labels from coco):" in " ".join(res.output.split()), res.output
 
 
 def _weights(path):

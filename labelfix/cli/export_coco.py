@@ -59,7 +59,11 @@ def coco(run, out, decisions, min_score, source, name, change_log):
                    "(image-level annotations) before applying the changes")
     negatives = f", {r.negatives} unknown cells verified negative (rejected additions)" if r.negatives else ""
     click.echo(f"{r.out}: {r.changes} changes applied ({r.additions} additions, {r.removals} removals{negatives}; "
-               f"decisions from {r.source})")
+               f"decisions from {r.source}); {r.verified} cells recorded as verified")
+    if not r.decided and not r.changes:   # an unchanged copy, which is rarely what was meant
+        click.echo(f"note: no suggestion of {run} is decided yet: decide them in the App (labelfix review {run} "
+                   f"--launch) or in the accept column of {run}/corrections.csv, or apply every suggestion not "
+                   f"rejected with --decisions all (docs/review.md)")
     for note in r.notes:
         click.echo(f"note: {note}")
     if r.archived:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -36,7 +37,10 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
 
     con = Console()
     d = summary.to_dict()
-    con.print(f"[bold]{data}[/bold] ({ls.source.get('format')}): {d['num_images']} images, {d['num_classes']} classes")
+    read_as = ls.source.get("format")
+    if Path(data).is_dir():   # a run directory holds the labels of its DATA file
+        read_as = f"labelfix run, labels from {read_as or 'labels'}"
+    con.print(f"[bold]{data}[/bold] ({read_as}): {d['num_images']} images, {d['num_classes']} classes")
     con.print(
         f"cells: {d['positives']} positive, {d['negatives']} negative, {d['unknown']} unknown; "
         f"CLS_Imb {d['cls_imb']:.2f}, PN_Imb {d['pn_imb']:.2f}"

@@ -61,6 +61,7 @@ class ExportResult:
     source: str
     converted: bool
     archived: int = 0   # decisions applied from RUN/decisions_archive.csv
+    decided: int = 0    # suggestions a person decided (accepted or rejected), the archive's included
     notes: list = field(default_factory=list)
 
 
@@ -285,6 +286,7 @@ def export_cleaned_coco(
         source=source,
         converted=converted,
         archived=int(len(archived)),
+        decided=int(len(decided)),
         notes=notes,
     )
 
