@@ -71,6 +71,10 @@ def test_clean_writes_contract_outputs(tmp_path):
     assert (run / "report" / "index.html").exists()
     for png in ("loss_gmms.png", "suggestions_per_class.png", "noise_rate_per_class.png", "score_distribution.png"):
         assert (run / "report" / png).stat().st_size > 1000
+    # a later clean without a report keeps the old one and says that it is an earlier clean's
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--max-suggestions", "3"])
+    assert res.exit_code == 0 and "is an earlier clean's report, not updated (--no-report)" in res.output
+    assert (run / "report" / "index.html").exists()
 
 
 def test_clean_options(tmp_path):
@@ -192,6 +196,12 @@ def test_clean_learns_from_decisions_and_can_be_told_not_to(tmp_path):
             if a}
     assert kept == decided
     assert new["action"][:40].tolist().count("add") > corr["action"][:40].tolist().count("add")
+
+    # with --max-suggestions the learning still sees every suggestion clean makes, and says so
+    res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--max-suggestions", "10"])
+    assert res.exit_code == 0, res.output
+    assert ("learned from 40 of your decisions on the suggestions this clean makes, before --classes / "
+            "--max-suggestions") in " ".join(res.output.split())
 
     res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--no-learn-from-decisions"])
     assert res.exit_code == 0 and "learned from" not in res.output

@@ -240,7 +240,8 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict):
     scaled = [f"{('removals', 'additions')[j % 2]} of {names[j // 2]!r} x {weights.flat[j]:.2f}"
               for j in lowest if weights.flat[j] < 0.995]
     return issues, table, [
-        f"learned from {int(decided.sum())} of your decisions on these suggestions ({'; '.join(parts)}): scores "
+        f"learned from {int(decided.sum())} of your decisions on the suggestions this clean makes "
+        f"({'; '.join(parts)}): scores "
         f"weighted per class and direction, {'lowest ' + ', '.join(scaled) if scaled else 'unchanged'} "
         f"(docs/review.md; --no-learn-from-decisions turns this off)"]
 
@@ -477,6 +478,8 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
     table = corrections_table(run, issues.corrections)
     if learn_from_decisions:
         issues, table, note = _learn_from_decisions(run, issues, table, known)
+        if note and (classes or max_suggestions is not None):   # the learning sees every class and suggestion
+            note = [note[0].replace("this clean makes", "this clean makes, before --classes / --max-suggestions")]
         notes += note
     # from every decided suggestion, before --classes / --max-suggestions (as the learning)
     from_decisions = decision_estimate(table, table_decisions(table, known)) if known else None
@@ -505,4 +508,7 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
 
         report_path = write_report(run, issues, table, notes, losses=evidence["losses"],
                                    probs=evidence["probs"], from_decisions=from_decisions)
+    elif (run.path / "report" / "index.html").exists():   # kept (the demo shows it after its re-ranks), named
+        notes.append(f"{run.path / 'report'} is an earlier clean's report, not updated (--no-report): it "
+                     f"describes the suggestions of that clean")
     return CleanResult(issues, table, notes, report_path)
