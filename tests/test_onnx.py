@@ -350,7 +350,7 @@ def test_cli_export_errors(tmp_path):
     run, _ = _fake_run(tmp_path)
     runner = CliRunner()
     res = runner.invoke(main, ["export", "onnx", str(run), "--out", str(tmp_path / "m.onnx"), "--ema"])
-    assert res.exit_code == 2 and "no EMA weights" in res.output
+    assert res.exit_code == 2 and "best.pt: --ema: this run was trained without EMA weights" in res.output
     assert len(res.output.strip().splitlines()) == 1
     res = runner.invoke(main, ["export", "onnx", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "run directory not found" in res.output

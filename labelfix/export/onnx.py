@@ -349,6 +349,9 @@ def export_run(
     cfg = ckpt["model_config"]
     if "mean" not in cfg or "std" not in cfg:
         raise LabelfixError(f"{run / 'checkpoints' / f'{which}.pt'}: model_config: missing mean/std")
+    if ema and ckpt.get("ema") is None:
+        raise LabelfixError(f"{run / 'checkpoints' / f'{which}.pt'}: --ema: this run was trained without EMA "
+                            f"weights (train --ema keeps them); export without --ema")
     model = model_from_checkpoint(ckpt, ema=ema)
     return export_onnx(
         model, out, class_names=names, img_size=int(img_size or cfg["img_size"]),
