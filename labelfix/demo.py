@@ -13,6 +13,7 @@ would; the last round's suggestions are also loaded into FiftyOne.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -89,15 +90,37 @@ DEMO_TRAIN = dict(backbone="test_resnet", img_size=48, batch_size=32, lr=1e-2, w
 DEMO_EPOCHS = 14
 
 
+#: the demo shows a fold model's epochs 1, every 5th and the last (not all 14: 8 fold models
+#: per review round gave 224 lines), and an embedding's start and end, not its partial counts
+DEMO_EPOCH_EVERY = 5
+_EPOCH_LINE = re.compile(r": epoch (\d+) ")
+_EMBEDDED_LINE = re.compile(r"embedded (\d+)/(\d+)")
+
+
+def progress_lines(log: Callable[[str], None], epochs: int) -> Callable[[str], None]:
+    """The demo's filter of training lines (:data:`DEMO_EPOCH_EVERY`), indented under the
+    round's own lines."""
+    def say(msg: str) -> None:
+        m = _EPOCH_LINE.search(msg)
+        if m and int(m.group(1)) not in (1, epochs) and int(m.group(1)) % DEMO_EPOCH_EVERY:
+            return
+        part = _EMBEDDED_LINE.search(msg)
+        if part and part.group(1) != part.group(2):
+            return
+        log(f"      {msg}")
+
+    return say
+
+
 def _train_round(data: Path, run: Path, epochs: int, folds: int, seed: int, log: Callable[[str], None],
                  pool=None) -> dict:
-    """``labelfix train`` of one review round, one progress line per epoch; ``pool``: the
-    demo's fold pool, shared by its rounds."""
+    """``labelfix train`` of one review round (its lines through :func:`progress_lines`);
+    ``pool``: the demo's fold pool, shared by its rounds."""
     from labelfix.train.config import TrainConfig
     from labelfix.train.api import train
 
     cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, seed=seed, **dict(DEMO_TRAIN, folds=folds))
-    return train(cfg.validate(), log=lambda msg: log(f"      {msg}"), fold_pool=pool)
+    return train(cfg.validate(), log=progress_lines(log, epochs), fold_pool=pool)
 
 
 def _fold_pool(folds: int):

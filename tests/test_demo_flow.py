@@ -83,3 +83,22 @@ def test_demo_data_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", real_save)
     paths = make_demo(tmp_path / "data", n_train=8, n_test=4, size=32, seed=0)
     assert len(list(paths["images"].glob("*.png"))) == 12 and paths["train"].exists() and paths["test"].exists()
+
+
+def test_demo_progress_shows_every_fifth_epoch_and_whole_embeddings():
+    """The demo's training lines: epoch 1, every 5th and the last of each fold model, the
+    start and end of an embedding (its 554 lines had 284 per-epoch lines before)."""
+    from labelfix.demo import progress_lines
+
+    shown = []
+    say = progress_lines(shown.append, epochs=14)
+    for e in range(1, 15):
+        say(f"cross-fitting round 1/2, fold 1/4: epoch {e}  train_loss 0.5  lr 1e-2  1.0s")
+    for line in ("fold 1/4: embedding 1200 images -> x/embeddings.npy", "fold 1/4:   embedded 1024/1200",
+                 "fold 1/4:   embedded 1200/1200", "fold 1/4: training on 900 images, holding out 300"):
+        say(line)
+    epochs = [int(ln.split("epoch ")[1].split()[0]) for ln in shown if ": epoch " in ln]
+    assert epochs == [1, 5, 10, 14]
+    assert [ln.strip() for ln in shown if ": epoch " not in ln] == [
+        "fold 1/4: embedding 1200 images -> x/embeddings.npy", "fold 1/4:   embedded 1200/1200",
+        "fold 1/4: training on 900 images, holding out 300"]
