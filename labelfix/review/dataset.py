@@ -276,6 +276,32 @@ def _csv_decisions(run: Run) -> dict[tuple[int, str], _Prev]:
     return out
 
 
+def _merge_known(keep: dict, saved: dict, switched: bool) -> tuple[dict, set, int]:
+    """What a build starts from: the dataset's suggestions ``keep`` and decisions.csv's
+    ``saved`` (both ``{(image_id, class): _Prev}``) -> ``(keep, restores, differ)``.
+
+    decisions.csv brings back what the dataset does not hold: all of it for a dataset
+    created afresh (``keep`` empty), else the tagged suggestions whose sample or label was
+    deleted from it (before, their decisions were overwritten with nothing); the dataset's
+    tags win. After a ``switched`` dataset name, decisions.csv holds the previous dataset's
+    decisions: they also go to the suggestions this one left undecided (with their
+    imported ``accept`` value); ``differ`` counts those both decided differently (this
+    dataset's tags win). ``restores``: the keys whose decision came from decisions.csv.
+    """
+    restores = {k for k, prev in saved.items() if k not in keep and (not keep or prev.tags)}
+    keep, differ = dict(keep), 0
+    if switched:
+        undecided = {k for k, prev in saved.items()
+                     if k in keep and _decision_of(prev.tags) and not _decision_of(keep[k].tags)}
+        differ = sum(1 for k, prev in saved.items() if k in keep and _decision_of(keep[k].tags)
+                     and _decision_of(prev.tags) and _decision_of(prev.tags) != _decision_of(keep[k].tags))
+        for k in undecided:
+            keep[k] = replace(keep[k], tags=[t for t in keep[k].tags if t not in DECISION_TAGS]
+                              + [_decision_of(saved[k].tags)], csv_decision=saved[k].csv_decision)
+        restores |= undecided
+    return {**{k: saved[k] for k in restores if k not in keep}, **keep}, restores, differ
+
+
 def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, archive: dict, restores: set):
     """The label id, tags and imported CSV value of every suggestion, in ``sugg`` order.
 
@@ -612,28 +638,13 @@ def build_review_dataset(
 
         sync_decisions(previous, run)   # its tag-button decisions too, before they are brought over
     ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
-    keep = _existing_decisions(ds) if ds is not None else {}
-    # decisions.csv brings back what the dataset does not hold: all of it for a dataset
-    # created afresh, else the decided suggestions whose sample or label was deleted from
-    # it (before, their decisions were overwritten with nothing); the dataset's tags win
-    saved = _csv_decisions(run)
-    restores = {k for k, prev in saved.items() if k not in keep and (not keep or prev.tags)}
+    keep, restores, differ = _merge_known(_existing_decisions(ds) if ds is not None else {}, _csv_decisions(run),
+                                          switched)
     if switched:
-        # decisions.csv holds the recorded dataset's decisions: they go to the suggestions
-        # this one left undecided; where both decided differently, this dataset's tags win
-        undecided = {k for k, prev in saved.items()
-                     if k in keep and _decision_of(prev.tags) and not _decision_of(keep[k].tags)}
-        differ = sum(1 for k, prev in saved.items() if k in keep and _decision_of(keep[k].tags)
-                     and _decision_of(prev.tags) and _decision_of(prev.tags) != _decision_of(keep[k].tags))
-        for k in undecided:
-            keep[k] = replace(keep[k], tags=[t for t in keep[k].tags if t not in DECISION_TAGS]
-                              + [_decision_of(saved[k].tags)], csv_decision=saved[k].csv_decision)
-        restores |= undecided
         notes.append(f"the run's review dataset is now {name!r} (was {recorded!r}); the decisions of "
                      f"{run.path / 'decisions.csv'} were brought into it"
                      + (f"; {differ} suggestions decided differently there keep this dataset's decision"
                         if differ else ""))
-    keep = {**{k: saved[k] for k in restores if k not in keep}, **keep}
     plan, counts, gone = _plan_decisions(sugg, class_names, keep, archive, restores)
     if counts["overridden"]:
         o = counts["overridden"]
