@@ -214,6 +214,11 @@ def test_no_accept_column_means_nothing_accepted(run_dir, tmp_path):
     r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(tmp_path / "e.json"), "--from", "csv",
                                   "--decisions", "all"])
     assert r.exit_code == 0 and "is decided yet" not in r.output
+    # a run without any suggestion has nothing to decide: no such note
+    corr = pd.read_csv(run_dir / "corrections.csv", dtype=str, keep_default_na=False)
+    corr.iloc[:0].to_csv(run_dir / "corrections.csv", index=False)
+    r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(tmp_path / "f.json"), "--from", "csv"])
+    assert r.exit_code == 0 and "0 changes applied" in r.output and "is decided yet" not in r.output
 
 
 def test_lvis_source_unknown_cells(demo_data, tmp_path):

@@ -26,6 +26,7 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
     if images is not None and no_files:
         raise LabelfixError("info: --images says where the image files are, --no-files skips them: choose one")
     from labelfix.info import dataset_info
+    from labelfix.io import detect_format
 
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)
     summary = dataset_info(ls, check_files=not no_files, verify=verify)
@@ -38,8 +39,8 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
     con = Console()
     d = summary.to_dict()
     read_as = ls.source.get("format")
-    if Path(data).is_dir():   # a run directory holds the labels of its DATA file
-        read_as = f"labelfix run, labels from {read_as or 'labels'}"
+    if (fmt or detect_format(Path(data))) == "run":   # a run directory holds the labels of its DATA file
+        read_as = f"labelfix run, labels from {read_as}" if read_as else "labelfix run"
     con.print(f"[bold]{data}[/bold] ({read_as}): {d['num_images']} images, {d['num_classes']} classes")
     con.print(
         f"cells: {d['positives']} positive, {d['negatives']} negative, {d['unknown']} unknown; "

@@ -203,7 +203,8 @@ class TrainConfig:
             bad("fold_workers", "trains cross-fitting's fold models side by side; has no effect without --folds")
         if self.fold_workers > 1 and self.workers:
             bad("workers", "not with --fold-workers above 1: each fold model trains in its own process and loads "
-                           "its images there (the fold processes are the parallelism); leave --workers out or pass 0")
+                           "its images there (the fold processes are the parallelism); leave --workers out or pass 0 "
+                           "(on --resume, pass --workers 0: the run's config.yaml holds the value)")
         if self.fold_workers > 1 and self.frozen:
             bad("fold_workers", "not with --frozen: its fold heads share one embedding that the first fold "
                                 "writes, and each trains in seconds")

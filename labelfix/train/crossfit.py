@@ -215,7 +215,8 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             for f in range(k):
                 sub = fold_dir(out, f, r)
                 sub_cfg = dataclasses.replace(round_cfg, folds=0, rounds=None, refit_loss=None, out=str(sub),
-                                              fold_workers=1, workers=cfg.loader_workers,   # 0 in a fold process
+                                              fold_workers=1,
+                                              workers=0 if pool is not None else cfg.workers,   # fold processes: 0
                                               resume=(sub / "checkpoints" / "last.pt").exists(),
                                               progress=cfg.progress and pool is None)
                 where = (f"cross-fitting round {r}/{cfg.rounds}, fold {f + 1}/{k}" if cfg.rounds > 1
