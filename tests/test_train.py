@@ -412,6 +412,27 @@ def test_ctrl_c_in_the_evaluation_pass_names_it(tiny, tmp_path, monkeypatch):
         train(cfg_for(tiny, tmp_path / "run"), log=quiet)
 
 
+def test_ctrl_c_while_saving_names_the_checkpoint_on_disk(tiny, tmp_path, monkeypatch):
+    """Ctrl-C while epoch 2's checkpoint is written: last.pt still holds epoch 1 (atomic
+    write), and the message says so (before: "holds epoch 2")."""
+    from labelfix.train import TrainingInterrupted
+    from labelfix.train import checkpoint as ckpt_mod
+
+    real, calls = ckpt_mod.save_checkpoint, []
+
+    def save(t):
+        calls.append(t.epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(t)
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match=r"during epoch 2; checkpoints/last.pt holds epoch 1"):
+        train(cfg_for(tiny, out), log=quiet)
+    assert _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+
 def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):
     import shutil
 

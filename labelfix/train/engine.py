@@ -255,22 +255,23 @@ class Trainer:
             barrier(self.dist)
             self.progress = Progress(cfg.progress and self.dist.is_main)
             with self.progress:
-                if cfg.resume:
-                    evaluate.resume_finalize(self)
-                    if self.epoch == cfg.epochs:
-                        self.log(f"{self.out}: all {cfg.epochs} epochs trained; raise --epochs to train longer")
-                if self.epoch < cfg.epochs:
-                    self.log(f"training {self.train_rows.size} images, {self.labelset.num_classes} classes, "
-                             f"{self.micro_steps} steps/epoch on {self.device}"
-                             + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
-                finishing = False   # in the evaluation pass of a saved epoch
+                saved, finishing = self.epoch, cfg.resume   # the epoch on disk; in its evaluation pass
                 try:
+                    if cfg.resume:
+                        evaluate.resume_finalize(self)
+                        if self.epoch == cfg.epochs:
+                            self.log(f"{self.out}: all {cfg.epochs} epochs trained; raise --epochs to train longer")
+                    finishing = False
+                    if self.epoch < cfg.epochs:
+                        self.log(f"training {self.train_rows.size} images, {self.labelset.num_classes} classes, "
+                                 f"{self.micro_steps} steps/epoch on {self.device}"
+                                 + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
                     while self.epoch < cfg.epochs:
                         e = self.epoch
                         self.last_train_info = self._train_epoch(e)
                         self.epoch = e + 1
                         ckpt_mod.save_checkpoint(self)
-                        finishing = True
+                        saved, finishing = self.epoch, True
                         row = evaluate.finalize_epoch(self, e, self.last_train_info, record_mean=True)
                         finishing = False
                         self.log(format_row(row))
@@ -278,14 +279,14 @@ class Trainer:
                             if hasattr(cb, "on_epoch_end"):
                                 cb.on_epoch_end(self, e, row)
                 except KeyboardInterrupt:
-                    if self.epoch == 0:
+                    if saved == 0:
                         raise TrainingInterrupted(f"{self.out}: interrupted during epoch 1, before any checkpoint; "
                                                   f"start again with a new --out (or delete this one)") from None
-                    where = (f"in the evaluation pass after epoch {self.epoch} (--resume runs it again)" if finishing
-                             else f"during epoch {self.epoch + 1}")
+                    where = (f"in the evaluation pass after epoch {saved} (--resume runs it again)" if finishing
+                             else f"during epoch {saved + 1}")
                     raise TrainingInterrupted(
                         f"{self.out}: interrupted {where}; checkpoints/last.pt holds "
-                        f"epoch {self.epoch}. Continue with: labelfix train {cfg.data} --out {cfg.out} --resume"
+                        f"epoch {saved}. Continue with: labelfix train {cfg.data} --out {cfg.out} --resume"
                     ) from None
             if self.embed and not cfg.frozen:   # the final model's embedding: clean's neighbour evidence
                 from labelfix.train.features import embed_run
