@@ -270,6 +270,18 @@ def test_bench_fold_workers_reach_the_cross_fitted_runs_only(tiny_demo, tmp_path
     assert set(det["method"]) == {"labelfix", "cleanlab", "loss"}
 
 
+def test_bench_refuses_fold_options_before_it_trains(tiny_demo, tmp_path):
+    """An option the cross-fitted runs refuse (loader workers inside fold processes) stops
+    the bench before any training or folder (before: after the single-method runs)."""
+    from labelfix.bench.runner import run_bench
+    from labelfix.errors import LabelfixError
+
+    with pytest.raises(LabelfixError, match="--workers: not with --fold-workers above 1"):
+        run_bench(tiny_demo["train"], tiny_demo["test"], out=tmp_path / "bench", folds=2, fold_workers=2,
+                  workers=2)
+    assert not (tmp_path / "bench").exists()
+
+
 def test_bench_single_positive_trains_the_product_default(tiny_demo, tmp_path, monkeypatch):
     """On single-positive noise labelfix's run is `--loss auto` (AN-LS, then ROLE with kappa
     from round 1, named as resolved in the source column) and cleanlab ranks its own

@@ -327,7 +327,9 @@ def run_bench(
         raise LabelfixError(f"baselines: unknown {', '.join(bad)}")
     train_cfg = dict(BENCH_TRAIN)
     train_cfg.update(train_overrides)
-    TrainConfig(data="x", out="x", **train_cfg).validate()   # fail fast on a bad override
+    TrainConfig(data="x", out="x", **train_cfg).validate()   # fail fast on a bad override,
+    if folds and fold_workers > 1:                             # also with the cross-fitted runs' options
+        TrainConfig(data="x", out="x", **{**train_cfg, "folds": folds, "fold_workers": fold_workers}).validate()
 
     t_start, c_start = time.perf_counter(), time.process_time()
     if data is None and test is not None:
