@@ -198,10 +198,12 @@ def run_evidence(run: Run, with_runs: Sequence[Run] = ()) -> dict:
                 estimates=None if role is None else LazyProbs(role), verified=ls.verified)
 
 
-def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict):
+def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict, filtered: bool = False):
     """Re-weight the scores by the reviewer's decisions ``known``
     (:func:`labelfix.review.decisions.known_decisions`) on the suggestions of ``table``
-    (``cells/score.npy`` rewritten, ``table`` re-sorted); ``(issues, table, notes)``."""
+    (``cells/score.npy`` rewritten, ``table`` re-sorted); ``(issues, table, notes)``.
+    ``filtered``: --classes / --max-suggestions will shorten ``table`` (the note says the
+    learning saw all of it)."""
     import dataclasses
 
     from labelfix.cleaning.calibration import decision_weights, reweight_scores
@@ -240,7 +242,8 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict):
     scaled = [f"{('removals', 'additions')[j % 2]} of {names[j // 2]!r} x {weights.flat[j]:.2f}"
               for j in lowest if weights.flat[j] < 0.995]
     return issues, table, [
-        f"learned from {int(decided.sum())} of your decisions on the suggestions this clean makes "
+        f"learned from {int(decided.sum())} of your decisions on the suggestions this clean makes"
+        f"{', before --classes / --max-suggestions' if filtered else ''} "
         f"({'; '.join(parts)}): scores "
         f"weighted per class and direction, {'lowest ' + ', '.join(scaled) if scaled else 'unchanged'} "
         f"(docs/review.md; --no-learn-from-decisions turns this off)"]
@@ -477,9 +480,8 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
                      f"(NaN in its input, e.g. stats/loss_mean.npy): score 0, so they rank last")
     table = corrections_table(run, issues.corrections)
     if learn_from_decisions:
-        issues, table, note = _learn_from_decisions(run, issues, table, known)
-        if note and (classes or max_suggestions is not None):   # the learning sees every class and suggestion
-            note = [note[0].replace("this clean makes", "this clean makes, before --classes / --max-suggestions")]
+        issues, table, note = _learn_from_decisions(run, issues, table, known,
+                                                    filtered=bool(classes) or max_suggestions is not None)
         notes += note
     # from every decided suggestion, before --classes / --max-suggestions (as the learning)
     from_decisions = decision_estimate(table, table_decisions(table, known)) if known else None

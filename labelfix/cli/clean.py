@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from labelfix.cleaning.scores import list_scorers
@@ -42,7 +40,6 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     from labelfix.cleaning.clean_run import clean_run
     from labelfix.errors import LabelfixError
     from labelfix.io.lock import run_lock
-    from labelfix.review.dataset import REVIEW_FILE
     from labelfix.review.decisions import refresh_decisions
     from labelfix.validation import check_device
 
@@ -52,8 +49,7 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
     if names is not None and not names:
         raise LabelfixError(f"--classes {classes!r}: no class name in it (comma-separated names)")
     with run_lock(run, "clean"):
-        # tags set with the App's tag button reach decisions.csv only through a sync
-        synced = refresh_decisions(run) if Path(run, REVIEW_FILE).exists() else None
+        synced = refresh_decisions(run)   # tags set with the App's tag button reach decisions.csv only so
         res = clean_run(run, clean_threshold=clean_threshold, relabel_threshold=relabel_threshold,
                         max_suggestions=max_suggestions, classes=names, report=not no_report, device=device,
                         scorer=scorer, neighbours=neighbours, single_positive_removals=single_positive_removals,

@@ -51,7 +51,6 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     check_extension(log_path, ".csv", "--changes", "the change log is CSV")
     r = load_run(run)
     check_outputs({"--out": out, "--changes": log_path}, [r.path, r.labelset.source.get("path")], runs=[r.path])
-    suggested = len(r.corrections())
     with atomic.output_set():   # the cleaned file and its change log: both or neither
         r = export_cleaned_coco(r, out, decisions=decisions, source=source, dataset_name=name,
                                 change_log_path=log_path)
@@ -61,7 +60,7 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     negatives = f", {r.negatives} unknown cells verified negative (rejected additions)" if r.negatives else ""
     click.echo(f"{r.out}: {r.changes} changes applied ({r.additions} additions, {r.removals} removals{negatives}; "
                f"decisions from {r.source}); {r.verified} cells recorded as verified")
-    if suggested and not r.decided and not r.changes:   # an unchanged copy, which is rarely what was meant
+    if r.suggestions and not r.decided and not r.changes:   # an unchanged copy, which is rarely what was meant
         click.echo(f"note: no suggestion of {run} is decided yet: decide them in the App (labelfix review {run} "
                    f"--launch) or in the accept column of {run}/corrections.csv, or apply every suggestion not "
                    f"rejected with --decisions all (docs/review.md)")

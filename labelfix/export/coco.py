@@ -62,6 +62,7 @@ class ExportResult:
     converted: bool
     archived: int = 0   # decisions applied from RUN/decisions_archive.csv
     decided: int = 0    # suggestions a person decided (accepted or rejected), the archive's included
+    suggestions: int = 0   # the run's current suggestions
     notes: list = field(default_factory=list)
 
 
@@ -255,6 +256,7 @@ def export_cleaned_coco(
         notes.append(f"{corrections} changed after the review dataset was last built (a clean, or edits of its "
                      f"accept column): these decisions come from the dataset as it is; `labelfix review "
                      f"{run.path}` brings the changes in (or export with --from csv)")
+    suggestions = len(frame)
     archived = archived_decisions(run, frame)
     if len(archived):
         frame = pd.concat([frame, archived], ignore_index=True)
@@ -287,6 +289,7 @@ def export_cleaned_coco(
         converted=converted,
         archived=int(len(archived)),
         decided=int(len(decided)),
+        suggestions=int(suggestions),
         notes=notes,
     )
 

@@ -99,8 +99,12 @@ def _top_level_duplicate(raw: bytes, data: dict) -> str | None:
         last[:] = [items]
 
     json.loads(raw, object_pairs_hook=pairs, parse_constant=_refuse_constant)
-    keys = [k for k, _ in last[0]]
-    return next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    seen_keys: set = set()
+    for k, _ in last[0]:
+        if k in seen_keys:
+            return k
+        seen_keys.add(k)
+    return None
 
 
 def load_json(path: Path, object_hook=None) -> dict:

@@ -198,9 +198,11 @@ def refresh_decisions(run) -> str | None:
     synced; else a one-line note saying why the file is used as it is (the dataset was
     deleted, the database does not start, it belongs to another run).
     """
-    from labelfix.review.dataset import load_review_dataset, recorded_dataset_name, run_dataset_name
+    from labelfix.review.dataset import REVIEW_FILE, load_review_dataset, recorded_dataset_name, run_dataset_name
     from labelfix.run import Run, load_run
 
+    if not (Path(run.path if isinstance(run, Run) else run) / REVIEW_FILE).exists():
+        return None   # never reviewed: nothing to sync, and no run to load
     run = run if isinstance(run, Run) else load_run(run)
     kept = f"decisions read from {run.path / DECISIONS_FILE} as the last review or App operator left it"
     try:

@@ -59,7 +59,7 @@ def feature_info(path: Path) -> dict:
 
 def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np.ndarray], object],
           n: int, dim: int, path: Path, *, meta: dict, progress: Callable[[int, int], None] | None = None,
-          replace_stale: bool = False) -> np.ndarray:
+          replace_stale: bool = False, announce: Callable[[], None] | None = None) -> np.ndarray:
     """Write the (n, dim) float16 embedding of ``n`` images to ``path`` (resumable).
 
     Args:
@@ -69,6 +69,7 @@ def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np
             file made with other ``meta`` is discarded, a complete one refused (or, with
             ``replace_stale``, recomputed: a run's final-model embedding after more epochs).
         progress: called with (rows done, n) after every chunk.
+        announce: called once when the images are embedded (not when a complete file is reused).
     Returns the read-only memmap of the complete array.
     """
     path = Path(path)
@@ -80,6 +81,8 @@ def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np
             raise LabelfixError(f"{path}: embeddings of another model or image size ({info.get('meta')}); "
                                 f"remove the folder or use another --out")
         return np.load(path, mmap_mode="r")
+    if announce is not None:
+        announce()
     path.parent.mkdir(parents=True, exist_ok=True)
     done = int(info.get("rows_done", 0)) if info.get("meta") == meta and partial.exists() else 0
     if done == 0:
@@ -192,9 +195,6 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
                     return pooled(model.forward_features(t.to_device(images)))
 
             model.eval()
-            done = feature_info(path)
-            if not (done.get("complete") and path.exists() and done.get("meta") == info):   # else embed() reuses it
-                t.log(f"embedding {labelset.num_images} images -> {path}")
             last = [0]
 
             def report(done, n):
@@ -203,7 +203,8 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
                     t.log(f"  embedded {done}/{n}")
 
             embed(forward, batches, labelset.num_images, int(model.backbone.num_features), path, meta=info,
-                  progress=report, replace_stale=name == "embeddings")
+                  progress=report, replace_stale=name == "embeddings",
+                  announce=lambda: t.log(f"embedding {labelset.num_images} images -> {path}"))
         barrier(t.dist)
         out[name] = np.load(path, mmap_mode="r")
     return out
