@@ -80,7 +80,8 @@ def campaigns(work: Path, names: list[str], kills: int, seed: int) -> list[dict]
     if "info" in names:
         go("info", [*LABELFIX, "info", str(coco), "--json"], [coco, coco.parent])
     if "noise" in names:
-        go("noise", [*LABELFIX, "noise", str(coco), "--kind", "flip", "--rate", "0.2", "--out", "{out}/noisy.json"],
+        go("noise", [*LABELFIX, "noise", str(coco), "--kind", "flip", "--rate", "0.2", "--out", "{out}/noisy.json",
+                    "--overwrite"],   # a re-run after a kill that came after the files were written
            [coco], window=(0.1, 0.95))
     trained = work / "trained"
     need_run = {"train", "export-onnx", "export-coco"} & set(names)
@@ -113,7 +114,7 @@ def campaigns(work: Path, names: list[str], kills: int, seed: int) -> list[dict]
         shutil.copytree(trained, cleaned)
         run_ok([*LABELFIX, "clean", str(cleaned), "--no-report"])
         go("export-coco", [*LABELFIX, "export", "coco", "{out}/run", "--out", "{out}/cleaned.json", "--from", "csv",
-                           "--decisions", "all"],
+                           "--decisions", "all", "--overwrite"],
            [coco, "{out}/run/corrections.csv", "{out}/run/labels.npy"], prepare=copier(cleaned, "run"),
            window=(0.1, 0.95))
     return out

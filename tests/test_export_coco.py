@@ -171,9 +171,11 @@ def test_export_from_csv_accept_column(run_dir, tmp_path):
     assert set(log.loc[log.action == "add", "new"]) == {"1"} and set(log.loc[log.action == "add", "old"]) == {"0"}
     assert set(log.loc[log.action == "remove", "old"]) == {"1"}
 
-    # export twice -> identical bytes
+    # export twice: refused without overwrite (the files untouched), identical bytes with it
     first = (_sha(out), _sha(res.change_log))
-    export_cleaned_coco(run_dir, out, decisions="accepted", source="csv")
+    with pytest.raises(LabelfixError, match="already exists .*--overwrite"):
+        export_cleaned_coco(run_dir, out, decisions="accepted", source="csv")
+    export_cleaned_coco(run_dir, out, decisions="accepted", source="csv", overwrite=True)
     assert (_sha(out), _sha(res.change_log)) == first
 
 
@@ -298,6 +300,19 @@ def test_cli_and_errors(run_dir, tmp_path):
     assert r.exit_code == 2 and "refusing to overwrite" in r.output
     r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(out), "--decisions", "min-score"])
     assert r.exit_code == 2 and "--min-score" in r.output
+    # an existing file (another run's training labels, or a noise file's ground truth) is
+    # replaced only with --overwrite; refused, neither it nor its change log changes
+    other = tmp_path / "other.json"
+    r = CliRunner().invoke(main, ["noise", src, "--kind", "flip", "--rate", "0.2", "--out", str(other)])
+    assert r.exit_code == 0, r.output
+    before = {p: _sha(p) for p in (other, tmp_path / "other.changes.csv")}
+    r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(other), "--from", "csv"])
+    assert r.exit_code == 2 and f"{other}: already exists (--out); pass --overwrite" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and {p: _sha(p) for p in before} == before
+    r = CliRunner().invoke(main, ["noise", src, "--kind", "flip", "--rate", "0.3", "--out", str(other)])
+    assert r.exit_code == 2 and "already exists" in r.output and {p: _sha(p) for p in before} == before
+    r = CliRunner().invoke(main, ["export", "coco", str(run_dir), "--out", str(out), "--from", "csv", "--overwrite"])
+    assert r.exit_code == 0 and "1 changes applied" in r.output
     # a bad accept value names the file and row
     c = pd.read_csv(run_dir / "corrections.csv", dtype=str, keep_default_na=False)
     c.loc[1, "accept"] = "maybe"
@@ -305,7 +320,7 @@ def test_cli_and_errors(run_dir, tmp_path):
     with pytest.raises(LabelfixError, match=r"corrections.csv: row 3: accept must be"):
         from labelfix.export.coco import export_cleaned_coco
 
-        export_cleaned_coco(run_dir, out, source="csv")
+        export_cleaned_coco(run_dir, out, source="csv", overwrite=True)
 
 
 def test_non_coco_source_is_converted(run_dir, tmp_path):

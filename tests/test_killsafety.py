@@ -80,7 +80,8 @@ def small_coco(tmp_path_factory):
 
 
 def test_noise_kill_safe(small_coco, tmp_path):
-    cmd = [*LABELFIX, "noise", str(small_coco), "--kind", "flip", "--rate", "0.2", "--out", "{out}/noisy.json"]
+    cmd = [*LABELFIX, "noise", str(small_coco), "--kind", "flip", "--rate", "0.2", "--out", "{out}/noisy.json",
+           "--overwrite"]   # the re-run after a kill that came after the files were written
     s = kill_campaign("noise", cmd, [small_coco], tmp_path, n_runs=3, seed=1, window=(0.3, 1.0), rerun_every=3)
     assert s["runs"] == 3 and s["reruns"] == 1
     assert s["corrupted_files"] == 0 and s["inputs_changed"] == 0 and s["reruns_failed"] == 0, s["problems"]

@@ -7,14 +7,6 @@ import click
 from labelfix.cli.options import FiniteFloat, check_extension
 
 
-def default_change_log(out: str) -> str:
-    """``<out without .json>.changes.csv`` (the rule of labelfix.export.coco)."""
-    from pathlib import Path
-
-    p = Path(out)
-    return str(p.with_name((p.name[:-5] if p.name.endswith(".json") else p.name) + ".changes.csv"))
-
-
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The cleaned COCO JSON to write.")
@@ -29,7 +21,10 @@ def default_change_log(out: str) -> str:
 @click.option("--name", default=None, help="Review dataset name (default: the one `labelfix review` used).")
 @click.option("--changes", "change_log", type=click.Path(dir_okay=False), default=None,
               help="Change log CSV (default: <out>.changes.csv next to --out).")
-def coco(run, out, decisions, min_score, source, name, change_log):
+@click.option("--overwrite", is_flag=True,
+              help="Replace --out and the change log when they exist (refused otherwise: another run may train "
+                   "on the file); re-exporting a run after more decisions needs it.")
+def coco(run, out, decisions, min_score, source, name, change_log, overwrite):
     """Apply the reviewed corrections of RUN to the original COCO JSON: removed labels
     lose their annotations and become verified negatives (neg_category_ids), added
     labels get an image-level annotation marked "labelfix": "added". Everything else is
@@ -37,7 +32,7 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     from labelfix.errors import LabelfixError
     from labelfix.export.coco import export_cleaned_coco
     from labelfix.io import atomic
-    from labelfix.io.outputs import check_outputs
+    from labelfix.io.outputs import change_log_for, check_outputs
     from labelfix.run import load_run
 
     if decisions == "min-score":
@@ -47,13 +42,14 @@ def coco(run, out, decisions, min_score, source, name, change_log):
     elif min_score is not None:
         raise LabelfixError("--min-score applies to --decisions min-score only")
     check_extension(out, ".json", "--out", "the cleaned file is COCO JSON")
-    log_path = change_log or default_change_log(out)
+    log_path = change_log or str(change_log_for(out))
     check_extension(log_path, ".csv", "--changes", "the change log is CSV")
     r = load_run(run)
-    check_outputs({"--out": out, "--changes": log_path}, [r.path, r.labelset.source.get("path")], runs=[r.path])
+    check_outputs({"--out": out, "--changes": log_path}, [r.path, r.labelset.source.get("path")], runs=[r.path],
+                  overwrite=overwrite)
     with atomic.output_set():   # the cleaned file and its change log: both or neither
         r = export_cleaned_coco(r, out, decisions=decisions, source=source, dataset_name=name,
-                                change_log_path=log_path)
+                                change_log_path=log_path, overwrite=overwrite)
     if r.converted:
         click.echo("note: the run's labels did not come from a COCO file; they were converted to COCO "
                    "(image-level annotations) before applying the changes")

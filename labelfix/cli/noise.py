@@ -18,11 +18,12 @@ from labelfix.data.noise import KINDS
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Noisy COCO JSON to write (a .json name); <out stem>.changes.csv gets the true label of every "
                    "changed cell. Neither may be an input, nor inside a run directory.")
-def noise(data, fmt, images, unlabeled, class_descriptions, kind, rate, seed, out):
+@click.option("--overwrite", is_flag=True, help="Replace --out and its change log when they exist (refused otherwise).")
+def noise(data, fmt, images, unlabeled, class_descriptions, kind, rate, seed, out, overwrite):
     """Inject benchmark label noise into a clean dataset (seeded)."""
-    from labelfix.data.noise import changes_path_for, write_noisy_coco
+    from labelfix.data.noise import write_noisy_coco
     from labelfix.errors import LabelfixError
-    from labelfix.io.outputs import check_outputs
+    from labelfix.io.outputs import change_log_for, check_outputs
 
     if kind == "single-positive" and rate is not None:
         raise LabelfixError("--rate does not apply to single-positive noise")
@@ -30,9 +31,9 @@ def noise(data, fmt, images, unlabeled, class_descriptions, kind, rate, seed, ou
         raise LabelfixError(f"--rate is required for {kind} noise")
     check_extension(out, ".json", "--out", "noise writes a COCO JSON file")
     inputs = [data, class_descriptions]
-    check_outputs({"--out": out, "change log": changes_path_for(out)}, inputs)
+    check_outputs({"--out": out, "change log": change_log_for(out)}, inputs, overwrite=overwrite)
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)
-    out, changes_path, changes = write_noisy_coco(ls, kind, rate, seed, out)
+    out, changes_path, changes = write_noisy_coco(ls, kind, rate, seed, out, overwrite=overwrite)
     known = int((ls.labels != -1).sum())
     click.echo(f"{kind} noise: {len(changes)} of {ls.num_images * ls.num_classes} cells changed "
                f"({known} known before); wrote {out} and {changes_path}")

@@ -120,22 +120,24 @@ def changed_cells(labelset, noisy: np.ndarray) -> "pd.DataFrame":
     )
 
 
-def write_noisy_coco(labelset, kind: str, rate: float | None, seed: int, out) -> tuple:
+def write_noisy_coco(labelset, kind: str, rate: float | None, seed: int, out, *, overwrite: bool = False) -> tuple:
     """Inject noise into ``labelset`` and write ``out`` (COCO JSON) plus
     ``<out stem>.changes.csv`` (the true label of every changed cell).
 
-    Returns ``(out_path, changes_path, changes DataFrame)``.
+    ``overwrite=False`` refuses when either file exists (a run may train on it, a
+    benchmark score against its change log). Returns ``(out_path, changes_path, changes
+    DataFrame)``.
     """
     from pathlib import Path
 
     from labelfix.io import atomic
     from labelfix.io.coco_write import rewrite_coco, source_coco, with_image_root, write_coco
 
-    from labelfix.io.outputs import check_outputs
+    from labelfix.io.outputs import change_log_for, check_outputs
 
     out = Path(out)
-    changes_path = changes_path_for(out)
-    check_outputs({"--out": out, "change log": changes_path}, [labelset.source.get("path")])
+    changes_path = change_log_for(out)
+    check_outputs({"--out": out, "change log": changes_path}, [labelset.source.get("path")], overwrite=overwrite)
     result = inject_noise(np.asarray(labelset.labels), kind, rate, seed)
     data = rewrite_coco(source_coco(labelset), labelset, result.labels, result.moves)
     data = with_image_root(data, labelset)
@@ -145,11 +147,3 @@ def write_noisy_coco(labelset, kind: str, rate: float | None, seed: int, out) ->
         atomic.write_csv(changes_path, changes)
         write_coco(out, data)
     return out, changes_path, changes
-
-
-def changes_path_for(out):
-    """The change log written next to a noisy file: ``<out stem>.changes.csv`` (a Path)."""
-    from pathlib import Path
-
-    out = Path(out)
-    return out.with_name(out.stem + ".changes.csv")

@@ -215,6 +215,7 @@ def export_cleaned_coco(
     source: str | None = None,
     dataset_name: str | None = None,
     change_log_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Write the cleaned COCO JSON of ``run`` to ``out`` and its change log.
 
@@ -226,19 +227,21 @@ def export_cleaned_coco(
             reviewed (RUN/review.json exists), else ``"csv"``.
         dataset_name: the review dataset (default: the one recorded by ``labelfix review``).
         change_log_path: default ``<out without .json>.changes.csv``.
+        overwrite: replace ``out`` and the change log when they exist (False: refused;
+            another run may train on the file).
     """
     from labelfix.io.coco_write import rewrite_coco, source_coco, with_image_root, write_coco
     from labelfix.review.dataset import REVIEW_FILE
 
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out)
-    log_path = Path(change_log_path) if change_log_path else out.with_name(
-        (out.name[:-5] if out.name.endswith(".json") else out.name) + ".changes.csv"
-    )
+    from labelfix.io.outputs import change_log_for, check_outputs
+
+    log_path = Path(change_log_path) if change_log_path else change_log_for(out)
     ls = run.labelset
     src_path = ls.source.get("path")
-    from labelfix.io.outputs import check_outputs   # never an input, run state or each other
-    check_outputs({"--out": out, "--changes": log_path}, [src_path], runs=[run.path])
+    # never an input, run state or each other; an existing file only with overwrite
+    check_outputs({"--out": out, "--changes": log_path}, [src_path], runs=[run.path], overwrite=overwrite)
     if source is None:
         source = "fiftyone" if (run.path / REVIEW_FILE).exists() else "csv"
     if source not in SOURCES:

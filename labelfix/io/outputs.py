@@ -5,9 +5,12 @@ links, bind mounts: ``os.path.realpath`` and ``os.path.samefile``) to one of the
 command's inputs, to a file a run directory owns (:data:`RUN_OWNED`), or to anything
 inside a run directory: a run directory holds only what labelfix itself writes there,
 so a user-chosen output (a cleaned COCO file, an ONNX model, a change log, predictions)
-goes elsewhere. Derived names (``<out>.changes.csv``) are checked the same way: pass
-them in ``outputs`` too. :func:`check_run_output` is the variant for ``labelfix
-train --out RUN``: none of the files the run will write may be an input.
+goes elsewhere. Derived names (``<out>.changes.csv``, :func:`change_log_for`) are
+checked the same way: pass them in ``outputs`` too. With ``overwrite=False`` (the label
+files of ``labelfix noise`` and ``labelfix export coco``, which another run may train on
+or a benchmark score against) an existing output is refused unless the user asks for it.
+:func:`check_run_output` is the variant for ``labelfix train --out RUN``: none of the
+files the run will write may be an input.
 """
 
 from __future__ import annotations
@@ -73,8 +76,15 @@ def _inputs(inputs: Iterable) -> list[Path]:
     return out
 
 
+def change_log_for(out: str | os.PathLike) -> Path:
+    """The change log written next to a label file: ``<out without .json>.changes.csv``
+    (``labelfix noise`` and ``labelfix export coco``)."""
+    out = Path(out)
+    return out.with_name((out.name[:-5] if out.name.endswith(".json") else out.name) + ".changes.csv")
+
+
 def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Iterable = (),
-                  runs: Iterable = ()) -> None:
+                  runs: Iterable = (), *, overwrite: bool = True) -> None:
     """Refuse outputs that would replace an input, run state, or each other.
 
     Args:
@@ -84,10 +94,13 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Itera
             class descriptions, model, images...); None entries are skipped.
         runs: run directories the command reads (an output inside one is refused even
             when the folder does not look like a run yet).
+        overwrite: False refuses an output that already exists (``--overwrite`` of the
+            commands that write label files).
 
     Raises LabelfixError, one line: ``"<out>: refusing to overwrite the input <in>; choose
-    another --out"``, ``"<out>: inside the run directory <run> ..."`` or ``"<a>: --out and
-    --changes are the same file"``.
+    another --out"``, ``"<out>: inside the run directory <run> ..."``, ``"<a>: --out and
+    --changes are the same file"`` or ``"<out>: already exists (--out); pass --overwrite
+    ..."``.
     """
     ins = _inputs(inputs)
     run_dirs = [real(r) for r in _inputs(runs)]
@@ -112,6 +125,11 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Itera
         for what_b, b in items[j + 1:]:
             if same_file(a, b):
                 raise LabelfixError(f"{a}: {what_a} and {what_b} are the same file; choose different names")
+    if not overwrite:   # after the checks above: an input or run state is refused even with --overwrite
+        for what, out in items:
+            if os.path.lexists(out):
+                raise LabelfixError(f"{out}: already exists ({what}); pass --overwrite to replace it, or choose "
+                                    f"another name (another run may train on it, or a benchmark score against it)")
 
 
 def check_run_output(out: str | os.PathLike, inputs: Iterable = (), *, resume: bool = False,

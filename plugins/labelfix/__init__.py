@@ -177,6 +177,7 @@ class ExportCleanedCoco(foo.Operator):
         inputs.enum("decisions", choices.values(), label="Apply", default="accepted", view=choices)
         if ctx.params.get("decisions") == "min-score":
             inputs.float("min_score", label="Min score", required=True, default=0.5)
+        inputs.bool("overwrite", label="Replace the output file when it exists", default=False)
         return types.Property(inputs, view=types.View(label="labelfix: export cleaned COCO"))
 
     def execute(self, ctx):
@@ -186,7 +187,7 @@ class ExportCleanedCoco(foo.Operator):
         decisions = ("min-score", float(ctx.params.get("min_score", 0.5))) if mode == "min-score" else mode
         result = export_cleaned_coco(
             ctx.params["run"], ctx.params["out"], decisions=decisions, source="fiftyone",
-            dataset_name=ctx.dataset.name,
+            dataset_name=ctx.dataset.name, overwrite=bool(ctx.params.get("overwrite", False)),
         )
         return {"out": str(result.out), "change_log": str(result.change_log), "changes": result.changes}
 
