@@ -59,7 +59,7 @@ def one_seed(work: Path, seed: int, budget: int, batch: int) -> dict:
 
     out = work / f"seed{seed}"
     t0 = time.perf_counter()
-    res = run_demo(out, seed=seed, rounds=2, review=False, review_budget=budget, review_batch=batch,
+    res = run_demo(out, seed=seed, rounds=2, fiftyone=False, review_budget=budget, review_batch=batch,
                    log=lambda s: print(f"  seed {seed}: {s.strip()}", file=sys.stderr, flush=True))
     demo_seconds = time.perf_counter() - t0
     truth = read_labels(out / "data" / "train.json")

@@ -164,7 +164,7 @@ def run_demo(
     epochs: int = DEMO_EPOCHS,
     folds: int = DEMO_TRAIN["folds"],
     rounds: int = 2,
-    review: bool = True,
+    fiftyone: bool = True,
     review_budget: int = 300,
     review_batch: int = 100,
     n_train: int = 1200,
@@ -176,7 +176,8 @@ def run_demo(
     ``review_budget`` is how many of the top suggestions the simulated reviewer looks at
     in each round, ``review_batch`` how many at a time, with ``labelfix clean`` between
     batches so that the next batch is ranked with what the reviewer decided (docs/review.md);
-    ``folds``: cross-fitting folds of each round's training).
+    ``folds``: cross-fitting folds of each round's training; ``fiftyone=False`` skips the
+    last round's FiftyOne dataset, not the simulated reviewer).
 
     Each round trains on the current labels (round 1: the noisy file; round r: the
     cleaned file of round r - 1, whose verified cells are trusted), cleans, lets the
@@ -190,7 +191,7 @@ def run_demo(
     exporter = _export_process()
     try:
         return _run_flow(out, t0, pool, exporter, noise=noise, rate=rate, seed=seed, epochs=epochs, folds=folds,
-                         rounds=rounds, review=review, review_budget=review_budget, review_batch=review_batch,
+                         rounds=rounds, fiftyone=fiftyone, review_budget=review_budget, review_batch=review_batch,
                          n_train=n_train, n_test=n_test, log=log)
     finally:
         exporter.shutdown(cancel_futures=True)
@@ -198,7 +199,7 @@ def run_demo(
             pool.close()
 
 
-def _run_flow(out: Path, t0: float, pool, exporter, *, noise, rate, seed, epochs, folds, rounds, review,
+def _run_flow(out: Path, t0: float, pool, exporter, *, noise, rate, seed, epochs, folds, rounds, fiftyone,
               review_budget, review_batch, n_train, n_test, log) -> dict:
     """The body of :func:`run_demo` (its arguments), training in ``pool``, which it closes
     after the last round's training, and exporting in ``exporter`` (:func:`_export_process`)."""
@@ -230,7 +231,7 @@ def _run_flow(out: Path, t0: float, pool, exporter, *, noise, rate, seed, epochs
         log(f"[round {r}/{rounds}] train {DEMO_TRAIN['backbone']} on {current.name}, {folds} folds x "
             f"{DEMO_TRAIN['rounds']} cross-fitting rounds x {epochs} epochs"
             + (f", {DEMO_TRAIN['fold_workers']} fold models at a time" if DEMO_TRAIN["fold_workers"] > 1 else ""))
-        if review and r == rounds:   # FiftyOne's database starts while this round trains
+        if fiftyone and r == rounds:   # FiftyOne's database starts while this round trains
             from labelfix.review.dataset import start_database
 
             database = start_database()
@@ -257,7 +258,7 @@ def _run_flow(out: Path, t0: float, pool, exporter, *, noise, rate, seed, epochs
                 f"right" + (", ranked after learning from the decisions before it" if len(batches) > 1 else ""))
         decided = pd.concat(batches) if batches else pd.DataFrame({"accept": []})
         accepted = int(decided["accept"].sum())
-        if review and r == rounds:
+        if fiftyone and r == rounds:
             from labelfix.review.dataset import build_review_dataset
 
             database.join()

@@ -742,7 +742,7 @@ OTHER_OPTION_CASES = {
                      "--rate"),
     "noise-seed-string": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", "x"), "--seed"),
     "noise-seed-negative": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", "-1"), "--seed"),
-    "demo-seed-negative": (lambda w: ["demo", "--out", w["root"] / "demo", "--seed", "-1", "--no-review"], "--seed"),
+    "demo-seed-negative": (lambda w: ["demo", "--out", w["root"] / "demo", "--seed", "-1", "--no-fiftyone"], "--seed"),
     "clean-classes-no-name": (lambda w: ["clean", w["run"], "--classes", " , "], "--classes ' , ': no class name"),
     "predict-threshold-nan": (lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--threshold", "nan"],
                               "--threshold"),

@@ -27,8 +27,10 @@ from labelfix.demo import DEMO_EPOCHS, DEMO_TRAIN
               help="Suggestions the simulated reviewer decides at a time; clean re-ranks the rest with its "
                    "decisions between batches (docs/review.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--no-review", is_flag=True, help="Skip the FiftyOne step (no MongoDB needed).")
-def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, review_batch, seed, no_review):
+@click.option("--no-fiftyone", "--no-review", "no_fiftyone", is_flag=True,
+              help="Skip the FiftyOne dataset (no MongoDB needed); the simulated reviewer still decides "
+                   "(--no-review is the earlier name).")
+def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, review_batch, seed, no_fiftyone):
     """Generate the demo data, inject noise, then review rounds (train, clean, a simulated
     reviewer, export the cleaned COCO), export ONNX and predict with onnxruntime."""
     from labelfix.cli.options import refuse_unused
@@ -38,4 +40,4 @@ def demo(out, noise_kind, rate, epochs, folds, rounds, review_budget, review_bat
         refuse_unused(click.get_current_context(), ("rate",), "single-positive noise keeps one positive per "
                       "image and has no rate")
     run_demo(out, noise=noise_kind, rate=rate, seed=seed, epochs=epochs, folds=folds, rounds=rounds,
-             review_budget=review_budget, review_batch=review_batch, review=not no_review, log=click.echo)
+             review_budget=review_budget, review_batch=review_batch, fiftyone=not no_fiftyone, log=click.echo)
