@@ -19,7 +19,7 @@ _LAZY = {
     "load_config_file": "labelfix.train.config",
     "read_run_config": "labelfix.train.config",
     "Trainer": "labelfix.train.engine",
-    "TrainingInterrupted": "labelfix.train.engine",
+    "TrainingInterrupted": "labelfix.train.checkpoint",
     "train": "labelfix.train.api",
 }
 

@@ -29,6 +29,23 @@ RESUME_MUTABLE = {"epochs", "workers", "fold_workers", "device", "progress", "re
 PATH_OPTIONS = {"data", "out", "images", "val", "weights", "class_descriptions"}
 
 
+class TrainingInterrupted(LabelfixError):
+    """Ctrl-C during training; the message says how to resume."""
+
+
+def interrupted(t, saved: int, finishing: bool) -> TrainingInterrupted:
+    """The Ctrl-C error of run ``t``: ``saved`` is the epoch ``checkpoints/last.pt`` holds,
+    ``finishing`` True while that epoch's evaluation pass ran (a resume runs it again)."""
+    cfg = t.cfg
+    if saved == 0:
+        return TrainingInterrupted(f"{t.out}: interrupted during epoch 1, before any checkpoint; "
+                                   f"start again with a new --out (or delete this one)")
+    where = (f"in the evaluation pass after epoch {saved} (--resume runs it again)" if finishing
+             else f"during epoch {saved + 1}")
+    return TrainingInterrupted(f"{t.out}: interrupted {where}; checkpoints/last.pt holds epoch {saved}. "
+                               f"Continue with: labelfix train {cfg.data} --out {cfg.out} --resume")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

@@ -36,10 +36,6 @@ from labelfix.train.progress import Progress, format_row
 from labelfix.train.sampler import EpochBatchSampler, derive_seed
 
 
-class TrainingInterrupted(LabelfixError):
-    """Ctrl-C during training; the message says how to resume."""
-
-
 class Trainer:
     """Train one run. ``Trainer(cfg).fit()`` -> summary dict.
 
@@ -279,15 +275,7 @@ class Trainer:
                             if hasattr(cb, "on_epoch_end"):
                                 cb.on_epoch_end(self, e, row)
                 except KeyboardInterrupt:
-                    if saved == 0:
-                        raise TrainingInterrupted(f"{self.out}: interrupted during epoch 1, before any checkpoint; "
-                                                  f"start again with a new --out (or delete this one)") from None
-                    where = (f"in the evaluation pass after epoch {saved} (--resume runs it again)" if finishing
-                             else f"during epoch {saved + 1}")
-                    raise TrainingInterrupted(
-                        f"{self.out}: interrupted {where}; checkpoints/last.pt holds "
-                        f"epoch {saved}. Continue with: labelfix train {cfg.data} --out {cfg.out} --resume"
-                    ) from None
+                    raise ckpt_mod.interrupted(self, saved, finishing) from None
             if self.embed and not cfg.frozen:   # the final model's embedding: clean's neighbour evidence
                 from labelfix.train.features import embed_run
 

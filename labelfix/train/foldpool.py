@@ -197,7 +197,7 @@ class FoldPool:
         name, text = payload
         self.close(kill=True)
         if name == "TrainingInterrupted":
-            from labelfix.train.engine import TrainingInterrupted
+            from labelfix.train.checkpoint import TrainingInterrupted
 
             raise TrainingInterrupted(text)
         if name == "crash":
@@ -207,7 +207,7 @@ class FoldPool:
     def _interrupt(self, pending: set) -> None:
         """Ctrl-C: the terminal sends it to the workers too; a signal sent to the driver
         alone is passed on after 2 s. Training workers stop at a clean point."""
-        from labelfix.train.engine import TrainingInterrupted
+        from labelfix.train.checkpoint import TrainingInterrupted
 
         folds = sorted(pending)
 
