@@ -602,7 +602,7 @@ def build_review_dataset(
     values) before the dataset is touched: on an error nothing is applied.
     """
     from labelfix.review import enable_plugin
-    from labelfix.review.decisions import archive_decisions, read_archive
+    from labelfix.review.decisions import read_archive
 
     run = run if isinstance(run, Run) else load_run(run)
     enable_plugin()
@@ -619,28 +619,76 @@ def build_review_dataset(
     from labelfix.cleaning.clean_run import held_out_logits
 
     logits = held_out_logits(run)
-    n = ls.num_images
     class_names = ls.class_names
-    run_path = str(run.path.resolve())
     archive = read_archive(run)
 
-    if fo.dataset_exists(name):
-        other = fo.load_dataset(name).info.get("labelfix_run")
-        if other and other != run_path:
-            raise LabelfixError(
-                f"{run.path}: dataset {name!r} belongs to another run ({other}); pass --name to choose another name"
-            )
+    ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
+    if ds is not None:
+        _check_owner(ds, name, run, "pass --name to choose another name")
     boxes = _source_boxes(ls, notes)
 
     previous = fo.load_dataset(recorded) if switched and fo.dataset_exists(recorded) else None
-    if previous is not None and previous.info.get("labelfix_run") == run_path:
+    plan, counts, gone = _decision_plan(run, ds, previous, sugg, class_names, archive, notes,
+                                        switch=(recorded, name) if switched else None)
+    ds = _claim_dataset(ds, name, run, class_names, max_predictions)
+    image_ids = ls.images["image_id"].to_numpy(np.int64)
+    _sync_samples(ds, ls, image_ids)
+    explicit_negatives = bool(_any_unknown(ls.labels, chunk_rows))
+    _write_fields(ds, _field_values(ls, image_ids, logits, sugg, plan, boxes, explicit_negatives, max_predictions,
+                                    chunk_rows))
+    views = _show_in_app(ds, sugg, class_names, boxes is not None, explicit_negatives, notes)
+
+    atomic.write_json(run.path / REVIEW_FILE, {"dataset": name})
+    if previous is not None and run_tag(run) in previous.tags:   # one dataset is the run's
+        previous.tags = [t for t in previous.tags if t != run_tag(run)]
+    _archive_gone(run, gone, notes)
+    decided = _final_decisions(ds, run, notes)
+    return ds, ReviewSummary(
+        name=name,
+        samples=len(ds),
+        suggestions=int(len(sugg)),
+        additions=int((sugg["action"] == "add").sum()),
+        removals=int((sugg["action"] == "remove").sum()),
+        accepted=decided[ACCEPTED],
+        rejected=decided[REJECTED],
+        to_review=int(len(sugg)) - decided[ACCEPTED] - decided[REJECTED],
+        restored_decisions=counts["restored"],
+        imported_decisions=counts["imported"],
+        archived_decisions=len(gone),
+        boxes=sum(len(v) for v in boxes.values()) if boxes else 0,
+        views=views,
+        notes=notes,
+    )
+
+
+def _check_owner(ds, name: str, run: Run, hint: str) -> None:
+    """Refuse dataset ``ds`` (named ``name``) when its ``info["labelfix_run"]`` records
+    another run than ``run``: a LabelfixError whose one line ends with ``hint``."""
+    other = ds.info.get("labelfix_run")
+    if other and other != str(run.path.resolve()):
+        raise LabelfixError(f"{run.path}: dataset {name!r} belongs to another run ({other}); {hint}")
+
+
+def _decision_plan(run: Run, ds, previous, sugg: pd.DataFrame, class_names: list[str], archive: dict,
+                   notes: list[str], switch: tuple[str, str] | None):
+    """The decisions of this build, from the dataset ``ds`` (None: none yet),
+    RUN/decisions.csv and the ``archive`` (:func:`_merge_known`, :func:`_plan_decisions`).
+
+    ``switch``: ``(recorded, name)`` when the dataset name was switched from the one
+    review.json records (else None); ``previous``: the recorded dataset then (or None),
+    whose decisions are first synced to RUN/decisions.csv when it belongs to ``run``.
+    Appends the notes on a switch and on overridden decisions to ``notes``; returns
+    :func:`_plan_decisions`' ``(plan, counts, gone)``.
+    """
+    switched = switch is not None
+    if previous is not None and previous.info.get("labelfix_run") == str(run.path.resolve()):
         from labelfix.review.decisions import sync_decisions
 
         sync_decisions(previous, run)   # its tag-button decisions too, before they are brought over
-    ds = fo.load_dataset(name) if fo.dataset_exists(name) else None
     keep, restores, differ = _merge_known(_existing_decisions(ds) if ds is not None else {}, _csv_decisions(run),
                                           switched)
     if switched:
+        recorded, name = switch
         notes.append(f"the run's review dataset is now {name!r} (was {recorded!r}); the decisions of "
                      f"{run.path / 'decisions.csv'} were brought into it"
                      + (f"; {differ} suggestions decided differently there keep this dataset's decision"
@@ -650,18 +698,34 @@ def build_review_dataset(
         o = counts["overridden"]
         notes.append(f"{len(o)} earlier decisions were changed by edited accept cells of corrections.csv "
                      f"(an edited cell wins): {'; '.join(o[:5])}" + (f"; and {len(o) - 5} more" if len(o) > 5 else ""))
+    return plan, counts, gone
+
+
+def _claim_dataset(ds, name: str, run: Run, class_names: list[str], max_predictions: int | None):
+    """``ds`` (None: a new persistent dataset ``name``) recorded as ``run``'s review
+    dataset: ``info`` labelfix_run, labelfix_classes and labelfix_max_predictions, the
+    run's tag (:func:`run_tag`) and the default classes, saved. Returns the dataset."""
+    import fiftyone as fo
+
     if ds is None:
         ds = fo.Dataset(name, persistent=True)
-    ds.info["labelfix_run"] = run_path
+    ds.info["labelfix_run"] = str(run.path.resolve())
     if run_tag(run) not in ds.tags:   # survives a rename, unlike the name review.json records
         ds.tags = [*ds.tags, run_tag(run)]
     ds.info["labelfix_classes"] = class_names
     ds.info["labelfix_max_predictions"] = max_predictions   # the plugin's re-rank keeps it
     ds.default_classes = class_names
     ds.save()
+    return ds
 
-    # samples: one per image, matched by image_id; images no longer in the run are removed
-    image_ids = ls.images["image_id"].to_numpy(np.int64)
+
+def _sync_samples(ds, ls, image_ids: np.ndarray) -> None:
+    """One sample per image of the label set ``ls``, matched by ``image_id``
+    (``image_ids``: the (N,) int64 ids in row order): the samples of images no longer in
+    the run are deleted and a sample (file path, image_id, file_name, size) is added for
+    every image without one."""
+    import fiftyone as fo
+
     have = set(int(i) for i in ds.values("image_id")) if len(ds) and ds.has_field("image_id") else set()
     wanted = set(int(i) for i in image_ids)
     stale = have - wanted
@@ -669,7 +733,7 @@ def build_review_dataset(
         from fiftyone import ViewField as F
 
         ds.delete_samples(ds.match(F("image_id").is_in(sorted(stale))))
-    new_rows = [r for r in range(n) if int(image_ids[r]) not in have]
+    new_rows = [r for r in range(ls.num_images) if int(image_ids[r]) not in have]
     if new_rows:
         samples = []
         for r in new_rows:
@@ -683,111 +747,140 @@ def build_review_dataset(
                 )
             )
         ds.add_samples(samples, progress=False)
-        # FiftyOne reloads every in-memory Sample after each set_values below: with the
-        # 1,200 demo samples still referenced here that took 4 of the review's 5 seconds
+        # FiftyOne reloads every in-memory Sample after each set_values (_write_fields): with
+        # the 1,200 demo samples still referenced here that took 4 of the review's 5 seconds
         # per field (profiled on the demo), so drop them before writing the fields
         del samples
 
-    explicit_negatives = bool(_any_unknown(ls.labels, chunk_rows))
+
+def _field_values(ls, image_ids: np.ndarray, logits, sugg: pd.DataFrame, plan: list, boxes: dict[int, list] | None,
+                  explicit_negatives: bool, max_predictions: int | None, chunk_rows: int) -> dict[str, dict]:
+    """The label fields of every image, ``{field: {image_id: value}}``, in ``chunk_rows``
+    batches of the (N, K) ``ls.labels`` and ``logits``.
+
+    Fields ``ground_truth``, ``detections`` (when ``boxes``, :func:`_source_boxes`, is
+    not None), ``negatives`` (when ``explicit_negatives``), ``predictions``
+    (:func:`_predictions`), ``suggestions`` (the rows of ``sugg`` with their ``plan``
+    item, :func:`_plan_decisions`) and ``issue_score`` (float).
+    """
+    import fiftyone as fo
+
+    class_names = ls.class_names
     sugg = sugg.assign(review_plan=pd.Series(plan, index=sugg.index, dtype=object))
     by_row = {r: g for r, g in sugg.groupby("row", sort=False)}
-    gt, neg, pred, sug, score, det = {}, {}, {}, {}, {}, {}
-    for s in range(0, n, chunk_rows):
+    fields = ["ground_truth"] + ([DETECTIONS] if boxes is not None else []) + (
+        ["negatives"] if explicit_negatives else []) + ["predictions", SUGGESTIONS, "issue_score"]
+    out: dict[str, dict] = {f: {} for f in fields}
+
+    def classes_where(row, value):
+        return fo.Classifications(
+            classifications=[fo.Classification(label=class_names[c]) for c in np.flatnonzero(row == value)]
+        )
+
+    for s in range(0, ls.num_images, chunk_rows):
         lab = np.asarray(ls.labels[s : s + chunk_rows])
         lg = np.asarray(logits[s : s + chunk_rows], np.float32)
         prob = sigmoid(lg.astype(np.float64))
         for j in range(lab.shape[0]):
             r, iid = s + j, int(image_ids[s + j])
-            gt[iid] = fo.Classifications(
-                classifications=[fo.Classification(label=class_names[c]) for c in np.flatnonzero(lab[j] == POS)]
-            )
+            out["ground_truth"][iid] = classes_where(lab[j], POS)
             if explicit_negatives:
-                neg[iid] = fo.Classifications(
-                    classifications=[fo.Classification(label=class_names[c]) for c in np.flatnonzero(lab[j] == NEG)]
-                )
+                out["negatives"][iid] = classes_where(lab[j], NEG)
             if boxes is not None:
-                det[iid] = fo.Detections(detections=boxes.get(iid, []))
-            order = np.argsort(-prob[j], kind="stable")
-            if max_predictions is not None:
-                order = order[:max_predictions]
-            pred[iid] = fo.Classifications(
-                classifications=[
-                    fo.Classification(label=class_names[c], confidence=float(prob[j, c]), logit=float(lg[j, c]))
-                    for c in order
-                ],
-                logits=lg[j].astype(np.float64),
-            )
-            g = by_row.get(r)
-            if g is None:
-                sug[iid] = fo.Classifications(classifications=[])
-                score[iid] = 0.0
-            else:
-                g = g.sort_values(["score", "col"], ascending=[False, True], kind="stable")
-                sug[iid] = fo.Classifications(
-                    classifications=[_suggestion(rec, class_names[int(rec.col)], rec.review_plan) for rec in g.itertuples()]
-                )
-                score[iid] = float(g["score"].max())
-    # validate=False: the values are built above with the fields' own label types, and
+                out[DETECTIONS][iid] = fo.Detections(detections=boxes.get(iid, []))
+            out["predictions"][iid] = _predictions(prob[j], lg[j], class_names, max_predictions)
+            out[SUGGESTIONS][iid], out["issue_score"][iid] = _sample_suggestions(by_row.get(r), class_names)
+    return out
+
+
+def _predictions(prob: np.ndarray, lg: np.ndarray, class_names: list[str], max_predictions: int | None):
+    """One sample's ``predictions`` from its (K,) probabilities and float32 logits: a
+    Classification (confidence, ``logit``) per class, most probable first, at most
+    ``max_predictions`` (None: all K), and the full logit vector as ``logits``."""
+    import fiftyone as fo
+
+    order = np.argsort(-prob, kind="stable")
+    if max_predictions is not None:
+        order = order[:max_predictions]
+    return fo.Classifications(
+        classifications=[
+            fo.Classification(label=class_names[c], confidence=float(prob[c]), logit=float(lg[c])) for c in order
+        ],
+        logits=lg.astype(np.float64),
+    )
+
+
+def _sample_suggestions(g: pd.DataFrame | None, class_names: list[str]) -> tuple[object, float]:
+    """One sample's rows of the suggestions (with their ``review_plan``; None: none) ->
+    ``(suggestions, issue_score)``: the Classifications, highest score first (then
+    class index), and the highest score (0.0 without suggestions)."""
+    import fiftyone as fo
+
+    if g is None:
+        return fo.Classifications(classifications=[]), 0.0
+    g = g.sort_values(["score", "col"], ascending=[False, True], kind="stable")
+    return fo.Classifications(
+        classifications=[_suggestion(rec, class_names[int(rec.col)], rec.review_plan) for rec in g.itertuples()]
+    ), float(g["score"].max())
+
+
+def _write_fields(ds, values: dict[str, dict]) -> None:
+    """Write :func:`_field_values`' ``{field: {image_id: value}}`` to ``ds``; the optional
+    fields (``detections``, ``negatives``) missing from ``values`` are deleted."""
+    # validate=False: the values are built with the fields' own label types, and
     # FiftyOne's per-value validation was a sixth of the build (profiled on the demo)
-    ds.set_values("ground_truth", gt, key_field="image_id", validate=False)
-    if boxes is not None:
-        ds.set_values(DETECTIONS, det, key_field="image_id", validate=False)
-    elif ds.has_sample_field(DETECTIONS):
-        ds.delete_sample_field(DETECTIONS)
-    if explicit_negatives:
-        ds.set_values("negatives", neg, key_field="image_id", validate=False)
-    elif ds.has_sample_field("negatives"):
-        ds.delete_sample_field("negatives")
-    ds.set_values("predictions", pred, key_field="image_id", validate=False)
-    ds.set_values(SUGGESTIONS, sug, key_field="image_id", validate=False)
-    ds.set_values("issue_score", score, key_field="image_id", validate=False)
+    for f in ("ground_truth", DETECTIONS, "negatives", "predictions", SUGGESTIONS, "issue_score"):
+        if f in values:
+            ds.set_values(f, values[f], key_field="image_id", validate=False)
+        elif ds.has_sample_field(f):
+            ds.delete_sample_field(f)
+
+
+def _show_in_app(ds, sugg: pd.DataFrame, class_names: list[str], boxes: bool, explicit_negatives: bool,
+                 notes: list[str]) -> list[str]:
+    """What the App shows of ``ds``: the label attributes declared, the saved views
+    (:func:`_saved_views`) and the sidebar and colours (:func:`_app_config`). Returns the
+    saved views' names."""
     # declare the label attributes (action, given, probability, ...) so that the App's
     # sidebar lists them, filters on them and shows them in the sample modal
     ds.add_dynamic_sample_fields(fields=[f for f in (SUGGESTIONS, "predictions", DETECTIONS) if ds.has_sample_field(f)])
     views = _saved_views(ds, class_view_names(sugg, class_names), class_names, notes)
-    active = ["ground_truth"] + ([DETECTIONS] if boxes is not None else []) + (
+    active = ["ground_truth"] + ([DETECTIONS] if boxes else []) + (
         ["negatives"] if explicit_negatives else []) + [SUGGESTIONS]
     suggested_classes = [class_names[k] for k in sorted(set(sugg["col"].astype(int)))]
-    _app_config(ds, active, color_fields(class_names, suggested_classes, explicit_negatives, boxes is not None))
+    _app_config(ds, active, color_fields(class_names, suggested_classes, explicit_negatives, boxes))
+    return views
 
-    atomic.write_json(run.path / REVIEW_FILE, {"dataset": name})
-    if previous is not None and run_tag(run) in previous.tags:   # one dataset is the run's
-        previous.tags = [t for t in previous.tags if t != run_tag(run)]
-    from labelfix.review.decisions import decision_counts, sync_decisions
 
-    if gone:
-        archive_decisions(run, pd.DataFrame([
-            {"image_id": iid, "file_name": p.file_name, "class": cls, "category_id": p.category_id,
-             "suggested": p.suggested, "action": p.action, "score": p.score, "decision": _decision_of(p.tags),
-             "source": "fiftyone"}
-            for iid, cls, p in gone
-        ]))
-        notes.append(f"{len(gone)} decisions of suggestions that clean no longer makes were kept in "
-                     f"{run.path / 'decisions_archive.csv'}")
-    sync_decisions(ds, run)
-    counts_now = decision_counts(ds)
-    both = sum(1 for per_sample in ds.values(f"{SUGGESTIONS}.classifications.tags") for tags in per_sample or []
-               if tags and ACCEPTED in tags and REJECTED in tags)
+def _archive_gone(run: Run, gone: list, notes: list[str]) -> None:
+    """Keep the decisions of the suggestions no longer made (``gone``,
+    ``[(image_id, class, _Prev)]`` from :func:`_plan_decisions`) in
+    RUN/decisions_archive.csv, with a note; nothing when ``gone`` is empty."""
+    if not gone:
+        return
+    from labelfix.review.decisions import archive_decisions
+
+    archive_decisions(run, pd.DataFrame([
+        {"image_id": iid, "file_name": p.file_name, "class": cls, "category_id": p.category_id,
+         "suggested": p.suggested, "action": p.action, "score": p.score, "decision": _decision_of(p.tags),
+         "source": "fiftyone"}
+        for iid, cls, p in gone
+    ]))
+    notes.append(f"{len(gone)} decisions of suggestions that clean no longer makes were kept in "
+                 f"{run.path / 'decisions_archive.csv'}")
+
+
+def _final_decisions(ds, run: Run, notes: list[str]) -> dict[str, int]:
+    """Write RUN/decisions.csv from ``ds`` and return its ``{"accepted": a, "rejected": r}``
+    counts, from one read of the dataset (:func:`labelfix.review.decisions.sync_counts`);
+    notes the suggestions tagged both ways."""
+    from labelfix.review.decisions import sync_counts
+
+    counts, both = sync_counts(ds, run)
     if both:
         notes.append(f"{both} suggestions are tagged both '{ACCEPTED}' and '{REJECTED}': undecided, like untagged "
                      f"ones (the to_review view keeps them), until one of the tags is removed")
-    summary = ReviewSummary(
-        name=name,
-        samples=len(ds),
-        suggestions=int(len(sugg)),
-        additions=int((sugg["action"] == "add").sum()),
-        removals=int((sugg["action"] == "remove").sum()),
-        accepted=counts_now[ACCEPTED],
-        rejected=counts_now[REJECTED],
-        to_review=int(len(sugg)) - counts_now[ACCEPTED] - counts_now[REJECTED],
-        restored_decisions=counts["restored"],
-        imported_decisions=counts["imported"],
-        archived_decisions=len(gone),
-        boxes=sum(len(v) for v in boxes.values()) if boxes else 0,
-        views=views,
-        notes=notes,
-    )
-    return ds, summary
+    return counts
 
 
 def _any_unknown(labels, chunk_rows: int) -> bool:
@@ -810,8 +903,5 @@ def load_review_dataset(run: Run | str | Path, name: str | None = None):
     if not fo.dataset_exists(name):
         raise LabelfixError(f"{run.path}: FiftyOne dataset {name!r} not found; run `labelfix review {run.path}` first")
     ds = fo.load_dataset(name)
-    other = ds.info.get("labelfix_run")
-    if other and other != str(run.path.resolve()):   # as the review build refuses it
-        raise LabelfixError(f"{run.path}: dataset {name!r} belongs to another run ({other}); its decisions are not "
-                            f"this run's")
+    _check_owner(ds, name, run, "its decisions are not this run's")   # as the review build refuses it
     return ds

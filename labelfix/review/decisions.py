@@ -134,18 +134,25 @@ def decisions_frame(collection, field: str = SUGGESTIONS) -> pd.DataFrame:
     there are none (:func:`other_tags`). Rows are sorted by
     score (highest first), then image_id and class_index.
     """
+    return _frame_and_both(collection, field)[0]
+
+
+def _frame_and_both(collection, field: str) -> tuple[pd.DataFrame, int]:
+    """``(frame, both)`` from one read of ``collection``: :func:`decisions_frame`'s frame
+    and the number of its suggestions tagged both ``accepted`` and ``rejected``."""
     attrs = ["label", "class_name", "category_id", "class_index", "given", "suggested", "action", "state",
              "confidence", "p_clean", "probability", "tags", "csv_decision", "id"]
     if len(collection) == 0:
-        return pd.DataFrame(columns=FRAME_COLUMNS)
+        return pd.DataFrame(columns=FRAME_COLUMNS), 0
     paths = ["id", "image_id", "file_name"] + [f"{field}.classifications.{a}" for a in attrs]
     values = collection.values(paths)
     sids, iids, fnames, per_attr = values[0], values[1], values[2], values[3:]
-    rows = []
+    rows, both = [], 0
     for s, (sid, iid, fname) in enumerate(zip(sids, iids, fnames)):
         labels = per_attr[0][s] or []
         for j in range(len(labels)):
             rec = {a: (per_attr[i][s] or [None] * len(labels))[j] for i, a in enumerate(attrs)}
+            both += bool(rec["tags"] and ACCEPTED in rec["tags"] and REJECTED in rec["tags"])
             rows.append(
                 {
                     "image_id": int(iid), "file_name": fname, "class": class_of(rec["label"], rec["class_name"]),
@@ -161,12 +168,16 @@ def decisions_frame(collection, field: str = SUGGESTIONS) -> pd.DataFrame:
             )
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     return frame.sort_values(["score", "image_id", "class_index"], ascending=[False, True, True],
-                             kind="stable").reset_index(drop=True)
+                             kind="stable").reset_index(drop=True), both
 
 
 def decision_counts(collection, field: str = SUGGESTIONS) -> dict[str, int]:
     """``{"accepted": a, "rejected": r}`` over the suggestions in ``collection``."""
-    frame = decisions_frame(collection, field)
+    return _counts(decisions_frame(collection, field))
+
+
+def _counts(frame: pd.DataFrame) -> dict[str, int]:
+    """:func:`decisions_frame`'s ``frame`` -> ``{"accepted": a, "rejected": r}``."""
     return {t: int((frame["decision"] == t).sum()) for t in DECISION_TAGS}
 
 
@@ -183,9 +194,23 @@ def sync_decisions(dataset, run=None, field: str = SUGGESTIONS) -> Path:
             raise LabelfixError(f"dataset {dataset.name!r}: no labelfix run recorded in info['labelfix_run']")
         run = load_run(path)
     run = run if isinstance(run, Run) else load_run(run)
-    frame = decisions_frame(dataset, field)[DECISION_COLUMNS]
+    return _write_decisions(run, decisions_frame(dataset, field))
+
+
+def sync_counts(dataset, run, field: str = SUGGESTIONS) -> tuple[dict[str, int], int]:
+    """:func:`sync_decisions` (``run``: a Run) and :func:`decision_counts` of ``dataset``
+    from one read of it: ``({"accepted": a, "rejected": r}, both)``, ``both`` the number of
+    suggestions tagged both ways (undecided)."""
+    frame, both = _frame_and_both(dataset, field)
+    _write_decisions(run, frame)
+    return _counts(frame), both
+
+
+def _write_decisions(run, frame: pd.DataFrame) -> Path:
+    """Write :func:`decisions_frame`'s ``frame`` (its :data:`DECISION_COLUMNS`) to
+    RUN/decisions.csv atomically (``run``: a Run); returns the file's path."""
     out = run.path / DECISIONS_FILE
-    atomic.write_csv(out, frame)
+    atomic.write_csv(out, frame[DECISION_COLUMNS])
     return out
 
 
