@@ -132,7 +132,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "mixup_alpha": Rule(low=0.0, low_open=True, none_ok=True),
     "icm_weight": Rule(low=0.0, none_ok=True),
     "curriculum_start": Rule(integer=True, low=1, none_ok=True),
-    "balancemix_warmup": Rule(integer=True, low=0, none_ok=True),
+    "balancemix_warmup": Rule(integer=True, low=1, none_ok=True),   # the first GMMs need one epoch's losses
     "balancemix_delta": Rule(low=0.5, high=1.0, high_open=True, none_ok=True),
     "balancemix_clean_threshold": Rule(low=0.0, high=1.0, low_open=True, high_open=True, none_ok=True),
 }

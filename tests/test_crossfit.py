@@ -43,8 +43,12 @@ def test_assign_folds_spreads_every_class_and_refuses_thin_classes():
         assert all(((folds == f) & (labels[:, k] == 1)).any() for f in range(3))
     np.testing.assert_array_equal(folds, assign_folds(labels, np.arange(60), 3, seed=1))
     with pytest.raises(LabelfixError, match="--folds 4: larger than the smallest class: class 'd' has 3 training "
-                                            "positive"):
+                                            r"positive\(s\); use --folds 3 or fewer, or drop the class"):
         assign_folds(labels, np.arange(60), 4, seed=1, class_names=["a", "b", "c", "d"])
+    labels[1:, 3] = 0   # one positive: no fold count helps (before: "use --folds 2 or fewer" to --folds 2)
+    with pytest.raises(LabelfixError, match=r"--folds 2: .* class 'd' has 1 training positive\(s\); cross-fitting "
+                                            r"needs 2 per class: drop the class, or train without --folds"):
+        assign_folds(labels, np.arange(60), 2, seed=1, class_names=["a", "b", "c", "d"])
 
 
 def test_suspicious_cells_follow_the_held_out_gmms_and_spare_trusted_cells():
@@ -274,6 +278,15 @@ def test_positive_only_labels_refit_role_in_round_2_with_kappa_from_round_1(tiny
     train(cfg_for(tiny, run, **options, resume=True), log=lambda s: None)
     redone = yaml.safe_load((fold_dir(run, 1, 2) / "config.yaml").read_text())["train"]
     assert (redone["loss"], redone["loss_kwargs"]) == ("role", {"kappa": kappa, "observed_negatives": True})
+    # more epochs: round 1 trains on and rewrites its logits; round 2 keeps the kappa it
+    # started with (before: a recomputed kappa made every round-2 fold refuse the resume)
+    before = np.load(run / "stats" / "round1" / "logits.npy")
+    train(cfg_for(tiny, run, **{**options, "epochs": 2}, resume=True), log=lambda s: None)
+    assert not np.array_equal(np.load(run / "stats" / "round1" / "logits.npy"), before)
+    for f in range(2):
+        again = yaml.safe_load((fold_dir(run, f, 2) / "config.yaml").read_text())["train"]
+        assert (again["epochs"], again["loss_kwargs"]) == (2, {"kappa": kappa, "observed_negatives": True})
+        assert again["resume"] is False   # a run's options, not how it was started (--config reuses them)
     res = clean_run(run, report=False)
     assert any("cells judged by the mean of the 2 rounds' held-out logits (round 1 an-ls, then role" in n
                for n in res.notes)
@@ -328,8 +341,10 @@ def test_frozen_run_end_to_end(tiny, tmp_path):
     from labelfix.export.onnx import export_run
     from labelfix.export.predict import predict
 
-    out = tmp_path / "frozen"
-    train(cfg_for(tiny, out, frozen=True, folds=2, rounds=1, epochs=3, lr=1e-2), log=lambda s: None)
+    out, lines = tmp_path / "frozen", []
+    train(cfg_for(tiny, out, frozen=True, folds=2, rounds=1, epochs=3, lr=1e-2), log=lines.append)
+    # a random backbone is allowed (this test), and said once: the features carry no evidence
+    assert sum("--frozen with a randomly initialised backbone" in line for line in lines) == 1
     feats = np.load(out / "features" / "train.npy")
     assert feats.dtype == np.float16 and feats.shape[0] == 60 and np.isfinite(feats).all()
     info = json.loads((out / "features" / "train.json").read_text())
@@ -646,6 +661,8 @@ def test_fold_workers_stop_on_ctrl_c_and_resume(tiny, tmp_path):
                          timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (run / "checkpoints" / "last.pt").exists()
+    # the driver's own lines reach the command's output (before: dropped without a log function)
+    assert "fold 1/3: training on" in err and f"cross-fitted 3 folds: held-out statistics in {run}" in res.stderr
 
 
 def test_fold_workers_exit_when_the_driver_is_killed(tiny, tmp_path):

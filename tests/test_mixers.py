@@ -142,3 +142,38 @@ def test_each_mixer_trains(demo_data, tmp_path, mix, extra):
     assert np.isfinite(logits).all()
     if mix == "logicmix":
         assert (out / "stats" / "curriculum_labels.npy").exists()
+
+
+def test_icmixup_single_mode_resumes_and_refuses_multilabel_data(demo_data, tmp_path):
+    """Single mode (the paper's loss on single-label data) records no weight, so a resume
+    does not pass one back (before: refused, '--icm-weight: not used'); forced on
+    multi-label data it is refused (before: argmax of the targets, silently)."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    src = Path(demo_data["train"])
+    data = json.loads(src.read_text())
+    first = {}
+    for a in data["annotations"]:
+        first.setdefault(a["image_id"], a)   # one positive per image, every other cell negative
+    data["annotations"] = list(first.values())
+    assert len(first) == len(data["images"])
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(data))
+    kw = dict(backbone="test_resnet", img_size=32, batch_size=16, workers=0, progress=False, lr=1e-3, mix="icmixup",
+              randaugment=False, images=str(src.parent))
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(single), out=str(out), epochs=1, **kw), log=lambda s: None)
+    mixing = yaml.safe_load((out / "config.yaml").read_text())["dataset"]["mixing"]
+    assert mixing["icm_mode"] == "single" and mixing["icm_weight"] is None
+    train(TrainConfig(data=str(single), out=str(out), epochs=2, resume=True, **kw), log=lambda s: None)
+    assert len(np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1, ndmin=2)) == 2
+    with pytest.raises(LabelfixError, match=r"--icm-weight: not used by --mix icmixup in single mode"):
+        train(TrainConfig(data=str(single), out=str(tmp_path / "w"), epochs=1, icm_weight=2.0, **kw),
+              log=lambda s: None)
+    with pytest.raises(LabelfixError, match=r"--icm-mode single: the paper's loss needs single-label data .* "
+                                            r"training images are not"):
+        train(TrainConfig(data=str(src), out=str(tmp_path / "multi"), epochs=1, icm_mode="single", **kw),
+              log=lambda s: None)

@@ -238,6 +238,15 @@ def test_predict_errors(exported, tmp_path):
         predict(plain, [])
     with pytest.raises(LabelfixError, match="no such file"):
         collect_images([tmp_path / "nowhere"])
+    # a file given and inside a given folder, or given twice, is predicted once (before: twice)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    skipped = []
+    files = collect_images([folder / "b.png", folder, folder / "b.png"], skipped=skipped)
+    assert files == [folder / "b.png", folder / "a.png"]
+    assert skipped == [(str(folder / "b.png"), "listed twice: predicted once")] * 2
 
 
 def test_sigmoid_no_overflow():

@@ -258,6 +258,14 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
     lines = []
     train(cfg_for(tiny, out, epochs=2, resume=True), log=lines.append)
     assert any("all 2 epochs trained; raise --epochs" in line for line in lines)
+    # the resumed run's config.yaml starts a new run with the same options (before: it
+    # recorded resume: true, and a new --out had "no checkpoint to resume from")
+    assert yaml.safe_load(config)["train"]["resume"] is False
+    from labelfix.cli import main
+
+    res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(tmp_path / "new"), "--config",
+                                    str(out / "config.yaml"), "--epochs", "1", "--no-progress"])
+    assert res.exit_code == 0, res.output
     # nothing to train: no "training N images" line, and the embedding is reused silently
     assert not any(line.startswith("training ") or "embedding " in line for line in lines), lines
     # a config.yaml edited by hand to an unresolved method: name it to resume, never a traceback

@@ -24,7 +24,7 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
     """Predict the labels of IMAGES (files or folders, searched recursively) with a
     MODEL exported by `labelfix export onnx`. Unreadable images are skipped."""
     from labelfix.errors import LabelfixError
-    from labelfix.export.predict import collect_images, predict as run_predict
+    from labelfix.export.predict import LISTED_TWICE, collect_images, predict as run_predict
     from labelfix.io.atomic import atomic_path, write_csv
     from labelfix.io.outputs import check_outputs
 
@@ -51,5 +51,8 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
                 df.to_parquet(tmp, index=False)
         except ImportError as err:
             raise LabelfixError(f"{out}: writing parquet needs pyarrow ({err})") from err
-    click.echo(f"predicted {len(df)} image(s)" + (f", skipped {len(skipped)} unreadable" if skipped else "")
+    twice = sum(why == LISTED_TWICE for _file, why in skipped)
+    unreadable = len(skipped) - twice
+    click.echo(f"predicted {len(df)} image(s)" + (f", skipped {unreadable} unreadable" if unreadable else "")
+               + (f", {twice} listed twice (predicted once)" if twice else "")
                + (f"; wrote {out}" if out is not None else ""), err=True)

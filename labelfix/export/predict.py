@@ -170,13 +170,30 @@ def preprocess(
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+#: the ``skipped`` reason of a file reached twice by :func:`collect_images`
+LISTED_TWICE = "listed twice: predicted once"
+
+
 def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = None) -> list[Path]:
     """Files as given, plus every image (by extension, see ``IMAGE_EXTENSIONS``) under
     the given folders, recursively and sorted. Missing paths raise LabelfixError; a path
     given that is not a regular file (a FIFO, a device) too. Inside a folder, entries
     that are not regular files, and symbolic links whose target lies outside the folder,
-    are left out; ``skipped`` (a list) receives ``(file, reason)`` for each."""
+    are left out; ``skipped`` (a list) receives ``(file, reason)`` for each. A file reached
+    twice (given twice, or given and inside a given folder) is kept once, where it first
+    came, and the repeat goes to ``skipped``."""
     out: list[Path] = []
+    seen: set[str] = set()
+
+    def add(q: Path) -> None:
+        key = os.path.realpath(q)
+        if key in seen:
+            if skipped is not None:
+                skipped.append((str(q), LISTED_TWICE))
+            return
+        seen.add(key)
+        out.append(q)
+
     for p in map(Path, paths):
         if p.is_dir():
             for q in sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir()):
@@ -186,9 +203,9 @@ def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = No
                     if skipped is not None:
                         skipped.append((str(q), err.strerror or str(err)))
                     continue
-                out.append(q)
+                add(q)
         elif p.is_file():
-            out.append(p)
+            add(p)
         elif p.exists():
             raise LabelfixError(f"{p}: not a regular file (a FIFO, socket or device); give image files or folders")
         else:

@@ -25,6 +25,10 @@ from torch import nn
 from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS, UNK
 from labelfix.losses.bce import check_inputs, reduce_cells
+
+#: how to give kappa when the labels cannot estimate it
+PASS_KAPPA = ("pass kappa, the expected positives per image (labelfix train --loss-kwargs '{kappa: 2.9}'; "
+              "COCO 2.9, VOC 1.5)")
 from labelfix.numeric import logit, sigmoid
 
 
@@ -57,14 +61,14 @@ def estimate_kappa(labels: np.ndarray, chunk_rows: int = 1 << 16) -> float:
     known = pos + neg
     if (known == 0).any():
         missing = int(np.flatnonzero(known == 0)[0])
-        raise LabelfixError(f"labels: class {missing}: no known cell, kappa cannot be estimated; pass kappa")
+        raise LabelfixError(f"labels: class {missing}: no known cell, kappa cannot be estimated; {PASS_KAPPA}")
     if (neg == 0).any():
         bad = int(np.flatnonzero(neg == 0)[0])
         raise LabelfixError(
             f"labels: class {bad}: no known negative (single-positive style labels), the positive "
-            f"rate is not identifiable; pass kappa (expected positives per image)")
+            f"rate is not identifiable; {PASS_KAPPA}")
     if pos.sum() == 0:
-        raise LabelfixError("labels: no positive cell, kappa cannot be estimated; pass kappa")
+        raise LabelfixError(f"labels: no positive cell, kappa cannot be estimated; {PASS_KAPPA}")
     return float((pos / known).sum())
 
 
@@ -130,7 +134,7 @@ def _given_rate(logits, labels, rows, label_smoothing: float, chunk_rows: int) -
         images += int(ok.sum())
     if not given or not mass:
         raise LabelfixError("kappa: no held-out row with a given positive (or all of them at probability 0); "
-                            "pass kappa")
+                            f"{PASS_KAPPA}")
     return mass / given, given, images
 
 
@@ -183,10 +187,10 @@ def _observed_term(logits: torch.Tensor, target: torch.Tensor, known: torch.Tens
 
 def _check_kappa(kappa: float, name: str) -> float:
     if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real):
-        raise LabelfixError(f"loss {name}: kappa={kappa!r}: expected a finite number >= 0")
+        raise LabelfixError(f"loss {name}: kappa={kappa!r}: expected a finite number > 0")
     kappa = float(kappa)
-    if not math.isfinite(kappa) or kappa < 0:
-        raise LabelfixError(f"loss {name}: kappa={kappa}: expected a finite value >= 0")
+    if not math.isfinite(kappa) or kappa <= 0:   # every image has a positive: 0 expected ones is no prior
+        raise LabelfixError(f"loss {name}: kappa={kappa}: expected a finite value > 0 (positives per image)")
     return kappa
 
 

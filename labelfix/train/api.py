@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable
 
 from labelfix.errors import LabelfixError
@@ -23,7 +24,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
         from labelfix.train.data import check_resume_data
 
         if int(os.environ.get("RANK", "0")) == 0:   # torchrun: one rank reads DATA
-            check_resume_data(cfg, log)
+            check_resume_data(cfg, log or (lambda s: print(s, file=sys.stderr, flush=True)))
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 

@@ -262,9 +262,10 @@ class TrainConfig:
         w = DEFAULT_WARMUP if self.balancemix_warmup is None else self.balancemix_warmup
         if w > self.epochs:
             what = f"{w}" + (" (the default)" if self.balancemix_warmup is None else "")
+            shorter = (f"pass --balancemix-warmup {self.epochs - 1} or fewer (it then trains from epoch "
+                       f"{self.epochs}), or " if self.epochs > 1 else "pass ")
             bad("balancemix_warmup", f"{what}: label management starts after the warm-up, so with --epochs "
-                                     f"{self.epochs} it would never run; pass --balancemix-warmup {self.epochs - 1} "
-                                     f"or fewer (it then trains from epoch {self.epochs}), or more --epochs")
+                                     f"{self.epochs} it would never run; {shorter}more --epochs")
 
     # ------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -306,7 +307,9 @@ def field_types() -> dict[str, str]:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a ``--config FILE.yaml``: a mapping of option names (``_`` or ``-``) to values.
 
-    A ``config.yaml`` written by a run is accepted too (its ``train:`` section is used).
+    A ``config.yaml`` written by a run is accepted too (its ``train:`` section is used,
+    without ``resume``: how that run was last started is not an option of a new one; runs
+    before 2026-12-07 recorded ``resume: true`` after a resume).
     """
     path = Path(path)
     try:
@@ -320,7 +323,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LabelfixError(f"{path}: top level: expected a mapping of option names to values")
     if isinstance(data.get("train"), dict):
-        data = data["train"]
+        data = {k: v for k, v in data["train"].items() if k != "resume"}
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(out) - names)
@@ -438,7 +441,7 @@ def run_config_content(cfg: TrainConfig, fingerprint: str, extra: dict[str, Any]
     written) is informational: :func:`read_run_config` replaces it with the folder the
     config was read from."""
     return {
-        "train": _portable_paths(cfg.to_dict()),
+        "train": _portable_paths({**cfg.to_dict(), "resume": False}),   # the run's options, not how it started
         "versions": package_versions(),
         "dataset": {"fingerprint": fingerprint, **(extra or {})},
     }

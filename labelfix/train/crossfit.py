@@ -75,9 +75,10 @@ def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, 
     if thin.size:
         j = int(thin[np.argmin(counts[thin])])
         name = repr(str(class_names[j])) if class_names is not None else f"column {j}"
+        fix = (f"use --folds {int(counts[j])} or fewer, or drop the class" if counts[j] >= 2 else
+               "cross-fitting needs 2 per class: drop the class, or train without --folds")
         raise LabelfixError(f"--folds {k}: larger than the smallest class: class {name} has {int(counts[j])} "
-                            f"training positive(s); use --folds {max(2, int(counts[j]))} or fewer, or drop the "
-                            f"class" + ("" if counts[j] >= 2 else " (cross-fitting needs 2 positives per class)"))
+                            f"training positive(s); {fix}")
     rarity = np.where(pos, counts[None, :], np.iinfo(np.int64).max).min(1)
     shuffle = np.random.default_rng(seed + 7907).permutation(rows.size)
     order = shuffle[np.argsort(rarity[shuffle], kind="stable")]
@@ -162,8 +163,11 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     cfg = cfg.validate()
     out = Path(cfg.out)
     k = cfg.folds
-    say = log or (lambda s: None)
     dist = init_distributed(resolve_device(cfg.device).type)
+    # the driver's own lines (rounds, kappa, notes): where a Trainer's go without a log
+    # function (the CLI), once per torchrun job (before: dropped without one)
+    say = log if log is not None else ((lambda s: print(s, file=sys.stderr, flush=True)) if dist.is_main
+                                       else (lambda s: None))
     pool = None
     try:
         pool = open_fold_pool(cfg, callbacks, dist, fold_pool)   # refusals before anything is written
@@ -261,7 +265,10 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
                         f"train as unknown")
                 if cfg.refit_loss:
-                    kappa = broadcast_object(refit_kappa(cfg, out, given, train_rows) if dist.is_main else None, dist)
+                    # a round that has started keeps its kappa (a resume with more --epochs retrains
+                    # round 1 and rewrites its logits; round r keeps its inputs, as its mask)
+                    kappa = broadcast_object((started_kappa(out, r, k) or refit_kappa(cfg, out, given, train_rows))
+                                             if dist.is_main else None, dist)
                     negatives = bool((np.asarray(current.labels[train_rows]) == NEG).any())
                     round_cfg = refit_config(cfg, kappa, observed_negatives=negatives)
                     role_start = broadcast_object(refit_estimates(cfg, out, given, train_rows) if dist.is_main
@@ -304,6 +311,19 @@ def refit_kappa(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.n
 
     logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
     return round(kappa_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss)), 4)
+
+
+def started_kappa(out: Path, r: int, k: int) -> float | None:
+    """The kappa round ``r`` started with (its fold models' ``config.yaml``), or None when
+    none of them has started."""
+    from labelfix.train.config import read_run_config
+
+    for f in range(k):
+        if (fold_dir(out, f, r) / "config.yaml").exists():
+            kappa = (read_run_config(fold_dir(out, f, r)).loss_kwargs or {}).get("kappa")
+            if kappa is not None:
+                return float(kappa)
+    return None
 
 
 def refit_estimates(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.ndarray) -> np.ndarray | None:

@@ -202,9 +202,15 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
                     last[0] = done
                     t.log(f"  embedded {done}/{n}")
 
+            def announce(n=labelset.num_images, path=path, frozen=cfg.frozen and name != "embeddings"):
+                t.log(f"embedding {n} images -> {path}")
+                if frozen and meta["weights"] == "random-init":   # allowed (tests, smoke runs), rarely meant
+                    t.log("note: --frozen with a randomly initialised backbone (--no-pretrained and no --weights): "
+                          "the heads train on random features; pass --weights FILE or --pretrained for evidence "
+                          "worth reviewing")
+
             embed(forward, batches, labelset.num_images, int(model.backbone.num_features), path, meta=info,
-                  progress=report, replace_stale=name == "embeddings",
-                  announce=lambda: t.log(f"embedding {labelset.num_images} images -> {path}"))
+                  progress=report, replace_stale=name == "embeddings", announce=announce)
         barrier(t.dist)
         out[name] = np.load(path, mmap_mode="r")
     return out

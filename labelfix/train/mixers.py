@@ -332,22 +332,28 @@ class ICMixupMixer(Mixer):
         self.alpha = _option(cfg, "mixup_alpha", 0.2)
         self.weight = _option(cfg, "icm_weight", 1.0)
         mode = _option(cfg, "icm_mode", "auto")
+        rows = ctx.labels[ctx.train_rows]
+        not_single = int((((rows == POS).sum(1) != 1) | (rows == UNK).any(1)).sum())   # images
         if mode == "auto":
-            rows = ctx.labels[ctx.train_rows]
-            mode = "single" if rows.size and bool(((rows == POS).sum(1) == 1).all() and (rows != UNK).all()) \
-                else "multi"
+            mode = "single" if rows.size and not not_single else "multi"
+        elif mode == "single" and not_single:   # the paper's loss takes one class per image
+            raise LabelfixError(f"train: --icm-mode single: the paper's loss needs single-label data (one positive "
+                                f"per image, no unknown cell); {not_single} of {rows.shape[0]} training images are "
+                                f"not; use --icm-mode multi (or auto)")
         self.mode = mode
         if mode == "single":   # the paper's loss replaces the classification loss
             unused = [name for name, given in (("--loss " + cfg.loss, cfg.loss != "bce"),
                                                ("--loss-kwargs", bool(cfg.loss_kwargs)),
                                                ("--icm-weight", cfg.icm_weight is not None)) if given]
             if unused:
-                raise LabelfixError(f"train: {', '.join(unused)}: not used by --mix icmixup on single-label data "
-                                    f"(the paper's loss replaces the classification loss); drop it, or pass "
-                                    f"--icm-mode multi")
+                raise LabelfixError(f"train: {', '.join(unused)}: not used by --mix icmixup in single mode (single-"
+                                    f"label data: the paper's loss replaces the classification loss); drop it, or "
+                                    f"pass --icm-mode multi")
 
     def settings(self) -> dict:
-        return {"mix_prob": self.prob, "mixup_alpha": self.alpha, "icm_mode": self.mode, "icm_weight": self.weight}
+        # single mode has no weight (recording one would make a resume pass it back, refused)
+        return {"mix_prob": self.prob, "mixup_alpha": self.alpha, "icm_mode": self.mode,
+                "icm_weight": self.weight if self.mode == "multi" else None}
 
     def mix(self, batch: Batch) -> MixedBatch:
         from labelfix.mixing.mixup import mixup_with, sample_beta

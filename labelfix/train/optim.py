@@ -137,6 +137,14 @@ def resolve_loss(cfg, labels, rows, class_names=None, log=lambda line: None, cou
                 + (f"; cross-fitting rounds 2+ train {refit}, with kappa estimated from round 1's held-out model"
                    if refit and refit != cfg.refit_loss else ""))
         cfg = dataclasses.replace(cfg, loss=loss, refit_loss=refit)
+    from labelfix.train.config import UNKNOWN_ONLY_LOSSES
+
+    later_rounds = cfg.folds and (cfg.rounds or 2) >= 2   # they train round 1's suspicious cells as unknown
+    if cfg.loss in UNKNOWN_ONLY_LOSSES and int(pos.sum() + neg.sum()) == len(rows) * labels.shape[1] \
+            and not later_rounds:
+        raise LabelfixError(f"train: --loss {cfg.loss}: only changes how unknown cells train, and the training labels "
+                            f"have none (every cell is known), so it would train exactly like --loss bce; use --loss "
+                            f"bce")
     empty = np.flatnonzero(neg == 0)
     if empty.size and not (trains_unknown(cfg.loss) or mixer.trains_unknown(cfg) or cfg.loss in EXPECTED_POSITIVE_LOSSES):
         first = repr(str(class_names[empty[0]])) if class_names is not None else f"column {int(empty[0])}"
