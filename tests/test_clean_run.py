@@ -299,10 +299,15 @@ def test_clean_with_run_averages_held_out_logits_and_refuses_other_labels(tmp_pa
     bad = make_run(tmp_path / "bad", changed, other_logits)
     untrained = make_run(tmp_path / "untrained", given, other_logits)
     (untrained / "stats" / "logits.npy").unlink()
+    renamed = make_run(tmp_path / "renamed", given, other_logits)   # same ids, other class names
+    classes = json.loads((renamed / "classes.json").read_text())
+    classes[1]["name"] = "something else"
+    (renamed / "classes.json").write_text(json.dumps(classes))
     before = (run / "corrections.csv").read_bytes()
     for args, message in (([str(bad)], "its given labels differ"), ([str(run)], "names the run being cleaned"),
                           ([str(tmp_path / "nowhere")], "run directory not found"),
-                          ([str(untrained)], "no stats/logits.npy")):
+                          ([str(untrained)], "no stats/logits.npy"),
+                          ([str(renamed)], "its classes are not")):
         res = CliRunner().invoke(main, ["clean", str(run), "--no-report", "--with-run", *args])
         assert res.exit_code == 2 and message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
@@ -448,3 +453,16 @@ def test_last_clean_options_round_trip_and_refuse_a_corrupt_file(tmp_path):
     (run / "cells" / "clean.json").write_text('{"bogus": 1}')
     with pytest.raises(LabelfixError, match="not the options of a labelfix clean"):
         last_clean_options(run)
+
+
+def test_a_run_without_its_training_dynamics_says_what_replaces_them(tmp_path):
+    """stats/loss_mean.npy missing (a damaged or hand-made run): clean says that the BCE of
+    the final logits replaces it (before: a silent fallback that changes the suggestions)."""
+    from labelfix.cleaning.clean_run import clean_run
+
+    truth, given, logits, _ = noisy_problem(seed=3)
+    without = clean_run(make_run(tmp_path / "without", given, logits), report=False, scorer="loss")
+    assert any("stats/loss_mean.npy is missing: the training dynamics" in n and "in --score loss" in n
+               for n in without.notes)
+    with_it = clean_run(make_run(tmp_path / "with", given, logits, loss_mean=np.ones(given.shape)), report=False)
+    assert not any("loss_mean.npy is missing" in n for n in with_it.notes)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from labelfix.errors import LabelfixError
 from labelfix.io import detect_format, read_labels
 from labelfix.io.coco_write import labelset_to_coco, rewrite_coco, write_coco
 from labelfix.labels import NEG, POS, UNK, LabelSet
@@ -88,6 +89,10 @@ def test_csv_wide_round_trip(tmp_path):
     assert detect_format(p) == "csv-wide"
     assert ls.class_names == ["cat", "dog"]
     np.testing.assert_array_equal(ls.labels, np.array([[1, -1], [0, 1], [-1, 0]], np.int8))
+    short = tmp_path / "short.csv"   # a row with a field missing (before: its cells read as unknown)
+    short.write_text("file_name,cat,dog\nx.png,1,\ny.png,0\n")
+    with pytest.raises(LabelfixError, match=r"short.csv: data row 2: 2 field\(s\), the header has 3"):
+        read_labels(short)
     back = tmp_path / "back.json"
     write_coco(back, labelset_to_coco(ls))
     np.testing.assert_array_equal(read_labels(back).labels, ls.labels)
@@ -116,6 +121,10 @@ def test_openimages(tmp_path):
     np.testing.assert_array_equal(ls.labels, np.array([[1, 0, -1, -1], [-1, -1, 1, -1]], np.int8))
     desc.write_text("LabelName,DisplayName\n/m/01,Cat\n/m/02,Dog\n/m/03,Bird\n")
     assert read_labels(labels, class_descriptions=desc).num_classes == 3
+    # a byte-order mark (a spreadsheet's "CSV UTF-8") is not part of the header (before: read as wide CSV)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+    assert detect_format(bom) == "openimages" and read_labels(bom, class_descriptions=desc).num_images == 2
 
 
 def test_labelset_save_load(tmp_path):

@@ -167,6 +167,10 @@ def check_with_run(run: Run, other: Run, *, chunk_rows: int = 65_536) -> None:
         raise LabelfixError(f"{where}: its images are not {run.path}'s (image ids or their order differ)")
     if not a.classes["category_id"].equals(b.classes["category_id"]):
         raise LabelfixError(f"{where}: its classes are not {run.path}'s (category ids or their order differ)")
+    if list(a.class_names) != list(b.class_names):
+        k = next(i for i, (x, y) in enumerate(zip(a.class_names, b.class_names)) if x != y)
+        raise LabelfixError(f"{where}: its classes are not {run.path}'s (category {int(a.classes['category_id'][k])} "
+                            f"is {b.class_names[k]!r} there, {a.class_names[k]!r} here)")
     for s in range(0, a.num_images, chunk_rows):
         if not np.array_equal(a.labels[s:s + chunk_rows], b.labels[s:s + chunk_rows]):
             raise LabelfixError(f"{where}: its given labels differ from {run.path}'s (first in rows from {s}): "
@@ -395,6 +399,11 @@ def clean_run(
                      f"(pretrained backbone; docs/cleaning.md, 'Rounds as an ensemble')" if not refit else
                      f"cells judged by the mean of the {rounds} rounds' held-out logits (round 1 "
                      f"{run.config['train'].get('loss')}, then {refit}; docs/training.md, 'Choosing the loss')")
+    if run.stat("loss_mean", required=False) is None:   # a damaged or hand-made run: say what replaces it
+        notes.append(f"{run.path / 'stats' / 'loss_mean.npy'} is missing: the training dynamics (the loss over the "
+                     f"epochs) are replaced by the BCE of the final logits"
+                     + ("" if run.stats_state.get("out_of_sample") else " in the label GMMs")
+                     + (" and in --score loss" if scorer == "loss" else ""))
     if scorer == "loss" and (run.config.get("train") or {}).get("dynamics") is False:
         notes.append("score loss: this run was trained with --no-dynamics, so its loss_mean is the last epoch's "
                      "held-out loss, not the mean over the epochs (docs/training.md)")

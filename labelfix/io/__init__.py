@@ -22,7 +22,7 @@ def detect_format(path: Path) -> str:
     if suffix == ".json":
         return "coco"
     if suffix in (".csv", ".txt"):
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:   # -sig: a BOM is not part of the header
             header = {h.strip() for h in fh.readline().strip().split(",")}
         if {"ImageID", "LabelName", "Confidence"} <= header:
             return "openimages"

@@ -30,6 +30,18 @@ def raw_header(path: Path) -> list[str]:
         return next(csv.reader(fh, skipinitialspace=True), [])
 
 
+def _refuse_short_rows(path: Path, width: int) -> None:
+    """A row shorter than the header is an error, as a longer one is (pandas fills the
+    missing fields with empty strings, which read as unknown cells)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = (row for row in csv.reader(fh, skipinitialspace=True) if row)   # pandas skips blank lines too
+        next(rows, None)
+        for i, row in enumerate(rows, start=1):
+            if len(row) < width:
+                raise LabelfixError(f"{path}: data row {i}: {len(row)} field(s), the header has {width}; give every "
+                                    f"column (an empty field is allowed)")
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV as strings with one-line errors; refuses duplicate column names."""
     try:
@@ -52,7 +64,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if name in seen and name.strip():
             raise LabelfixError(f"{path}: header: column {name!r} appears twice")
         seen.add(name)
-    # short rows are filled with NaN even with keep_default_na=False
+    _refuse_short_rows(path, len(header))
     table = table.fillna("")
     table.attrs["raw_header"] = header
     return table
