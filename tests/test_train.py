@@ -626,3 +626,14 @@ def test_head_starts_at_the_class_priors_unless_asked_or_loaded(tiny, tmp_path):
     torch.save(plain.model.state_dict(), tmp_path / "full.pt")
     loaded = built(weights=str(tmp_path / "full.pt"))
     assert torch.equal(loaded.model.head.output_bias, plain.model.head.output_bias)
+
+
+def test_validation_images_shared_with_training_are_noted(tiny, tmp_path):
+    """--val naming the training images: training runs and a note says the validation mAP
+    is not held out (before: silent); a separate test split gets no note."""
+    lines = []
+    train(cfg_for(tiny, tmp_path / "same", epochs=1, val=str(tiny["train"])), log=lines.append)
+    assert any("note: 32 of 32 --val images are also training images" in line for line in lines)
+    lines = []
+    train(cfg_for(tiny, tmp_path / "apart", epochs=1, val=str(tiny["test"])), log=lines.append)
+    assert not any("--val images are also training images" in line for line in lines)

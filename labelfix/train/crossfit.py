@@ -201,6 +201,10 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             note = write_run_config(cfg, labelset.fingerprint(), extra)
             if note:
                 say(note)
+        if cfg.val and dist.is_main and not cfg.resume:   # its fold models leave this note to the driver
+            from labelfix.train.data import read_validation
+
+            read_validation(cfg, labelset, say)
         given = np.asarray(labelset.labels)
         train_rows = np.flatnonzero(folds >= 0)
         trusted = trusted_cells(labelset, train_rows)

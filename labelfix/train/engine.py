@@ -103,7 +103,8 @@ class Trainer:
         require_readable_images(self.labelset, self.train_rows, str(cfg.data))   # zero readable images: refuse
         if not cfg.resume and self._given["labelset"] is None:   # crossfit resolves it for its folds
             self.cfg = resolve_auto(cfg, self.labels, self.train_rows, self.labelset.class_names, self.log)
-        self.val_set = read_validation(cfg, self.labelset) if cfg.val else None
+        own = self._given["labelset"] is None   # a fold model's driver notes the overlap once
+        self.val_set = read_validation(cfg, self.labelset, self.log if own else None) if cfg.val else None
         self.fingerprint = self.labelset.fingerprint()
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)
 
