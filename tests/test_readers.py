@@ -105,6 +105,11 @@ def test_csv_long_round_trip(tmp_path):
     assert detect_format(p) == "csv-long"
     assert ls.class_names == ["cat", "dog"]
     np.testing.assert_array_equal(ls.labels, np.array([[0, 1], [1, -1]], np.int8))
+    # a long file without its value column is named as such (before: read as wide CSV,
+    # refused for a duplicate file_name)
+    p.write_text("file_name,label\nx.png,dog\nx.png,cat\n")
+    with pytest.raises(LabelfixError, match="missing column 'value'"):
+        read_labels(p)
 
 
 def test_openimages(tmp_path):

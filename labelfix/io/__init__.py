@@ -26,8 +26,8 @@ def detect_format(path: Path) -> str:
             header = {h.strip() for h in fh.readline().strip().split(",")}
         if {"ImageID", "LabelName", "Confidence"} <= header:
             return "openimages"
-        if {"label", "value"} <= header:
-            return "csv-long"
+        if {"label", "value"} <= header or header == {"file_name", "label"}:   # the latter: its reader names
+            return "csv-long"                                                  # the missing 'value' column
         return "csv-wide"
     raise LabelfixError(f"{path}: cannot tell the label format from the extension '{suffix}'; pass --format")
 
