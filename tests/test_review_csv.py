@@ -273,6 +273,21 @@ def test_clean_keeps_decisions_and_archives_the_ones_it_drops(tmp_path):
     # and export reads them: 2 + 1 accepted changes
     res = export_cleaned_coco(run, tmp_path / "cleaned.json", source="csv")
     assert res.changes == 3
+    # the reviewer clears the restored 'yes': it stays cleared (before: every clean
+    # restored it from the archive) and neither learning nor export counts it
+    third.loc[[k == was[12] for k in zip(third.image_id, third.category_id, third.suggested)], "accept"] = ""
+    third.to_csv(run / "corrections.csv", index=False)
+    r = _clean(run, "--no-learn-from-decisions")
+    assert "restored" not in r.output
+    fourth = pd.read_csv(run / "corrections.csv", dtype=str, keep_default_na=False)
+    now = dict(zip(zip(fourth.image_id, fourth.category_id, fourth.suggested), fourth.accept))
+    assert now[was[12]] == "" and now[was[13]] == "no"
+    from labelfix.review.decisions import known_decisions
+
+    known = known_decisions(run)
+    assert tuple(map(int, was[12])) not in known and known[tuple(map(int, was[13]))] is False
+    res = export_cleaned_coco(run, tmp_path / "cleared.json", source="csv")
+    assert res.changes == 2
 
 
 def test_review_archives_app_decisions_of_dropped_suggestions(fo, run_dir):  # noqa: F811

@@ -333,6 +333,8 @@ def _plan_decisions(sugg: pd.DataFrame, class_names: list[str], keep: dict, arch
         else:
             lid, tags, imp = None, [], ""
             old = archive.get((int(rec.image_id), int(rec.category_id), 1 if rec.action == "add" else 0))
+            if has_csv and not v:   # clean writes an archived decision back: an empty cell is a cleared one
+                old = None
             back = bool(old)
             if old:
                 tags = [old]

@@ -397,7 +397,28 @@ def _decided_rows(path: Path, corrections: pd.DataFrame | None) -> pd.DataFrame 
         corrections = read_run_csv(path, dtype=str)
     if "accept" not in corrections.columns:
         return None
-    return corrections[corrections["accept"].astype(str).str.strip() != ""]
+    empty = (corrections["accept"].astype(str).str.strip() == "").to_numpy()
+    decided = corrections[~empty]
+    if "cleared" not in corrections.attrs:   # (an already filtered frame keeps its set)
+        decided.attrs["cleared"] = _cleared(corrections[empty], read_archive(path.parent))
+    return decided
+
+
+def _cleared(undecided: pd.DataFrame, archive: dict) -> set:
+    """Keys of the archived decisions whose suggestion is in corrections.csv with an empty
+    ``accept`` cell: clean wrote the decision back and a person cleared it, so it is no
+    decision any more (before 2026-12-07 every clean restored it again)."""
+    if not archive or not len(undecided):
+        return set()
+    out = set()
+    for rec in undecided.to_dict("records"):
+        try:
+            k = cell_key(rec["image_id"], rec["category_id"], rec.get("suggested") or (rec.get("action") == "add"))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if k in archive:
+            out.add(k)
+    return out
 
 
 #: where ``labelfix clean`` keeps the previous corrections.csv when a person added columns to it
@@ -451,6 +472,8 @@ def carry_decisions(run_path, table: pd.DataFrame,
     except LabelfixError as e:
         raise LabelfixError(f"{e}; its accept column cannot be kept: move the file away and re-run clean") from None
     archive = read_archive(run_path)
+    if decided is not None:   # decisions a person cleared are not restored
+        archive = {k: v for k, v in archive.items() if k not in decided.attrs.get("cleared", ())}
     has_accept = decided is not None
     if not has_accept and not archive:
         return table, []
@@ -537,9 +560,10 @@ def known_decisions(run, corrections: pd.DataFrame | None = None) -> dict[tuple[
     from labelfix.run import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
-    out = {k: d == ACCEPTED for k, d in read_archive(run).items()}
-    accept: dict[tuple[int, int, int], str] = {}
     decided = _decided_rows(run.path / "corrections.csv", corrections)   # undecided rows say nothing
+    cleared = decided.attrs.get("cleared", ()) if decided is not None else ()
+    out = {k: d == ACCEPTED for k, d in read_archive(run).items() if k not in cleared}
+    accept: dict[tuple[int, int, int], str] = {}
     for rec in ([] if decided is None else decided.to_dict("records")):
         value = _accept_value(rec.get("accept", ""))
         try:
