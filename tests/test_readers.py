@@ -110,6 +110,8 @@ def test_csv_long_round_trip(tmp_path):
     p.write_text("file_name,label\nx.png,dog\nx.png,cat\n")
     with pytest.raises(LabelfixError, match="missing column 'value'"):
         read_labels(p)
+    with pytest.raises(LabelfixError, match="--format run reads a labelfix run directory"):   # was exit 1
+        read_labels(p, format="run")
 
 
 def test_openimages(tmp_path):

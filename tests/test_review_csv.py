@@ -177,7 +177,7 @@ def test_foreign_corrections_are_refused_and_nothing_is_applied(fo, run_dir, dem
             expect = "corrections.csv: row 2: file_name 'images/test_"
         else:
             corr.loc[2, "accept"] = "maybe"
-            expect = "corrections.csv: row 4: accept must be 1/0/true/false/yes/no or empty, got 'maybe'"
+            expect = "corrections.csv: row 4: accept must be 1/0/true/false/yes/no/y/n or empty, got 'maybe'"
         corr.to_csv(run_dir / "corrections.csv", index=False)
 
         line = _one_error_line(_review(run_dir, name))

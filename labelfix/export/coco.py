@@ -92,7 +92,7 @@ def parse_accept(values: pd.Series, where: str) -> pd.Series:
         elif v in ("", "nan"):
             out.append("")
         else:
-            raise LabelfixError(f"{where}: row {i + 2}: accept must be 1/0/true/false/yes/no or empty, got {v!r}")
+            raise LabelfixError(f"{where}: row {i + 2}: accept must be 1/0/true/false/yes/no/y/n or empty, got {v!r}")
     return pd.Series(out, index=values.index, dtype=object)
 
 

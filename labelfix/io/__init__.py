@@ -88,6 +88,8 @@ def read_labels(
 
         return read_openimages(path, images=images, class_descriptions=class_descriptions)
     if fmt == "run":
+        if not Path(path).is_dir():
+            raise LabelfixError(f"{path}: --format run reads a labelfix run directory, and this is not a folder")
         ls = LabelSet.load(path)
         if images is not None:
             ls.image_root = Path(images).resolve()
