@@ -410,8 +410,10 @@ def _cleared(undecided: pd.DataFrame, archive: dict) -> set:
     decision any more (before 2026-12-07 every clean restored it again)."""
     if not archive or not len(undecided):
         return set()
+    # the archive is small, the file may hold millions of rows: only rows of archived images
+    ids = pd.to_numeric(undecided["image_id"], errors="coerce").isin({k[0] for k in archive})
     out = set()
-    for rec in undecided.to_dict("records"):
+    for rec in undecided[ids.to_numpy()].to_dict("records"):
         try:
             k = cell_key(rec["image_id"], rec["category_id"], rec.get("suggested") or (rec.get("action") == "add"))
         except (KeyError, TypeError, ValueError):

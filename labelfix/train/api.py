@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Callable
 
 from labelfix.errors import LabelfixError
@@ -24,7 +23,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
         from labelfix.train.data import check_resume_data
 
         if int(os.environ.get("RANK", "0")) == 0:   # torchrun: one rank reads DATA
-            check_resume_data(cfg, log or (lambda s: print(s, file=sys.stderr, flush=True)))
+            from labelfix.train.progress import to_stderr
+
+            check_resume_data(cfg, log or to_stderr)
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +58,7 @@ from labelfix.train import stats as stats_mod
 from labelfix.train.config import MIXER_OPTIONS, TrainConfig, read_run_config, write_run_config
 from labelfix.train.data import HELD_OUT
 from labelfix.train.foldpool import FoldJob
+from labelfix.train.progress import to_stderr
 
 def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, class_names=None) -> np.ndarray:
     """int8 (N,): fold 0..k-1 of each training row, -1 elsewhere.
@@ -166,8 +166,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     dist = init_distributed(resolve_device(cfg.device).type)
     # the driver's own lines (rounds, kappa, notes): where a Trainer's go without a log
     # function (the CLI), once per torchrun job (before: dropped without one)
-    say = log if log is not None else ((lambda s: print(s, file=sys.stderr, flush=True)) if dist.is_main
-                                       else (lambda s: None))
+    say = log if log is not None else (to_stderr if dist.is_main else (lambda s: None))
     pool = None
     try:
         pool = open_fold_pool(cfg, callbacks, dist, fold_pool)   # refusals before anything is written
@@ -251,7 +250,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                             role_estimates=role_start, embed=embed, log_prefix=f"{where}: ")
                 t.embed_only() if only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
-                pool.run(jobs, log or (lambda text: print(text, file=sys.stderr, flush=True)))
+                pool.run(jobs, log or to_stderr)
 
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown

@@ -208,21 +208,14 @@ def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[
     return labelset, split
 
 
-def _image_files(ls: LabelSet) -> list[str]:
-    """Normalised absolute path of every image of ``ls``, in row order."""
-    import os
-
-    root = str(ls.image_root or "")
-    return [os.path.normpath(os.path.join(os.path.abspath(root), str(f))) for f in ls.images["file_name"]]
-
-
 def read_validation(cfg, classes: LabelSet, log=None) -> LabelSet:
     """``--val`` labels with their columns in the training class order (one clear line
     when the class sets differ); ``log`` gets a note when some validation images are
     training images too (the same file), whose mAP is then not held out."""
     val = read_run_labels(cfg, cfg.val)
     if log is not None:
-        shared = len(set(_image_files(val)) & set(_image_files(classes)))
+        files = [{str(ls.image_path(r)) for r in range(ls.num_images)} for ls in (val, classes)]
+        shared = len(files[0] & files[1])
         if shared:
             log(f"note: {shared} of {val.num_images} --val images are also training images (the same files): "
                 f"the validation mAP is partly measured on images the model trains on")

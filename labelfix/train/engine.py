@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ from labelfix.train.metrics import class_groups
 from labelfix.train.mixers import Batch, create_mixer
 from labelfix.train.optim import (build_amp, build_loss, build_optimizer, build_scheduler, optimizer_step,
                                   resolve_auto)
-from labelfix.train.progress import Progress, format_row
+from labelfix.train.progress import Progress, format_row, to_stderr
 from labelfix.train.sampler import EpochBatchSampler, derive_seed
 
 
@@ -87,7 +86,7 @@ class Trainer:
         elif self.progress is not None:
             self.progress.log(text)
         else:
-            print(text, file=sys.stderr)
+            to_stderr(text)
 
     def _prepare_data(self) -> None:
         cfg = self.cfg

@@ -332,8 +332,9 @@ class ICMixupMixer(Mixer):
         self.alpha = _option(cfg, "mixup_alpha", 0.2)
         self.weight = _option(cfg, "icm_weight", 1.0)
         mode = _option(cfg, "icm_mode", "auto")
-        rows = ctx.labels[ctx.train_rows]
-        not_single = int((((rows == POS).sum(1) != 1) | (rows == UNK).any(1)).sum())   # images
+        if mode != "multi":   # images that are not single-label (one positive, no unknown cell)
+            rows = ctx.labels[ctx.train_rows]
+            not_single = int((((rows == POS).sum(1) != 1) | (rows == UNK).any(1)).sum())
         if mode == "auto":
             mode = "single" if rows.size and not not_single else "multi"
         elif mode == "single" and not_single:   # the paper's loss takes one class per image

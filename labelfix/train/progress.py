@@ -45,7 +45,12 @@ class Progress:
         if self.bar is not None:
             self.bar.console.print(text)
         else:
-            print(text, file=sys.stderr)
+            to_stderr(text)
+
+
+def to_stderr(text: str) -> None:
+    """Where training's lines go without a log function or a progress bar (the CLI)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def format_row(row: dict) -> str:
