@@ -4,6 +4,7 @@ neighbour votes, and verified cells carried from a review into the next round.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -354,6 +355,23 @@ def test_frozen_run_end_to_end(tiny, tmp_path):
     model = export_run(out, tmp_path / "m.onnx")   # the whole model: frozen backbone + trained heads
     preds = predict(model, [tiny["images"] / "train_00000.png"], progress=False)
     assert len(preds) == 1
+
+
+def test_a_cross_fitted_run_lists_the_images_its_fold_models_could_not_read(tiny, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny["images"], data / "images")
+    coco = json.loads(Path(tiny["train"]).read_text())
+    (data / "train.json").write_text(json.dumps(coco))
+    gone = coco["images"][7]["file_name"]
+    (data / gone).unlink()
+    res = train(cfg_for(tiny, tmp_path / "run", data=str(data / "train.json"), folds=2, rounds=1, epochs=1),
+                log=lambda _: None)
+    # the run lists it where a run without folds does (each fold model's list is in its own folder)
+    assert res["skipped"] == 1
+    listed = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
+    assert listed[["index", "file_name", "reason"]].values.tolist() == [[7, gone, "missing"]]
 
 
 def test_frozen_refuses_augmentation_and_feature_heads(tiny, tmp_path):

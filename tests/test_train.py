@@ -448,16 +448,20 @@ def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):
     shutil.copytree(Path(tiny["images"]), data / "images")
     coco = json.loads(Path(tiny["train"]).read_text())
     (data / "train.json").write_text(json.dumps(coco))
-    bad = coco["images"][3]["file_name"]
+    bad, gone = coco["images"][3]["file_name"], coco["images"][5]["file_name"]
     (data / bad).write_bytes(b"not an image")
+    (data / gone).unlink()
     lines = []
     res = train(cfg_for(tiny, tmp_path / "run", data=str(data / "train.json"), epochs=1), log=lines.append)
-    assert res["skipped"] == 1
+    assert res["skipped"] == 2
     skipped = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
-    assert skipped["file_name"].tolist() == [bad]
+    # each file is listed with why it could not be read: a missing file is not "failed to decode"
+    assert skipped["file_name"].tolist() == [bad, gone]
+    assert skipped["reason"].tolist() == ["failed to decode", "missing"]
     logits = np.load(tmp_path / "run" / "stats" / "logits.npy")
-    assert np.isnan(logits[3]).all() and np.isfinite(np.delete(logits, 3, axis=0)).all()
-    assert any("skipped" in line for line in lines)
+    assert np.isnan(logits[[3, 5]]).all() and np.isfinite(np.delete(logits, [3, 5], axis=0)).all()
+    assert any("2 image(s) could not be read and were skipped (1 failed to decode, 1 missing)" in line
+               for line in lines)
 
 
 # --------------------------------------------------------------------------- pure parts

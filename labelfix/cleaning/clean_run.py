@@ -481,8 +481,8 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
         raise LabelfixError(f"{run.path / 'stats'}: the model's logits are NaN for every image, so no image was "
                             f"scored (a damaged stats/logits.npy, or training diverged); retrain the run")
     if unscored:
-        notes.append(f"{unscored} images have cells the model did not score (NaN logits: images that failed to "
-                     f"decode, listed in skipped_images.csv, or a damaged stats file): those cells keep their "
+        notes.append(f"{unscored} images have cells the model did not score (NaN logits: images that could not "
+                     f"be read, listed in skipped_images.csv, or a damaged stats file): those cells keep their "
                      f"given label and are not suggested")
     if unranked:
         notes.append(f"{unranked} scored cells got no value from the score rule '{scorer or DEFAULT_SCORER}' "

@@ -294,11 +294,13 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             say(f"cross-fitting round {last}/{cfg.rounds}: its fold models embed the images (clean's neighbour "
                 f"evidence)")
             run_round(last, round_cfg, current, role_start, embed=True)
+        skipped = 0
         if dist.is_main:
             finish(out, last, folds, k, cfg.epochs, every_round=bool(cfg.refit_loss))
             atomic.write_csv(out / "metrics.csv", pd.DataFrame(rows))
+            skipped = merge_skipped(out, last, k)
         say(f"cross-fitted {k} folds: held-out statistics in {out / 'stats'}, ensemble in {out / 'checkpoints'}")
-        return {"epochs": cfg.epochs, "metrics": rows, "skipped": 0, "out": str(out), "folds": k}
+        return {"epochs": cfg.epochs, "metrics": rows, "skipped": skipped, "out": str(out), "folds": k}
     finally:
         if pool is not None and pool is not fold_pool:
             pool.close()
@@ -393,6 +395,20 @@ def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k:
                 src = np.load(fold_dir(out, f, r) / "stats" / f"{name}.npy", mmap_mode="r")
                 rows = np.flatnonzero(folds == f) if f else np.flatnonzero((folds == f) | (folds < 0))
                 dst[rows] = src[rows]
+
+
+def merge_skipped(out: Path, rounds: int, k: int) -> int:
+    """``RUN/skipped_images.csv``: the images any fold model of rounds 1..``rounds`` could
+    not read (index, image_id, file_name, reason; one row each), so that the run lists
+    them where a run without folds does. Returns their count (0: no file)."""
+    frames = [pd.read_csv(p) for r in range(1, rounds + 1) for f in range(k)
+              if (p := fold_dir(out, f, r) / "skipped_images.csv").exists()]
+    if not frames:
+        return 0
+    merged = (pd.concat(frames).drop(columns="first_epoch").drop_duplicates("index")
+              .sort_values("index").reset_index(drop=True))
+    atomic.write_csv(out / "skipped_images.csv", merged)
+    return len(merged)
 
 
 def finish(out: Path, rounds: int, folds: np.ndarray, k: int, epochs: int, every_round: bool = False) -> None:

@@ -281,8 +281,7 @@ class Trainer:
 
                 embed_run(self, self.out / "stats", names=("embeddings",))
             if self.skipped:
-                self.log(f"{len(self.skipped)} image(s) failed to decode and were skipped; "
-                         f"see {self.out / 'skipped_images.csv'}")
+                self.log(f"{evaluate.skipped_summary(self)}; see {self.out / 'skipped_images.csv'}")
             return {"epochs": self.epoch, "metrics": self.metrics_rows, "skipped": len(self.skipped),
                     "out": str(self.out)}
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -209,15 +210,39 @@ def metrics_rows_from_disk(t) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
+def skip_reasons(t) -> dict[int, str]:
+    """Why each skipped image could not be read (dataset index -> reason): ``missing``, a
+    file that is not an image file or leads outside the image folder (the refusal's
+    words), else ``failed to decode`` (it opens but does not decode). Looked up once per
+    image and kept on the trainer."""
+    from labelfix.data.image import image_problem
+
+    known = t.__dict__.setdefault("_skip_reasons", {})
+    for i in t.skipped:
+        if i not in known:
+            known[i] = image_problem(t.labelset.image_path(i), t.labelset.image_root) or "failed to decode"
+    return known
+
+
+def skipped_summary(t) -> str:
+    """``N image(s) could not be read and were skipped (M missing, K failed to decode)``."""
+    counts = Counter(skip_reasons(t)[i] for i in t.skipped)
+    parts = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda rn: (-rn[1], rn[0])))
+    return f"{len(t.skipped)} image(s) could not be read and were skipped ({parts})"
+
+
 def write_skipped(t) -> None:
-    """``skipped_images.csv``: every image that failed to decode and the epoch first seen."""
+    """``skipped_images.csv``: every image that could not be read, why
+    (:func:`skip_reasons`) and the epoch first seen."""
     if not t.skipped:
         return
     idx = sorted(t.skipped)
     images = t.labelset.images
+    reasons = skip_reasons(t)
     atomic.write_csv(t.out / "skipped_images.csv", pd.DataFrame({
         "index": idx,
         "image_id": [int(images.at[i, "image_id"]) for i in idx],
         "file_name": [str(images.at[i, "file_name"]) for i in idx],
+        "reason": [reasons[i] for i in idx],
         "first_epoch": [t.skipped[i] for i in idx],
     }))
