@@ -164,3 +164,17 @@ def test_json_checks_on_odd_files(tmp_path):
         with pytest.raises(LabelfixError, match=msg) as e:
             read(name, data)
         assert "\n" not in str(e.value) and name in str(e.value)
+
+
+def test_info_of_a_dataset_without_positives_says_n_a_and_writes_valid_json(tmp_path):
+    """A header-only CSV (or a COCO file without images) is described, not refused; its
+    imbalance ratios are undefined: 'n/a' in the text, null in --json (NaN / Infinity are
+    not JSON: json.loads in strict parsers and jq reject them)."""
+    p = tmp_path / "header_only.csv"
+    p.write_text("file_name,cat,dog\n")
+    res = run("info", str(p), "--no-files")
+    assert res.exit_code == 0, res.output
+    assert "CLS_Imb n/a, PN_Imb n/a (no positives)" in res.output and "nan" not in res.output
+    res = run("info", str(p), "--no-files", "--json")
+    d = json.loads(res.output, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert d["num_images"] == 0 and d["cls_imb"] is None and d["pn_imb"] is None

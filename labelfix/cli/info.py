@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 
 from labelfix.cli.options import data_options, read_from_options
+
+
+def _ratio(value: float) -> str:
+    """An imbalance ratio to two decimals; ``n/a`` where it is undefined
+    (no class has a positive: CLS_Imb NaN, PN_Imb inf; null in ``--json``)."""
+    return f"{value:.2f}" if math.isfinite(value) else "n/a"
 
 
 @click.command()
@@ -31,7 +38,8 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions)
     summary = dataset_info(ls, check_files=not no_files, verify=verify)
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2, default=int))
+        d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.to_dict().items()}
+        click.echo(json.dumps(d, indent=2, default=int, allow_nan=False))   # JSON has no NaN: null
         return
     from rich.console import Console
     from rich.table import Table
@@ -44,7 +52,8 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
     con.print(f"[bold]{data}[/bold] ({read_as}): {d['num_images']} images, {d['num_classes']} classes")
     con.print(
         f"cells: {d['positives']} positive, {d['negatives']} negative, {d['unknown']} unknown; "
-        f"CLS_Imb {d['cls_imb']:.2f}, PN_Imb {d['pn_imb']:.2f}"
+        f"CLS_Imb {_ratio(d['cls_imb'])}, PN_Imb {_ratio(d['pn_imb'])}"
+        + ("" if d["positives"] else " (no positives)")
     )
     table = Table("class", "category_id", "positives", "negatives", "unknown")
     for r in summary.per_class.itertuples():
