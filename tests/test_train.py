@@ -641,3 +641,14 @@ def test_validation_images_shared_with_training_are_noted(tiny, tmp_path):
     lines = []
     train(cfg_for(tiny, tmp_path / "apart", epochs=1, val=str(tiny["test"])), log=lines.append)
     assert not any("--val images are also training images" in line for line in lines)
+
+
+def test_a_warm_up_longer_than_the_run_is_said(tiny, tmp_path):
+    # the peak --lr is never reached: a note, once (the run trains as asked)
+    lines = []
+    train(cfg_for(tiny, tmp_path / "long", epochs=1, warmup_epochs=3), log=lines.append)
+    said = [line for line in lines if "--warmup-epochs 3 is longer than --epochs 1" in line]
+    assert len(said) == 1 and said[0].startswith("note: ") and "never reaches --lr 0.001" in said[0]
+    lines = []
+    train(cfg_for(tiny, tmp_path / "short", epochs=1, warmup_epochs=1), log=lines.append)
+    assert not any("--warmup-epochs" in line for line in lines)
