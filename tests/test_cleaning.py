@@ -103,6 +103,19 @@ def _noisy(seed=0, n=1500, k=4):
     return true, given, probs
 
 
+def test_relabel_threshold_moves_cells_between_states_not_in_or_out_of_the_suggestions():
+    """docs/cleaning.md and clean --help: delta decides re-labeled vs ambiguous; an
+    ambiguous cell is suggested by c > 0.5, so the suggestions do not depend on it."""
+    true, given, probs = _noisy()
+    rng = np.random.default_rng(3)
+    probs = np.clip(probs + rng.normal(0, 0.2, probs.shape), 0.01, 0.99)   # many cells between the thresholds
+    strict, loose = (find_label_issues(given, probs, relabel_threshold=d) for d in (0.975, 0.55))
+    np.testing.assert_array_equal(strict.suggested, loose.suggested)
+    pd.testing.assert_frame_equal(strict.corrections.drop(columns="state"), loose.corrections.drop(columns="state"))
+    assert (strict.state == AMBIGUOUS).sum() > (loose.state == AMBIGUOUS).sum()
+    assert (strict.state == RELABELED).sum() < (loose.state == RELABELED).sum()
+
+
 def test_find_label_issues_synthetic_noise():
     true, given, probs = _noisy()
     iss = find_label_issues(given, probs, classes=["a", "b", "c", "d"])

@@ -13,8 +13,9 @@ from labelfix.cli.options import FiniteFloat
 @click.option("--clean-threshold", type=FiniteFloat(0, 1, max_open=True), default=0.5, show_default=True,
               help="p_clean (GMM posterior of the low-loss component) above which a known cell is clean.")
 @click.option("--relabel-threshold", type=FiniteFloat(0.5, 1, max_open=True), default=None,
-              help="delta: a non-clean cell whose two-view probability is > delta becomes 1, < 1-delta becomes 0 "
-                   "[default: 0.975, 0.55 for single-positive data].")
+              help="delta: a non-clean cell whose two-view probability is > delta is re-labeled to 1, < 1-delta "
+                   "to 0, else ambiguous (suggested by probability > 0.5). It sets the state column of "
+                   "corrections.csv, not which cells are suggested [default: 0.975, 0.55 for single-positive data].")
 @click.option("--max-suggestions", type=click.IntRange(min=0), default=None, help="Keep only the top suggestions.")
 @click.option("--classes", default=None, help="Comma-separated class names to suggest corrections for.")
 @click.option("--score", "scorer", type=click.Choice(list_scorers()), default=None,
