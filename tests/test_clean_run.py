@@ -89,6 +89,14 @@ def test_clean_options(tmp_path):
     assert res.exit_code == 2 and "unknown class names nope" in res.output
 
 
+def test_clean_classes_takes_a_quoted_name_with_a_comma(tmp_path):
+    truth, given, logits, flip = noisy_problem(seed=1)
+    run = make_run(tmp_path / "run", given, logits, names=["dog, cat", "bird", "c2", "c3", "c4"])
+    res = CliRunner().invoke(main, ["clean", str(run), "--classes", '"dog, cat", bird', "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(run / "corrections.csv")["class"]) == {"dog, cat", "bird"}
+
+
 def test_degenerate_classes_and_nan(tmp_path):
     truth, given, logits, _ = noisy_problem(seed=2, k=6)
     given[:, 0] = 0  # a class with zero positives

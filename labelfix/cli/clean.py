@@ -8,6 +8,15 @@ from labelfix.cleaning.scores import list_scorers
 from labelfix.cli.options import FiniteFloat
 
 
+def _class_names(text: str | None) -> list[str] | None:
+    """``--classes``: one CSV row of names (a name with a comma is quoted), blanks dropped."""
+    if text is None:
+        return None
+    import csv
+
+    return [c.strip() for c in next(csv.reader([text], skipinitialspace=True), []) if c.strip()]
+
+
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--clean-threshold", type=FiniteFloat(0, 1, max_open=True), default=0.5, show_default=True,
@@ -17,7 +26,8 @@ from labelfix.cli.options import FiniteFloat
                    "to 0, else ambiguous (suggested by probability > 0.5). It sets the state column of "
                    "corrections.csv, not which cells are suggested [default: 0.975, 0.55 for single-positive data].")
 @click.option("--max-suggestions", type=click.IntRange(min=0), default=None, help="Keep only the top suggestions.")
-@click.option("--classes", default=None, help="Comma-separated class names to suggest corrections for.")
+@click.option("--classes", default=None, help='Comma-separated class names to suggest corrections for (CSV quoting '
+                                             'for a name with a comma: --classes \'"dog, cat",bird\').')
 @click.option("--score", "scorer", type=click.Choice(list_scorers()), default=None,
               help="Issue score rule (docs/cleaning.md) [default: evidence].")
 @click.option("--neighbours", type=click.IntRange(min=0), default=10, show_default=True,
@@ -46,7 +56,7 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
 
     check_device(device, "--device")   # before any work: cuda without a GPU is one line
 
-    names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+    names = _class_names(classes)
     if names is not None and not names:
         raise LabelfixError(f"--classes {classes!r}: no class name in it (comma-separated names)")
     with run_lock(run, "clean"):
