@@ -95,6 +95,12 @@ def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_p
                for f in range(3)]
     expect = torch.stack([m(x) for m in members]).mean(0)
     torch.testing.assert_close(model(x), expect)
+    from labelfix.cleaning.clean_run import clean_run
+
+    # cleaning one fold model's own folder says what it is and where the held-out statistics are
+    notes = clean_run(fold_dir(out, 0, r), report=False).notes
+    assert any(f"one fold model of the cross-fitted run {out}" in n for n in notes), notes
+    assert not any(n.startswith("in-sample statistics") for n in notes)
 
 
 def test_a_fold_killed_while_embedding_embeds_again_on_resume(tiny, tmp_path):

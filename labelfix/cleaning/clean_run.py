@@ -313,7 +313,12 @@ def _stats_notes(run: Run) -> list[str]:
             f"training did not finish: using the statistics of epoch {state.get('last_epoch', '?')} "
             f"({state.get('epochs_recorded', '?')} epochs recorded); `labelfix train --resume` continues it"
         )
-    if state and not state.get("out_of_sample"):
+    parent = run.path.parent.parent.parent   # RUN/folds/round<r>/fold<f>: one fold model of RUN
+    if run.path.parent.parent.name == "folds" and (parent / "folds.npy").exists():
+        notes.append(f"{run.path} is one fold model of the cross-fitted run {parent}: its statistics are out of "
+                     f"sample only for the images of its own fold; `labelfix clean {parent}` judges every label by "
+                     f"the fold model that did not train on it")
+    elif state and not state.get("out_of_sample"):
         # docs/cleaning.md "The evidence": in-sample statistics rank the errors worse
         notes.append("in-sample statistics: the model judging each label trained on it and has partly learnt the "
                      "wrong ones; `labelfix train --folds 4` judges every label out of sample, which ranked the "
