@@ -170,6 +170,12 @@ def test_icmixup_single_mode_resumes_and_refuses_multilabel_data(demo_data, tmp_
     assert mixing["icm_mode"] == "single" and mixing["icm_weight"] is None
     train(TrainConfig(data=str(single), out=str(out), epochs=2, resume=True, **kw), log=lambda s: None)
     assert len(np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1, ndmin=2)) == 2
+    # a run trained before the fix recorded icm_weight 1.0: it resumes too
+    doc = yaml.safe_load((out / "config.yaml").read_text())
+    doc["dataset"]["mixing"]["icm_weight"] = 1.0
+    (out / "config.yaml").write_text(yaml.safe_dump(doc))
+    train(TrainConfig(data=str(single), out=str(out), epochs=3, resume=True, **kw), log=lambda s: None)
+    assert len(np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1, ndmin=2)) == 3
     with pytest.raises(LabelfixError, match=r"--icm-weight: not used by --mix icmixup in single mode"):
         train(TrainConfig(data=str(single), out=str(tmp_path / "w"), epochs=1, icm_weight=2.0, **kw),
               log=lambda s: None)

@@ -186,7 +186,11 @@ def recorded_mixing(out: Path) -> dict:
     except (OSError, yaml.YAMLError):
         return {}   # read_run_config refuses an unreadable file with its own line
     recorded = (doc.get("dataset") or {}).get("mixing") if isinstance(doc, dict) else None
-    return recorded if isinstance(recorded, dict) else {}
+    if not isinstance(recorded, dict):
+        return {}
+    if recorded.get("icm_mode") == "single":   # runs before 2026-12-07 recorded a weight single mode has no use for
+        recorded = {k: v for k, v in recorded.items() if k != "icm_weight"}
+    return recorded
 
 
 def with_recorded_mixing(cfg, recorded: dict):
