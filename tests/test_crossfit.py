@@ -380,6 +380,19 @@ def test_a_cross_fitted_run_lists_the_images_its_fold_models_could_not_read(tiny
     assert listed[["index", "file_name", "reason"]].values.tolist() == [[7, gone, "missing"]]
 
 
+def test_a_cross_fitted_run_says_which_weights_it_loaded_once(tiny, tmp_path):
+    import timm
+
+    weights = tmp_path / "backbone.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), weights)
+    lines = []
+    train(cfg_for(tiny, tmp_path / "run", folds=2, rounds=2, epochs=1, weights=str(weights), pretrained=False),
+          log=lines.append)
+    # every fold model loads them (4 here); the line is the first one's (it said it 4 times)
+    said = [line for line in lines if "weights: " in line]
+    assert len(said) == 1 and "backbone tensors" in said[0] and str(weights) in said[0], said
+
+
 def test_frozen_refuses_augmentation_and_feature_heads(tiny, tmp_path):
     with pytest.raises(LabelfixError, match="--randaugment: --frozen trains on fixed features"):
         cfg_for(tiny, tmp_path / "x", frozen=True, randaugment=True).validate()

@@ -213,6 +213,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         last = 1
         round_cfg = cfg   # the options of round r's fold models
         role_start = None   # a ROLE refit round's table start (refit_estimates)
+        said = {"weights": False}   # the first fold model trained says which weights it loaded; its siblings not
 
         def run_round(r: int, round_cfg: TrainConfig, current: LabelSet, role_start, *, embed: bool) -> None:
             """Train round r's fold models (those not complete yet), in the pool or here;
@@ -240,14 +241,15 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
                         f"holding out {int((folds == f).sum())}")
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
+                say_weights, said["weights"] = not said["weights"], True
                 if pool is not None:
                     jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start,
-                                        embed, only))
+                                        embed, only, say_weights))
                     continue
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 t = Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
                             features_dir=out / "features", keep_process_group=True, image_cache=images,
-                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ")
+                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ", say_weights=say_weights)
                 t.embed_only() if only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or to_stderr)

@@ -49,14 +49,15 @@ class Trainer:
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
                  features_dir: Path | None = None, keep_process_group: bool = False,
                  image_cache: dict | None = None, role_estimates: np.ndarray | None = None,
-                 embed: bool = True, log_prefix: str = ""):
+                 embed: bool = True, log_prefix: str = "", say_weights: bool = True):
         """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
         ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``),
         ``image_cache`` (decoded evaluation images by row, shared by the fold models),
         ``role_estimates`` (float (N, K), the warm start of a refit round's ROLE table) and
         ``embed`` (False: no final ``stats/embeddings.npy``, which clean reads of the last
-        round only) and ``log_prefix`` (the fold a line is of) come from the cross-fitting
-        driver (``crossfit.py``)."""
+        round only), ``log_prefix`` (the fold a line is of) and ``say_weights`` (False: no
+        ``weights:`` line, which the driver shows for its first fold model only) come from
+        the cross-fitting driver (``crossfit.py``)."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
         self._log, self._prefix = log, log_prefix
@@ -66,6 +67,7 @@ class Trainer:
         self.image_cache = image_cache
         self.role_estimates = role_estimates
         self.embed = embed
+        self.say_weights = say_weights
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -123,7 +125,7 @@ class Trainer:
                                                           unknown_as_negative=trains_unknown(cfg.loss)))
         report = getattr(self.model, "weights_report", None)
         self.weights_info = None if report is None else report.to_dict()
-        if report is not None:
+        if report is not None and self.say_weights:
             self.log(f"weights: {report}")
         self.model.to(self.device)
         # channels_last: default on CUDA; on the CPU only when asked (faster for some

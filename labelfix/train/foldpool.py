@@ -48,8 +48,9 @@ class FoldJob:
     cross-fitted run's ``RUN/features`` folder (``--frozen`` embeddings; it also names
     the run whose decoded images a worker keeps), in a ROLE refit round the estimates
     its label table starts from, whether it embeds the images at the end
-    (``Trainer(embed=)``) and whether it only does that, with the finished model
-    (``Trainer.embed_only``)."""
+    (``Trainer(embed=)``), whether it only does that, with the finished model
+    (``Trainer.embed_only``), and whether it says which weights it loaded
+    (``Trainer(say_weights=)``)."""
 
     fold: int
     cfg: object
@@ -60,6 +61,7 @@ class FoldJob:
     role_estimates: np.ndarray | None = None
     embed: bool = True
     embed_only: bool = False
+    say_weights: bool = True
 
 
 def _watch_parent(parent: int) -> None:
@@ -90,7 +92,8 @@ def _worker(tasks, results, threads: int, parent: int) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)   # training: stop at a clean point
         try:
             t = Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(job.features_dir),
-                        image_cache=images, role_estimates=job.role_estimates, embed=job.embed)
+                        image_cache=images, role_estimates=job.role_estimates, embed=job.embed,
+                        say_weights=job.say_weights)
             t.embed_only() if job.embed_only else t.fit()
             results.put(("done", job.fold, None))
         except LabelfixError as err:
