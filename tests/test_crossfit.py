@@ -372,12 +372,17 @@ def test_a_cross_fitted_run_lists_the_images_its_fold_models_could_not_read(tiny
     (data / "train.json").write_text(json.dumps(coco))
     gone = coco["images"][7]["file_name"]
     (data / gone).unlink()
-    res = train(cfg_for(tiny, tmp_path / "run", data=str(data / "train.json"), folds=2, rounds=1, epochs=1),
-                log=lambda _: None)
-    # the run lists it where a run without folds does (each fold model's list is in its own folder)
+    lines = []
+    res = train(cfg_for(tiny, tmp_path / "run", data=str(data / "train.json"), folds=2, rounds=2, epochs=1),
+                log=lines.append)
+    # the run lists it where a run without folds does (each fold model's list is in its own folder),
+    # and says so once (each of its 4 fold models said it before)
     assert res["skipped"] == 1
     listed = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
     assert listed[["index", "file_name", "reason"]].values.tolist() == [[7, gone, "missing"]]
+    said = [line for line in lines if "could not be read" in line]
+    assert said == [f"1 image(s) could not be read and were skipped (1 missing); see {tmp_path / 'run'}"
+                    f"/skipped_images.csv"], said
 
 
 def test_a_cross_fitted_run_says_which_weights_it_loaded_once(tiny, tmp_path):

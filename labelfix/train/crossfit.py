@@ -54,6 +54,7 @@ from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import NEG, POS, UNK, LabelSet
 
+from labelfix.train import evaluate
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import MIXER_OPTIONS, TrainConfig, read_run_config, write_run_config
 from labelfix.train.data import HELD_OUT
@@ -249,7 +250,8 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 t = Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
                             features_dir=out / "features", keep_process_group=True, image_cache=images,
-                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ", say_weights=say_weights)
+                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ", say_weights=say_weights,
+                            say_skipped=False)
                 t.embed_only() if only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or to_stderr)
@@ -301,6 +303,9 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
             finish(out, last, folds, k, cfg.epochs, every_round=bool(cfg.refit_loss))
             atomic.write_csv(out / "metrics.csv", pd.DataFrame(rows))
             skipped = merge_skipped(out, last, k)
+            if skipped:
+                reasons = pd.read_csv(out / "skipped_images.csv", keep_default_na=False)["reason"]
+                say(f"{evaluate.skipped_summary(reasons)}; see {out / 'skipped_images.csv'}")
         say(f"cross-fitted {k} folds: held-out statistics in {out / 'stats'}, ensemble in {out / 'checkpoints'}")
         return {"epochs": cfg.epochs, "metrics": rows, "skipped": skipped, "out": str(out), "folds": k}
     finally:
@@ -403,12 +408,14 @@ def merge_skipped(out: Path, rounds: int, k: int) -> int:
     """``RUN/skipped_images.csv``: the images any fold model of rounds 1..``rounds`` could
     not read (index, image_id, file_name, reason; one row each), so that the run lists
     them where a run without folds does. Returns their count (0: no file)."""
-    frames = [pd.read_csv(p) for r in range(1, rounds + 1) for f in range(k)
+    frames = [pd.read_csv(p, keep_default_na=False) for r in range(1, rounds + 1) for f in range(k)
               if (p := fold_dir(out, f, r) / "skipped_images.csv").exists()]
     if not frames:
         return 0
     merged = (pd.concat(frames).drop(columns="first_epoch").drop_duplicates("index")
               .sort_values("index").reset_index(drop=True))
+    if "reason" not in merged:   # fold models trained before the reasons were recorded
+        merged["reason"] = "failed to decode"
     atomic.write_csv(out / "skipped_images.csv", merged)
     return len(merged)
 

@@ -49,15 +49,14 @@ class Trainer:
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
                  features_dir: Path | None = None, keep_process_group: bool = False,
                  image_cache: dict | None = None, role_estimates: np.ndarray | None = None,
-                 embed: bool = True, log_prefix: str = "", say_weights: bool = True):
+                 embed: bool = True, log_prefix: str = "", say_weights: bool = True, say_skipped: bool = True):
         """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
         ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``),
         ``image_cache`` (decoded evaluation images by row, shared by the fold models),
-        ``role_estimates`` (float (N, K), the warm start of a refit round's ROLE table) and
-        ``embed`` (False: no final ``stats/embeddings.npy``, which clean reads of the last
-        round only), ``log_prefix`` (the fold a line is of) and ``say_weights`` (False: no
-        ``weights:`` line, which the driver shows for its first fold model only) come from
-        the cross-fitting driver (``crossfit.py``)."""
+        ``role_estimates`` (float (N, K), a refit round's ROLE table start), ``embed`` (False:
+        no final ``stats/embeddings.npy``; clean reads the last round's), ``log_prefix``,
+        ``say_weights`` / ``say_skipped`` (False: the driver says them once) come from the
+        cross-fitting driver (``crossfit.py``)."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
         self._log, self._prefix = log, log_prefix
@@ -67,7 +66,7 @@ class Trainer:
         self.image_cache = image_cache
         self.role_estimates = role_estimates
         self.embed = embed
-        self.say_weights = say_weights
+        self.say_weights, self.say_skipped = say_weights, say_skipped
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -282,8 +281,9 @@ class Trainer:
                 from labelfix.train.features import embed_run
 
                 embed_run(self, self.out / "stats", names=("embeddings",))
-            if self.skipped:
-                self.log(f"{evaluate.skipped_summary(self)}; see {self.out / 'skipped_images.csv'}")
+            if self.skipped and self.say_skipped:
+                self.log(f"{evaluate.skipped_summary(evaluate.skip_reasons(self).values())}; "
+                         f"see {self.out / 'skipped_images.csv'}")
             return {"epochs": self.epoch, "metrics": self.metrics_rows, "skipped": len(self.skipped),
                     "out": str(self.out)}
         finally:

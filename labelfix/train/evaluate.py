@@ -224,11 +224,12 @@ def skip_reasons(t) -> dict[int, str]:
     return known
 
 
-def skipped_summary(t) -> str:
-    """``N image(s) could not be read and were skipped (M missing, K failed to decode)``."""
-    counts = Counter(skip_reasons(t)[i] for i in t.skipped)
+def skipped_summary(reasons) -> str:
+    """``N image(s) could not be read and were skipped (M missing, K failed to decode)``
+    from the reasons (str, one per image: :func:`skip_reasons`)."""
+    counts = Counter(reasons)
     parts = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda rn: (-rn[1], rn[0])))
-    return f"{len(t.skipped)} image(s) could not be read and were skipped ({parts})"
+    return f"{sum(counts.values())} image(s) could not be read and were skipped ({parts})"
 
 
 def write_skipped(t) -> None:
