@@ -156,8 +156,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     metrics rows. ``fold_pool``: an open :class:`labelfix.train.foldpool.FoldPool` of
     ``cfg.fold_workers`` processes to train the fold models in (left open), instead of
     one started and closed for this run."""
-    from labelfix.train.data import read_run_labels, split_indices
-    from labelfix.train.distributed import broadcast_object, cleanup, init_distributed, resolve_device
+    from labelfix.train.distributed import cleanup, init_distributed, resolve_device
     from labelfix.train.engine import Trainer
     from labelfix.train.features import feature_info
 
@@ -171,40 +170,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
     pool = None
     try:
         pool = open_fold_pool(cfg, callbacks, dist, fold_pool)   # refusals before anything is written
-        if cfg.resume:
-            if not (out / "folds.npy").exists():
-                raise LabelfixError(f"{out / 'folds.npy'}: missing; not a cross-fitted run to resume")
-            from labelfix.train.checkpoint import check_resume_compatible
-
-            cfg = check_resume_compatible(read_run_config(out), cfg, out)
-            labelset = LabelSet.load(out)
-            split = np.load(out / "split.npy")
-            folds = np.load(out / "folds.npy")
-        else:
-            if (out / "folds.npy").exists() or (out / "checkpoints" / "last.pt").exists():
-                raise LabelfixError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-            labelset = read_run_labels(cfg, cfg.data)
-            split = split_indices(labelset.num_images, cfg.val_split, cfg.seed)
-            from labelfix.train.optim import resolve_auto
-
-            cfg = resolve_auto(cfg, labelset.labels, np.flatnonzero(split == 0), labelset.class_names, say)
-            folds = assign_folds(labelset.labels, np.flatnonzero(split == 0), k, cfg.seed, labelset.class_names)
-            if dist.is_main:
-                out.mkdir(parents=True, exist_ok=True)
-                labelset.save(out)
-                atomic.write_npy(out / "split.npy", split)
-                atomic.write_npy(out / "folds.npy", folds)
-        if dist.is_main:
-            extra = {"images": int(labelset.num_images), "classes": int(labelset.num_classes),
-                     "folds": [int((folds == f).sum()) for f in range(k)],
-                     "source": str(labelset.source.get("path", cfg.data))}
-            note = write_run_config(cfg, labelset.fingerprint(), extra)
-            if note:
-                say(note)
-        if cfg.val and dist.is_main and not cfg.resume:   # its fold models leave this note to the driver
-            from labelfix.train.data import read_validation
-
-            read_validation(cfg, labelset, say)
+        cfg, labelset, split, folds = _open_run(cfg, dist, say)
         given = np.asarray(labelset.labels)
         train_rows = np.flatnonzero(folds >= 0)
         trusted = trusted_cells(labelset, train_rows)
@@ -258,32 +224,10 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
 
         for r in range(1, cfg.rounds + 1):
             if r > 1:   # the previous round's suspicious cells train as unknown
-                mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
-                if dist.is_main and not mask_path.exists():
-                    logits = np.load(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
-                    atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted))
-                mask = broadcast_object(np.load(mask_path) if dist.is_main else None, dist)
-                if not mask.any() and not cfg.refit_loss:
-                    say(f"cross-fitting round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
+                inputs = _later_round(r, cfg, labelset, train_rows, trusted, dist, say)
+                if inputs is None:
                     break
-                current = LabelSet(np.where(mask, np.int8(UNK), given).astype(np.int8), labelset.images,
-                                   labelset.classes, labelset.image_root, dict(labelset.source), labelset.verified)
-                if mask.any():
-                    say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
-                        f"train as unknown")
-                if cfg.refit_loss:
-                    # a round that has started keeps its kappa (a resume with more --epochs retrains
-                    # round 1 and rewrites its logits; round r keeps its inputs, as its mask)
-                    kappa = broadcast_object((started_kappa(out, r, k) or refit_kappa(cfg, out, given, train_rows))
-                                             if dist.is_main else None, dist)
-                    negatives = bool((np.asarray(current.labels[train_rows]) == NEG).any())
-                    round_cfg = refit_config(cfg, kappa, observed_negatives=negatives)
-                    role_start = broadcast_object(refit_estimates(cfg, out, given, train_rows) if dist.is_main
-                                                  else None, dist)
-                    say(f"cross-fitting round {r}/{cfg.rounds}: --loss {round_cfg.loss} with kappa {kappa:g} "
-                        f"(expected positives per image, from round 1's held-out model), --mix none"
-                        + ("; its label table starts from round 1's held-out estimates" if role_start is not None
-                           else ""))
+                current, round_cfg, role_start = inputs
             last = r
             # only the last round's fold embeddings feed clean's neighbour evidence
             run_round(r, round_cfg, current, role_start, embed=r == cfg.rounds)
@@ -312,6 +256,88 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         if pool is not None and pool is not fold_pool:
             pool.close()
         cleanup(dist)
+
+
+def _open_run(cfg: TrainConfig, dist, say: Callable[[str], None]):
+    """A new cross-fitted run in ``cfg.out`` (labels read, ``--mix / --loss auto`` resolved,
+    folds drawn, the run's files written on rank 0) or the one ``--resume`` continues
+    (checked against its config.yaml); then its config.yaml and, for a new run, the note
+    on ``--val`` images that are training images. Returns ``(cfg, labelset, split, folds)``,
+    ``cfg`` as the run trains."""
+    from labelfix.train.data import read_run_labels, split_indices
+
+    out, k = Path(cfg.out), cfg.folds
+    if cfg.resume:
+        if not (out / "folds.npy").exists():
+            raise LabelfixError(f"{out / 'folds.npy'}: missing; not a cross-fitted run to resume")
+        from labelfix.train.checkpoint import check_resume_compatible
+
+        cfg = check_resume_compatible(read_run_config(out), cfg, out)
+        labelset, split, folds = LabelSet.load(out), np.load(out / "split.npy"), np.load(out / "folds.npy")
+    else:
+        if (out / "folds.npy").exists() or (out / "checkpoints" / "last.pt").exists():
+            raise LabelfixError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+        from labelfix.train.optim import resolve_auto
+
+        labelset = read_run_labels(cfg, cfg.data)
+        split = split_indices(labelset.num_images, cfg.val_split, cfg.seed)
+        cfg = resolve_auto(cfg, labelset.labels, np.flatnonzero(split == 0), labelset.class_names, say)
+        folds = assign_folds(labelset.labels, np.flatnonzero(split == 0), k, cfg.seed, labelset.class_names)
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            labelset.save(out)
+            atomic.write_npy(out / "split.npy", split)
+            atomic.write_npy(out / "folds.npy", folds)
+    if dist.is_main:
+        extra = {"images": int(labelset.num_images), "classes": int(labelset.num_classes),
+                 "folds": [int((folds == f).sum()) for f in range(k)],
+                 "source": str(labelset.source.get("path", cfg.data))}
+        note = write_run_config(cfg, labelset.fingerprint(), extra)
+        if note:
+            say(note)
+        if cfg.val and not cfg.resume:   # its fold models leave this note to the driver
+            from labelfix.train.data import read_validation
+
+            read_validation(cfg, labelset, say)
+    return cfg, labelset, split, folds
+
+
+def _later_round(r: int, cfg: TrainConfig, labelset: LabelSet, train_rows: np.ndarray, trusted: np.ndarray, dist,
+                 say: Callable[[str], None]):
+    """The inputs of round ``r`` >= 2: ``(labels, options, ROLE table start or None)``,
+    the labels with round r - 1's suspicious cells unknown (:func:`suspicious_cells`,
+    written once to ``stats/round<r-1>/suspicious.npy``) and, with a refit loss, its
+    options and kappa; None when there is nothing to refit (no suspicious cell, no refit
+    loss)."""
+    from labelfix.train.distributed import broadcast_object
+
+    out, k, given = Path(cfg.out), cfg.folds, np.asarray(labelset.labels)
+    mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
+    if dist.is_main and not mask_path.exists():
+        logits = np.load(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
+        atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted))
+    mask = broadcast_object(np.load(mask_path) if dist.is_main else None, dist)
+    if not mask.any() and not cfg.refit_loss:
+        say(f"cross-fitting round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
+        return None
+    current = LabelSet(np.where(mask, np.int8(UNK), given).astype(np.int8), labelset.images,
+                       labelset.classes, labelset.image_root, dict(labelset.source), labelset.verified)
+    if mask.any():
+        say(f"cross-fitting round {r}/{cfg.rounds}: {int(mask.sum())} suspicious cells of round {r - 1} "
+            f"train as unknown")
+    if not cfg.refit_loss:
+        return current, cfg, None
+    # a round that has started keeps its kappa (a resume with more --epochs retrains
+    # round 1 and rewrites its logits; round r keeps its inputs, as its mask)
+    kappa = broadcast_object((started_kappa(out, r, k) or refit_kappa(cfg, out, given, train_rows))
+                             if dist.is_main else None, dist)
+    negatives = bool((np.asarray(current.labels[train_rows]) == NEG).any())
+    round_cfg = refit_config(cfg, kappa, observed_negatives=negatives)
+    role_start = broadcast_object(refit_estimates(cfg, out, given, train_rows) if dist.is_main else None, dist)
+    say(f"cross-fitting round {r}/{cfg.rounds}: --loss {round_cfg.loss} with kappa {kappa:g} "
+        f"(expected positives per image, from round 1's held-out model), --mix none"
+        + ("; its label table starts from round 1's held-out estimates" if role_start is not None else ""))
+    return current, round_cfg, role_start
 
 
 def refit_kappa(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.ndarray) -> float:
