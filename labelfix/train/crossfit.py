@@ -26,7 +26,8 @@ Layout (docs/internals.md):
 - ``RUN/checkpoints/{last,best}.pt``: the ensemble of the last round's K fold models
   (mean of their logits; with a refit loss, of every round's), the run's one model for
   export and predict;
-- ``RUN/metrics.csv``: every fold's rows with ``round`` and ``fold`` columns.
+- ``RUN/metrics.csv``: every fold's rows with ``round`` and ``fold`` columns;
+- ``RUN/skipped_images.csv``: the images any fold model could not read (when there are).
 
 Refit loss (``refit_loss``; ``--loss auto`` sets ROLE on positive-only labels): rounds 2..R
 train that loss, without mixing, with kappa (expected positives per image, which
