@@ -4,6 +4,7 @@ cleanlab itself, and a tiny end-to-end benchmark on CPU."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from labelfix.bench.baselines import cleanlab_issues, loss_ranking
 from labelfix.bench.metrics import (average_precision, detection_metrics, error_cells, precision_at_recall,
                                     suggestion_cells)
-from labelfix.bench.runner import goals, mean_std, parse_noise, read_results
+from labelfix.bench.runner import goals, mean_std, parse_noise, read_results, run_bench
 from labelfix.errors import LabelfixError
 
 # r0: a missing positive (0 -> 1) and a missing unknown positive; r1: a wrong positive;
@@ -224,7 +225,10 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         text = (out / "summary.md").read_text()
         assert "## mislabel:0.4" in text and "labelfix AP > cleanlab AP" in text
         assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
-        assert "--noise mislabel:0.4" in (out / "command.txt").read_text()
+        recorded = (out / "command.txt").read_text()
+        # the record is a command that runs: no option the setting refuses (it had the default
+        # --single-positive-methods, refused without single-positive noise)
+        assert "--noise mislabel:0.4" in recorded and "--single-positive-methods" not in recorded
         assert json.loads((out / "machine.json").read_text())["cpu_count"] >= 1
         # every row names the labelfix commit that trained its run (this checkout's)
         from labelfix.train.config import source_commit
@@ -245,6 +249,13 @@ def test_bench_end_to_end_cli(tiny_demo, tmp_path, monkeypatch):
         by_method = again.groupby("method")["commit"].agg(set)
         assert by_method["labelfix"] == {"0ld0000"} and by_method["cleanlab"] == {"0ld0000"}   # round 1 of it
         assert by_method["bce"] == by_method["loss"] == {source_commit() or "unknown"}
+        # DATA edited since: its runs are not reused against other labels (they were, silently)
+        coco = json.loads(Path(tiny_demo["train"]).read_text())
+        coco["annotations"] = coco["annotations"][1:]
+        edited = Path(tiny_demo["train"]).with_name("train_edited.json")
+        edited.write_text(json.dumps(coco))
+        res3 = CliRunner().invoke(main, [str(edited) if a == str(tiny_demo["train"]) else a for a in args])
+        assert res3.exit_code == 2 and "holds the noisy labels of other data than" in res3.output, res3.output
     finally:
         torch.set_num_threads(old)
 
@@ -374,6 +385,24 @@ def test_bench_reference_trains_once_on_the_true_labels_and_ranks_like_cleanlab(
         assert got["ap"] == pytest.approx(want["ap"])
     with pytest.raises(LabelfixError, match="baselines: unknown oracle"):
         runner.run_bench(tiny_demo["train"], tiny_demo["test"], out=tmp_path / "x", baselines=("oracle",))
+
+
+def test_bench_without_bce_says_the_loss_ranking_is_not_computed(tiny_demo, tmp_path, monkeypatch):
+    from labelfix.bench import runner
+
+    monkeypatch.setitem(runner.BENCH_TRAIN, "batch_size", 32)
+    lines = []
+    frame = run_bench(tiny_demo["train"], tiny_demo["test"], noises=["flip:0.2"], methods=["mixup"], seeds=1,
+                      folds=2, rounds=1, epochs=1, out=tmp_path / "b", log=lines.append).results
+    assert "loss" not in set(frame["method"])   # it ranks the bce run's loss: said, not silently missing
+    assert any("loss ranking: not computed" in line and "add bce to --methods" in line for line in lines), lines
+
+
+def test_bench_refuses_a_noise_setting_given_twice(tiny_demo, tmp_path):
+    # flip:0.1 and flip:0.10 are one setting: its rows would be counted twice in the tables
+    with pytest.raises(LabelfixError, match=r"--noise: flip:0.1 given twice"):
+        run_bench(tiny_demo["train"], tiny_demo["test"], out=tmp_path / "b", noises=["flip:0.1", "flip:0.10"])
+    assert not (tmp_path / "b").exists()
 
 
 def test_bench_needs_test_with_data(tiny_demo, tmp_path):

@@ -247,6 +247,17 @@ def read_results(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=COMMIT_COLUMNS)
 
 
+def _check_same_data(saved_dir: Path, noisy_set: LabelSet, data) -> None:
+    """Refuse an ``--out`` whose noisy data (``saved_dir``, written by an earlier bench)
+    differ from the noisy labels of ``data`` now: its runs would be reused against labels
+    they were not trained on (DATA edited or replaced since)."""
+    saved = LabelSet.load(saved_dir)
+    same_root = str(Path(saved.image_root or "").resolve()) == str(Path(noisy_set.image_root or "").resolve())
+    if saved.fingerprint() != noisy_set.fingerprint() or not same_root:
+        raise LabelfixError(f"{saved_dir}: holds the noisy labels of other data than {data} (the labels, images or "
+                            f"classes differ: DATA changed since this --out was written); choose another --out")
+
+
 def run_bench(
     data: str | Path | None = None,
     test: str | Path | None = None,
@@ -319,6 +330,10 @@ def run_bench(
     if not seeds:
         raise LabelfixError("--seeds: at least one seed is needed")
     parsed = [parse_noise(n) for n in noises]
+    twice = sorted({noise_tag(*p) for p in parsed if parsed.count(p) > 1})
+    if twice:   # their rows would be counted twice in every table
+        raise LabelfixError(f"--noise: {', '.join(twice)} given twice (as {', '.join(map(str, noises))}); give each "
+                            f"setting once")
     for m in list(methods) + list(single_positive_methods):
         if m not in METHODS:
             raise LabelfixError(f"--methods: {m!r}: unknown method (choose from {', '.join(METHODS)})")
@@ -376,6 +391,8 @@ def run_bench(
                                  {**clean.source, "noise": {"kind": kind, "rate": rate, "seed": seed}})
             if not (base / "data" / "labels.npy").exists():
                 noisy_set.save(base / "data")
+            else:   # the runs below are reused: they must be of these noisy labels
+                _check_same_data(base / "data", noisy_set, data)
             log(f"[{tag} seed {seed}] {int((noisy != true).sum())} cells changed by the noise")
             logits_of = {}
             for m in todo:
@@ -418,6 +435,9 @@ def run_bench(
                 det = detection_metrics(noisy, true, iss.score, iss.suggested)
                 add(tag, kind, rate, seed, "detection", "loss", "bce", det, base / "bce")
                 log(f"[{tag} seed {seed}] loss ranking: {_ap_text(det, kind)} F1 {det['f1']:.3f}")
+            elif "loss" in baselines:
+                log(f"[{tag} seed {seed}] loss ranking: not computed (it ranks the in-sample loss of the 'bce' "
+                    f"run; add bce to --methods)")
             if "cleanlab" in baselines:
                 cv_time = {}
                 if ran.loss == "bce" and ran.mix == "none":   # the same fold models: labelfix's round 1

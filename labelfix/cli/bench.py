@@ -28,7 +28,8 @@ def _methods(value: str) -> list[str]:
 @click.option("--noise", "noises", multiple=True,
               help=f"Noise setting KIND[:RATE], repeatable [default: {' '.join(DEFAULT_NOISES)}].")
 @click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
-              help=f"Training methods, comma-separated, from {', '.join(METHODS)}.")
+              help=f"Training methods, comma-separated, from {', '.join(METHODS)} (the loss-ranking baseline "
+                   f"needs bce).")
 @click.option("--single-positive-methods", default=",".join(SINGLE_POSITIVE_METHODS), show_default=True,
               help="Methods added in the single-positive setting ('' for none).")
 @click.option("--seeds", type=click.IntRange(1), default=DEFAULT_SEEDS, show_default=True,
@@ -63,15 +64,16 @@ def bench(data, test, noises, methods, single_positive_methods, seeds, folds, ro
     from labelfix.bench.runner import parse_noise
     from labelfix.cli.options import refuse_unused
 
-    if not any(parse_noise(n)[0] == "single-positive" for n in (noises or DEFAULT_NOISES)):
+    single = any(parse_noise(n)[0] == "single-positive" for n in (noises or DEFAULT_NOISES))
+    if not single:
         refuse_unused(click.get_current_context(), ("single_positive_methods",),
                       "only used with --noise single-positive")
     overrides = {} if epochs is None else {"epochs": epochs}
     parts = ["labelfix", "bench"] + ([data] if data else []) + (["--test", test] if test else [])
     for n in noises:
         parts += ["--noise", n]
-    parts += ["--methods", methods, "--single-positive-methods", single_positive_methods, "--seeds", str(seeds),
-              "--folds", str(folds), "--rounds", str(rounds)]
+    parts += ["--methods", methods] + (["--single-positive-methods", single_positive_methods] if single else [])
+    parts += ["--seeds", str(seeds), "--folds", str(folds), "--rounds", str(rounds)]
     parts += ["--fold-workers", str(fold_workers)] if fold_workers > 1 else []
     parts += (["--epochs", str(epochs)] if epochs is not None else []) + ["--out", out]
     command = shlex.join(parts)
