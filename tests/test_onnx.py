@@ -22,7 +22,7 @@ from PIL import Image
 from labelfix.cli import main
 from labelfix.errors import LabelfixError
 from labelfix.export import onnx as lo
-from labelfix.export.predict import collect_images, load_image, predict, preprocess, sigmoid
+from labelfix.export.predict import OTHER_EXTENSION, collect_images, load_image, predict, preprocess, sigmoid
 from labelfix.models import create_model, model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,6 +247,32 @@ def test_predict_errors(exported, tmp_path):
     files = collect_images([folder / "b.png", folder, folder / "b.png"], skipped=skipped)
     assert files == [folder / "b.png", folder / "a.png"]
     assert skipped == [(str(folder / "b.png"), "listed twice: predicted once")] * 2
+    # a folder's files are read by extension (.jfif is JPEG too); the others are listed, not dropped silently
+    Image.new("RGB", (8, 8)).save(folder / "c.jfif", format="JPEG")
+    (folder / "notes.txt").write_text("not an image")
+    skipped = []
+    assert collect_images([folder], skipped=skipped) == [folder / "a.png", folder / "b.png", folder / "c.jfif"]
+    assert skipped == [(str(folder / "notes.txt"), OTHER_EXTENSION)]
+
+
+def test_predict_says_in_one_line_when_onnxruntime_cannot_run_the_model(exported, tmp_path, monkeypatch):
+    from labelfix.export import predict as predict_mod
+
+    _, path = exported["linear"]
+    session, info = predict_mod.open_session(path)
+
+    class Failing:   # what onnxruntime raises for inputs the graph refuses
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+        def run(self, *args, **kwargs):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions\nmore")
+
+    monkeypatch.setattr(predict_mod, "open_session", lambda *a, **k: (Failing(), info))
+    _images(tmp_path / "imgs", n=1)
+    with pytest.raises(LabelfixError, match=r"onnxruntime could not run the model \(\[ONNXRuntimeError\] : 2 : "
+                                            r"INVALID_ARGUMENT : Got invalid dimensions\)$"):
+        predict(path, collect_images([tmp_path / "imgs"]), progress=False)
 
 
 def test_sigmoid_no_overflow():
@@ -345,6 +371,7 @@ def test_cli_export_and_predict(tmp_path):
     assert res.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'empty.png'}: UnidentifiedImageError: not an "
                                                    f"image file PIL can read (unknown format, or empty); none of "
                                                    f"the 2 image(s) could be read")
+    assert "skipped" not in res.output   # the error line only (a warning line came before it)
     assert not (tmp_path / "none.csv").exists()
 
     res = runner.invoke(main, ["predict", str(out), str(imgs[0]), "--threshold", "0"])

@@ -1161,6 +1161,8 @@ ONNX_META_CASES = {
     "empty-name": ({"class_names": json.dumps(["cat", "", "dog"])}, "non-empty"),
     "img-size-0": ({"img_size": "0"}, "img_size"),
     "img-size-text": ({"img_size": "big"}, "unreadable value"),
+    # onnxruntime refused every batch with a traceback
+    "img-size-not-the-input": ({"img_size": "16"}, "img_size 16 does not match the model's input 8 x 8"),
     "std-zero": ({"std": "[0.5, 0, 0.5]"}, "std"),
     "mean-two-values": ({"mean": "[0.5, 0.5]"}, "mean"),
     "mean-nan": ({"mean": "[NaN, 0.5, 0.5]"}, "mean"),

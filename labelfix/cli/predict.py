@@ -22,9 +22,11 @@ from labelfix.cli.options import FiniteFloat
 def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: float | None,
             batch_size: int) -> None:
     """Predict the labels of IMAGES (files or folders, searched recursively) with a
-    MODEL exported by `labelfix export onnx`. Unreadable images are skipped."""
+    MODEL exported by `labelfix export onnx`. In folders, files ending in an image
+    extension (.jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp) are read; unreadable
+    images are skipped and counted."""
     from labelfix.errors import LabelfixError
-    from labelfix.export.predict import LISTED_TWICE, collect_images, predict as run_predict
+    from labelfix.export.predict import LISTED_TWICE, OTHER_EXTENSION, collect_images, predict as run_predict
     from labelfix.io.atomic import atomic_path, write_csv
     from labelfix.io.outputs import check_outputs
 
@@ -37,10 +39,14 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
         raise LabelfixError(f"{', '.join(map(str, images))}: no images found"
                             + (f" ({len(left_out)} left out, first: {left_out[0][0]}: {left_out[0][1]})"
                                if left_out else ""))
-    df = run_predict(model, files, batch_size=batch_size, threshold=threshold)
+    df = run_predict(model, files, batch_size=batch_size, threshold=threshold, warn=False)   # said below
     skipped = left_out + list(df.attrs.get("skipped", []))
+    twice = sum(why == LISTED_TWICE for _file, why in skipped)
+    other = sum(why == OTHER_EXTENSION for _file, why in skipped)
+    unreadable = [(f, why) for f, why in skipped if why not in (LISTED_TWICE, OTHER_EXTENSION)]
     if not len(df):   # nothing to write: an error, not an empty table
-        raise LabelfixError(f"{skipped[0][0]}: {skipped[0][1]}; none of the {len(skipped)} image(s) could be read")
+        raise LabelfixError(f"{unreadable[0][0]}: {unreadable[0][1]}; none of the {len(unreadable)} image(s) could "
+                            f"be read")
     if out is None:
         df[["file", "labels"]].to_csv(sys.stdout, index=False)
     elif out.suffix.lower() == ".csv":
@@ -51,8 +57,9 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
                 df.to_parquet(tmp, index=False)
         except ImportError as err:
             raise LabelfixError(f"{out}: writing parquet needs pyarrow ({err})") from err
-    twice = sum(why == LISTED_TWICE for _file, why in skipped)
-    unreadable = len(skipped) - twice
-    click.echo(f"predicted {len(df)} image(s)" + (f", skipped {unreadable} unreadable" if unreadable else "")
+    click.echo(f"predicted {len(df)} image(s)"
+               + (f", skipped {len(unreadable)} unreadable (first: {unreadable[0][0]}: {unreadable[0][1]})"
+                  if unreadable else "")
+               + (f", {other} other file(s) in the folders not read (not an image extension)" if other else "")
                + (f", {twice} listed twice (predicted once)" if twice else "")
                + (f"; wrote {out}" if out is not None else ""), err=True)

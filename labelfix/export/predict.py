@@ -32,7 +32,7 @@ __all__ = ["ModelInfo", "open_session", "load_image", "preprocess", "collect_ima
 
 _logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -120,6 +120,10 @@ def open_session(model_path: str | os.PathLike, providers: Sequence[str] | None 
     info = ModelInfo.from_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
     if info.interpolation not in _INTERPOLATION or info.crop_mode not in ("squash", "center"):
         raise LabelfixError(f"{path}: metadata: unknown resize {info.interpolation}/{info.crop_mode}")
+    shape = session.get_inputs()[0].shape   # (batch, 3, S, S); labelfix exports a static S
+    if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) and tuple(shape[2:]) != (info.img_size,) * 2:
+        raise LabelfixError(f"{path}: metadata: img_size {info.img_size} does not match the model's input "
+                            f"{shape[2]} x {shape[3]}")
     outputs = session.get_outputs()
     k = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(k, int) and k != len(info.class_names):
@@ -172,6 +176,9 @@ def preprocess(
 
 #: the ``skipped`` reason of a file reached twice by :func:`collect_images`
 LISTED_TWICE = "listed twice: predicted once"
+#: the ``skipped`` reason of a file inside a given folder whose name does not end in one
+#: of :data:`IMAGE_EXTENSIONS` (a file named directly is read whatever its extension)
+OTHER_EXTENSION = "not an image file name (extension); name the file to predict it"
 
 
 def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = None) -> list[Path]:
@@ -179,9 +186,10 @@ def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = No
     the given folders, recursively and sorted. Missing paths raise LabelfixError; a path
     given that is not a regular file (a FIFO, a device) too. Inside a folder, entries
     that are not regular files, and symbolic links whose target lies outside the folder,
-    are left out; ``skipped`` (a list) receives ``(file, reason)`` for each. A file reached
-    twice (given twice, or given and inside a given folder) is kept once, where it first
-    came, and the repeat goes to ``skipped``."""
+    are left out; ``skipped`` (a list) receives ``(file, reason)`` for each, and
+    :data:`OTHER_EXTENSION` for the folder's other files. A file reached twice (given
+    twice, or given and inside a given folder) is kept once, where it first came, and the
+    repeat goes to ``skipped`` (:data:`LISTED_TWICE`)."""
     out: list[Path] = []
     seen: set[str] = set()
 
@@ -196,7 +204,11 @@ def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = No
 
     for p in map(Path, paths):
         if p.is_dir():
-            for q in sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and not q.is_dir()):
+            for q in sorted(q for q in p.rglob("*") if not q.is_dir()):
+                if q.suffix.lower() not in IMAGE_EXTENSIONS:
+                    if skipped is not None:
+                        skipped.append((str(q), OTHER_EXTENSION))
+                    continue
                 try:
                     open_image_file(q, root=p).close()
                 except OSError as err:
@@ -232,6 +244,7 @@ def predict(
     num_workers: int = 4,
     progress: bool = True,
     providers: Sequence[str] | None = None,
+    warn: bool = True,
 ) -> pd.DataFrame:
     """Predict labels for image files with an exported labelfix ONNX model.
 
@@ -243,6 +256,7 @@ def predict(
         num_workers: threads decoding and resizing images while the model runs.
         progress: show a progress bar on stderr.
         providers: onnxruntime providers (default: CUDA when available, else CPU).
+        warn: log a warning with the count of unreadable images (the CLI says it itself).
 
     Returns:
         DataFrame, one row per readable image, in input order: ``file`` (str, as
@@ -292,7 +306,11 @@ def predict(
                     kept.append(str(f))
                     arrays.append(r)
             if arrays:
-                logits = session.run(None, {inp.name: np.stack(arrays).astype(dtype, copy=False)})[0]
+                try:
+                    logits = session.run(None, {inp.name: np.stack(arrays).astype(dtype, copy=False)})[0]
+                except Exception as err:   # onnxruntime's own types: one line, not a traceback
+                    raise LabelfixError(f"{model_path}: onnxruntime could not run the model "
+                                        f"({str(err).strip().splitlines()[0]})") from err
                 probs.append(sigmoid(logits.astype(np.float32)))
             bar.update(task, advance=len(batch))
 
@@ -307,6 +325,6 @@ def predict(
     )
     df.attrs["skipped"] = skipped
     df.attrs["threshold"] = thr
-    if skipped:
+    if skipped and warn:
         _logger.warning("skipped %d unreadable image(s), first: %s (%s)", len(skipped), *skipped[0])
     return df
