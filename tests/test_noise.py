@@ -109,3 +109,12 @@ def test_noise_cli_reads_back(demo_data, tmp_path, kind, rate):
         # moved annotations keep their boxes
         data = json.loads(out.read_text())
         assert all("bbox" in a for a in data["annotations"])
+
+
+def test_change_log_name_drops_the_json_extension_in_any_case(tmp_path):
+    from labelfix.io.outputs import change_log_for
+
+    # the CLI accepts .JSON; its log was UP.JSON.changes.csv instead of the documented <out stem>.changes.csv
+    assert change_log_for(tmp_path / "UP.JSON") == tmp_path / "UP.changes.csv"
+    assert change_log_for(tmp_path / "noisy.json") == tmp_path / "noisy.changes.csv"
+    assert change_log_for(tmp_path / "labels.csv") == tmp_path / "labels.csv.changes.csv"

@@ -837,6 +837,10 @@ UNUSED_OPTION_CASES = {
     "demo-sp-rate": (lambda w: ["demo", "--out", w["root"] / "demo", "--noise", "single-positive", "--rate", "0.2"],
                      "--rate: single-positive noise"),
     "info-verify-no-files": (lambda w: ["info", w["labels"], "--verify", "--no-files"], "choose one"),
+    # noise wrote a dataset whose every image was missing
+    "noise-images-not-there": (lambda w: ["noise", w["labels"], "--images", w["root"] / "nowhere", "--kind", "flip",
+                                          "--rate", "0.2", "--out", w["root"] / "n.json"],
+                               "'--images': Directory"),
     "info-images-no-files": (lambda w: ["info", w["labels"], "--images", w["root"], "--no-files"],
                              "--images says where the image files are"),
     "bench-test-without-data": (lambda w: ["bench", "--test", w["labels"], "--out", w["root"] / "b"],

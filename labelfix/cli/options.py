@@ -60,7 +60,7 @@ def data_options(fn):
 
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                   help="Label format; detected from the file when omitted.")
-    @click.option("--images", type=click.Path(file_okay=False), default=None,
+    @click.option("--images", type=click.Path(file_okay=False, exists=True), default=None,
                   help="Folder the image file names are relative to (default: the label file's folder).")
     @click.option("--unlabeled", type=click.Choice(["negative", "unknown"]), default=None,
                   help="COCO: state of classes an image does not mention (default: negative, "

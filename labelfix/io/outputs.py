@@ -80,7 +80,7 @@ def change_log_for(out: str | os.PathLike) -> Path:
     """The change log written next to a label file: ``<out without .json>.changes.csv``
     (``labelfix noise`` and ``labelfix export coco``)."""
     out = Path(out)
-    return out.with_name((out.name[:-5] if out.name.endswith(".json") else out.name) + ".changes.csv")
+    return out.with_name((out.name[:-5] if out.name.lower().endswith(".json") else out.name) + ".changes.csv")
 
 
 def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Iterable = (),
