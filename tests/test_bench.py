@@ -398,6 +398,14 @@ def test_bench_without_bce_says_the_loss_ranking_is_not_computed(tiny_demo, tmp_
     assert any("loss ranking: not computed" in line and "add bce to --methods" in line for line in lines), lines
 
 
+def test_bench_refuses_folds_a_setting_cannot_hold_before_anything_trains(tiny_demo, tmp_path):
+    # it failed after the settings before it had trained, and advised training without --folds
+    with pytest.raises(LabelfixError, match=r"^bench: --noise flip:0.2, seed 0: --folds 60: larger than the smallest "
+                                            r"class: .*; use --folds \d+ or fewer, or drop the class$"):
+        run_bench(tiny_demo["train"], tiny_demo["test"], out=tmp_path / "b", noises=["flip:0.2"], seeds=1, folds=60)
+    assert not (tmp_path / "b" / "runs").exists()
+
+
 def test_bench_refuses_a_noise_setting_given_twice(tiny_demo, tmp_path):
     # flip:0.1 and flip:0.10 are one setting: its rows would be counted twice in the tables
     with pytest.raises(LabelfixError, match=r"--noise: flip:0.1 given twice"):

@@ -50,6 +50,8 @@ def test_assign_folds_spreads_every_class_and_refuses_thin_classes():
     with pytest.raises(LabelfixError, match=r"--folds 2: .* class 'd' has 1 training positive\(s\); cross-fitting "
                                             r"needs 2 per class: drop the class, or train without --folds"):
         assign_folds(labels, np.arange(60), 2, seed=1, class_names=["a", "b", "c", "d"])
+    with pytest.raises(LabelfixError, match=r"needs 2 per class: drop the class$"):   # a caller that must cross-fit
+        assign_folds(labels, np.arange(60), 2, seed=1, class_names=["a", "b", "c", "d"], folds_optional=False)
 
 
 def test_suspicious_cells_follow_the_held_out_gmms_and_spare_trusted_cells():

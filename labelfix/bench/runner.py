@@ -247,6 +247,24 @@ def read_results(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=COMMIT_COLUMNS)
 
 
+def _check_folds(true: np.ndarray, parsed, seeds, folds: int, train_cfg: dict, class_names) -> None:
+    """Refuse, before anything trains, a noise setting and seed whose noisy labels cannot
+    be cross-fitted into ``folds`` folds (a class with fewer training positives): it
+    failed after the settings before it had trained."""
+    from labelfix.data.noise import inject_noise
+    from labelfix.train.crossfit import assign_folds
+    from labelfix.train.data import split_indices
+
+    for kind, rate in parsed:
+        for seed in seeds:
+            noisy = inject_noise(true, kind, rate, seed).labels
+            rows = np.flatnonzero(split_indices(len(true), train_cfg.get("val_split", 0.0), seed) == 0)
+            try:
+                assign_folds(noisy, rows, folds, seed, class_names, folds_optional=False)
+            except LabelfixError as err:
+                raise LabelfixError(f"bench: --noise {noise_tag(kind, rate)}, seed {seed}: {err}") from None
+
+
 def _check_same_data(saved_dir: Path, noisy_set: LabelSet, data) -> None:
     """Refuse an ``--out`` whose noisy data (``saved_dir``, written by an earlier bench)
     differ from the noisy labels of ``data`` now: its runs would be reused against labels
@@ -370,6 +388,7 @@ def run_bench(
     groups = class_groups((true == 1).sum(0), clean.num_images, MAP_GROUPS)
     kappa = float((true == 1).sum(1).mean())   # EPR / ROLE's expected positives per image
 
+    _check_folds(true, parsed, seeds, folds, train_cfg, clean.class_names)
     rows: list[dict] = []
     results_path = out / "results.csv"
 

@@ -62,13 +62,15 @@ from labelfix.train.data import HELD_OUT
 from labelfix.train.foldpool import FoldJob
 from labelfix.train.progress import to_stderr
 
-def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, class_names=None) -> np.ndarray:
+def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, class_names=None,
+                 folds_optional: bool = True) -> np.ndarray:
     """int8 (N,): fold 0..k-1 of each training row, -1 elsewhere.
 
     Rows are ordered by the training-set frequency of their rarest positive class (rows
     without a positive last), ties in a seeded random order, and dealt round-robin, so
     each class's positives spread evenly over the folds. Raises one clear line when a
-    class that has positives has fewer than ``k`` of them."""
+    class that has positives has fewer than ``k`` of them (``folds_optional=False``: the
+    caller cannot train without folds, so the line does not suggest it)."""
     labels = np.asarray(labels)
     rows = np.asarray(train_rows)
     pos = labels[rows] == POS
@@ -78,7 +80,8 @@ def assign_folds(labels: np.ndarray, train_rows: np.ndarray, k: int, seed: int, 
         j = int(thin[np.argmin(counts[thin])])
         name = repr(str(class_names[j])) if class_names is not None else f"column {j}"
         fix = (f"use --folds {int(counts[j])} or fewer, or drop the class" if counts[j] >= 2 else
-               "cross-fitting needs 2 per class: drop the class, or train without --folds")
+               "cross-fitting needs 2 per class: drop the class" + (", or train without --folds" if folds_optional
+                                                                     else ""))
         raise LabelfixError(f"--folds {k}: larger than the smallest class: class {name} has {int(counts[j])} "
                             f"training positive(s); {fix}")
     rarity = np.where(pos, counts[None, :], np.iinfo(np.int64).max).min(1)
