@@ -118,3 +118,18 @@ def test_change_log_name_drops_the_json_extension_in_any_case(tmp_path):
     assert change_log_for(tmp_path / "UP.JSON") == tmp_path / "UP.changes.csv"
     assert change_log_for(tmp_path / "noisy.json") == tmp_path / "noisy.changes.csv"
     assert change_log_for(tmp_path / "labels.csv") == tmp_path / "labels.csv.changes.csv"
+
+
+def test_noise_from_a_csv_writes_coco_with_the_images_sizes(demo_data, tmp_path):
+    """COCO requires width / height; a CSV has none, so they come from the image files'
+    headers (they were written as 0), and stay 0 for a file that is not there."""
+    clean = read_labels(demo_data["train"])
+    names = clean.images["file_name"].tolist()[:6]
+    rows = ["file_name,one,two"] + [f"{n},1,0" for n in names] + ["images/not_there.png,0,1"]
+    src = demo_data["train"].parent / "sizes.csv"
+    src.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "noisy.json"
+    res = CliRunner().invoke(main, ["noise", str(src), "--kind", "flip", "--rate", "0.2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    sizes = {im["file_name"]: (im["width"], im["height"]) for im in json.loads(out.read_text())["images"]}
+    assert sizes == {**{n: (48, 48) for n in names}, "images/not_there.png": (0, 0)}
