@@ -1184,6 +1184,13 @@ def test_tampered_onnx_metadata(world, case):
     assert "m.onnx" in line
 
 
+def test_predict_notes_class_names_with_the_labels_separator(world):
+    model = tiny_onnx(world["root"] / "semi.onnx", class_names=json.dumps(["a;b", "c", "d"]))
+    res = invoke("predict", model, world["data"], "--threshold", "0")
+    assert res.exit_code == 0, res.output
+    assert "note: class name(s) 'a;b' contain ';'" in res.output   # "a;b;c;d" alone could not be split back
+
+
 # ====================================================================== F. label files and find_label_issues
 
 
