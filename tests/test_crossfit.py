@@ -336,6 +336,22 @@ def test_a_role_refit_round_starts_its_label_table_from_round_1(tiny, tmp_path):
         assert float(moved.max()) < 0.05
         cold = init_role_table(labels)   # the paper's start differs by far more
         assert float((cold[rows] - warm[rows]).abs().max()) > 0.5
+    # the start is kept: a round-2 fold model that starts after a resume retrained round 1 (more
+    # epochs, new logits) begins where its siblings began (it took the new logits' start)
+    kept = np.load(run / "stats" / "round1" / "role_start.npy")
+    np.testing.assert_array_equal(kept, start.astype(np.float16))
+    import shutil
+
+    shutil.rmtree(fold_dir(run, 1, 2))   # as if killed before it started
+    first_steps.clear()
+    before = np.load(run / "stats" / "round1" / "logits.npy")
+    train(cfg_for(tiny, run, data=str(sp), images=str(given.image_root), folds=2, epochs=2, resume=True),
+          callbacks=[FirstStep()], log=lambda s: None)
+    new = estimates_from_held_out(np.load(run / "stats" / "round1" / "logits.npy"), labels, train_rows, 0.1)
+    assert float(np.abs(new - start).max()) > 0.05   # round 1 trained on: its estimates moved
+    table, rows = first_steps[str(fold_dir(run, 1, 2))]
+    assert float((table[rows] - warm[rows]).abs().max()) < 0.05
+    np.testing.assert_array_equal(np.load(run / "stats" / "round1" / "role_start.npy"), kept)
 
 
 def test_refit_loss_is_checked(tiny, tmp_path):

@@ -20,7 +20,8 @@ Layout (docs/internals.md):
   split marks fold f as held out, 2); each resumes on its own;
 - ``RUN/stats/round<r>/``: round r's merged held-out ``logits.npy`` and ``loss_mean.npy``
   (each row from the model that did not see it) and ``suspicious.npy`` (bool (N, K), the
-  cells round r + 1 trains as unknown);
+  cells round r + 1 trains as unknown); with a ROLE refit ``round1/role_start.npy``, where
+  the later rounds' label tables start;
 - ``RUN/stats/``: ``logits.npy`` of the last round, ``loss_mean.npy`` of round 1 (the
   round that trains on the given labels), ``state.json`` with ``"out_of_sample": true``;
 - ``RUN/checkpoints/{last,best}.pt``: the ensemble of the last round's K fold models
@@ -337,7 +338,7 @@ def _later_round(r: int, cfg: TrainConfig, labelset: LabelSet, train_rows: np.nd
                              if dist.is_main else None, dist)
     negatives = bool((np.asarray(current.labels[train_rows]) == NEG).any())
     round_cfg = refit_config(cfg, kappa, observed_negatives=negatives)
-    role_start = broadcast_object(refit_estimates(cfg, out, given, train_rows) if dist.is_main else None, dist)
+    role_start = broadcast_object(_round_role_start(cfg, out, given, train_rows) if dist.is_main else None, dist)
     say(f"cross-fitting round {r}/{cfg.rounds}: --loss {round_cfg.loss} with kappa {kappa:g} "
         f"(expected positives per image, from round 1's held-out model), --mix none"
         + ("; its label table starts from round 1's held-out estimates" if role_start is not None else ""))
@@ -381,6 +382,20 @@ def refit_estimates(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: 
     logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
     return estimates_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss),
                                    assumed_negative=trains_unknown(cfg.loss)).astype(np.float16)
+
+
+def _round_role_start(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.ndarray) -> np.ndarray | None:
+    """:func:`refit_estimates`, computed once and kept in ``stats/round1/role_start.npy``:
+    the later rounds keep the start their first fold models had, as they keep their mask
+    and kappa (a resume with more --epochs rewrites round 1's logits; a fold model of round
+    2 that had not started then began from the new ones while its siblings had the old)."""
+    path = out / "stats" / "round1" / "role_start.npy"
+    if path.exists():
+        return np.load(path)
+    start = refit_estimates(cfg, out, given, train_rows)
+    if start is not None:
+        atomic.write_npy(path, start)
+    return start
 
 
 def refit_config(cfg: TrainConfig, kappa: float, observed_negatives: bool = False) -> TrainConfig:
