@@ -1471,6 +1471,7 @@ CLASS_OF = {
     "test_tampered_run_files": "E", "test_tampered_decisions": "E",
     "test_corrections_edited_in_a_spreadsheet_are_accepted": "E", "test_config_yaml_types_on_resume": "E",
     "test_tampered_onnx_metadata": "E", "test_clean_refuses_damaged_statistics": "E",
+    "test_predict_notes_class_names_with_the_labels_separator": "E",
     "test_clean_skips_unscored_cells_with_a_count": "E", "test_clean_keeps_a_reviewers_own_columns": "E",
     "test_resume_refuses_a_changed_data_file": "E", "test_resume_data_check_reads_only_a_modified_file": "E",
     "test_split_of_a_fold_model_is_read": "E",
