@@ -95,6 +95,16 @@ class LabelSet:
             return p
         return self.image_root / p
 
+    def image_size(self, i: int) -> tuple[int, int] | None:
+        """``(width, height)`` of image ``i``: the label file's where it gave both, else the
+        image file's header (:func:`labelfix.data.image.header_size`); None when neither."""
+        w, h = int(self.images.at[i, "width"] or 0), int(self.images.at[i, "height"] or 0)
+        if w > 0 and h > 0:
+            return w, h
+        from labelfix.data.image import header_size
+
+        return header_size(self.image_path(i), self.image_root)
+
     # -- statistics ------------------------------------------------------------
     def counts(self, chunk_rows: int = 65536) -> pd.DataFrame:
         """Per-class positives / negatives / unknown counts (chunked, memmap friendly)."""

@@ -57,10 +57,11 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
                 df.to_parquet(tmp, index=False)
         except ImportError as err:
             raise LabelfixError(f"{out}: writing parquet needs pyarrow ({err})") from err
-    split = [n for n in df.columns[2:] if ";" in str(n)]
-    if split:   # the labels column joins names with ';'
-        click.echo(f"note: class name(s) {', '.join(map(repr, split[:3]))} contain ';', which also separates the "
-                   f"names in the labels column; read the probability columns (--out) to tell them apart", err=True)
+    with_separator = [n for n in df.columns[2:] if ";" in str(n)]
+    if with_separator:   # the labels column joins names with ';'
+        click.echo(f"note: class name(s) {', '.join(map(repr, with_separator[:3]))} contain ';', which also "
+                   f"separates the names in the labels column; read the probability columns (--out) to tell them "
+                   f"apart", err=True)
     click.echo(f"predicted {len(df)} image(s)"
                + (f", skipped {len(unreadable)} unreadable (first: {unreadable[0][0]}: {unreadable[0][1]})"
                   if unreadable else "")

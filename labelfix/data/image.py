@@ -99,6 +99,16 @@ def image_problem(path: str | os.PathLike, root: str | os.PathLike | None = None
         return err.strerror or str(err)
 
 
+def header_size(path: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[int, int] | None:
+    """``(width, height)`` from the image file's header (no decode, no EXIF rotation), None
+    when it cannot be opened or read (as :func:`open_image_file` refuses, or not an image)."""
+    try:
+        with open_image_file(path, root) as fh, Image.open(fh) as im:
+            return im.size
+    except DECODE_ERRORS:
+        return None
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """The mode conversions of :func:`load_rgb` on a loaded image."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

@@ -118,33 +118,15 @@ def write_coco(path: str | Path, data: dict) -> None:
     atomic.write_text(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
-def _known_sizes(labelset: LabelSet) -> np.ndarray:
-    """int64 (N, 2) width, height of every image: the label file's where it gave them, else
-    read from the image file's header (no decode); 0 where the file cannot be opened (COCO
-    requires the fields; CSV and Open Images files do not have them)."""
-    from PIL import Image
-
-    from labelfix.data.image import open_image_file
-
-    sizes = labelset.images[["width", "height"]].to_numpy(np.int64, copy=True)
-    for r in np.flatnonzero((sizes <= 0).any(1)):
-        try:
-            with open_image_file(labelset.image_path(int(r)), labelset.image_root) as fh, Image.open(fh) as im:
-                sizes[r] = im.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            pass   # unknown stays 0, as the source had it
-    return sizes
-
-
 def labelset_to_coco(labelset: LabelSet) -> dict:
     """A COCO dict with image-level annotations that reads back as ``labelset`` (for label
     sources that are not COCO, so that noise and export can still write COCO)."""
     lab = np.asarray(labelset.labels)
     images = []
-    sizes = _known_sizes(labelset)
     for r, im in enumerate(labelset.images.itertuples()):
-        rec = {"id": int(im.image_id), "file_name": str(im.file_name), "width": int(sizes[r, 0]),
-               "height": int(sizes[r, 1])}
+        # COCO requires the sizes; CSV and Open Images files have none: from the file's header (0: unreadable)
+        w, h = labelset.image_size(r) or (0, 0)
+        rec = {"id": int(im.image_id), "file_name": str(im.file_name), "width": w, "height": h}
         negs = labelset.classes["category_id"].to_numpy()[lab[r] == NEG]
         if (lab == UNK).any():
             rec["neg_category_ids"] = [int(c) for c in negs]

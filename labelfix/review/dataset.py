@@ -412,7 +412,7 @@ def _source_boxes(ls, notes: list[str]) -> dict[int, list] | None:
         if not (w > 0 and h > 0):
             continue
         if iid not in sizes:
-            sizes[iid] = _image_size(ls, row_of[iid])
+            sizes[iid] = ls.image_size(row_of[iid])
         size = sizes[iid]
         if size is None:
             continue
@@ -424,19 +424,6 @@ def _source_boxes(ls, notes: list[str]) -> dict[int, list] | None:
             det["iscrowd"] = int(ann["iscrowd"])
         out.setdefault(int(iid), []).append(det)
     return out or None
-
-
-def _image_size(ls, r: int) -> tuple[int, int] | None:
-    w, h = int(ls.images.at[r, "width"] or 0), int(ls.images.at[r, "height"] or 0)
-    if w > 0 and h > 0:
-        return w, h
-    try:
-        from PIL import Image
-
-        with Image.open(ls.image_path(r)) as im:
-            return im.size
-    except Exception:  # an unreadable image has no boxes to show
-        return None
 
 
 def _view_slug(name: str) -> str:

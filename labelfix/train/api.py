@@ -19,18 +19,16 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
     if not cfg.folds and not cfg.dynamics:   # here, as a fold model's own options have folds 0
         raise LabelfixError("train: --no-dynamics: only cross-fitting's fold models can skip the per-epoch pass "
                             "(a single model's GMMs fit its loss over the epochs); has no effect without --folds")
-    if cfg.warmup_epochs > cfg.epochs and int(os.environ.get("RANK", "0")) == 0:
-        from labelfix.train.progress import to_stderr
+    from labelfix.train.progress import to_stderr
 
+    main = int(os.environ.get("RANK", "0")) == 0   # torchrun: one rank reads DATA and notes
+    if cfg.warmup_epochs > cfg.epochs and main:
         (log or to_stderr)(f"note: --warmup-epochs {cfg.warmup_epochs:g} is longer than --epochs {cfg.epochs}: the "
                            f"learning rate is still rising when training ends and never reaches --lr {cfg.lr:g}")
-    if cfg.resume:
+    if cfg.resume and main:
         from labelfix.train.data import check_resume_data
 
-        if int(os.environ.get("RANK", "0")) == 0:   # torchrun: one rank reads DATA
-            from labelfix.train.progress import to_stderr
-
-            check_resume_data(cfg, log or to_stderr)
+        check_resume_data(cfg, log or to_stderr)
     if cfg.folds:
         from labelfix.train.crossfit import train_folds
 

@@ -185,12 +185,13 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         last = 1
         round_cfg = cfg   # the options of round r's fold models
         role_start = None   # a ROLE refit round's table start (refit_estimates)
-        said = {"weights": False}   # the first fold model trained says which weights it loaded; its siblings not
+        weights_said = False   # the first fold model trained says which weights it loaded; its siblings not
 
         def run_round(r: int, round_cfg: TrainConfig, current: LabelSet, role_start, *, embed: bool) -> None:
             """Train round r's fold models (those not complete yet), in the pool or here;
             a complete one whose embedding (``embed``) is missing or unfinished (a kill
             during the pass, or rounds that stopped before the last) only embeds the images."""
+            nonlocal weights_said
             jobs = []
             for f in range(k):
                 sub = fold_dir(out, f, r)
@@ -213,7 +214,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                     say(f"{where}: training on {int(((folds >= 0) & (folds != f)).sum())} images, "
                         f"holding out {int((folds == f).sum())}")
                 fold_split = np.where(folds == f, HELD_OUT, split).astype(np.int8)
-                say_weights, said["weights"] = not said["weights"], True
+                say_weights, weights_said = not weights_said, True
                 if pool is not None:
                     jobs.append(FoldJob(f, sub_cfg, current, fold_split, where, str(out / "features"), role_start,
                                         embed, only, say_weights))
@@ -221,8 +222,7 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
                 # --frozen: one embedding in RUN/features for every fold (the backbone does not train)
                 t = Trainer(sub_cfg, callbacks=callbacks, log=log, labelset=current, split=fold_split,
                             features_dir=out / "features", keep_process_group=True, image_cache=images,
-                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ", say_weights=say_weights,
-                            say_skipped=False)
+                            role_estimates=role_start, embed=embed, log_prefix=f"{where}: ", say_weights=say_weights)
                 t.embed_only() if only else t.fit()
             if pool is not None:   # without a log function the fold lines go where a Trainer's would
                 pool.run(jobs, log or to_stderr)
@@ -251,9 +251,9 @@ def train_folds(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[
         if dist.is_main:
             finish(out, last, folds, k, cfg.epochs, every_round=bool(cfg.refit_loss))
             atomic.write_csv(out / "metrics.csv", pd.DataFrame(rows))
-            skipped = merge_skipped(out, last, k)
+            reasons = merge_skipped(out, last, k)
+            skipped = len(reasons)
             if skipped:
-                reasons = pd.read_csv(out / "skipped_images.csv", keep_default_na=False)["reason"]
                 say(f"{evaluate.skipped_summary(reasons)}; see {out / 'skipped_images.csv'}")
         say(f"cross-fitted {k} folds: held-out statistics in {out / 'stats'}, ensemble in {out / 'checkpoints'}")
         return {"epochs": cfg.epochs, "metrics": rows, "skipped": skipped, "out": str(out), "folds": k}
@@ -449,20 +449,20 @@ def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k:
                 dst[rows] = src[rows]
 
 
-def merge_skipped(out: Path, rounds: int, k: int) -> int:
+def merge_skipped(out: Path, rounds: int, k: int) -> list[str]:
     """``RUN/skipped_images.csv``: the images any fold model of rounds 1..``rounds`` could
     not read (index, image_id, file_name, reason; one row each), so that the run lists
-    them where a run without folds does. Returns their count (0: no file)."""
+    them where a run without folds does. Returns the reason of each (empty: no file)."""
     frames = [pd.read_csv(p, keep_default_na=False) for r in range(1, rounds + 1) for f in range(k)
               if (p := fold_dir(out, f, r) / "skipped_images.csv").exists()]
     if not frames:
-        return 0
+        return []
     merged = (pd.concat(frames).drop(columns="first_epoch").drop_duplicates("index")
               .sort_values("index").reset_index(drop=True))
     if "reason" not in merged:   # fold models trained before the reasons were recorded
         merged["reason"] = "failed to decode"
     atomic.write_csv(out / "skipped_images.csv", merged)
-    return len(merged)
+    return merged["reason"].tolist()
 
 
 def finish(out: Path, rounds: int, folds: np.ndarray, k: int, epochs: int, every_round: bool = False) -> None:

@@ -49,14 +49,14 @@ class Trainer:
                  *, labelset: LabelSet | None = None, split: np.ndarray | None = None,
                  features_dir: Path | None = None, keep_process_group: bool = False,
                  image_cache: dict | None = None, role_estimates: np.ndarray | None = None,
-                 embed: bool = True, log_prefix: str = "", say_weights: bool = True, say_skipped: bool = True):
+                 embed: bool = True, log_prefix: str = "", say_weights: bool = True):
         """``labelset``, ``split`` (int8 (N,): 0 train, 1 validation, 2 held out),
         ``features_dir`` (where ``--frozen``'s embeddings live; default ``out/features``),
         ``image_cache`` (decoded evaluation images by row, shared by the fold models),
         ``role_estimates`` (float (N, K), a refit round's ROLE table start), ``embed`` (False:
         no final ``stats/embeddings.npy``; clean reads the last round's), ``log_prefix``,
-        ``say_weights`` / ``say_skipped`` (False: the driver says them once) come from the
-        cross-fitting driver (``crossfit.py``)."""
+        ``say_weights`` (False: the first fold model says it) come from the cross-fitting
+        driver (``crossfit.py``), which says the run-wide notes of its fold models once."""
         self.cfg = cfg.validate()
         self.callbacks = list(callbacks or [])
         self._log, self._prefix = log, log_prefix
@@ -66,7 +66,8 @@ class Trainer:
         self.image_cache = image_cache
         self.role_estimates = role_estimates
         self.embed = embed
-        self.say_weights, self.say_skipped = say_weights, say_skipped
+        self.say_weights = say_weights
+        self.fold_model = labelset is not None   # given by the cross-fitting driver
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -101,10 +102,10 @@ class Trainer:
         from labelfix.validation import require_known_labels, require_readable_images
         require_known_labels(self.labels, self.train_rows, str(cfg.data))   # nothing to learn: refuse
         require_readable_images(self.labelset, self.train_rows, str(cfg.data))   # zero readable images: refuse
-        if not cfg.resume and self._given["labelset"] is None:   # crossfit resolves it for its folds
+        if not cfg.resume and not self.fold_model:   # crossfit resolves it for its folds
             self.cfg = resolve_auto(cfg, self.labels, self.train_rows, self.labelset.class_names, self.log)
-        own = self._given["labelset"] is None   # a fold model's driver notes the overlap once
-        self.val_set = read_validation(cfg, self.labelset, self.log if own else None) if cfg.val else None
+        # a fold model's driver notes a --val overlap once
+        self.val_set = read_validation(cfg, self.labelset, None if self.fold_model else self.log) if cfg.val else None
         self.fingerprint = self.labelset.fingerprint()
         self.run_fingerprint = ckpt_mod.run_fingerprint(self.fingerprint, self.split, cfg.seed)
 
@@ -281,7 +282,7 @@ class Trainer:
                 from labelfix.train.features import embed_run
 
                 embed_run(self, self.out / "stats", names=("embeddings",))
-            if self.skipped and self.say_skipped:
+            if self.skipped and not self.fold_model:   # the driver counts the run's
                 self.log(f"{evaluate.skipped_summary(evaluate.skip_reasons(self).values())}; "
                          f"see {self.out / 'skipped_images.csv'}")
             return {"epochs": self.epoch, "metrics": self.metrics_rows, "skipped": len(self.skipped),

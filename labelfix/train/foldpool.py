@@ -50,7 +50,7 @@ class FoldJob:
     its label table starts from, whether it embeds the images at the end
     (``Trainer(embed=)``), whether it only does that, with the finished model
     (``Trainer.embed_only``), and whether it says which weights it loaded
-    (``Trainer(say_weights=)``; the images it could not read the driver says for the run)."""
+    (``Trainer(say_weights=)``)."""
 
     fold: int
     cfg: object
@@ -93,7 +93,7 @@ def _worker(tasks, results, threads: int, parent: int) -> None:
         try:
             t = Trainer(job.cfg, log=log, labelset=job.labelset, split=job.split, features_dir=Path(job.features_dir),
                         image_cache=images, role_estimates=job.role_estimates, embed=job.embed,
-                        say_weights=job.say_weights, say_skipped=False)
+                        say_weights=job.say_weights)
             t.embed_only() if job.embed_only else t.fit()
             results.put(("done", job.fold, None))
         except LabelfixError as err:
