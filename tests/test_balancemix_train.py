@@ -267,6 +267,8 @@ def test_refine_views_use_the_training_augmentation(tiny, tmp_path, randaugment)
     and mostly wrong label changes on the benchmark (docs/training.md)."""
     seen = {}
 
+    lines = []
+
     class Grab:
         def on_epoch_end(self, trainer, epoch, row):
             seen["views"] = trainer.train_ds.views
@@ -274,8 +276,9 @@ def test_refine_views_use_the_training_augmentation(tiny, tmp_path, randaugment)
             seen["train_tf"] = trainer.train_tf
 
     train(cfg_for(tiny, tmp_path / "run", epochs=2, balancemix_warmup=1, randaugment=randaugment,
-                  hflip=0.0 if randaugment else 0.5, balancemix_refine="batch"), callbacks=[Grab()], log=lambda s: None)
+                  hflip=0.0 if randaugment else 0.5, balancemix_refine="batch"), callbacks=[Grab()], log=lines.append)
     assert seen["views"] == 1 and seen["transform"] is seen["train_tf"]
+    assert not any("--balancemix-warmup" in line for line in lines)   # W < --epochs: no note
     names = [type(t).__name__ for t in seen["transform"].transforms]
     assert ("RandAugment" in names) == randaugment, names
     assert ("RandomHorizontalFlip" in names) == (not randaugment), names   # --hflip reaches the engine
@@ -284,8 +287,11 @@ def test_refine_views_use_the_training_augmentation(tiny, tmp_path, randaugment)
 def test_epoch_refine_scores_only_nonclean_cells(tiny, tmp_path):
     cap = Capture()
     out = tmp_path / "run"
+    lines = []
     train(cfg_for(tiny, out, epochs=1, balancemix_warmup=1, balancemix_refine="epoch"), callbacks=[cap],
-          log=lambda s: None)
+          log=lines.append)
+    # W = --epochs is allowed (the statistics below) and said: the management never trained
+    assert sum(line.startswith("note: --balancemix-warmup 1 equals --epochs 1") for line in lines) == 1
     two_view = np.load(out / "stats" / "two_view.npy").astype(np.float32)
     nonclean = cap.p_clean[0] <= 0.5
     assert nonclean.any() and (~nonclean).any()

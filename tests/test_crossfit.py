@@ -376,6 +376,9 @@ def test_frozen_run_end_to_end(tiny, tmp_path):
     assert info["complete"] and info["rows_done"] == 60
     res = clean_run(out, report=False)
     assert (out / "cells" / "neighbours.npy").exists() and len(res.issues.score) == 60
+    # a score rule that does not read the votes: none are kept, the duplicate groups are
+    clean_run(out, report=False, scorer="loss")
+    assert not (out / "cells" / "neighbours.npy").exists() and (out / "cells" / "duplicates.csv").exists()
     model = export_run(out, tmp_path / "m.onnx")   # the whole model: frozen backbone + trained heads
     preds = predict(model, [tiny["images"] / "train_00000.png"], progress=False)
     assert len(preds) == 1

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from labelfix.cleaning.api import LabelIssues, LazyBCE, LazyProbs, find_label_issues, take_labels
-from labelfix.cleaning.scores import DEFAULT_SCORER
+from labelfix.cleaning.scores import DEFAULT_SCORER, get_scorer
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.run import CORRECTIONS_COLUMNS, Run
@@ -455,7 +455,10 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
         from labelfix.labels import positive_only
 
         dups = duplicates_table(run, pairs)
-        if positive_only(ls.labels):
+        if not get_scorer(scorer or DEFAULT_SCORER).uses_neighbours:   # only the duplicate groups serve
+            neighbours = None
+            atomic.remove(run.path / "cells" / "neighbours.npy")
+        elif positive_only(ls.labels):
             # which cells are known depends on their value: a share over known cells would
             # measure the labelling, not the image (docs/cleaning.md, "Neighbour evidence")
             notes.append("neighbour votes not used: the labels are positive-only (most cells unknown, fewer known "

@@ -42,15 +42,18 @@ Scorer = Callable[..., np.ndarray]
 _SCORERS: dict[str, Scorer] = {}
 
 
-def register_scorer(name: str, *, needs_noise_rates: bool = False, needs_known_error_rate: bool = False):
+def register_scorer(name: str, *, needs_noise_rates: bool = False, needs_known_error_rate: bool = False,
+                    uses_neighbours: bool = False):
     """Decorator: register ``fn`` as scoring rule ``name``. ``needs_noise_rates``: the caller
     estimates the per-class noise rates over all rows first and passes ``noise_rates``;
     ``needs_known_error_rate``: it passes ``known_error_rate`` when known and unknown cells
     rank together (both present, and the known ones not all trusted: not in
-    single-positive data)."""
+    single-positive data); ``uses_neighbours``: the rule reads ``neighbours`` (the
+    neighbours' label votes; a caller need not compute them for the others)."""
     def deco(fn: Scorer) -> Scorer:
         fn.needs_noise_rates = needs_noise_rates
         fn.needs_known_error_rate = needs_known_error_rate or needs_noise_rates
+        fn.uses_neighbours = uses_neighbours
         _SCORERS[name] = fn
         return fn
     return deco
@@ -188,7 +191,7 @@ def unknown_on_known_scale(q, known_error_rate) -> np.ndarray:
         return (q * m / (q * m + (1.0 - q))).astype(np.float32)
 
 
-@register_scorer("evidence", needs_known_error_rate=True)
+@register_scorer("evidence", needs_known_error_rate=True, uses_neighbours=True)
 def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
                    neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: |y - q|, unknown cells: q on the same scale
@@ -206,7 +209,7 @@ def score_evidence(given, *, probs, p_clean=None, two_view=None, losses=None, es
 CLEAN_DISCOUNT = 0.5
 
 
-@register_scorer("evidence_gmm", needs_known_error_rate=True)
+@register_scorer("evidence_gmm", needs_known_error_rate=True, uses_neighbours=True)
 def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
                        neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: ``evidence`` x (1 - CLEAN_DISCOUNT p_clean), unknown cells: as in
@@ -224,7 +227,7 @@ def score_evidence_gmm(given, *, probs, p_clean=None, two_view=None, losses=None
     return np.where(known, discounted, out).astype(np.float32)
 
 
-@register_scorer("posterior", needs_noise_rates=True)
+@register_scorer("posterior", needs_noise_rates=True, uses_neighbours=True)
 def score_posterior(given, *, probs, p_clean=None, two_view=None, losses=None, estimates=None,
                     neighbours=None, noise_rates=None, known_error_rate=None) -> np.ndarray:
     """Known cells: the posterior P(true label != given label) under confident learning's

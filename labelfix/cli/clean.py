@@ -31,7 +31,9 @@ def _class_names(text: str | None) -> list[str] | None:
 @click.option("--score", "scorer", type=click.Choice(list_scorers()), default=None,
               help="Issue score rule (docs/cleaning.md) [default: evidence].")
 @click.option("--neighbours", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Neighbours per image for the neighbour evidence (0: none).")
+              help="Neighbours per image in the image embedding: their label votes enter the scores evidence, "
+                   "evidence_gmm and posterior, and images that are near-duplicates are grouped "
+                   "(cells/duplicates.csv). 0: neither.")
 @click.option("--single-positive-removals", is_flag=True,
               help="Single-positive data: also suggest removing given positives (by default every given "
                    "positive is trusted).")

@@ -283,7 +283,7 @@ class Trainer:
 
                 embed_run(self, self.out / "stats", names=("embeddings",))
             if self.skipped and not self.fold_model:   # the driver counts the run's
-                self.log(f"{evaluate.skipped_summary(evaluate.skip_reasons(self).values())}; "
+                self.log(f"{evaluate.skipped_summary(evaluate.skip_reasons(self.labelset, self.skipped).values())}; "
                          f"see {self.out / 'skipped_images.csv'}")
             return {"epochs": self.epoch, "metrics": self.metrics_rows, "skipped": len(self.skipped),
                     "out": str(self.out)}

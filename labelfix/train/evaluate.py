@@ -210,18 +210,15 @@ def metrics_rows_from_disk(t) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
-def skip_reasons(t) -> dict[int, str]:
-    """Why each skipped image could not be read (dataset index -> reason): ``missing``, a
-    file that is not an image file or leads outside the image folder (the refusal's
-    words), else ``failed to decode`` (it opens but does not decode). Looked up once per
-    image and kept on the trainer."""
+def skip_reasons(labelset, indices) -> dict[int, str]:
+    """Why each skipped image could not be read (dataset index -> reason), for the dataset
+    indices ``indices`` of ``labelset``: ``missing``, a file that is not an image file or
+    leads outside the image folder (the refusal's words), else ``failed to decode`` (it
+    opens but does not decode). One file-system lookup per image."""
     from labelfix.data.image import image_problem
 
-    known = t.__dict__.setdefault("_skip_reasons", {})
-    for i in t.skipped:
-        if i not in known:
-            known[i] = image_problem(t.labelset.image_path(i), t.labelset.image_root) or "failed to decode"
-    return known
+    return {int(i): image_problem(labelset.image_path(i), labelset.image_root) or "failed to decode"
+            for i in indices}
 
 
 def skipped_summary(reasons) -> str:
@@ -239,7 +236,7 @@ def write_skipped(t) -> None:
         return
     idx = sorted(t.skipped)
     images = t.labelset.images
-    reasons = skip_reasons(t)
+    reasons = skip_reasons(t.labelset, idx)
     atomic.write_csv(t.out / "skipped_images.csv", pd.DataFrame({
         "index": idx,
         "image_id": [int(images.at[i, "image_id"]) for i in idx],
