@@ -26,3 +26,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'labelfix' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:   # the lazy names too (tab completion, help(labelfix))
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

@@ -51,15 +51,34 @@ class LabelSet:
     verified: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        for name, frame, columns in (("images", self.images, ("image_id", "file_name")),
+                                     ("classes", self.classes, ("name", "category_id"))):
+            missing = [c for c in columns if c not in getattr(frame, "columns", ())]
+            if missing:
+                raise LabelfixError(f"LabelSet: {name}: expected a DataFrame with columns {', '.join(columns)} "
+                                    f"(missing {', '.join(missing)})")
         self.images = self.images.reset_index(drop=True)
         self.classes = self.classes.reset_index(drop=True)
         n, k = len(self.images), len(self.classes)
+        if not isinstance(self.labels, np.ndarray):
+            raise LabelfixError(f"LabelSet: labels: expected an int8 numpy array ({n}, {k}), got "
+                                f"{type(self.labels).__name__}")
         if self.labels.shape != (n, k):
-            raise ValueError(f"labels shape {self.labels.shape} != ({n}, {k})")
+            raise LabelfixError(f"LabelSet: labels: shape {self.labels.shape} is not ({n} images, {k} classes)")
         if self.labels.dtype != np.int8:
-            raise ValueError(f"labels must be int8, got {self.labels.dtype}")
+            raise LabelfixError(f"LabelSet: labels: dtype {self.labels.dtype}, expected int8 1 / 0 / -1 "
+                                f"(labels.astype(np.int8))")
+        if not isinstance(self.labels, np.memmap):   # a memmap is a run's file, checked where it is read
+            rows = max(1, (1 << 24) // max(k, 1))   # min / max of 16 M cells at a time, no (N, K) temporary
+            for a in range(0, n, rows):
+                block = self.labels[a:a + rows]
+                if block.size and (block.min() < -1 or block.max() > 1):
+                    r, c = np.argwhere((block < -1) | (block > 1))[0]
+                    raise LabelfixError(f"LabelSet: labels: row {a + r}, column {c}: {int(block[r, c])}, expected "
+                                        f"1 (positive), 0 (negative) or -1 (unknown)")
         if self.verified is not None and (self.verified.shape != (n, k) or self.verified.dtype != np.bool_):
-            raise ValueError(f"verified must be bool ({n}, {k}), got {self.verified.dtype} {self.verified.shape}")
+            raise LabelfixError(f"LabelSet: verified: expected bool ({n}, {k}), got {self.verified.dtype} "
+                                f"{self.verified.shape}")
 
     def trusted(self) -> np.ndarray:
         """bool (N, K): the verified cells (all False when none are)."""
@@ -116,8 +135,11 @@ class LabelSet:
         return out
 
     def subset(self, rows: np.ndarray) -> "LabelSet":
-        """A new LabelSet with the given image rows (labels copied into memory)."""
+        """A new LabelSet with the given image rows (positions or a bool mask; labels
+        copied into memory)."""
         rows = np.asarray(rows)
+        if rows.size == 0:   # [] is float64 to numpy, which cannot index
+            rows = rows.astype(np.int64)
         return LabelSet(
             np.ascontiguousarray(self.labels[rows]),
             self.images.iloc[rows].reset_index(drop=True),

@@ -32,11 +32,13 @@ def logit(probs) -> np.ndarray:
 
 
 def bce_logits(logits, labels) -> np.ndarray:
-    """float32 per-cell BCE of ``logits`` against ``labels == 1`` (same shape), in the
-    stable form softplus(z) - y z; NaN logits give NaN."""
+    """float32 per-cell BCE of ``logits`` against ``labels == 1`` (same shape): softplus(-z)
+    for a positive, softplus(z) otherwise, in the stable form max(t, 0) + log(1 + e^-|t|);
+    an infinite logit gives 0 or +inf (not NaN, which ``softplus(z) - y z`` gave), NaN
+    logits give NaN."""
     z = np.asarray(logits, dtype=np.float32)
-    y = (np.asarray(labels) == 1).astype(np.float32)
-    return (np.maximum(z, 0) - y * z + np.log1p(np.exp(-np.abs(z)))).astype(np.float32)
+    t = np.where(np.asarray(labels) == 1, -z, z)
+    return (np.maximum(t, 0) + np.log1p(np.exp(-np.abs(t)))).astype(np.float32)
 
 
 def bce_probs(probs, labels) -> np.ndarray:

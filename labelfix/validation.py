@@ -193,7 +193,9 @@ def check_train_values(values: dict[str, Any], where: Callable[[str], str], type
 def check_device(device: Any, where: str = "--device", allow_auto: bool = False) -> str:
     """``"cpu"`` (and ``"auto"`` with ``allow_auto``) pass without importing torch; any
     other value must be a torch device that exists on this machine (CUDA available, the
-    index within ``torch.cuda.device_count()``)."""
+    index within ``torch.cuda.device_count()``); a ``torch.device`` is read as its name."""
+    if type(device).__name__ == "device" and type(device).__module__ == "torch":
+        device = str(device)
     if not isinstance(device, str) or not device.strip():
         raise LabelfixError(f"{where}: {device!r} is not a device name (cpu, cuda, cuda:1 ...)")
     if device == "cpu" or (allow_auto and device == "auto"):
@@ -248,14 +250,17 @@ def _rows_per_chunk(k: int) -> int:
 
 
 def _as_array(value: Any, name: str) -> Any:
-    """Lists, tuples and pandas objects -> numpy; arrays, memmaps and row-sliceable
-    objects with a ``shape`` pass unchanged (no copy of large inputs)."""
+    """Lists, tuples, torch tensors and pandas objects -> numpy; arrays, memmaps and
+    row-sliceable objects with a ``shape`` pass unchanged (no copy of large inputs)."""
     if value is None:
         return None
     if hasattr(value, "to_numpy") and hasattr(value, "columns"):  # pandas DataFrame
         return value.to_numpy()
     if hasattr(value, "to_numpy") and hasattr(value, "index"):     # pandas Series: a single column
         return value.to_numpy()[:, None]
+    if hasattr(value, "detach") and hasattr(value, "numpy"):   # a torch tensor: any device, grad, bfloat16
+        t = value.detach().cpu()
+        return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
     if isinstance(value, (list, tuple)):
         try:
             arr = np.asarray(value)
@@ -265,6 +270,24 @@ def _as_array(value: Any, name: str) -> Any:
     if not hasattr(value, "shape"):
         raise LabelfixError(f"{name}: expected an (N, K) array, got {type(value).__name__}")
     return value
+
+
+def check_aligned(given: Any, others: dict[str, Any]) -> None:
+    """pandas tables are matched by label, not position: each DataFrame of ``others``
+    (name -> value) must have ``given``'s row index and columns when ``given`` is a
+    DataFrame too (the same rows in another order would be paired with the wrong
+    labels). One line naming the argument; arrays are paired by position as always."""
+    if not (hasattr(given, "columns") and hasattr(given, "index")):
+        return
+    for name, value in others.items():
+        if not (hasattr(value, "columns") and hasattr(value, "index")):
+            continue
+        for what in ("index", "columns"):
+            if not getattr(value, what).equals(getattr(given, what)):
+                where = "row index is" if what == "index" else "columns are"
+                raise LabelfixError(f"{name}: its {where} not given's (DataFrames are paired by their labels, "
+                                    f"not by position): pass {name}.reindex(given.{what}"
+                                    f"{', axis=1' if what == 'columns' else ''}) or plain arrays")
 
 
 def as_given(given: Any, name: str = "given") -> Any:

@@ -171,6 +171,26 @@ def test_cells_the_model_did_not_score_are_never_suggested():
     assert other in set(iss.corrections.image_index) or (given[other] != true[other]).sum() == 1
 
 
+def test_an_infinite_logit_against_its_label_is_the_surest_error():
+    """scipy.special.logit(1.0) is +inf: a cell given 0 there (and given 1 at -inf) is the
+    most confident error, suggested as with the probability itself (its loss was NaN,
+    0 * inf, and a NaN loss reads as "clean")."""
+    from labelfix.numeric import bce_logits
+
+    assert bce_logits(np.array([np.inf, -np.inf, np.inf, -np.inf, np.nan], np.float32),
+                      np.array([0, 1, 1, 0, 1])).tolist()[:4] == [np.inf, np.inf, 0.0, 0.0]
+    true, given, probs = _noisy()
+    given, probs = given.copy(), probs.copy()
+    given[0, 0], probs[0, 0] = 0, 1.0
+    given[1, 1], probs[1, 1] = 1, 0.0
+    with np.errstate(divide="ignore"):
+        logits = np.log(probs) - np.log1p(-probs)
+    iss = find_label_issues(given, logits, probs_are_logits=True)
+    for cell in ((0, 0), (1, 1)):
+        assert np.isinf(logits[cell]) and iss.suggested[cell] == 1 - given[cell] and iss.score[cell] == 1.0
+        assert ((iss.corrections.image_index == cell[0]) & (iss.corrections.class_index == cell[1])).any()
+
+
 def test_find_label_issues_logits_memmap_out_dir(tmp_path):
     true, given, probs = _noisy(seed=1, n=300, k=3)
     logits = np.log(probs) - np.log1p(-probs)
@@ -234,8 +254,59 @@ def test_bad_input():
         find_label_issues(given, np.zeros((4, 3)))
     with pytest.raises(LabelfixError, match="classes"):
         find_label_issues(given, np.zeros((4, 2)), classes=["a"])
+    with pytest.raises(LabelfixError, match=r"^classes: 'ab': expected a list of 2 names, got one string"):
+        find_label_issues(given, np.zeros((4, 2)), classes="ab")
+    with pytest.raises(LabelfixError, match=r"^classes: column 1: duplicate class name 'a' \(also column 0\)"):
+        find_label_issues(given, np.zeros((4, 2)), classes=["a", "a"])
     with pytest.raises(LabelfixError, match="relabel_threshold"):
         find_label_issues(given, np.zeros((4, 2)), relabel_threshold=0.2)
+    with pytest.raises(LabelfixError, match=r"^labels: rows of different lengths: cleanlab's multi-label list"):
+        find_label_issues(labels=[[0], [0, 1], [], [1]], pred_probs=np.zeros((4, 2)))
+
+
+def test_bad_gmm_options_and_out_dir_are_one_line_before_any_pass(tmp_path):
+    import inspect
+
+    from labelfix.cleaning.api import GMM_OPTIONS
+    from labelfix.cleaning.gmm import fit_label_gmms
+
+    params = set(inspect.signature(fit_label_gmms).parameters) - {"losses", "given", "chunk_rows", "device"}
+    assert GMM_OPTIONS == params   # every option of the fit, and nothing the caller sets itself
+    true, given, probs = _noisy(n=100)
+    with pytest.raises(LabelfixError, match=r"^gmm_options: unknown option\(s\) max_iters; it takes bins, em, max_iter"):
+        find_label_issues(given, probs, gmm_options={"max_iters": 5})
+    with pytest.raises(LabelfixError, match=r"^gmm_options: expected a dict"):
+        find_label_issues(given, probs, gmm_options=[("em", "exact")])
+    assert find_label_issues(given, probs, gmm_options={"max_iter": 5}).corrections is not None
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LabelfixError, match=r"^out_dir: .*afile: is a file"):
+        find_label_issues(given, probs, out_dir=tmp_path / "afile")
+    find_label_issues(given, probs, out_dir=tmp_path / "new" / "cells")   # made, as a user would expect
+    assert (tmp_path / "new" / "cells" / "score.npy").exists()
+
+
+def test_torch_tensors_and_pandas_tables_are_read_as_the_arrays_they_hold():
+    """A timm user's outputs as torch tensors (float16 / bfloat16, with grad) give the numpy
+    result; DataFrames are paired by their labels: the same rows in another order, or
+    other columns, are refused with one line (they were paired by position, silently)."""
+    import torch
+
+    true, given, probs = _noisy(n=200)
+    ref = find_label_issues(given, probs).corrections
+    for p in (torch.from_numpy(probs), torch.from_numpy(probs).double().requires_grad_()):
+        pd.testing.assert_frame_equal(find_label_issues(torch.from_numpy(given).long(), p).corrections, ref)
+    pd.testing.assert_frame_equal(find_label_issues(given, probs, device=torch.device("cpu")).corrections, ref)
+    for dtype in (torch.float16, torch.bfloat16):   # rounded probabilities: the same cells, near the same order
+        low = find_label_issues(given, torch.from_numpy(probs).to(dtype)).corrections
+        assert len(set(zip(low.image_index, low.class_index)) ^ set(zip(ref.image_index, ref.class_index))) <= 2
+    g = pd.DataFrame(given, index=np.arange(200) + 1000, columns=list("abcd"))
+    p = pd.DataFrame(probs, index=g.index, columns=g.columns)
+    pd.testing.assert_frame_equal(find_label_issues(g, p).corrections, ref)
+    with pytest.raises(LabelfixError, match=r"^probs: its row index is not given's .*probs.reindex\(given.index\)"):
+        find_label_issues(g, p.sample(frac=1.0, random_state=0))
+    with pytest.raises(LabelfixError, match=r"^losses: its columns are not given's"):
+        find_label_issues(g, p, losses=p[list("badc")])
+    pd.testing.assert_frame_equal(find_label_issues(g, probs).corrections, ref)   # an array: by position
 
 
 def test_single_positive_data_never_suggests_removing_a_given_positive():

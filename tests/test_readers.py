@@ -112,6 +112,25 @@ def test_csv_long_round_trip(tmp_path):
         read_labels(p)
     with pytest.raises(LabelfixError, match="--format run reads a labelfix run directory"):   # was exit 1
         read_labels(p, format="run")
+    # an image's own columns must agree over its rows (the second id was dropped, silently)
+    p.write_text("file_name,label,value,image_id,width\nx.png,dog,1,5,48\nx.png,cat,0,6,48\n")
+    with pytest.raises(LabelfixError, match=r"l.csv: row 3: image_id '6' for x.png, whose row 2 has '5'"):
+        read_labels(p)
+    p.write_text("file_name,label,value,image_id,width\nx.png,dog,1,5,48\nx.png,cat,0, 5 ,48.0\ny.png,cat,1,7,\n")
+    ls = read_labels(p)
+    assert ls.images["image_id"].tolist() == [5, 7] and ls.images["width"].tolist() == [48, 0]
+    p.write_text("file_name,label,value,width\nx.png,dog,1,48\nx.png,cat,0,64\n")
+    with pytest.raises(LabelfixError, match=r"row 3: width '64' for x.png, whose row 2 has '48'"):
+        read_labels(p)
+
+
+def test_a_coco_labelfix_record_that_is_not_an_object_is_refused(tmp_path):
+    # its "unlabeled" was ignored: the cells were read as negatives, silently
+    p = tmp_path / "meta.json"
+    p.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "cat"}],
+                             "annotations": [], "labelfix": [{"unlabeled": "unknown"}]}))
+    with pytest.raises(LabelfixError, match=r"meta.json: labelfix: expected an object .*got list"):
+        read_labels(p)
 
 
 def test_openimages(tmp_path):
@@ -148,5 +167,22 @@ def test_labelset_save_load(tmp_path):
     assert back.images["file_name"].tolist() == ["a b.png", "c,d.png"]
     assert back.classes["category_id"].tolist() == [2, 9]
     assert back.fingerprint() == ls.fingerprint()
-    with pytest.raises(ValueError):
+    with pytest.raises(LabelfixError, match=r"^LabelSet: labels: dtype int64, expected int8"):
         LabelSet(np.zeros((2, 2), np.int64), ls.images, ls.classes)
+    with pytest.raises(LabelfixError, match=r"^LabelSet: labels: row 1, column 0: 5, expected 1"):
+        LabelSet(np.array([[1, 0], [5, -1]], np.int8), ls.images, ls.classes)   # counted as unknown before
+    with pytest.raises(LabelfixError, match=r"^LabelSet: labels: expected an int8 numpy array \(2, 2\), got list"):
+        LabelSet([[1, 0], [0, 1]], ls.images, ls.classes)
+    with pytest.raises(LabelfixError, match=r"^LabelSet: images: .* \(missing image_id\)"):
+        LabelSet(np.zeros((2, 2), np.int8), ls.images[["file_name"]], ls.classes)
+    empty = ls.subset([])
+    assert empty.labels.shape == (0, 2) and len(empty.images) == 0
+
+
+def test_the_top_level_names_are_listed_and_resolve():
+    # lazily imported: dir() lists them (tab completion, help()) and each one imports
+    import labelfix
+
+    assert set(labelfix.__all__) <= set(dir(labelfix))
+    for name in labelfix.__all__:
+        assert getattr(labelfix, name) is not None

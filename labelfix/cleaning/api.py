@@ -18,15 +18,18 @@ from labelfix.cleaning import scores as _scores
 from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_error_rate, noise_rates
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
                                       delta_for)
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, describe_os_error
 from labelfix.io.atomic import atomic_memmap, staged
-from labelfix.validation import as_cell_array, as_given, check_device, check_number, check_probabilities
+from labelfix.validation import (as_cell_array, as_given, check_aligned, check_class_names, check_device, check_number,
+                                 check_probabilities)
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
 from labelfix.labels import UNK, positive_only
 from labelfix.numeric import sigmoid
 
 #: unknown cells are suggested positive above this estimate (docs/cleaning.md)
 DEFAULT_ESTIMATE_THRESHOLD = 0.5
+#: the options of :func:`labelfix.cleaning.gmm.fit_label_gmms` that ``gmm_options`` may set
+GMM_OPTIONS = frozenset({"max_iter", "tol", "reg_covar", "em", "bins", "min_cells"})
 CELL_ARRAYS = {"p_clean": np.float32, "score": np.float32, "state": np.int8, "suggested": np.int8}
 CORRECTION_COLUMNS = ["image_index", "class_index", "given", "suggested", "action", "state", "score",
                       "p_clean", "probability"]
@@ -114,6 +117,11 @@ def _checked_inputs(given, probs, losses, dynamics, two_view, estimates, neighbo
     if labels is not None:
         if given is not None:
             raise LabelfixError("give the labels once: given or labels (cleanlab's name), not both")
+        if isinstance(labels, (list, tuple)) and len({len(r) if isinstance(r, (list, tuple)) else -1
+                                                      for r in labels}) > 1:
+            raise LabelfixError("labels: rows of different lengths: cleanlab's multi-label list of class-index "
+                                "lists is not read here; pass the (N, K) 1 / 0 / -1 matrix (for lists of "
+                                "positives: cleanlab.internal.multilabel_utils.int2onehot(labels, K))")
         given = labels
     if pred_probs is not None:
         if probs is not None:
@@ -123,6 +131,8 @@ def _checked_inputs(given, probs, losses, dynamics, two_view, estimates, neighbo
         raise LabelfixError("given (labels): the (N, K) label matrix is required")
     if probs is None:
         raise LabelfixError("probs (pred_probs): the (N, K) probability matrix is required")
+    check_aligned(given, dict(probs=probs, losses=losses, dynamics=dynamics, two_view=two_view,
+                              estimates=estimates, neighbours=neighbours, verified=verified))
     given = as_given(given, "given")
     shape = tuple(given.shape)
     probs = as_cell_array(probs, "probs", shape)
@@ -240,10 +250,14 @@ def find_label_issues(
         device: torch device for the GMM arithmetic ("cpu", the default, runs in numpy
             and does not import torch).
         labels, pred_probs: cleanlab's names for ``given`` and ``probs`` (give one name
-            of each pair).
+            of each pair); ``labels`` is the same (N, K) matrix, not cleanlab's
+            multi-label list of class-index lists (refused when its rows differ in length).
 
-    Inputs are checked first (:mod:`labelfix.validation`): lists, tuples and pandas
-    DataFrames are converted to arrays; given labels must be 1 / 0 / -1 (bool and float
+    Inputs are checked first (:mod:`labelfix.validation`): lists, tuples, torch tensors
+    (any device, float16 / bfloat16, with grad) and pandas DataFrames are converted to
+    arrays; DataFrames given with a DataFrame ``given`` must have its row index and
+    columns (they are paired by label, so rows in another order are refused, not
+    paired by position); given labels must be 1 / 0 / -1 (bool and float
     matrices are converted; NaN is refused: use -1 for unknown); ``probs`` must be
     probabilities in [0, 1] (values outside look like logits: pass
     ``probs_are_logits=True``) and not NaN except in whole rows (images the model did
@@ -265,9 +279,12 @@ def find_label_issues(
     shape = tuple(given.shape)
     N, K = shape
     if classes is not None:
+        if isinstance(classes, str):   # list("abc") would be three names
+            raise LabelfixError(f"classes: {classes!r}: expected a list of {K} names, got one string")
         classes = list(classes)
         if len(classes) != K:
             raise LabelfixError(f"classes: {len(classes)} names: given has {K} columns")
+        check_class_names([str(c) for c in classes], "classes", record=lambda i: f"column {i}")
     check_number(clean_threshold, "clean_threshold", low=0.0, high=1.0, high_open=True)
     if relabel_threshold is not None:
         check_number(relabel_threshold, "relabel_threshold", low=0.5, high=1.0, high_open=True)
@@ -277,8 +294,21 @@ def find_label_issues(
         check_number(max_suggestions, "max_suggestions", integer=True, low=0)
     if chunk_rows is not None:
         check_number(chunk_rows, "chunk_rows", integer=True, low=1)
-    if device != "cpu":
-        check_device(device, "device")
+    device = check_device(device, "device")
+    if gmm_options is not None:
+        what = ("expected a dict" if not isinstance(gmm_options, dict) else
+                "unknown option(s) " + ", ".join(sorted(map(str, set(gmm_options) - GMM_OPTIONS))))
+        if not isinstance(gmm_options, dict) or set(gmm_options) - GMM_OPTIONS:
+            raise LabelfixError(f"gmm_options: {what}; it takes {', '.join(sorted(GMM_OPTIONS))} "
+                                f"(labelfix.cleaning.gmm.fit_label_gmms)")
+    if out_dir is not None:   # before the passes over the data, not after them
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise LabelfixError(f"out_dir: {out_dir}: is a file, expected a folder for the per-cell arrays")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LabelfixError(f"out_dir: {out_dir}: cannot be created: {describe_os_error(err)}") from None
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
     # positive-only (single-positive) labels: every given positive is trusted, like a verified

@@ -382,7 +382,10 @@ def read_coco(
     data = load_coco_records(path)
     parsed = _validate(data, path)
     lvis = parsed.lvis
-    meta = data.get("labelfix") if isinstance(data.get("labelfix"), dict) else {}
+    meta = data.get("labelfix", {})
+    if not isinstance(meta, dict):   # its unlabeled / image_root would be ignored
+        raise LabelfixError(f"{path}: labelfix: expected an object such as {{\"unlabeled\": \"unknown\"}}, "
+                            f"got {type(meta).__name__}")
     del data  # the records are in ``parsed`` now; free the parsed JSON before the label matrix
     if unlabeled is None:
         unlabeled = meta.get("unlabeled") or ("unknown" if lvis else "negative")
