@@ -37,7 +37,8 @@ class LabelSet:
         classes: DataFrame with columns ``name`` (str) and ``category_id`` (int64), row k =
             column k of ``labels``.
         image_root: folder that relative ``file_name`` values are resolved against.
-        source: where the labels came from (path, format, options, fingerprint).
+        source: where the labels came from: ``path``, ``format`` and the reader's
+            options (COCO: ``unlabeled``, ``lvis``, ``image_root``).
         verified: bool array (N, K) or None: cells whose label a person confirmed in an
             earlier review (the cleaned COCO's ``labelfix.verified``). Training and
             cleaning trust them: never suggested, never down-weighted.

@@ -1023,6 +1023,13 @@ def test_clean_skips_unscored_cells_with_a_count(world):
     res = invoke("clean", run, "--no-report")
     assert res.exit_code == 0, res.output
     assert "note: 2 images have cells the model did not score" in res.output
+    assert "could not be read, or a damaged stats file" in res.output   # the run lists no skipped image
+    skipped = run / "skipped_images.csv"   # a run that lists them: the note names its list (or a --with-run's)
+    skipped.write_text("index,image_id,file_name,reason\n2,3,x.png,missing\n")
+    try:
+        assert f"could not be read, listed in {skipped})" in invoke("clean", run, "--no-report").output
+    finally:
+        skipped.unlink()
     assert "no image got a neighbour vote" in res.output
     assert f"{N_IMAGES - 2} images scored" in res.output
     assert np.isnan(np.load(run / "cells" / "p_clean.npy")[2]).all()   # what suggests nothing: tests/test_cleaning.py

@@ -489,9 +489,11 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
         raise LabelfixError(f"{run.path / 'stats'}: the model's logits are NaN for every image, so no image was "
                             f"scored (a damaged stats/logits.npy, or training diverged); retrain the run")
     if unscored:
+        lists = [str(r.path / "skipped_images.csv") for r in (run, *others)
+                 if (r.path / "skipped_images.csv").exists()]
+        where = f"listed in {', '.join(lists)}" if lists else "or a damaged stats file"
         notes.append(f"{unscored} images have cells the model did not score (NaN logits: images that could not "
-                     f"be read, listed in skipped_images.csv, or a damaged stats file): those cells keep their "
-                     f"given label and are not suggested")
+                     f"be read, {where}): those cells keep their given label and are not suggested")
     if unranked:
         notes.append(f"{unranked} scored cells got no value from the score rule '{scorer or DEFAULT_SCORER}' "
                      f"(NaN in its input, e.g. stats/loss_mean.npy): score 0, so they rank last")
