@@ -275,15 +275,22 @@ def _as_array(value: Any, name: str) -> Any:
 def check_aligned(given: Any, others: dict[str, Any]) -> None:
     """pandas tables are matched by label, not position: each DataFrame of ``others``
     (name -> value) must have ``given``'s row index and columns when ``given`` is a
-    DataFrame too (the same rows in another order would be paired with the wrong
-    labels). One line naming the argument; arrays are paired by position as always."""
+    DataFrame too and both name them (the same rows in another order would be paired
+    with the wrong labels); an axis left at pandas' default 0..n-1 on either side is
+    positional. One line naming the argument; arrays are paired by position as always."""
     if not (hasattr(given, "columns") and hasattr(given, "index")):
         return
+    import pandas as pd
+
+    def positional(axis) -> bool:
+        return isinstance(axis, pd.RangeIndex) and axis.start == 0 and axis.step == 1
+
     for name, value in others.items():
         if not (hasattr(value, "columns") and hasattr(value, "index")):
             continue
         for what in ("index", "columns"):
-            if not getattr(value, what).equals(getattr(given, what)):
+            mine, theirs = getattr(value, what), getattr(given, what)
+            if not (positional(mine) or positional(theirs) or mine.equals(theirs)):
                 where = "row index is" if what == "index" else "columns are"
                 raise LabelfixError(f"{name}: its {where} not given's (DataFrames are paired by their labels, "
                                     f"not by position): pass {name}.reindex(given.{what}"

@@ -307,6 +307,8 @@ def test_torch_tensors_and_pandas_tables_are_read_as_the_arrays_they_hold():
     with pytest.raises(LabelfixError, match=r"^losses: its columns are not given's"):
         find_label_issues(g, p, losses=p[list("badc")])
     pd.testing.assert_frame_equal(find_label_issues(g, probs).corrections, ref)   # an array: by position
+    # pandas' default 0..n-1 axis names nothing: positional (a model's output table)
+    pd.testing.assert_frame_equal(find_label_issues(g, pd.DataFrame(probs, index=g.index)).corrections, ref)
 
 
 def test_single_positive_data_never_suggests_removing_a_given_positive():

@@ -256,8 +256,8 @@ def find_label_issues(
     Inputs are checked first (:mod:`labelfix.validation`): lists, tuples, torch tensors
     (any device, float16 / bfloat16, with grad) and pandas DataFrames are converted to
     arrays; DataFrames given with a DataFrame ``given`` must have its row index and
-    columns (they are paired by label, so rows in another order are refused, not
-    paired by position); given labels must be 1 / 0 / -1 (bool and float
+    columns where both name them (rows in another order are refused, not paired by
+    position; pandas' default 0..n-1 is positional); given labels must be 1 / 0 / -1 (bool and float
     matrices are converted; NaN is refused: use -1 for unknown); ``probs`` must be
     probabilities in [0, 1] (values outside look like logits: pass
     ``probs_are_logits=True``) and not NaN except in whole rows (images the model did

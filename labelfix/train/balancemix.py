@@ -250,12 +250,12 @@ class BalanceMixMixer(Mixer):
             if todo.size:
                 c = self.ctx.score_rows(None, rows[todo], views=2)
                 two_view[rows[todo]] = np.where(nonclean[todo], c, np.nan)
-            two_view = two_view.astype(np.float16)   # what a resumed run reads back
+            # float32 on disk too: float16 rounds 0.97485..0.975 up past delta (Eq. 9's > is strict)
             if self.ctx.rank == 0:
                 atomic.write_npy(path, two_view)
         else:
             two_view = np.load(path)
-        self.two_view = two_view.astype(np.float32)
+        self.two_view = two_view.astype(np.float32)   # a run written before 2026-12-07: float16
         return int(todo.size)
 
     def state_dict(self) -> dict:
