@@ -152,6 +152,34 @@ def _checked_inputs(given, probs, losses, dynamics, two_view, estimates, neighbo
     return (given, probs, losses, dynamics, *out, verified)
 
 
+def _checked_options(k: int, classes, gmm_options, out_dir) -> tuple[list | None, Path | None]:
+    """``classes`` (K unique names, not one string), ``gmm_options`` (a dict of
+    :data:`GMM_OPTIONS`) and ``out_dir`` (made with its parents; not a file), checked
+    before any pass over the data. Returns ``(classes as a list, out_dir as a Path)``."""
+    if classes is not None:
+        if isinstance(classes, str):   # list("abc") would be three names
+            raise LabelfixError(f"classes: {classes!r}: expected a list of {k} names, got one string")
+        classes = list(classes)
+        if len(classes) != k:
+            raise LabelfixError(f"classes: {len(classes)} names: given has {k} columns")
+        check_class_names([str(c) for c in classes], "classes", record=lambda i: f"column {i}")
+    if gmm_options is not None:
+        unknown = sorted(map(str, set(gmm_options) - GMM_OPTIONS)) if isinstance(gmm_options, dict) else None
+        if unknown is None or unknown:
+            what = "expected a dict" if unknown is None else "unknown option(s) " + ", ".join(unknown)
+            raise LabelfixError(f"gmm_options: {what}; it takes {', '.join(sorted(GMM_OPTIONS))} "
+                                f"(labelfix.cleaning.gmm.fit_label_gmms)")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise LabelfixError(f"out_dir: {out_dir}: is a file, expected a folder for the per-cell arrays")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LabelfixError(f"out_dir: {out_dir}: cannot be created: {describe_os_error(err)}") from None
+    return classes, out_dir
+
+
 def _suggest_block(given, state, target, probs, two_view, estimates, est_thr):
     g = np.asarray(given)
     c = _scores._finite_or(two_view, probs)
@@ -257,8 +285,8 @@ def find_label_issues(
     (any device, float16 / bfloat16, with grad) and pandas DataFrames are converted to
     arrays; DataFrames given with a DataFrame ``given`` must have its row index and
     columns where both name them (rows in another order are refused, not paired by
-    position; pandas' default 0..n-1 is positional); given labels must be 1 / 0 / -1 (bool and float
-    matrices are converted; NaN is refused: use -1 for unknown); ``probs`` must be
+    position; pandas' default 0..n-1 is positional); given labels must be 1 / 0 / -1
+    (bool and float matrices are converted; NaN is refused: use -1 for unknown); ``probs`` must be
     probabilities in [0, 1] (values outside look like logits: pass
     ``probs_are_logits=True``) and not NaN except in whole rows (images the model did
     not score); every per-cell input must have the shape of ``given``.
@@ -278,13 +306,7 @@ def find_label_issues(
         probs_are_logits)
     shape = tuple(given.shape)
     N, K = shape
-    if classes is not None:
-        if isinstance(classes, str):   # list("abc") would be three names
-            raise LabelfixError(f"classes: {classes!r}: expected a list of {K} names, got one string")
-        classes = list(classes)
-        if len(classes) != K:
-            raise LabelfixError(f"classes: {len(classes)} names: given has {K} columns")
-        check_class_names([str(c) for c in classes], "classes", record=lambda i: f"column {i}")
+    classes, out_dir = _checked_options(K, classes, gmm_options, out_dir)
     check_number(clean_threshold, "clean_threshold", low=0.0, high=1.0, high_open=True)
     if relabel_threshold is not None:
         check_number(relabel_threshold, "relabel_threshold", low=0.5, high=1.0, high_open=True)
@@ -295,20 +317,6 @@ def find_label_issues(
     if chunk_rows is not None:
         check_number(chunk_rows, "chunk_rows", integer=True, low=1)
     device = check_device(device, "device")
-    if gmm_options is not None:
-        what = ("expected a dict" if not isinstance(gmm_options, dict) else
-                "unknown option(s) " + ", ".join(sorted(map(str, set(gmm_options) - GMM_OPTIONS))))
-        if not isinstance(gmm_options, dict) or set(gmm_options) - GMM_OPTIONS:
-            raise LabelfixError(f"gmm_options: {what}; it takes {', '.join(sorted(GMM_OPTIONS))} "
-                                f"(labelfix.cleaning.gmm.fit_label_gmms)")
-    if out_dir is not None:   # before the passes over the data, not after them
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise LabelfixError(f"out_dir: {out_dir}: is a file, expected a folder for the per-cell arrays")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise LabelfixError(f"out_dir: {out_dir}: cannot be created: {describe_os_error(err)}") from None
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
     # positive-only (single-positive) labels: every given positive is trusted, like a verified

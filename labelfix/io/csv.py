@@ -150,6 +150,24 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSe
     return LabelSet(labels, frame, classes, default_image_root(path, images), source)
 
 
+def _check_image_rows_agree(table: pd.DataFrame, path: Path) -> None:
+    """A long CSV repeats an image's own columns (``image_id``, ``width``, ``height``) on
+    each of its rows: they must agree (the first row's would be kept, the others dropped
+    silently). One line naming both rows."""
+    for col in ("image_id", "width", "height"):
+        if col not in table:
+            continue
+        vals = table[col].str.strip()
+        if col != "image_id":   # "48" and "48.0" agree, as do "" and "0" (unknown)
+            vals = pd.to_numeric(vals.replace("", "0"), errors="coerce").fillna(-1)
+        other = (vals != vals.groupby(table["file_name"], sort=False).transform("first")).to_numpy()
+        if other.any():
+            i = int(np.flatnonzero(other)[0])
+            j = int(np.flatnonzero((table["file_name"] == table["file_name"].iat[i]).to_numpy())[0])
+            raise LabelfixError(f"{path}: row {i + 2}: {col} {table[col].iat[i]!r} for {table['file_name'].iat[i]}, "
+                                f"whose row {j + 2} has {table[col].iat[j]!r}")
+
+
 def read_csv_long(path: str | Path, images: str | Path | None = None) -> LabelSet:
     path = Path(path)
     table = read_table(path)
@@ -164,18 +182,7 @@ def read_csv_long(path: str | Path, images: str | Path | None = None) -> LabelSe
     if (table["label"].str.strip() == "").any():
         i = int(np.flatnonzero((table["label"].str.strip() == "").to_numpy())[0])
         raise LabelfixError(f"{path}: row {i + 2}: empty label")
-    for col in ("image_id", "width", "height"):   # one value per image: its rows must agree
-        if col in table:
-            vals = table[col].str.strip()
-            if col != "image_id":   # "48" and "48.0" agree, as do "" and "0" (unknown)
-                vals = pd.to_numeric(vals.replace("", "0"), errors="coerce").fillna(-1)
-            first = vals.groupby(table["file_name"], sort=False).transform("first")
-            other = (vals != first).to_numpy()
-            if other.any():
-                i = int(np.flatnonzero(other)[0])
-                j = int(np.flatnonzero((table["file_name"] == table["file_name"].iat[i]).to_numpy())[0])
-                raise LabelfixError(f"{path}: row {i + 2}: {col} {table[col].iat[i]!r} for "
-                                    f"{table['file_name'].iat[i]}, whose row {j + 2} has {table[col].iat[j]!r}")
+    _check_image_rows_agree(table, path)
     img_table = table.drop_duplicates("file_name").reset_index(drop=True)
     frame = _image_frame(img_table, path)
     names = sorted(table["label"].str.strip().unique())
