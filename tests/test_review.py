@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from test_export_coco import make_run
 
+from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS, LabelSet
 
 pytestmark = pytest.mark.fiftyone
@@ -623,14 +624,28 @@ def test_export_from_fiftyone_and_operator(fo, review, tmp_path):
     out = tmp_path / "cleaned.json"
     res = export_cleaned_coco(run_dir, out)  # review.json exists -> decisions from FiftyOne
     assert res.notes == []
-    # corrections.csv newer than the dataset (a clean, or accept edits, after review): said
-    import os
-
-    stamp = (run_dir / "review.json").stat().st_mtime + 10
-    os.utime(run_dir / "corrections.csv", (stamp, stamp))
-    stale = export_cleaned_coco(run_dir, tmp_path / "stale.json")
-    assert len(stale.notes) == 1 and "changed after the review dataset was last built" in stale.notes[0]
-    os.utime(run_dir / "corrections.csv", (stamp - 20, stamp - 20))
+    # a rewritten corrections.csv with no other decision (a clean after review): no note
+    corr_path = run_dir / "corrections.csv"
+    original = corr_path.read_bytes()
+    corr = pd.read_csv(corr_path, dtype=str, keep_default_na=False)
+    corr.to_csv(corr_path, index=False)
+    assert export_cleaned_coco(run_dir, tmp_path / "same.json").notes == []
+    # accept cells the dataset does not show (set after it was built): the default export
+    # refuses (it dropped them from the file the next round trains on, with a note that
+    # also came when nothing differed); --from fiftyone exports the dataset and says so
+    undecided = f.loc[5:, "image_id"].iloc[0], f.loc[5:, "category_id"].iloc[0]
+    corr["accept"] = ""
+    hit = (corr["image_id"].astype(int) == undecided[0]) & (corr["category_id"].astype(int) == undecided[1])
+    corr.loc[hit, "accept"] = "yes"
+    corr.to_csv(corr_path, index=False)
+    with pytest.raises(LabelfixError, match=r"1 decisions in the accept column of .*corrections.csv are not in the "
+                                            r"review dataset .*: `labelfix review .*` brings them in"):
+        export_cleaned_coco(run_dir, tmp_path / "stale.json")
+    assert not (tmp_path / "stale.json").exists()
+    stale = export_cleaned_coco(run_dir, tmp_path / "stale.json", source="fiftyone")
+    assert len(stale.notes) == 1 and "exported from the dataset as it is (--from fiftyone)" in stale.notes[0]
+    assert stale.changes == 3 and export_cleaned_coco(run_dir, tmp_path / "csv.json", source="csv").changes == 1
+    corr_path.write_bytes(original)
     assert res.source == "fiftyone" and res.changes == 3
     ls = LabelSet.load(run_dir)
     expect = np.array(ls.labels)

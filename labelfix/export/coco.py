@@ -121,6 +121,34 @@ def decisions_from_fiftyone(run: Run, dataset_name: str | None = None) -> pd.Dat
     return frame
 
 
+def pending_accept_cells(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of corrections.csv whose ``accept`` cell the review dataset's suggestions
+    ``frame`` (:func:`decisions_from_fiftyone`) do not show, by the rule ``labelfix review``
+    imports them with: a decided suggestion the dataset does not hold, or a cell whose
+    value differs from the one the dataset imported last (``csv_decision``) and from the
+    dataset's decision (edited or emptied since). Decisions the archive holds for a
+    suggestion the dataset does not hold are left out (the export applies them anyway).
+    Empty without an ``accept`` column. Columns image_id, class, category_id, action,
+    decision."""
+    from labelfix.review.decisions import read_archive
+
+    csv = decisions_from_csv(run)
+    cols = ["image_id", "class", "category_id", "action", "decision"]
+    if "accept" not in csv.columns:
+        return csv.reindex(columns=cols).iloc[:0]
+    key = ["image_id", "category_id", "action"]
+    left = csv[cols].astype({"image_id": np.int64, "category_id": np.int64})
+    right = frame[key + ["decision", "csv_decision"]].astype({"image_id": np.int64, "category_id": np.int64})
+    m = left.merge(right, on=key, how="left", suffixes=("", "_ds"), indicator=True)
+    absent = (m["_merge"] == "left_only").to_numpy()
+    archive = read_archive(run)
+    archived = np.array([archive.get((i, c, int(a == "add"))) == d
+                         for i, c, a, d in zip(m["image_id"], m["category_id"], m["action"], m["decision"])], bool)
+    edited = (m["decision"] != m["csv_decision"]) & (m["decision"] != m["decision_ds"])
+    pending = (absent & (m["decision"] != "").to_numpy() & ~archived) | (~absent & edited.to_numpy())
+    return m.loc[pending, cols].reset_index(drop=True)
+
+
 def _cell_index(frame: pd.DataFrame, ls, where: str, what: str = "", tail: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) int64 of ``frame``'s (image_id, category_id) in the run's label matrix;
     an id the run does not have is one line, ``{where}: {what}image I, category C is not in
@@ -242,6 +270,7 @@ def export_cleaned_coco(
     src_path = ls.source.get("path")
     # never an input, run state or each other; an existing file only with overwrite
     check_outputs({"--out": out, "--changes": log_path}, [src_path], runs=[run.path], overwrite=overwrite)
+    explicit_source = source is not None
     if source is None:
         source = "fiftyone" if (run.path / REVIEW_FILE).exists() else "csv"
     if source not in SOURCES:
@@ -253,12 +282,18 @@ def export_cleaned_coco(
 
     frame = decisions_from_fiftyone(run, dataset_name) if source == "fiftyone" else decisions_from_csv(run)
     notes = []
-    corrections, review = run.path / "corrections.csv", run.path / REVIEW_FILE
-    if source == "fiftyone" and review.exists() and corrections.stat().st_mtime > review.stat().st_mtime:
-        # a clean or accept-column edits after the dataset was built: the dataset does not show them
-        notes.append(f"{corrections} changed after the review dataset was last built (a clean, or edits of its "
-                     f"accept column): these decisions come from the dataset as it is; `labelfix review "
-                     f"{run.path}` brings the changes in (or export with --from csv)")
+    if source == "fiftyone":
+        pending = pending_accept_cells(run, frame)
+        if len(pending):   # accept cells set or changed after the dataset imported them
+            first = pending.iloc[0]
+            what = (f"{len(pending)} decisions in the accept column of {run.path / 'corrections.csv'} are not in "
+                    f"the review dataset (set or changed after it was built; e.g. image {int(first['image_id'])} "
+                    f"{first['class']!r}: {first['decision'] or 'cleared'})")
+            if not explicit_source:   # the default would drop them from the file the next round trains on
+                raise LabelfixError(f"{what}: `labelfix review {run.path}` brings them in, then export again "
+                                    f"(or --from csv: the accept column, without decisions made only in the App)")
+            notes.append(f"{what}: exported from the dataset as it is (--from fiftyone); `labelfix review "
+                         f"{run.path}` brings them in")
     suggestions = len(frame)
     archived = archived_decisions(run, frame)
     if len(archived):
