@@ -456,6 +456,28 @@ def test_neighbour_votes_count_known_labels_only():
         np.testing.assert_array_equal(res.support[i], known)
 
 
+def test_near_duplicates_are_pairs_much_closer_than_the_embedding_s_neighbours():
+    """Pairs at cosine >= 0.99 are near-duplicates in an embedding that tells images apart,
+    also when every image has its twin; in one that does not (every image within 0.01 of
+    many others: a model that trained little), no image is (they all were, one group)."""
+    from labelfix.cleaning.neighbours import duplicate_groups, neighbour_estimates
+
+    rng = np.random.default_rng(0)
+    given = np.zeros((80, 2), np.int8)
+    spread = rng.normal(size=(80, 16)).astype(np.float32)
+    spread[1], spread[3] = spread[0] + 1e-3, spread[2] + 1e-3   # two duplicated images
+    pairs = neighbour_estimates(spread, given, k=10).duplicates
+    assert {tuple(sorted(p)) for p in pairs.tolist()} == {(0, 1), (2, 3)}
+    twins = np.repeat(rng.normal(size=(40, 16)), 2, axis=0).astype(np.float32)
+    twins += rng.normal(scale=1e-4, size=twins.shape).astype(np.float32)
+    groups = duplicate_groups(neighbour_estimates(twins, given, k=10).duplicates, given)
+    assert groups["group"].nunique() == 40 and len(groups) == 80
+    collapsed = (np.ones((80, 16)) + rng.normal(scale=0.02, size=(80, 16))).astype(np.float32)
+    unit = collapsed / np.linalg.norm(collapsed, axis=1, keepdims=True)
+    assert (unit @ unit.T >= 0.99).mean() > 0.5   # the old rule's "duplicates"
+    assert len(neighbour_estimates(collapsed, given, k=10).duplicates) == 0
+
+
 def test_verified_cells_survive_export_read_train_clean(tiny, tmp_path):
     """A review's decisions are recorded in the cleaned COCO, read back as verified cells,
     trusted by training and never suggested again by clean."""

@@ -31,6 +31,11 @@ DEFAULT_K = 10
 PCA_DIMS = 128
 #: cosine similarity from which two images count as near-duplicates
 DUPLICATE_SIMILARITY = 0.99
+#: ... and only when their cosine distance is also below this share of the embedding's
+#: typical distance to the k-th neighbour (the median over the queries): an embedding
+#: that does not tell images apart (a model that trained little) puts most images within
+#: 0.01 of several others, and 51 different images of a user's test were one "group"
+DUPLICATE_RELATIVE = 0.1
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -113,9 +118,20 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
     support[q_ok] = known_votes
     sim = 1.0 - dist ** 2 / 2.0
     similarity[q_ok] = (sim * keep).sum(1) / np.maximum(keep.sum(1), 1)
-    qi, ni = np.nonzero(keep & (sim >= DUPLICATE_SIMILARITY))
+    qi, ni = np.nonzero(keep & (1.0 - sim <= duplicate_distance(1.0 - sim, keep)))
     pairs = np.stack([query[q_ok][qi], nb[qi, ni]], axis=1) if qi.size else no_pairs
     return NeighbourEstimates(estimate, support, query, similarity, pairs)
+
+
+def duplicate_distance(dist: np.ndarray, keep: np.ndarray) -> float:
+    """The cosine distance up to which a pair counts as a near-duplicate, from the
+    queries' neighbour distances ``dist`` (Q, m) of which ``keep`` (bool (Q, m)) are
+    the k neighbours: ``1 - DUPLICATE_SIMILARITY``, or less where the median distance to
+    the k-th neighbour is small (:data:`DUPLICATE_RELATIVE` of it)."""
+    kth = np.where(keep, dist, -np.inf).max(1)
+    kth = kth[np.isfinite(kth)]
+    typical = float(np.median(kth)) if kth.size else 0.0
+    return min(1.0 - DUPLICATE_SIMILARITY, DUPLICATE_RELATIVE * typical)
 
 
 def duplicate_groups(pairs: np.ndarray, given: np.ndarray, split: np.ndarray | None = None,
