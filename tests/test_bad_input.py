@@ -81,12 +81,13 @@ def test_bad_coco(tmp_path, case):
 
 
 CSV_CASES = {
-    "wide-bad-value": ("file_name,cat\na.png,yes\n", "row 2, column 'cat': value 'yes' is not 1, 0 or empty"),
+    "wide-bad-value": ("file_name,cat\na.png,yes\n", "row 2, column 'cat': value 'yes' is not 1, 0 or unknown "
+                                                        "(empty or -1); every column besides file_name"),
     "wide-no-file-name": ("image,cat\na.png,1\n", "missing column 'file_name'"),
     "wide-no-classes": ("file_name,image_id\na.png,1\n", "no class columns"),
     "wide-duplicate-file": ("file_name,cat\na.png,1\na.png,0\n", "row 3: duplicate file_name"),
     "wide-bad-image-id": ("file_name,image_id,cat\na.png,x1,1\n", "row 2: image_id 'x1' is not an integer"),
-    "long-bad-value": ("file_name,label,value\na.png,cat,2\n", "row 2: value '2' is not 1 or 0"),
+    "long-bad-value": ("file_name,label,value\na.png,cat,2\n", "row 2: value '2' is not 1, 0 or -1 (unknown)"),
     "long-duplicate-pair": ("file_name,label,value\na.png,cat,1\na.png,cat,0\n", "row 3: second value"),
     "long-path-escape": ("file_name,label,value\n../a.png,cat,1\n", "escapes the image root"),
     "openimages-bad-confidence": ("ImageID,LabelName,Confidence\nimg1,/m/01,0.5\n", "row 2: Confidence '0.5' is not 1 or 0"),

@@ -273,8 +273,9 @@ def to_csv(rows: list[list[str]]) -> str:
     return buf.getvalue()
 
 
-VALUE = st.sampled_from(["1", "0", "", "1.0", "0.0", " 1", " 0"])
-CODE = {"1": POS, "1.0": POS, " 1": POS, "0": NEG, "0.0": NEG, " 0": NEG, "": UNK}
+VALUE = st.sampled_from(["1", "0", "", "1.0", "0.0", " 1", " 0", "-1", "TRUE", "false"])
+CODE = {"1": POS, "1.0": POS, " 1": POS, "0": NEG, "0.0": NEG, " 0": NEG, "": UNK, "-1": UNK, "TRUE": POS,
+        "false": NEG}
 
 
 @st.composite
@@ -391,7 +392,7 @@ def test_fuzz_csv_wide(tmp_path_factory, s, draw):
     elif kind == "no-class":
         content = to_csv([r[: fi + 1] for r in rows])
     else:
-        content, expect = corrupt_table(s, draw.draw, "file_name", None, ["2", "-1", "yes", "x", "1.5", "nan"])
+        content, expect = corrupt_table(s, draw.draw, "file_name", None, ["2", "-2", "yes", "x", "1.5", "nan"])
     path = tmp_file(tmp_path_factory, "labels.csv")
     write_content(path, content)
     check(path, expect, wide_oracle(s) if expect == "valid" else None, "csv-wide")
@@ -404,7 +405,7 @@ def long_structs(draw) -> dict:
     files = draw(st.lists(FILE_NAME, min_size=1, max_size=4, unique=True))
     pairs = draw(st.lists(st.tuples(st.sampled_from(files), st.sampled_from(classes)), min_size=1, max_size=10,
                           unique=True))
-    return {"pairs": pairs, "values": [draw(st.sampled_from(["1", "0", "1.0", "0.0"])) for _ in pairs],
+    return {"pairs": pairs, "values": [draw(st.sampled_from(["1", "0", "1.0", "0.0", "-1", "True"])) for _ in pairs],
             "pad": draw(st.booleans())}
 
 
@@ -420,7 +421,7 @@ def long_oracle(s: dict) -> dict:
     names = sorted({c for _, c in s["pairs"]})
     labels = np.full((len(files), len(names)), UNK, np.int8)
     for (f, c), v in zip(s["pairs"], s["values"]):
-        labels[files.index(f), names.index(c)] = POS if float(v) == 1 else NEG
+        labels[files.index(f), names.index(c)] = {"1": POS, "true": POS, "0": NEG, "-1": UNK}[v.lower().split(".")[0]]
     return {"labels": labels, "file_names": files, "class_names": names, "category_ids": list(range(1, len(names) + 1))}
 
 
@@ -438,7 +439,7 @@ def test_fuzz_csv_long(tmp_path_factory, s, draw):
         s["rows"].append(r)
         content, expect = to_csv(s["rows"]), "error"
     else:
-        content, expect = corrupt_table(s, draw.draw, "file_name", "value", ["", "2", "-1", "yes", "0.5"])
+        content, expect = corrupt_table(s, draw.draw, "file_name", "value", ["", "2", "-2", "yes", "0.5"])
     path = tmp_file(tmp_path_factory, "labels.csv")
     write_content(path, content)
     check(path, expect, long_oracle(s) if expect == "valid" else None, "csv-long")

@@ -124,6 +124,20 @@ def test_csv_long_round_trip(tmp_path):
         read_labels(p)
 
 
+def test_csv_cells_take_minus_one_for_unknown_and_spreadsheet_booleans(tmp_path):
+    # -1 is the label matrix's own code for unknown; TRUE / FALSE is what a spreadsheet saves
+    wide = tmp_path / "w.csv"
+    wide.write_text("file_name,cat,dog\na.png,-1,TRUE\nb.png,false,-1.0\n")
+    np.testing.assert_array_equal(read_labels(wide).labels, np.array([[-1, 1], [0, -1]], np.int8))
+    long = tmp_path / "l.csv"
+    long.write_text("file_name,label,value\na.png,cat,-1\na.png,dog,True\nb.png,cat,0\n")
+    np.testing.assert_array_equal(read_labels(long).labels, np.array([[-1, 1], [0, -1]], np.int8))
+    wide.write_text("file_name,split,cat\na.png,val,1\n")   # a column that is not a class: named
+    with pytest.raises(LabelfixError, match=r"column 'split': value 'val' is not 1, 0 or unknown \(empty or -1\); "
+                                            r"every column besides file_name, image_id, width, height is a class"):
+        read_labels(wide)
+
+
 def test_a_coco_labelfix_record_that_is_not_an_object_is_refused(tmp_path):
     # its "unlabeled" was ignored: the cells were read as negatives, silently
     p = tmp_path / "meta.json"

@@ -21,7 +21,8 @@ from labelfix.io.paths import check_file_name, default_image_root
 from labelfix.labels import NEG, POS, UNK, LabelSet
 
 IMAGE_META = ("file_name", "image_id", "width", "height")
-_VALUES = {"1": POS, "1.0": POS, "0": NEG, "0.0": NEG, "": UNK}
+#: a label cell as written (stripped; true / false in any case: a spreadsheet's booleans)
+_VALUES = {"1": POS, "1.0": POS, "true": POS, "0": NEG, "0.0": NEG, "false": NEG, "": UNK, "-1": UNK, "-1.0": UNK}
 
 
 def raw_header(path: Path) -> list[str]:
@@ -134,12 +135,13 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSe
         raise LabelfixError(f"{path}: row {i + 2}: duplicate file_name {table['file_name'].iat[i]!r}")
     frame = _image_frame(table, path)
     values = table[class_cols].apply(lambda s: s.str.strip())
-    coded = values.apply(lambda s: s.map(_VALUES))
+    coded = values.apply(lambda s: s.str.lower().map(_VALUES))
     bad = coded.isna().to_numpy()
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise LabelfixError(
-            f"{path}: row {r + 2}, column {class_cols[c]!r}: value {values.iat[r, c]!r} is not 1, 0 or empty"
+            f"{path}: row {r + 2}, column {class_cols[c]!r}: value {values.iat[r, c]!r} is not 1, 0 or unknown "
+            f"(empty or -1); every column besides {', '.join(IMAGE_META)} is a class"
         )
     labels = coded.to_numpy(np.int8)
     from labelfix.validation import check_class_names
@@ -174,11 +176,11 @@ def read_csv_long(path: str | Path, images: str | Path | None = None) -> LabelSe
     for col in ("file_name", "label", "value"):
         if col not in table:
             raise LabelfixError(f"{path}: missing column '{col}'")
-    value = table["value"].str.strip().map(_VALUES)
-    bad = value.isna() | (value == UNK)
+    value = table["value"].str.strip().str.lower().map(_VALUES)
+    bad = value.isna() | (table["value"].str.strip() == "")
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise LabelfixError(f"{path}: row {i + 2}: value {table['value'].iat[i]!r} is not 1 or 0")
+        raise LabelfixError(f"{path}: row {i + 2}: value {table['value'].iat[i]!r} is not 1, 0 or -1 (unknown)")
     if (table["label"].str.strip() == "").any():
         i = int(np.flatnonzero((table["label"].str.strip() == "").to_numpy())[0])
         raise LabelfixError(f"{path}: row {i + 2}: empty label")
