@@ -179,3 +179,15 @@ def test_info_of_a_dataset_without_positives_says_n_a_and_writes_valid_json(tmp_
     res = run("info", str(p), "--no-files", "--json")
     d = json.loads(res.output, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert d["num_images"] == 0 and d["cls_imb"] is None and d["pn_imb"] is None
+
+
+def test_info_names_the_missing_files_not_only_the_first(tmp_path):
+    # the user guide says info lists them: ten by name in the text, all in --json
+    p = tmp_path / "labels.csv"
+    p.write_text("file_name,cat\n" + "".join(f"m{i:02d}.png,1\n" for i in range(12)))
+    res = run("info", str(p))
+    assert res.exit_code == 0, res.output
+    assert "missing image files: 12: m00.png, m01.png" in res.output
+    assert "m09.png, and 2 more (--json lists all)" in res.output
+    assert "m10.png" not in res.output
+    assert len(json.loads(run("info", str(p), "--json").output)["missing_files"]) == 12

@@ -69,7 +69,7 @@ def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, sco
                         learn_from_decisions=learn_from_decisions, with_runs=with_runs)
     for note in ([synced] if synced else []) + res.notes:
         click.echo(f"note: {note}", err=True)
-    c = res.corrections
-    click.echo(f"{len(c)} suggested corrections ({int((c['action'] == 'add').sum())} add, "
-               f"{int((c['action'] == 'remove').sum())} remove) -> {res.issues.p_clean.shape[0] - res.issues.settings['unscored_images']} images scored; "
-               f"wrote {run}/corrections.csv" + (f" and {res.report}" if res.report else ""))
+    c, n = res.corrections, res.issues.p_clean.shape[0]
+    click.echo(f"{n - res.issues.settings['unscored_images']} of {n} images scored: {len(c)} suggested corrections "
+               f"({int((c['action'] == 'add').sum())} add, {int((c['action'] == 'remove').sum())} remove) in "
+               f"{run}/corrections.csv" + (f", report {res.report}" if res.report else ""))

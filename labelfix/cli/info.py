@@ -17,6 +17,18 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "n/a"
 
 
+
+#: files named in the text output of each list (--json lists them all)
+LISTED = 10
+
+
+def _listed(files: list[str]) -> str:
+    """``"3: a.png, b.png, c.png"``, at most :data:`LISTED` names then how many more."""
+    if not files:
+        return "0"
+    more = f", and {len(files) - LISTED} more (--json lists all)" if len(files) > LISTED else ""
+    return f"{len(files)}: " + ", ".join(map(str, files[:LISTED])) + more
+
 @click.command()
 @click.argument("data", type=click.Path())
 @data_options
@@ -63,11 +75,9 @@ def info(data, fmt, images, unlabeled, class_descriptions, as_json, verify, no_f
         con.print(f"[yellow]{len(summary.classes_without_positives)} classes have no positives:[/yellow] "
                   + ", ".join(summary.classes_without_positives[:20]))
     if not no_files:
-        con.print(f"missing image files: {len(summary.missing_files)}"
-                  + (f" (first: {summary.missing_files[0]})" if summary.missing_files else ""))
+        con.print(f"missing image files: {_listed(summary.missing_files)}", soft_wrap=True)
     if summary.unreadable_files:
         con.print(f"unreadable image files (not regular files, or outside the image folder; skipped): "
-                  f"{len(summary.unreadable_files)} (first: {summary.unreadable_files[0]})")
+                  f"{_listed(summary.unreadable_files)}", soft_wrap=True)
     if summary.corrupt_files is not None:
-        con.print(f"corrupt image files: {len(summary.corrupt_files)}"
-                  + (f" (first: {summary.corrupt_files[0]})" if summary.corrupt_files else ""))
+        con.print(f"corrupt image files: {_listed(summary.corrupt_files)}", soft_wrap=True)
