@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from labelfix.bench.metrics import headline_metric
-from labelfix.bench.runner import DEFAULT_FOLDS, DEFAULT_NOISES, read_results, run_bench
+from labelfix.bench.runner import DEFAULT_FOLDS, DEFAULT_NOISES, DEFAULT_ROUNDS, read_results, run_bench
 from labelfix.io import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -114,9 +114,9 @@ def flagging_summary(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(table: pd.DataFrame, folds: int = DEFAULT_FOLDS) -> str:
+def summary(table: pd.DataFrame, folds: int = DEFAULT_FOLDS, rounds: int = DEFAULT_ROUNDS) -> str:
     lines = ["# Label-issue detection: per-cell AP (unknown-positive AP where every error is an unknown cell)", "",
-             f"labelfix: cross-fitted ({folds} folds x 2 rounds, the product's `--mix auto`: LogicMix when "
+             f"labelfix: cross-fitted ({folds} folds x {rounds} rounds, the product's `--mix auto`: LogicMix when "
              "fine-tuned), evidence score; cleanlab: `find_multilabel_issues_per_class` / self-confidence on the "
              "out-of-sample probabilities of fold models without mixing on the same folds; loss: in-sample masked-BCE loss of the last epoch. Goal: labelfix above both by "
              f">= {GOAL_MARGIN}. digits seed 0 is where labelfix's defaults were chosen.", "",
@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     from folds_sweep import parse_sets
 
     overrides = parse_sets(args.set)
+    rounds = overrides.get("rounds", DEFAULT_ROUNDS)   # --set rounds=R: the summary says R
     out = Path(args.out)
     if args.seeds < 1 or args.first_seed < 0:
         raise SystemExit("--seeds must be at least 1 and --first-seed at least 0")
@@ -222,11 +223,11 @@ def main(argv=None) -> int:
             table = pd.concat(tables, ignore_index=True)
             atomic.write_csv(out / "results.csv", table)
             table = with_earlier(table, earlier)
-            atomic.write_text(out / "summary.md", summary(table, args.folds) + "\n" + flagging_summary(table) +
+            atomic.write_text(out / "summary.md", summary(table, args.folds, rounds) + "\n" + flagging_summary(table) +
                               f"\nCommand: `{shlex.join(['python', 'benchmarks/detection.py'] + sys.argv[1:])}`; "
                               f"wall time of this invocation so far {time.perf_counter() - t0:.0f} s on this machine "
                               "(2 cores; finished runs found on disk are reused, not timed).\n")
-            print(summary(table, args.folds), flush=True)
+            print(summary(table, args.folds, rounds), flush=True)
     return 0
 
 

@@ -62,6 +62,7 @@ def test_detection_summary_names_the_commits_that_trained_its_runs(bench_modules
     one = det.collect(pd.DataFrame(rows(0, "abc1234") + rows(1, "abc1234")), "digits", "frozen")
     assert one["commits"].tolist() == ["abc1234", "abc1234"]
     assert "Runs trained by labelfix commit abc1234." in det.summary(one)
+    assert "(4 folds x 3 rounds," in det.summary(one, 4, 3)   # --set rounds=3 is said, not "2 rounds"
     mixed = det.collect(pd.DataFrame(rows(0, "abc1234") + rows(1, "def5678+dirty")), "digits", "frozen")
     assert "commits abc1234, def5678+dirty (several code states" in det.summary(mixed)
     old = det.collect(pd.DataFrame(rows(0, "x")).drop(columns="commit"), "digits", "frozen")

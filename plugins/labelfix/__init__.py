@@ -189,13 +189,15 @@ class ExportCleanedCoco(foo.Operator):
             ctx.params["run"], ctx.params["out"], decisions=decisions, source="fiftyone",
             dataset_name=ctx.dataset.name, overwrite=bool(ctx.params.get("overwrite", False)),
         )
-        return {"out": str(result.out), "change_log": str(result.change_log), "changes": result.changes}
+        return {"out": str(result.out), "change_log": str(result.change_log), "changes": result.changes,
+                "notes": "; ".join(result.notes)}   # e.g. accept cells of corrections.csv the dataset lacks
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("out", label="Cleaned COCO JSON")
         outputs.str("change_log", label="Change log")
         outputs.int("changes", label="Changes applied")
+        outputs.str("notes", label="Notes")
         return types.Property(outputs)
 
 
