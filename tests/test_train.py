@@ -241,6 +241,14 @@ def test_config_file_round_trip(tiny, tmp_path):
     res = CliRunner().invoke(main, ["train", str(tiny["train"]), "--out", str(tmp_path / "x"),
                                     "--config", str(bad)])
     assert res.exit_code == 2 and "unknown option(s): epochz" in res.output
+    # `classes:` is --classes (the field is class_descriptions): read, and refused beside it
+    from labelfix.train.config import load_config_file
+
+    bad.write_text("classes: descriptions.csv\n")
+    assert load_config_file(bad) == {"class_descriptions": "descriptions.csv"}
+    bad.write_text("classes: a.csv\nclass_descriptions: b.csv\n")
+    with pytest.raises(LabelfixError, match="classes and class_descriptions are the same option"):
+        load_config_file(bad)
 
 
 def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):

@@ -304,6 +304,10 @@ def field_types() -> dict[str, str]:
     return {f.name: str(f.type) for f in fields(TrainConfig)}
 
 
+#: a ``--config`` key named after its command-line option where the field has another name
+OPTION_ALIASES = {"classes": "class_descriptions"}
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a ``--config FILE.yaml``: a mapping of option names (``_`` or ``-``) to values.
 
@@ -325,6 +329,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if isinstance(data.get("train"), dict):
         data = {k: v for k, v in data["train"].items() if k != "resume"}
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for option, name in OPTION_ALIASES.items():   # `classes:` as `--classes` is written
+        if option in out:
+            if name in out:
+                raise LabelfixError(f"{path}: {option} and {name} are the same option (--classes); give one")
+            out[name] = out.pop(option)
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(out) - names)
     if unknown:
