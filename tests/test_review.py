@@ -645,6 +645,8 @@ def test_export_from_fiftyone_and_operator(fo, review, tmp_path):
     stale = export_cleaned_coco(run_dir, tmp_path / "stale.json", source="fiftyone")
     assert len(stale.notes) == 1 and "exported from the dataset as it is (--from fiftyone)" in stale.notes[0]
     assert stale.changes == 3 and export_cleaned_coco(run_dir, tmp_path / "csv.json", source="csv").changes == 1
+    corr_path.unlink()   # the dataset alone exports (the file-time check raised FileNotFoundError)
+    assert export_cleaned_coco(run_dir, tmp_path / "alone.json").changes == 3
     corr_path.write_bytes(original)
     assert res.source == "fiftyone" and res.changes == 3
     ls = LabelSet.load(run_dir)

@@ -128,12 +128,14 @@ def pending_accept_cells(run: Run, frame: pd.DataFrame) -> pd.DataFrame:
     value differs from the one the dataset imported last (``csv_decision``) and from the
     dataset's decision (edited or emptied since). Decisions the archive holds for a
     suggestion the dataset does not hold are left out (the export applies them anyway).
-    Empty without an ``accept`` column. Columns image_id, class, category_id, action,
-    decision."""
+    Empty without corrections.csv or its ``accept`` column. Columns image_id, class,
+    category_id, action, decision."""
     from labelfix.review.decisions import read_archive
 
-    csv = decisions_from_csv(run)
     cols = ["image_id", "class", "category_id", "action", "decision"]
+    if not (run.path / "corrections.csv").exists():   # the dataset is all there is
+        return pd.DataFrame(columns=cols)
+    csv = decisions_from_csv(run)
     if "accept" not in csv.columns:
         return csv.reindex(columns=cols).iloc[:0]
     key = ["image_id", "category_id", "action"]
