@@ -69,14 +69,11 @@ class LabelSet:
         if self.labels.dtype != np.int8:
             raise LabelfixError(f"LabelSet: labels: dtype {self.labels.dtype}, expected int8 1 / 0 / -1 "
                                 f"(labels.astype(np.int8))")
-        if not isinstance(self.labels, np.memmap):   # a memmap is a run's file, checked where it is read
-            rows = max(1, (1 << 24) // max(k, 1))   # min / max of 16 M cells at a time, no (N, K) temporary
-            for a in range(0, n, rows):
-                block = self.labels[a:a + rows]
-                if block.size and (block.min() < -1 or block.max() > 1):
-                    r, c = np.argwhere((block < -1) | (block > 1))[0]
-                    raise LabelfixError(f"LabelSet: labels: row {a + r}, column {c}: {int(block[r, c])}, expected "
-                                        f"1 (positive), 0 (negative) or -1 (unknown)")
+        # a memmap is a run's file, checked where it is read (validation.check_run_labelset)
+        bad = None if isinstance(self.labels, np.memmap) else first_invalid_cell(self.labels)
+        if bad is not None:
+            raise LabelfixError(f"LabelSet: labels: row {bad[0]}, column {bad[1]}: {bad[2]}, expected "
+                                f"1 (positive), 0 (negative) or -1 (unknown)")
         if self.verified is not None and (self.verified.shape != (n, k) or self.verified.dtype != np.bool_):
             raise LabelfixError(f"LabelSet: verified: expected bool ({n}, {k}), got {self.verified.dtype} "
                                 f"{self.verified.shape}")
@@ -204,6 +201,20 @@ class LabelSet:
         from labelfix.validation import check_run_labelset
 
         return check_run_labelset(cls, d, labels, images, classes, source, verified)
+
+
+def first_invalid_cell(labels, chunk_cells: int = 1 << 24) -> tuple[int, int, int] | None:
+    """``(row, column, value)`` of the first cell of ``labels`` (N, K) that is not 1 / 0 /
+    -1, or None: min / max of about ``chunk_cells`` cells at a time (memmap friendly, no
+    (N, K) temporary)."""
+    n, k = labels.shape
+    rows = max(1, chunk_cells // max(k, 1))
+    for s in range(0, n, rows):
+        block = np.asarray(labels[s:s + rows])
+        if block.size and (block.min() < -1 or block.max() > 1):
+            r, c = np.argwhere((block < -1) | (block > 1))[0]
+            return s + int(r), int(c), int(block[r, c])
+    return None
 
 
 def count_known(labels, rows=None, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:

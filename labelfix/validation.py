@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from labelfix.errors import LabelfixError
-from labelfix.labels import UNK
+from labelfix.labels import UNK, first_invalid_cell
 
 # =========================================================================== numbers
 
@@ -655,14 +655,10 @@ def check_run_labelset(cls, d, labels, images, classes, source, verified):
                             f"images.csv ({n} images) x classes.json ({k} classes)")
     if labels.dtype != np.int8:
         raise LabelfixError(f"{where / 'labels.npy'}: dtype {labels.dtype}, expected int8 (1 / 0 / -1)")
-    rows = max(1, (1 << 24) // max(k, 1))   # about 16 MB of int8 at a time (a memmap)
-    for s in range(0, n, rows):
-        block = np.asarray(labels[s:s + rows])
-        if block.size and (block.min() < -1 or block.max() > 1):
-            bad = np.argwhere((block < -1) | (block > 1))
-            i, j = int(bad[0][0]) + s, int(bad[0][1])
-            raise LabelfixError(f"{where / 'labels.npy'}: row {i}, column {j}: value {int(labels[i, j])}, expected "
-                                f"1 / 0 / -1")
+    bad = first_invalid_cell(labels)   # about 16 MB of int8 at a time (a memmap)
+    if bad is not None:
+        raise LabelfixError(f"{where / 'labels.npy'}: row {bad[0]}, column {bad[1]}: value {bad[2]}, expected "
+                            f"1 / 0 / -1")
     if verified is not None and (tuple(verified.shape) != (n, k) or verified.dtype != np.bool_):
         raise LabelfixError(f"{where / 'verified.npy'}: {verified.dtype} {tuple(verified.shape)}, expected bool "
                             f"({n}, {k})")

@@ -26,9 +26,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None, log: Callable[[str], 
         (log or to_stderr)(f"note: --warmup-epochs {cfg.warmup_epochs:g} is longer than --epochs {cfg.epochs}: the "
                            f"learning rate is still rising when training ends and never reaches --lr {cfg.lr:g}")
     if cfg.mix == "balancemix" and main:
-        from labelfix.train.balancemix import DEFAULT_WARMUP
+        from labelfix.train.balancemix import warmup_epochs
 
-        w = DEFAULT_WARMUP if cfg.balancemix_warmup is None else cfg.balancemix_warmup
+        w = warmup_epochs(cfg)
         if w == cfg.epochs:   # allowed (config.TrainConfig._check_balancemix_warmup), but said
             (log or to_stderr)(f"note: --balancemix-warmup {w} equals --epochs {cfg.epochs}: label management is "
                                f"fitted after the last epoch and never trains (a --resume with more --epochs "

@@ -53,6 +53,11 @@ REFINES = ("auto", "batch", "epoch", "evaluation")
 DEFAULT_WARMUP = 10
 
 
+def warmup_epochs(cfg) -> int:
+    """``--balancemix-warmup`` as a run uses it (:data:`DEFAULT_WARMUP` when not given)."""
+    return DEFAULT_WARMUP if cfg.balancemix_warmup is None else cfg.balancemix_warmup
+
+
 def resolve_refine(refine: str, augments: bool) -> str:
     """The re-labeling schedule a run uses: ``"auto"`` is ``"batch"`` (Algorithm 1) when the
     training transform is random, else ``"evaluation"`` (the views would equal the
@@ -119,7 +124,7 @@ class BalanceMixMixer(Mixer):
         given = ctx.labels
         self.assumed = np.where(given == UNK, 0, given).astype(np.int8)
         single = positive_only(given, ctx.train_rows)   # single-positive labels, also after a review
-        self.warmup = _option(cfg, "balancemix_warmup", DEFAULT_WARMUP)
+        self.warmup = warmup_epochs(cfg)
         self.delta = _option(cfg, "balancemix_delta", delta_for(single))
         self.clean_threshold = _option(cfg, "balancemix_clean_threshold", 0.5)
         self.sampler_score = _option(cfg, "balancemix_sampler", "sum")
@@ -273,4 +278,4 @@ class BalanceMixMixer(Mixer):
 
 
 __all__ = ["AMBIGUOUS", "CLEAN", "DEFAULT_WARMUP", "RELABELED", "REFINES", "BalanceMixMixer", "clean_probability",
-           "needs_second_view", "resolve_refine", "train_losses"]
+           "needs_second_view", "resolve_refine", "train_losses", "warmup_epochs"]

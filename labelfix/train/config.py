@@ -257,9 +257,9 @@ class TrainConfig:
         epoch (its statistics: the metrics row, ``stats/two_view.npy`` with
         ``--balancemix-refine epoch``; a resumed run with more epochs trains with it). W
         beyond --epochs: it would never run, refused."""
-        from labelfix.train.balancemix import DEFAULT_WARMUP
+        from labelfix.train.balancemix import warmup_epochs
 
-        w = DEFAULT_WARMUP if self.balancemix_warmup is None else self.balancemix_warmup
+        w = warmup_epochs(self)
         if w > self.epochs:
             what = f"{w}" + (" (the default)" if self.balancemix_warmup is None else "")
             shorter = (f"pass --balancemix-warmup {self.epochs - 1} or fewer (it then trains from epoch "
