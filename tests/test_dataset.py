@@ -128,3 +128,33 @@ def test_large_images_decode_without_pils_warning_and_huge_ones_are_bad_images(t
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["(40,", "40)", "DecompressionBombError"]
     assert r.stderr == ""
+
+
+def test_file_names_in_the_other_unicode_normal_form_are_found(tmp_path):
+    """A label file typed in NFC names files that macOS wrote in NFD (and the other way
+    round): Linux tells the two apart, so the name is looked up in both forms, below the
+    image root only (the root's own spelling is the user's)."""
+    import unicodedata
+
+    from labelfix.data.image import image_problem, on_disk_name
+    from labelfix.info import dataset_info
+
+    nfc, nfd = (lambda s: unicodedata.normalize("NFC", s)), (lambda s: unicodedata.normalize("NFD", s))
+    root = tmp_path / nfc("données")
+    (root / nfd("été")).mkdir(parents=True)
+    Image.new("RGB", (6, 4), "red").save(root / nfd("été") / nfd("crème.png"))
+    Image.new("RGB", (6, 4), "blue").save(root / nfc("brûlé.png"))
+    names = [nfc("été/crème.png"), nfd("brûlé.png"), nfc("été/absent.png")]
+    ls = LabelSet(
+        np.array([[1], [0], [1]], np.int8),
+        pd.DataFrame({"image_id": [1, 2, 3], "file_name": names, "width": 0, "height": 0}),
+        pd.DataFrame({"name": ["x"], "category_id": [1]}),
+        root,
+    )
+    assert np.asarray(load_rgb(ls.image_path(0), ls.image_root))[0, 0].tolist() == [255, 0, 0]
+    assert np.asarray(load_rgb(ls.image_path(1), ls.image_root))[0, 0].tolist() == [0, 0, 255]
+    assert on_disk_name(ls.image_path(0), ls.image_root) == str(root / nfd("été") / nfd("crème.png"))
+    assert image_problem(ls.image_path(2), ls.image_root) == "missing"
+    with pytest.raises(FileNotFoundError):
+        load_rgb(ls.image_path(2), ls.image_root)
+    assert dataset_info(ls).missing_files == [names[2]]

@@ -155,14 +155,15 @@ def per_class_table(corrections: pd.DataFrame, calibration: dict | None = None) 
     return out.sort_values(["suggestions", "class"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
-def _thumbnail(src: Path, dst: Path) -> bool:
-    """Write a JPEG thumbnail (longest side THUMB_SIZE) of ``src``; False if unreadable."""
+def _thumbnail(src: Path, dst: Path, root: Path | None = None) -> bool:
+    """Write a JPEG thumbnail (longest side THUMB_SIZE) of ``src`` (read as
+    :func:`labelfix.data.image.load_rgb` reads it below ``root``); False if unreadable."""
     from PIL import Image
 
     from labelfix.data.image import DECODE_ERRORS, load_rgb
 
     try:
-        im = load_rgb(src)
+        im = load_rgb(src, root)
     except DECODE_ERRORS:
         return False
     scale = THUMB_SIZE / max(im.size)
@@ -186,7 +187,7 @@ def _cards(run, corrections: pd.DataFrame, out: Path, calibration: dict | None =
         if iid in made:
             continue
         name = f"{iid}.jpg"
-        ok = iid in row_of.index and _thumbnail(ls.image_path(int(row_of.loc[iid])), thumbs / name)
+        ok = iid in row_of.index and _thumbnail(ls.image_path(int(row_of.loc[iid])), thumbs / name, ls.image_root)
         made[iid] = f"thumbs/{name}" if ok else None
     keep = {Path(v).name for v in made.values() if v}
     for old in thumbs.glob("*.jpg"):  # thumbnails of an earlier report

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import unicodedata
 import warnings
 
 import numpy as np
@@ -52,13 +53,45 @@ def _inside(path: str, root: str) -> bool:
 FOLLOW_SYMLINKS_ENV = "LABELFIX_FOLLOW_SYMLINKS"
 
 
+def on_disk_name(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` as the file system spells it: where no file has that name and it is not
+    ASCII, the first of its forms in Unicode's other normal forms (NFC / NFD, only the part
+    below ``root`` changed) that exists. A label file typed in NFC names files that macOS
+    wrote in NFD (and the other way round), which a Linux file system tells apart.
+    ``path`` itself when nothing else exists."""
+    name = os.fspath(path)
+    if name.isascii() or os.path.lexists(name):
+        return name
+    head, tail = "", name
+    if root is not None:
+        top = os.fspath(root).rstrip(os.sep) + os.sep
+        if name.startswith(top):
+            head, tail = top, name[len(top):]
+    for form in ("NFC", "NFD"):
+        other = head + unicodedata.normalize(form, tail)
+        if other != name and os.path.lexists(other):
+            return other
+    return name
+
+
 def open_image_file(path: str | os.PathLike, root: str | os.PathLike | None = None):
     """Open ``path`` for reading as a binary file object, refusing what is not an image
     file: with ``root``, a real path (symlinks resolved) outside ``root``'s real path;
     anything that is not a regular file (FIFO, socket, device, folder). The check is made
     on the opened descriptor (``O_NONBLOCK``, so opening a FIFO cannot hang), not only on
-    the name. Raises :class:`UnsafeImage` or ``FileNotFoundError`` (both ``OSError``)."""
+    the name. A missing name is looked up once more as :func:`on_disk_name` spells it.
+    Raises :class:`UnsafeImage` or ``FileNotFoundError`` (both ``OSError``)."""
     name = os.fspath(path)
+    try:
+        return _open_checked(name, root)
+    except FileNotFoundError:
+        other = on_disk_name(name, root)
+        if other == name:
+            raise
+        return _open_checked(other, root)
+
+
+def _open_checked(name: str, root: str | os.PathLike | None):
     target = os.path.realpath(name)
     if root is not None and os.environ.get(FOLLOW_SYMLINKS_ENV, "") != "1":
         top = os.path.realpath(os.fspath(root))

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelfix.data.image import on_disk_name
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import NEG, POS, UNK
@@ -729,7 +730,7 @@ def _sync_samples(ds, ls, image_ids: np.ndarray) -> None:
             w, h = int(ls.images.at[r, "width"]), int(ls.images.at[r, "height"])
             samples.append(
                 fo.Sample(
-                    filepath=str(ls.image_path(r).resolve()),
+                    filepath=str(Path(on_disk_name(ls.image_path(r), ls.image_root)).resolve()),
                     image_id=int(image_ids[r]),
                     file_name=str(ls.images.at[r, "file_name"]),
                     metadata=fo.ImageMetadata(width=w, height=h) if w and h else None,
