@@ -21,14 +21,16 @@ def bench_modules():
     try:
         import detection
         import discount_sweep
+        import frozen_heads
         import mix_vs_bce
         import reference
         import report
         import review_loop
         import review_rounds
+        import seed_average
         yield {"detection": detection, "discount_sweep": discount_sweep, "report": report,
                "review_loop": review_loop, "review_rounds": review_rounds, "mix_vs_bce": mix_vs_bce,
-               "reference": reference}
+               "reference": reference, "frozen_heads": frozen_heads, "seed_average": seed_average}
     finally:
         sys.path.remove(str(BENCH))
 
@@ -215,3 +217,46 @@ def test_train_overhead_refuses_unknown_methods_and_times_the_mixing_functions(m
                                               alternations=3)
     assert set(got["ms"]) == {"step", "logicmix", "mixup"} and all(v > 0 for v in got["ms"].values())
     assert got["share_of_step"]["logicmix"] == pytest.approx(got["ms"]["logicmix"] / got["ms"]["step"])
+
+
+def test_frozen_heads_round_2_changes_the_most_doubtful_cells_of_each_class_and_value(bench_modules):
+    hide_or_flip = bench_modules["frozen_heads"].hide_or_flip
+    labels = np.array([[1, 0]] * 5 + [[0, 1]] * 5, np.int8)
+    probs = np.zeros((10, 2))
+    probs[:5, 0] = [0.9, 0.8, 0.7, 0.1, 0.45]     # given 1: doubts 0.1 0.2 0.3 0.9 0.55
+    probs[5:, 0] = [0.1, 0.2, 0.3, 0.4, 0.95]     # given 0: doubts ... 0.95
+    probs[:, 1] = 1 - labels[:, 1]                # every cell of class 1 fully doubted
+    hidden = hide_or_flip(labels, probs, "hide", share=0.2)
+    # the top 20 % of each (class, given value) group, and only above 0.5 doubt
+    assert hidden[:, 0].tolist() == [1, 1, 1, -1, 1, 0, 0, 0, 0, -1]
+    flipped = hide_or_flip(labels, probs, "flip", share=0.2)
+    assert flipped[:, 0].tolist() == [1, 1, 1, 0, 1, 0, 0, 0, 0, 1]
+    assert (hidden[:, 1] == -1).sum() == 0    # ties at the cut: nothing is strictly above it
+
+
+def test_frozen_heads_every_variant_gives_held_out_probabilities(bench_modules):
+    fh = bench_modules["frozen_heads"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    true = (x[:, :2] > 0).astype(np.int8)
+    noisy = true.copy()
+    noisy[:6, 0] = 1 - noisy[:6, 0]
+    folds = fh.random_folds(48, 4, seed=0)
+    assert np.bincount(folds).tolist() == [12] * 4
+    probs = fh.run_variants(x, noisy, true, folds, dict(epochs=2, lr=1e-2, batch_size=16))
+    assert list(probs) == fh.VARIANTS
+    for name, p in probs.items():
+        assert p.shape == noisy.shape and np.all((p > 0) & (p < 1)), name
+
+
+def test_seed_average_table_compares_averaged_labelfix_with_averaged_cleanlab(bench_modules, tmp_path):
+    sa = bench_modules["seed_average"]
+    with pytest.raises(SystemExit, match="at least 2"):
+        sa.main(["--runs", str(tmp_path), "--seeds-averaged", "1"])
+    frame = pd.DataFrame([
+        {"dataset": "digits", "mode": "frozen", "noise": "flip_0.2", "seed": s, "labelfix": 0.60 + s / 100,
+         "labelfix, 3 seeds": 0.70, "cleanlab": 0.50, "cleanlab, 3 splits": 0.66 + s / 50, "extra_train_seconds": 10.0}
+        for s in (0, 1)])
+    text = sa.markdown(frame, 3, 5.0, ["--runs", "OUT"])
+    assert "| digits | frozen | flip_0.2 | 0.605 | 0.700 | 0.500 | 0.670 | +0.030 |" in text
+    assert "20 s for 4 more runs" in text
