@@ -402,7 +402,10 @@ def test_a_cross_fitted_run_lists_the_images_its_fold_models_could_not_read(tiny
     listed = pd.read_csv(tmp_path / "run" / "skipped_images.csv")
     assert listed[["index", "file_name", "reason"]].values.tolist() == [[7, gone, "missing"]]
     said = [line for line in lines if "could not be read" in line]
-    assert said == [f"1 image(s) could not be read and were skipped (1 missing); see {tmp_path / 'run'}"
+    # the first fold model says it after its first epoch; the run sums up at the end
+    assert said == ["cross-fitting round 1/2, fold 1/2: epoch 1: 1 image(s) could not be read and were skipped "
+                    "(1 missing); training goes on without them",
+                    f"1 image(s) could not be read and were skipped (1 missing); see {tmp_path / 'run'}"
                     f"/skipped_images.csv"], said
 
 

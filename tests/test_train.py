@@ -470,6 +470,9 @@ def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):
     assert np.isnan(logits[[3, 5]]).all() and np.isfinite(np.delete(logits, [3, 5], axis=0)).all()
     assert any("2 image(s) could not be read and were skipped (1 failed to decode, 1 missing)" in line
                for line in lines)
+    # said right after the epoch that found them, not only when training ends
+    early = [i for i, line in enumerate(lines) if line.startswith("epoch 1: 2 image(s) could not be read")]
+    assert early and early[0] < len(lines) - 1, lines
 
 
 # --------------------------------------------------------------------------- pure parts

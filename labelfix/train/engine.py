@@ -273,6 +273,7 @@ class Trainer:
                         row = evaluate.finalize_epoch(self, e, self.last_train_info, record_mean=True)
                         finishing = False
                         self.log(format_row(row))
+                        self._say_new_skipped(e)
                         for cb in self.callbacks:
                             if hasattr(cb, "on_epoch_end"):
                                 cb.on_epoch_end(self, e, row)
@@ -290,6 +291,16 @@ class Trainer:
         finally:
             if not self._keep_group:
                 cleanup(self.dist)
+
+    def _say_new_skipped(self, epoch: int) -> None:
+        """Name the images first found unreadable in ``epoch`` right after it, not only when
+        training ends (a long run's missing files show in its first minutes). A cross-fitted
+        run's first fold model speaks for the run (``say_weights``); the driver sums up at
+        the end."""
+        new = [i for i, first in self.skipped.items() if first == epoch + 1]
+        if new and self.say_weights and self.dist.is_main:
+            reasons = evaluate.skip_reasons(self.labelset, new).values()
+            self.log(f"epoch {epoch + 1}: {evaluate.skipped_summary(reasons)}; training goes on without them")
 
     def _train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
