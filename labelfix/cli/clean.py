@@ -41,8 +41,9 @@ def _class_names(text: str | None) -> list[str] | None:
               help="Weigh the scores per class and direction (add / remove) by the share of each you "
                    "accepted among this run's suggestions decided so far (docs/review.md).")
 @click.option("--with-run", "with_runs", multiple=True, type=click.Path(file_okay=False),
-              help="Another run trained on the same labels (e.g. another loss): its held-out probabilities "
-                   "are averaged with RUN's; repeatable (docs/cleaning.md, 'Averaging runs').")
+              help="Another run trained on the same labels (another loss, or the same recipe with another "
+                   "--seed: repeated cross-fitting): its held-out probabilities are averaged with RUN's; "
+                   "repeatable (docs/cleaning.md, 'Averaging runs').")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report and plots.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the GMM fits (cpu, cuda).")
 def clean(run, clean_threshold, relabel_threshold, max_suggestions, classes, scorer, neighbours,
