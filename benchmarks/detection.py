@@ -60,6 +60,27 @@ def mode_options(mode: str, dataset: str) -> dict:
     raise SystemExit(f"--modes: unknown mode {mode!r}")
 
 
+def detection_runs(out: Path, modes, tags):
+    """Every labelfix run of a detection output folder ``out``
+    (``OUT/<dataset>/<mode>/runs/<tag>/seed<s>/labelfix``, ``tag`` as the folder spells the
+    noise, e.g. ``flip_0.2``): ``(dataset, mode, tag, seed, run folder, true labels)``,
+    the true labels int8 (N, K) from ``OUT/data/<dataset>/train.json`` in the run's image
+    order. For scripts that re-read finished runs (frozen_heads.py, seed_average.py)."""
+    from labelfix.io import read_labels
+
+    for ds_dir in sorted(p for p in out.iterdir() if any((p / m / "runs").is_dir() for m in modes)):
+        true_set = read_labels(out / "data" / ds_dir.name / "train.json")
+        for mode in modes:
+            for tag in tags:
+                for seed_dir in sorted((ds_dir / mode / "runs" / tag).glob("seed*")):
+                    run = seed_dir / "labelfix"
+                    if not (run / "images.csv").exists():
+                        raise SystemExit(f"{run}: not a finished detection run (no images.csv)")
+                    ids = pd.read_csv(run / "images.csv")["image_id"].to_numpy()
+                    true = np.asarray(true_set.labels)[true_set.image_rows().loc[ids].to_numpy()]
+                    yield ds_dir.name, mode, tag, int(seed_dir.name[4:]), run, true
+
+
 def make_dataset(name: str, folder: Path) -> tuple[Path, Path]:
     if not ((folder / "train.json").exists() and (folder / "test.json").exists()):
         if name == "digits":

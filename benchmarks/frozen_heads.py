@@ -49,7 +49,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from detection import mode_options  # noqa: E402  (benchmarks/detection.py)
+from detection import detection_runs, mode_options  # noqa: E402  (benchmarks/detection.py)
 from report import write_results  # noqa: E402  (benchmarks/report.py)
 
 #: the variants, in the order of the table: name -> keyword arguments of :func:`heldout`
@@ -157,7 +157,6 @@ def run_variants(x, noisy, true, folds, recipe: dict) -> dict[str, np.ndarray]:
 
 def main(argv=None) -> int:
     from labelfix.bench.metrics import average_precision, error_cells
-    from labelfix.io import read_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, type=Path, help="a benchmarks/detection.py output folder with frozen runs")
@@ -169,26 +168,18 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows = []
-    for ds_dir in sorted(p for p in args.runs.iterdir() if (p / "frozen" / "runs").is_dir()):
-        true_set = read_labels(args.runs / "data" / ds_dir.name / "train.json")
-        recipe = mode_options("frozen", ds_dir.name)
-        for tag in args.noises.split(","):
-            for seed_dir in sorted((ds_dir / "frozen" / "runs" / tag).glob("seed*")):
-                run = seed_dir / "labelfix"
-                if not (run / "features" / "train.npy").exists():
-                    raise SystemExit(f"{run}: no stored features (features/train.npy); run detection.py --modes frozen")
-                images = pd.read_csv(run / "images.csv")
-                order = true_set.image_rows().loc[images["image_id"].to_numpy()].to_numpy()
-                true = np.asarray(true_set.labels)[order]
-                noisy = np.load(run / "labels.npy")
-                x = np.load(run / "features" / "train.npy").astype(np.float32)
-                errors = error_cells(noisy, true)
-                probs = run_variants(x, noisy, true, np.load(run / "folds.npy"), recipe)
-                for name in VARIANTS:
-                    rows.append({"dataset": ds_dir.name, "noise": tag, "seed": int(seed_dir.name[4:]),
-                                 "variant": name, "ap": average_precision(errors, np.abs(noisy - probs[name]))})
-                print(f"{ds_dir.name} {tag} {seed_dir.name}: " + ", ".join(
-                    f"{r['variant']} {r['ap']:.3f}" for r in rows[-len(VARIANTS):]), flush=True)
+    for dataset, _, tag, seed, run, true in detection_runs(args.runs, ["frozen"], args.noises.split(",")):
+        if not (run / "features" / "train.npy").exists():
+            raise SystemExit(f"{run}: no stored features (features/train.npy); run detection.py --modes frozen")
+        noisy = np.load(run / "labels.npy")
+        x = np.load(run / "features" / "train.npy").astype(np.float32)
+        errors = error_cells(noisy, true)
+        probs = run_variants(x, noisy, true, np.load(run / "folds.npy"), mode_options("frozen", dataset))
+        for name in VARIANTS:
+            rows.append({"dataset": dataset, "noise": tag, "seed": seed,
+                         "variant": name, "ap": average_precision(errors, np.abs(noisy - probs[name]))})
+        print(f"{dataset} {tag} seed{seed}: " + ", ".join(
+            f"{r['variant']} {r['ap']:.3f}" for r in rows[-len(VARIANTS):]), flush=True)
     frame = pd.DataFrame(rows)
     write_results(args.name, frame, markdown(frame, time.perf_counter() - t0, argv))
     return 0

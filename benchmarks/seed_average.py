@@ -39,6 +39,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from detection import detection_runs  # noqa: E402  (benchmarks/detection.py)
 from report import write_results  # noqa: E402  (benchmarks/report.py)
 
 SEED_STEP = 1000
@@ -47,14 +48,14 @@ SEED_STEP = 1000
 def extra_runs(run: Path, count: int) -> tuple[list[Path], float]:
     """Train (or reuse) ``count`` runs of ``run``'s recipe with seed + 1000 j; returns
     their folders and the seconds their training took (0 for reused runs)."""
-    from labelfix.bench.runner import _train_once
+    from labelfix.bench.runner import train_once
     from labelfix.train.config import read_run_config
 
     cfg = read_run_config(run)
     paths, seconds = [], 0.0
     for j in range(1, count + 1):
         out = run.parent / f"{run.name}_seed{j}"
-        secs, reused = _train_once(dataclasses.replace(cfg, seed=cfg.seed + SEED_STEP * j, out=str(out),
+        secs, reused = train_once(dataclasses.replace(cfg, seed=cfg.seed + SEED_STEP * j, out=str(out),
                                                        resume=False, progress=False), lambda line: None)
         seconds += 0.0 if reused else secs["train_seconds"]
         paths.append(out)
@@ -89,7 +90,6 @@ def measure(run: Path, true: np.ndarray, kind: str, seeds_averaged: int) -> dict
 
 def main(argv=None) -> int:
     from labelfix.bench.runner import parse_noise
-    from labelfix.io import read_labels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, type=Path, help="a benchmarks/detection.py output folder")
@@ -102,22 +102,14 @@ def main(argv=None) -> int:
         raise SystemExit("--seeds-averaged must be at least 2")
     t0 = time.perf_counter()
     rows = []
-    modes = args.modes.split(",")
-    for ds_dir in sorted(p for p in args.runs.iterdir() if any((p / m / "runs").is_dir() for m in modes)):
-        true_set = read_labels(args.runs / "data" / ds_dir.name / "train.json")
-        for mode in modes:
-            for tag in args.noises.split(","):
-                kind, _ = parse_noise(tag.replace("_", ":", 1))   # folder tag flip_0.2 -> flip:0.2
-                for seed_dir in sorted((ds_dir / mode / "runs" / tag).glob("seed*")):
-                    run = seed_dir / "labelfix"
-                    if not (run / "stats" / "round1" / "logits.npy").exists():
-                        raise SystemExit(f"{run}: not a finished cross-fitted detection run")
-                    images = pd.read_csv(run / "images.csv")
-                    order = true_set.image_rows().loc[images["image_id"].to_numpy()].to_numpy()
-                    true = np.asarray(true_set.labels)[order]
-                    rows.append({"dataset": ds_dir.name, "mode": mode, "noise": tag, "seed": int(seed_dir.name[4:]),
-                                 **measure(run, true, kind, args.seeds_averaged)})
-                    print(rows[-1], flush=True)
+    for dataset, mode, tag, seed, run, true in detection_runs(args.runs, args.modes.split(","),
+                                                              args.noises.split(",")):
+        if not (run / "stats" / "round1" / "logits.npy").exists():
+            raise SystemExit(f"{run}: not a finished cross-fitted detection run")
+        kind, _ = parse_noise(tag.replace("_", ":", 1))   # folder tag flip_0.2 -> flip:0.2
+        rows.append({"dataset": dataset, "mode": mode, "noise": tag, "seed": seed,
+                     **measure(run, true, kind, args.seeds_averaged)})
+        print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     write_results(args.name, frame, markdown(frame, args.seeds_averaged, time.perf_counter() - t0, argv))
     return 0

@@ -160,7 +160,7 @@ def _run_complete(run_dir: Path, epochs: int) -> bool:
     return bool(state.get("complete")) and int(state.get("last_epoch", -1)) + 1 >= epochs
 
 
-def _train_once(cfg, log) -> tuple[dict, bool]:
+def train_once(cfg, log) -> tuple[dict, bool]:
     """Train (or reuse / resume) one run; returns ({train_seconds, train_cpu_seconds},
     reused). CPU seconds are this process's (all threads; workers are 0 in the bench):
     on a shared machine they estimate the cost better than the wall time."""
@@ -219,7 +219,7 @@ def train_reference(clean: LabelSet, run_dir, *, seed: int, folds: int, fold_wor
         clean.save(data)
     cfg = TrainConfig(data=str(data), out=str(run_dir), loss="bce", mix="none", seed=seed, folds=folds, rounds=1,
                       fold_workers=fold_workers, **{**BENCH_TRAIN, **train_options})
-    secs = _train_once(cfg, lambda s: None)[0]["train_seconds"]
+    secs = train_once(cfg, lambda s: None)[0]["train_seconds"]
     return sigmoid(np.load(run_dir / "stats" / "logits.npy").astype(np.float32)), float(secs)
 
 
@@ -418,7 +418,7 @@ def run_bench(
                 loss, mix = METHODS[m]
                 cfg = TrainConfig(data=str(base / "data"), out=str(base / m), loss=loss, mix=mix, seed=seed,
                                   **_method_options(loss, {**train_cfg, **METHOD_OPTIONS.get(m, {})}, kappa))
-                secs, reused = _train_once(cfg, quiet)
+                secs, reused = train_once(cfg, quiet)
                 t0 = time.perf_counter()
                 probs = predict_probs(base / m / "checkpoints" / "last.pt", test_set,
                                       batch_size=max(64, cfg.batch_size))
@@ -434,7 +434,7 @@ def run_bench(
             det_cfg = TrainConfig(data=str(base / "data"), out=str(base / "labelfix"), loss=loss, mix=mix, seed=seed,
                                   folds=folds, rounds=rounds, fold_workers=fold_workers,
                                   **_method_options(loss, train_cfg, kappa))
-            secs, reused = _train_once(det_cfg, quiet)
+            secs, reused = train_once(det_cfg, quiet)
             ran = read_run_config(base / "labelfix")   # what auto resolved to, e.g. "an-ls+role", "bce+logicmix"
             loss = ran.loss + (f"+{ran.refit_loss}" if ran.refit_loss else "") + (
                 f"+{ran.mix}" if ran.mix != "none" else "")
@@ -467,7 +467,7 @@ def run_bench(
                     cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=cl_loss,
                                          mix="none", seed=seed, folds=folds, rounds=1, fold_workers=fold_workers,
                                          **train_cfg)
-                    cv_time = {"cv_seconds": _train_once(cv_cfg, quiet)[0]["train_seconds"]}
+                    cv_time = {"cv_seconds": train_once(cv_cfg, quiet)[0]["train_seconds"]}
                     source, cl_run = f"{cl_loss} cv{folds}", base / "cleanlab_cv"
                     probs_logits = np.load(base / "cleanlab_cv" / "stats" / "logits.npy")
                 t1 = time.perf_counter()

@@ -17,7 +17,6 @@ def _ratio(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "n/a"
 
 
-
 #: files named in the text output of each list (--json lists them all)
 LISTED = 10
 
@@ -28,6 +27,7 @@ def _listed(files: list[str]) -> str:
         return "0"
     more = f", and {len(files) - LISTED} more (--json lists all)" if len(files) > LISTED else ""
     return f"{len(files)}: " + ", ".join(map(str, files[:LISTED])) + more
+
 
 @click.command()
 @click.argument("data", type=click.Path())

@@ -136,7 +136,7 @@ def finalize_epoch(t, epoch: int, train_info: dict, record_mean: bool) -> dict:
     value = row.get("val_map_ema", row.get("val_map", float("nan")))
     if t.dist.is_main:
         atomic.write_csv(t.out / "metrics.csv", pd.DataFrame(t.metrics_rows))
-        write_skipped(t)
+        write_skipped(t, epoch)
         if math.isnan(value) or value > t.best_map:
             # without validation data best.pt is the latest checkpoint (documented)
             with atomic.atomic_path(t.out / "checkpoints" / "best.pt") as tmp:
@@ -229,15 +229,17 @@ def skipped_summary(reasons) -> str:
     return f"{sum(counts.values())} image(s) could not be read and were skipped ({parts})"
 
 
-def write_skipped(t) -> None:
+def write_skipped(t, epoch: int) -> None:
     """``skipped_images.csv``: every image that could not be read, why
-    (:func:`skip_reasons`) and the epoch first seen."""
-    if not t.skipped:
+    (:func:`skip_reasons`) and the epoch first seen; rewritten only after an ``epoch``
+    that met a new one (the list only grows), or when the file is not there."""
+    path = t.out / "skipped_images.csv"
+    if not t.skipped or (path.exists() and epoch + 1 not in t.skipped.values()):
         return
     idx = sorted(t.skipped)
     images = t.labelset.images
     reasons = skip_reasons(t.labelset, idx)
-    atomic.write_csv(t.out / "skipped_images.csv", pd.DataFrame({
+    atomic.write_csv(path, pd.DataFrame({
         "index": idx,
         "image_id": [int(images.at[i, "image_id"]) for i in idx],
         "file_name": [str(images.at[i, "file_name"]) for i in idx],
