@@ -29,6 +29,7 @@ the new ones into their own ``--out`` with ``--first-seed`` and name the earlier
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import sys
 import time
@@ -65,20 +66,31 @@ def detection_runs(out: Path, modes, tags):
     (``OUT/<dataset>/<mode>/runs/<tag>/seed<s>/labelfix``, ``tag`` as the folder spells the
     noise, e.g. ``flip_0.2``): ``(dataset, mode, tag, seed, run folder, true labels)``,
     the true labels int8 (N, K) from ``OUT/data/<dataset>/train.json`` in the run's image
-    order. For scripts that re-read finished runs (frozen_heads.py, seed_average.py)."""
+    order. For scripts that re-read finished runs (frozen_heads.py, seed_average.py);
+    a folder with none of them is one line."""
     from labelfix.io import read_labels
 
+    if not out.is_dir():
+        raise SystemExit(f"{out}: not a folder (give a benchmarks/detection.py --out folder)")
+    found = False
     for ds_dir in sorted(p for p in out.iterdir() if any((p / m / "runs").is_dir() for m in modes)):
-        true_set = read_labels(out / "data" / ds_dir.name / "train.json")
-        for mode in modes:
-            for tag in tags:
-                for seed_dir in sorted((ds_dir / mode / "runs" / tag).glob("seed*")):
-                    run = seed_dir / "labelfix"
-                    if not (run / "images.csv").exists():
-                        raise SystemExit(f"{run}: not a finished detection run (no images.csv)")
-                    ids = pd.read_csv(run / "images.csv")["image_id"].to_numpy()
-                    true = np.asarray(true_set.labels)[true_set.image_rows().loc[ids].to_numpy()]
-                    yield ds_dir.name, mode, tag, int(seed_dir.name[4:]), run, true
+        true_set = None   # read at the dataset's first run
+        for mode, tag in itertools.product(modes, tags):
+            for seed_dir in sorted((ds_dir / mode / "runs" / tag).glob("seed*")):
+                run, truth = seed_dir / "labelfix", out / "data" / ds_dir.name / "train.json"
+                if not (run / "images.csv").exists():
+                    raise SystemExit(f"{run}: not a finished detection run (no images.csv)")
+                if true_set is None:
+                    if not truth.is_file():
+                        raise SystemExit(f"{truth}: not found (the true labels detection.py writes)")
+                    true_set = read_labels(truth)
+                ids = pd.read_csv(run / "images.csv")["image_id"].to_numpy()
+                found = True
+                yield (ds_dir.name, mode, tag, int(seed_dir.name[4:]), run,
+                       np.asarray(true_set.labels)[true_set.image_rows().loc[ids].to_numpy()])
+    if not found:
+        raise SystemExit(f"{out}: no runs of modes {', '.join(modes)} and noises {', '.join(tags)} "
+                         "(<dataset>/<mode>/runs/<noise>/seed<s>/labelfix, noise as the folder names it: flip_0.2)")
 
 
 def make_dataset(name: str, folder: Path) -> tuple[Path, Path]:

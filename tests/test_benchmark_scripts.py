@@ -260,3 +260,18 @@ def test_seed_average_table_compares_averaged_labelfix_with_averaged_cleanlab(be
     text = sa.markdown(frame, 3, 5.0, ["--runs", "OUT"])
     assert "| digits | frozen | flip_0.2 | 0.605 | 0.700 | 0.500 | 0.670 | +0.030 |" in text
     assert "20 s for 4 more runs" in text
+
+
+@pytest.mark.parametrize("script", ["frozen_heads", "seed_average"])
+def test_scripts_over_detection_runs_refuse_a_folder_without_them(bench_modules, tmp_path, script):
+    main = bench_modules[script].main
+    with pytest.raises(SystemExit, match="not a folder"):
+        main(["--runs", str(tmp_path / "absent")])
+    (tmp_path / "digits" / "frozen" / "runs" / "flip_0.2").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no runs of modes frozen and noises flip_0.2,? mislabel_0.4"):
+        main(["--runs", str(tmp_path)])
+    run = tmp_path / "digits" / "frozen" / "runs" / "flip_0.2" / "seed0" / "labelfix"
+    run.mkdir(parents=True)
+    (run / "images.csv").write_text("image_id,file_name,width,height\n")
+    with pytest.raises(SystemExit, match=r"data/digits/train.json: not found"):
+        main(["--runs", str(tmp_path)])
