@@ -143,7 +143,7 @@ PATH_FIELDS = ("data", "out", "images", "val", "weights", "class_descriptions")
 
 def check_type(value: Any, annotation: str, where: str) -> Any:
     """Check ``value`` against a dataclass field annotation written as a string
-    (``"int"``, ``"float | None"``, ``"bool"``, ``"str"``, ``"dict[str, Any]"``); return it
+    (``"int"``, ``"float | None"``, ``"bool"``, ``"str"``, ``"dict[str, Any]"``, ``"list[str]"``); return it
     (``pathlib.Path`` values of ``str`` fields become ``str``)."""
     parts = [p.strip() for p in annotation.split("|")]
     if value is None:
@@ -171,6 +171,10 @@ def check_type(value: Any, annotation: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise LabelfixError(f"{where}: {value!r} is not a mapping")
         return value
+    if base == "list[str]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise LabelfixError(f"{where}: {value!r} is not a list of names")
+        return list(value)
     return value
 
 

@@ -138,6 +138,30 @@ def test_csv_cells_take_minus_one_for_unknown_and_spreadsheet_booleans(tmp_path)
         read_labels(wide)
 
 
+def test_wide_csv_skips_the_columns_named_to_ignore_and_refuses_names_it_lacks(tmp_path):
+    # a CheXpert-style file: metadata columns beside the classes (values no label reader takes)
+    wide = tmp_path / "w.csv"
+    wide.write_text("file_name,Sex,AP/PA,cat,dog\na.png,Male,AP,1,-1\nb.png,Female,PA,,0\n")
+    ls = read_labels(wide, ignore_columns=["Sex", "AP/PA"])
+    assert ls.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(ls.labels, np.array([[1, -1], [-1, 0]], np.int8))
+    assert ls.source["ignore_columns"] == ["AP/PA", "Sex"]
+    with pytest.raises(LabelfixError, match=r"column 'AP/PA': value 'AP' .*--ignore-column NAME skips one"):
+        read_labels(wide, ignore_columns=["Sex"])
+    with pytest.raises(LabelfixError, match=r"w.csv: --ignore-column 'sex': the header has no such column "
+                                            r"\(columns: file_name, Sex, AP/PA, cat, dog\)"):
+        read_labels(wide, ignore_columns=["Sex", "AP/PA", "sex"])
+    with pytest.raises(LabelfixError, match=r"--ignore-column 'file_name': the image column cannot be ignored"):
+        read_labels(wide, ignore_columns=["file_name", "Sex", "AP/PA"])
+    with pytest.raises(LabelfixError, match=r"no class columns"):
+        read_labels(wide, ignore_columns=["Sex", "AP/PA", "cat", "dog"])
+    long = tmp_path / "l.csv"
+    long.write_text("file_name,label,value\na.png,cat,1\n")
+    with pytest.raises(LabelfixError, match=r"l.csv: --ignore-column applies to wide CSV files only \(format is "
+                                            r"csv-long\)"):
+        read_labels(long, ignore_columns=["label"])
+
+
 def test_a_coco_labelfix_record_that_is_not_an_object_is_refused(tmp_path):
     # its "unlabeled" was ignored: the cells were read as negatives, silently
     p = tmp_path / "meta.json"

@@ -56,7 +56,8 @@ def refuse_unused(ctx: click.Context, names, why: str) -> None:
 
 
 def data_options(fn):
-    """``--format``, ``--images``, ``--unlabeled``, ``--classes`` for commands that read labels."""
+    """``--format``, ``--images``, ``--unlabeled``, ``--classes``, ``--ignore-column`` for
+    commands that read labels."""
 
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                   help="Label format; detected from the file when omitted.")
@@ -67,6 +68,8 @@ def data_options(fn):
                        "unknown for LVIS-style files).")
     @click.option("--classes", "class_descriptions", type=click.Path(dir_okay=False), default=None,
                   help="Open Images class-description CSV (LabelName,DisplayName).")
+    @click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME",
+                  help="Wide CSV: a column that is not a class (metadata such as age or view); repeatable.")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs)
@@ -74,7 +77,8 @@ def data_options(fn):
     return wrapper
 
 
-def read_from_options(data, fmt, images, unlabeled, class_descriptions):
+def read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns=()):
     from labelfix.io import read_labels
 
-    return read_labels(data, format=fmt, images=images, unlabeled=unlabeled, class_descriptions=class_descriptions)
+    return read_labels(data, format=fmt, images=images, unlabeled=unlabeled, class_descriptions=class_descriptions,
+                       ignore_columns=ignore_columns)

@@ -29,6 +29,8 @@ def _opt(*decls, **kw):
            "[default: negative].")
 @_opt("--classes", "class_descriptions", type=click.Path(dir_okay=False),
       help="Open Images class-description CSV (LabelName,DisplayName).")
+@click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME",
+              help="Wide CSV: a column that is not a class (metadata such as age or view); repeatable.")
 @_opt("--val", type=click.Path(), help="Validation label file (same classes, same format).")
 @_opt("--val-split", type=float, help=f"Hold out this fraction of DATA for validation [default: {_D.val_split}].")
 @_opt("--backbone", help=f"timm model name [default: {_D.backbone}].")
@@ -136,6 +138,7 @@ def train(data, config_file, **flags):
     from labelfix.train import train as run_training
 
     values = load_config_file(config_file) if config_file else {}
+    flags["ignore_columns"] = list(flags["ignore_columns"]) or None   # not given: the config file's, or none
     given = {k: v for k, v in flags.items() if v is not None}
     if "loss_kwargs" in given:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from labelfix.errors import LabelfixError
@@ -38,6 +39,7 @@ def read_labels(
     images: str | Path | None = None,
     unlabeled: str | None = None,
     class_descriptions: str | Path | None = None,
+    ignore_columns: Sequence[str] = (),
 ):
     """Read user labels into a :class:`labelfix.labels.LabelSet`.
 
@@ -48,15 +50,19 @@ def read_labels(
         images: image root folder (default: the label file's folder).
         unlabeled: COCO and FiftyOne only: ``"negative"`` or ``"unknown"`` for unmentioned classes.
         class_descriptions: Open Images class-description CSV.
+        ignore_columns: wide CSV only: header names of columns that are not classes.
     """
     from labelfix.labels import LabelSet
 
+    ignore_columns = tuple(ignore_columns or ())
     if str(path).startswith("fiftyone://") or format == "fiftyone":
         # a FiftyOne dataset, fiftyone://DATASET[/FIELD] (labelfix.io.fiftyone)
         from labelfix.io.fiftyone import read_fiftyone
 
         if class_descriptions is not None:
             raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is fiftyone)")
+        if ignore_columns:
+            raise LabelfixError(f"{path}: --ignore-column applies to wide CSV files only (format is fiftyone)")
         uri = str(path) if str(path).startswith("fiftyone://") else f"fiftyone://{path}"
         return read_fiftyone(uri, images=images, unlabeled=unlabeled)
     path = Path(path)
@@ -65,6 +71,8 @@ def read_labels(
         raise LabelfixError(f"{path}: --unlabeled applies to COCO files only (format is {fmt})")
     if class_descriptions is not None and fmt != "openimages":
         raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is {fmt})")
+    if ignore_columns and fmt != "csv-wide":
+        raise LabelfixError(f"{path}: --ignore-column applies to wide CSV files only (format is {fmt})")
     if format in ("csv-wide", "csv-long", "openimages") and path.is_file():
         with open(path, "rb") as fh:
             head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -78,7 +86,7 @@ def read_labels(
     if fmt == "csv-wide":
         from labelfix.io.csv import read_csv_wide
 
-        return read_csv_wide(path, images=images)
+        return read_csv_wide(path, images=images, ignore_columns=ignore_columns)
     if fmt == "csv-long":
         from labelfix.io.csv import read_csv_long
 

@@ -1,7 +1,8 @@
 """CSV label readers.
 
 - wide: a ``file_name`` column (optional ``image_id``, ``width``, ``height``) and one column
-  per class with values ``1`` (positive), ``0`` (negative) or empty (unknown);
+  per class with values ``1`` (positive), ``0`` (negative) or empty (unknown); columns that
+  are neither (a patient's age, a view name) are named in ``ignore_columns``;
 - long: columns ``file_name``, ``label``, ``value`` (``1`` or ``0``); an (image, class)
   pair without a row is unknown.
 Classes get category ids 1..K in column order (wide) or in sorted name order (long).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,19 +118,37 @@ def _image_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame[["image_id", "file_name", "width", "height"]]
 
 
-def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSet:
+def _ignored_columns(table: pd.DataFrame, path: Path, ignore_columns: Sequence[str]) -> set[str]:
+    """The names of ``ignore_columns`` (``--ignore-column``), each a column of the header
+    other than ``file_name``: a name that matches nothing is refused, not ignored."""
+    ignored = {str(c).strip() for c in ignore_columns}
+    missing = sorted(ignored - {str(c).strip() for c in table.columns})
+    if missing:
+        raise LabelfixError(f"{path}: --ignore-column {missing[0]!r}: the header has no such column "
+                            f"(columns: {', '.join(map(str, table.columns))})")
+    if "file_name" in ignored:
+        raise LabelfixError(f"{path}: --ignore-column 'file_name': the image column cannot be ignored")
+    return ignored
+
+
+def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_columns: Sequence[str] = ()) -> LabelSet:
+    """A wide CSV (module docstring); ``ignore_columns``: header names of columns that are
+    not classes (metadata such as CheXpert's ``Sex`` or ``AP/PA``), skipped; each must exist.
+    The ignored names are recorded in ``source["ignore_columns"]``."""
     path = Path(path)
     table = read_table(path)
     if "file_name" not in table:
         raise LabelfixError(f"{path}: missing column 'file_name'")
+    ignored = _ignored_columns(table, path, ignore_columns)
     header = table.attrs.get("raw_header", [])
     if len(header) == len(table.columns):
         for raw, col in zip(header, table.columns):
             if col not in IMAGE_META and not raw.strip():
                 raise LabelfixError(f"{path}: header: a class column has an empty name")
-    class_cols = [c for c in table.columns if c not in IMAGE_META]
+    class_cols = [c for c in table.columns if c not in IMAGE_META and str(c).strip() not in ignored]
     if not class_cols:
-        raise LabelfixError(f"{path}: no class columns (every column besides {', '.join(IMAGE_META)} is a class)")
+        raise LabelfixError(f"{path}: no class columns (every column besides {', '.join(IMAGE_META)} and those "
+                            f"of --ignore-column is a class)")
     dup = table["file_name"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
@@ -141,7 +161,8 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSe
         r, c = np.argwhere(bad)[0]
         raise LabelfixError(
             f"{path}: row {r + 2}, column {class_cols[c]!r}: value {values.iat[r, c]!r} is not 1, 0 or unknown "
-            f"(empty or -1); every column besides {', '.join(IMAGE_META)} is a class"
+            f"(empty or -1); every column besides {', '.join(IMAGE_META)} is a class (--ignore-column NAME skips "
+            f"one that is not)"
         )
     labels = coded.to_numpy(np.int8)
     from labelfix.validation import check_class_names
@@ -149,6 +170,8 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None) -> LabelSe
     check_class_names([str(c) for c in class_cols], f"{path}: header", record=lambda j: f"column {class_cols[j]!r}")
     classes = pd.DataFrame({"name": class_cols, "category_id": np.arange(1, len(class_cols) + 1, dtype=np.int64)})
     source = {"path": str(path.resolve()), "format": "csv-wide"}
+    if ignored:
+        source["ignore_columns"] = sorted(ignored)
     return LabelSet(labels, frame, classes, default_image_root(path, images), source)
 
 

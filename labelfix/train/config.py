@@ -71,6 +71,7 @@ class TrainConfig:
     images: str | None = None
     unlabeled: str | None = None
     class_descriptions: str | None = None
+    ignore_columns: list[str] = field(default_factory=list)   # wide CSV: columns that are not classes
     val: str | None = None
     val_split: float = 0.0
     # model
