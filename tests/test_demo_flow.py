@@ -22,8 +22,12 @@ def test_demo_flow_end_to_end(tmp_path):
     assert int(np.load(res["run"] / "folds.npy").max()) == 1   # --folds reaches the training
     # a second run replaces the folder of the first (the marker says it is a demo folder)
     lines.clear()
-    res = run_demo(tmp_path / "demo", epochs=1, n_train=200, n_test=48, review_budget=30, review_batch=12,
-                   log=lines.append)
+    res = run_demo(tmp_path / "demo", epochs=2, later_epochs=1, n_train=200, n_test=48, review_budget=30,
+                   review_batch=12, log=lines.append)
+    from labelfix.train.config import read_run_config
+
+    # round 1 trains --epochs, later rounds (cleaner labels) --later-epochs
+    assert [read_run_config(tmp_path / "demo" / f"run{r}").epochs for r in (1, 2)] == [2, 1]
     steps = [ln.split("]")[0] + "]" for ln in lines if ln.startswith("[")]
     # train, clean, three review batches (12 + 12 + 6), the FiftyOne step in the last round, the summary
     assert steps == ["[data]"] + ["[round 1/2]"] * 6 + ["[round 2/2]"] * 7 + ["[export]"]

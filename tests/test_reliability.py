@@ -836,6 +836,10 @@ UNUSED_OPTION_CASES = {
                                         "--name", "x"], "--name names the review dataset"),
     "demo-sp-rate": (lambda w: ["demo", "--out", w["root"] / "demo", "--noise", "single-positive", "--rate", "0.2"],
                      "--rate: single-positive noise"),
+    "demo-later-epochs-one-round": (lambda w: ["demo", "--out", w["root"] / "demo", "--rounds", "1", "--later-epochs",
+                                               "3"], "--later-epochs: one review round trains --epochs only"),
+    "info-ignore-column-coco": (lambda w: ["info", w["labels"], "--ignore-column", "x"],
+                                "--ignore-column applies to wide CSV files only (format is coco)"),
     "info-verify-no-files": (lambda w: ["info", w["labels"], "--verify", "--no-files"], "choose one"),
     # noise wrote a dataset whose every image was missing
     "noise-images-not-there": (lambda w: ["noise", w["labels"], "--images", w["root"] / "nowhere", "--kind", "flip",
