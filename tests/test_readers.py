@@ -162,6 +162,33 @@ def test_wide_csv_skips_the_columns_named_to_ignore_and_refuses_names_it_lacks(t
         read_labels(long, ignore_columns=["label"])
 
 
+def test_csv_image_column_of_another_name_is_read_with_file_column(tmp_path):
+    # CheXpert calls its image column Path; the name is the user's to give, never guessed
+    wide = tmp_path / "w.csv"
+    wide.write_text("Path,Sex,cat,dog\nimgs/a.png,Male,1,-1\nimgs/b.png,Female,,0\n")
+    ls = read_labels(wide, file_column="Path", ignore_columns=["Sex"])
+    assert ls.images["file_name"].tolist() == ["imgs/a.png", "imgs/b.png"] and ls.class_names == ["cat", "dog"]
+    assert ls.source["file_column"] == "Path" and ls.source["ignore_columns"] == ["Sex"]
+    with pytest.raises(LabelfixError, match=r"w.csv: missing column 'file_name' \(the image files; --file-column NAME"):
+        read_labels(wide, ignore_columns=["Sex"])
+    with pytest.raises(LabelfixError, match=r"--ignore-column 'Path': the image column cannot be ignored"):
+        read_labels(wide, file_column="Path", ignore_columns=["Sex", "Path"])
+    with pytest.raises(LabelfixError, match=r"--file-column 'path': the header has no such column"):
+        read_labels(wide, file_column="path", ignore_columns=["Sex"])
+    long = tmp_path / "l.csv"
+    long.write_text("image,label,value\na.png,cat,1\nb.png,dog,0\n")
+    ls = read_labels(long, file_column="image")
+    assert ls.images["file_name"].tolist() == ["a.png", "b.png"] and ls.class_names == ["cat", "dog"]
+    long.write_text("image,file_name,label,value\na.png,x.png,cat,1\n")
+    with pytest.raises(LabelfixError, match=r"--file-column 'image': the file has a 'file_name' column too"):
+        read_labels(long, file_column="image")
+    coco = tmp_path / "c.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "cat"}],
+                                "annotations": []}))
+    with pytest.raises(LabelfixError, match=r"c.json: --file-column applies to CSV files only \(format is coco\)"):
+        read_labels(coco, file_column="image")
+
+
 def test_a_coco_labelfix_record_that_is_not_an_object_is_refused(tmp_path):
     # its "unlabeled" was ignored: the cells were read as negatives, silently
     p = tmp_path / "meta.json"

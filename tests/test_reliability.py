@@ -840,6 +840,8 @@ UNUSED_OPTION_CASES = {
                                                "3"], "--later-epochs: one review round trains --epochs only"),
     "info-ignore-column-coco": (lambda w: ["info", w["labels"], "--ignore-column", "x"],
                                 "--ignore-column applies to wide CSV files only (format is coco)"),
+    "info-file-column-coco": (lambda w: ["info", w["labels"], "--file-column", "x"],
+                              "--file-column applies to CSV files only (format is coco)"),
     "info-verify-no-files": (lambda w: ["info", w["labels"], "--verify", "--no-files"], "choose one"),
     # noise wrote a dataset whose every image was missing
     "noise-images-not-there": (lambda w: ["noise", w["labels"], "--images", w["root"] / "nowhere", "--kind", "flip",

@@ -252,8 +252,8 @@ def test_config_file_round_trip(tiny, tmp_path):
 
 
 def test_a_wide_csv_trains_and_resumes_with_its_ignored_columns(tiny, tmp_path):
-    # the names given with --ignore-column are the run's reading options: recorded, and
-    # a --resume without them reads the file as the run did (not as a label column)
+    # the names given with --ignore-column and --file-column are the run's reading options:
+    # recorded, and a --resume without them reads the file as the run did
     from labelfix.cli import main
     from labelfix.io import read_labels
     from labelfix.train.config import read_run_config
@@ -261,23 +261,24 @@ def test_a_wide_csv_trains_and_resumes_with_its_ignored_columns(tiny, tmp_path):
     ls = read_labels(tiny["train"])
     table = pd.DataFrame(ls.labels, columns=ls.class_names).replace(-1, "")
     table.insert(0, "view", "AP")
-    table.insert(0, "file_name", ls.images["file_name"])
+    table.insert(0, "Path", ls.images["file_name"])
     wide = tmp_path / "labels.csv"
     table.to_csv(wide, index=False)
     out = tmp_path / "run"
-    args = ["--images", str(ls.image_root), "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "8",
+    args = ["--images", str(ls.image_root), "--file-column", "Path", "--backbone", "test_resnet", "--img-size", "32", "--batch-size", "8",
             "--workers", "0", "--mix", "none", "--no-randaugment", "--no-progress"]
     res = CliRunner().invoke(main, ["train", str(wide), "--out", str(out), "--epochs", "1", *args])
     assert res.exit_code == 2 and "column 'view': value 'AP'" in res.output and not out.exists()
     res = CliRunner().invoke(main, ["train", str(wide), "--out", str(out), "--epochs", "1", "--ignore-column",
                                     "view", *args])
     assert res.exit_code == 0, res.output
-    assert read_run_config(out).ignore_columns == ["view"]
+    assert read_run_config(out).ignore_columns == ["view"] and read_run_config(out).file_column == "Path"
     res = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "2"])
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
     np.testing.assert_array_equal(np.load(out / "labels.npy"), ls.labels)
-    res = CliRunner().invoke(main, ["info", str(wide), "--no-files", "--ignore-column", "view", "--json"])
+    res = CliRunner().invoke(main, ["info", str(wide), "--no-files", "--ignore-column", "view", "--file-column",
+                                    "Path", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["num_classes"] == ls.num_classes
     conf = tmp_path / "c.yaml"
     conf.write_text("ignore_columns: view\n")   # a name, not a list of names

@@ -35,7 +35,8 @@ def _listed(files: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--verify", is_flag=True, help="Decode every image to find truncated or corrupt files (slow).")
 @click.option("--no-files", is_flag=True, help="Do not look for the image files at all.")
-def info(data, fmt, images, unlabeled, class_descriptions, ignore_columns, as_json, verify, no_files):
+def info(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file_column, as_json, verify,
+         no_files):
     """What is in a dataset: images, classes, positives / negatives / unknown per class,
     imbalance ratios and missing image files."""
     from labelfix.errors import LabelfixError
@@ -47,7 +48,7 @@ def info(data, fmt, images, unlabeled, class_descriptions, ignore_columns, as_js
     from labelfix.info import dataset_info
     from labelfix.io import detect_format
 
-    ls = read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns)
+    ls = read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file_column)
     summary = dataset_info(ls, check_files=not no_files, verify=verify)
     if as_json:
         d = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.to_dict().items()}

@@ -19,7 +19,8 @@ from labelfix.data.noise import KINDS
               help="Noisy COCO JSON to write (a .json name); <out stem>.changes.csv gets the true label of every "
                    "changed cell. Neither may be an input, nor inside a run directory.")
 @click.option("--overwrite", is_flag=True, help="Replace --out and its change log when they exist (refused otherwise).")
-def noise(data, fmt, images, unlabeled, class_descriptions, ignore_columns, kind, rate, seed, out, overwrite):
+def noise(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file_column, kind, rate, seed, out,
+          overwrite):
     """Inject benchmark label noise into a clean dataset (seeded)."""
     from labelfix.data.noise import write_noisy_coco
     from labelfix.errors import LabelfixError
@@ -32,7 +33,7 @@ def noise(data, fmt, images, unlabeled, class_descriptions, ignore_columns, kind
     check_extension(out, ".json", "--out", "noise writes a COCO JSON file")
     inputs = [data, class_descriptions]
     check_outputs({"--out": out, "change log": change_log_for(out)}, inputs, overwrite=overwrite)
-    ls = read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns)
+    ls = read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file_column)
     out, changes_path, changes = write_noisy_coco(ls, kind, rate, seed, out, overwrite=overwrite)
     known = int((ls.labels != -1).sum())
     click.echo(f"{kind} noise: {len(changes)} of {ls.num_images * ls.num_classes} cells changed "

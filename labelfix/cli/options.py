@@ -56,8 +56,8 @@ def refuse_unused(ctx: click.Context, names, why: str) -> None:
 
 
 def data_options(fn):
-    """``--format``, ``--images``, ``--unlabeled``, ``--classes``, ``--ignore-column`` for
-    commands that read labels."""
+    """``--format``, ``--images``, ``--unlabeled``, ``--classes``, ``--ignore-column``,
+    ``--file-column`` for commands that read labels."""
 
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                   help="Label format; detected from the file when omitted.")
@@ -70,6 +70,8 @@ def data_options(fn):
                   help="Open Images class-description CSV (LabelName,DisplayName).")
     @click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME",
                   help="Wide CSV: a column that is not a class (metadata such as age or view); repeatable.")
+    @click.option("--file-column", default=None, metavar="NAME",
+                  help="CSV: the column of image file names [default: file_name].")
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs)
@@ -77,8 +79,8 @@ def data_options(fn):
     return wrapper
 
 
-def read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns=()):
+def read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns=(), file_column=None):
     from labelfix.io import read_labels
 
     return read_labels(data, format=fmt, images=images, unlabeled=unlabeled, class_descriptions=class_descriptions,
-                       ignore_columns=ignore_columns)
+                       ignore_columns=ignore_columns, file_column=file_column)

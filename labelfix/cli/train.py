@@ -31,6 +31,7 @@ def _opt(*decls, **kw):
       help="Open Images class-description CSV (LabelName,DisplayName).")
 @click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME",
               help="Wide CSV: a column that is not a class (metadata such as age or view); repeatable.")
+@_opt("--file-column", metavar="NAME", help="CSV: the column of image file names [default: file_name].")
 @_opt("--val", type=click.Path(), help="Validation label file (same classes, same format).")
 @_opt("--val-split", type=float, help=f"Hold out this fraction of DATA for validation [default: {_D.val_split}].")
 @_opt("--backbone", help=f"timm model name [default: {_D.backbone}].")

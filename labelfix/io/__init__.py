@@ -40,6 +40,7 @@ def read_labels(
     unlabeled: str | None = None,
     class_descriptions: str | Path | None = None,
     ignore_columns: Sequence[str] = (),
+    file_column: str | None = None,
 ):
     """Read user labels into a :class:`labelfix.labels.LabelSet`.
 
@@ -51,6 +52,7 @@ def read_labels(
         unlabeled: COCO and FiftyOne only: ``"negative"`` or ``"unknown"`` for unmentioned classes.
         class_descriptions: Open Images class-description CSV.
         ignore_columns: wide CSV only: header names of columns that are not classes.
+        file_column: CSV only (wide or long): the image column when it is not ``file_name``.
     """
     from labelfix.labels import LabelSet
 
@@ -61,8 +63,9 @@ def read_labels(
 
         if class_descriptions is not None:
             raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is fiftyone)")
-        if ignore_columns:
-            raise LabelfixError(f"{path}: --ignore-column applies to wide CSV files only (format is fiftyone)")
+        if ignore_columns or file_column:
+            option = "--ignore-column" if ignore_columns else "--file-column"
+            raise LabelfixError(f"{path}: {option} applies to CSV files only (format is fiftyone)")
         uri = str(path) if str(path).startswith("fiftyone://") else f"fiftyone://{path}"
         return read_fiftyone(uri, images=images, unlabeled=unlabeled)
     path = Path(path)
@@ -73,6 +76,8 @@ def read_labels(
         raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is {fmt})")
     if ignore_columns and fmt != "csv-wide":
         raise LabelfixError(f"{path}: --ignore-column applies to wide CSV files only (format is {fmt})")
+    if file_column and fmt not in ("csv-wide", "csv-long"):
+        raise LabelfixError(f"{path}: --file-column applies to CSV files only (format is {fmt})")
     if format in ("csv-wide", "csv-long", "openimages") and path.is_file():
         with open(path, "rb") as fh:
             head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -86,11 +91,11 @@ def read_labels(
     if fmt == "csv-wide":
         from labelfix.io.csv import read_csv_wide
 
-        return read_csv_wide(path, images=images, ignore_columns=ignore_columns)
+        return read_csv_wide(path, images=images, ignore_columns=ignore_columns, file_column=file_column)
     if fmt == "csv-long":
         from labelfix.io.csv import read_csv_long
 
-        return read_csv_long(path, images=images)
+        return read_csv_long(path, images=images, file_column=file_column)
     if fmt == "openimages":
         from labelfix.io.openimages import read_openimages
 

@@ -3,6 +3,8 @@
 - wide: a ``file_name`` column (optional ``image_id``, ``width``, ``height``) and one column
   per class with values ``1`` (positive), ``0`` (negative) or empty (unknown); columns that
   are neither (a patient's age, a view name) are named in ``ignore_columns``;
+- either: ``file_column`` names the image column when it is not called ``file_name``
+  (CheXpert's ``Path``);
 - long: columns ``file_name``, ``label``, ``value`` (``1`` or ``0``); an (image, class)
   pair without a row is unknown.
 Classes get category ids 1..K in column order (wide) or in sorted name order (long).
@@ -118,28 +120,68 @@ def _image_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame[["image_id", "file_name", "width", "height"]]
 
 
-def _ignored_columns(table: pd.DataFrame, path: Path, ignore_columns: Sequence[str]) -> set[str]:
+def _columns(table: pd.DataFrame) -> str:
+    return ", ".join(map(str, table.columns))
+
+
+def _with_file_column(table: pd.DataFrame, path: Path, file_column: str) -> pd.DataFrame:
+    """``table`` with its image column (``--file-column``) called ``file_name``; the
+    column must exist, and a second column called ``file_name`` is refused (which one
+    holds the images would be a guess)."""
+    if file_column == "file_name":
+        return table
+    if file_column not in table.columns:
+        raise LabelfixError(f"{path}: --file-column {file_column!r}: the header has no such column "
+                            f"(columns: {_columns(table)})")
+    if "file_name" in table.columns:
+        raise LabelfixError(f"{path}: --file-column {file_column!r}: the file has a 'file_name' column too; "
+                            f"rename one of them")
+    out = table.rename(columns={file_column: "file_name"})
+    out.attrs = dict(table.attrs)
+    return out
+
+
+def _missing_file_column(path: Path) -> LabelfixError:
+    return LabelfixError(f"{path}: missing column 'file_name' (the image files; --file-column NAME names "
+                         f"another column)")
+
+
+def _ignored_columns(table: pd.DataFrame, path: Path, ignore_columns: Sequence[str], file_column: str) -> set[str]:
     """The names of ``ignore_columns`` (``--ignore-column``), each a column of the header
-    other than ``file_name``: a name that matches nothing is refused, not ignored."""
+    other than the image column: a name that matches nothing is refused, not ignored."""
     ignored = {str(c).strip() for c in ignore_columns}
     missing = sorted(ignored - {str(c).strip() for c in table.columns})
     if missing:
         raise LabelfixError(f"{path}: --ignore-column {missing[0]!r}: the header has no such column "
-                            f"(columns: {', '.join(map(str, table.columns))})")
-    if "file_name" in ignored:
-        raise LabelfixError(f"{path}: --ignore-column 'file_name': the image column cannot be ignored")
+                            f"(columns: {_columns(table)})")
+    if file_column in ignored:
+        raise LabelfixError(f"{path}: --ignore-column {file_column!r}: the image column cannot be ignored")
     return ignored
 
 
-def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_columns: Sequence[str] = ()) -> LabelSet:
+def _source(path: Path, fmt: str, file_column: str, ignored: set[str] = frozenset()) -> dict:
+    """The LabelSet's ``source`` record: the file, its format and the reading options given."""
+    source = {"path": str(path.resolve()), "format": fmt}
+    if file_column != "file_name":
+        source["file_column"] = file_column
+    if ignored:
+        source["ignore_columns"] = sorted(ignored)
+    return source
+
+
+def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_columns: Sequence[str] = (),
+                  file_column: str | None = None) -> LabelSet:
     """A wide CSV (module docstring); ``ignore_columns``: header names of columns that are
     not classes (metadata such as CheXpert's ``Sex`` or ``AP/PA``), skipped; each must exist.
-    The ignored names are recorded in ``source["ignore_columns"]``."""
+    ``file_column``: the image column (default ``file_name``). Both are recorded in
+    ``source``."""
     path = Path(path)
+    file_column = file_column or "file_name"
     table = read_table(path)
+    ignored = _ignored_columns(table, path, ignore_columns, file_column)
+    table = _with_file_column(table, path, file_column)
     if "file_name" not in table:
-        raise LabelfixError(f"{path}: missing column 'file_name'")
-    ignored = _ignored_columns(table, path, ignore_columns)
+        raise _missing_file_column(path)
     header = table.attrs.get("raw_header", [])
     if len(header) == len(table.columns):
         for raw, col in zip(header, table.columns):
@@ -169,10 +211,8 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_col
 
     check_class_names([str(c) for c in class_cols], f"{path}: header", record=lambda j: f"column {class_cols[j]!r}")
     classes = pd.DataFrame({"name": class_cols, "category_id": np.arange(1, len(class_cols) + 1, dtype=np.int64)})
-    source = {"path": str(path.resolve()), "format": "csv-wide"}
-    if ignored:
-        source["ignore_columns"] = sorted(ignored)
-    return LabelSet(labels, frame, classes, default_image_root(path, images), source)
+    return LabelSet(labels, frame, classes, default_image_root(path, images),
+                    _source(path, "csv-wide", file_column, ignored))
 
 
 def _check_image_rows_agree(table: pd.DataFrame, path: Path) -> None:
@@ -193,10 +233,15 @@ def _check_image_rows_agree(table: pd.DataFrame, path: Path) -> None:
                                 f"whose row {j + 2} has {table[col].iat[j]!r}")
 
 
-def read_csv_long(path: str | Path, images: str | Path | None = None) -> LabelSet:
+def read_csv_long(path: str | Path, images: str | Path | None = None, file_column: str | None = None) -> LabelSet:
+    """A long CSV (module docstring); ``file_column``: the image column (default
+    ``file_name``), recorded in ``source``."""
     path = Path(path)
-    table = read_table(path)
-    for col in ("file_name", "label", "value"):
+    file_column = file_column or "file_name"
+    table = _with_file_column(read_table(path), path, file_column)
+    if "file_name" not in table:
+        raise _missing_file_column(path)
+    for col in ("label", "value"):
         if col not in table:
             raise LabelfixError(f"{path}: missing column '{col}'")
     value = table["value"].str.strip().str.lower().map(_VALUES)
@@ -220,5 +265,5 @@ def read_csv_long(path: str | Path, images: str | Path | None = None) -> LabelSe
     labels = np.full((len(frame), len(names)), UNK, np.int8)
     labels[rows, cols] = value.to_numpy(np.int8)
     classes = pd.DataFrame({"name": names, "category_id": np.arange(1, len(names) + 1, dtype=np.int64)})
-    source = {"path": str(path.resolve()), "format": "csv-long"}
-    return LabelSet(labels, frame, classes, default_image_root(path, images), source)
+    return LabelSet(labels, frame, classes, default_image_root(path, images),
+                    _source(path, "csv-long", file_column))

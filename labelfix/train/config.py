@@ -72,6 +72,7 @@ class TrainConfig:
     unlabeled: str | None = None
     class_descriptions: str | None = None
     ignore_columns: list[str] = field(default_factory=list)   # wide CSV: columns that are not classes
+    file_column: str | None = None   # CSV: the image column when it is not file_name
     val: str | None = None
     val_split: float = 0.0
     # model

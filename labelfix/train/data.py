@@ -149,11 +149,13 @@ def split_indices(num_images: int, val_split: float, seed: int) -> np.ndarray:
 
 def read_run_labels(cfg, path) -> LabelSet:
     """The labels at ``path`` (``--data`` or ``--val``) read with the run's reading options
-    (``--format``, ``--images``, ``--unlabeled``, ``--class-descriptions``, ``--ignore-column``)."""
+    (``--format``, ``--images``, ``--unlabeled``, ``--class-descriptions``, ``--ignore-column``,
+    ``--file-column``)."""
     from labelfix.io import read_labels
 
     return read_labels(path, format=cfg.format, images=cfg.images, unlabeled=cfg.unlabeled,
-                       class_descriptions=cfg.class_descriptions, ignore_columns=cfg.ignore_columns)
+                       class_descriptions=cfg.class_descriptions, ignore_columns=cfg.ignore_columns,
+                       file_column=cfg.file_column)
 
 
 def check_resume_data(cfg, log=None) -> None:
