@@ -23,6 +23,7 @@ BENCHMARKS = {
     "train_overhead": ["train_overhead.py"],
     "cpu_channels_last": ["cpu_channels_last.py"],
     "gmm_fit": ["gmm_fit.py"],
+    "api_vs_cleanlab": ["api_vs_cleanlab.py"],
     "onnx_throughput": ["onnx_throughput.py"],
     "detection": ["detection.py"],
     "folds_sweep": ["folds_sweep.py"],

@@ -353,6 +353,23 @@ def as_cell_array(value: Any, name: str, shape: tuple[int, int]) -> Any:
     return value
 
 
+def as_features(value: Any, name: str, n: int) -> np.ndarray:
+    """Image embeddings: float32 (N, D), converted like :func:`as_given` (paired with the
+    labels by row position), ``n`` rows, numbers; NaN rows (images without an embedding)
+    are allowed, infinite values are not."""
+    value = _as_array(value, name)
+    shape = tuple(getattr(value, "shape", ()))
+    if len(shape) != 2 or shape[0] != n or shape[1] < 1:
+        raise LabelfixError(f"{name}: shape {shape}: expected (N, D) embeddings with N = {n}, the rows of given")
+    if np.dtype(value.dtype).kind not in "biuf":
+        raise LabelfixError(f"{name}: dtype {np.dtype(value.dtype)}: must be numbers")
+    x = np.asarray(value, dtype=np.float32)
+    if np.isinf(x).any():
+        row = int(np.flatnonzero(np.isinf(x).any(1))[0])
+        raise LabelfixError(f"{name}: row {row}: an infinite value (NaN rows are images without an embedding)")
+    return x
+
+
 def check_probabilities(probs: Any, name: str = "probs", *, logits: bool = False, nan_rows_ok: bool = True,
                         unit_interval: bool = True, nan_ok: bool = False) -> None:
     """Scan an (N, K) matrix chunk by chunk.

@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def bench_modules():
     sys.path.insert(0, str(BENCH))
     try:
+        import api_vs_cleanlab
         import detection
         import discount_sweep
         import frozen_heads
@@ -28,7 +29,7 @@ def bench_modules():
         import review_loop
         import review_rounds
         import seed_average
-        yield {"detection": detection, "discount_sweep": discount_sweep, "report": report,
+        yield {"api_vs_cleanlab": api_vs_cleanlab, "detection": detection, "discount_sweep": discount_sweep, "report": report,
                "review_loop": review_loop, "review_rounds": review_rounds, "mix_vs_bce": mix_vs_bce,
                "reference": reference, "frozen_heads": frozen_heads, "seed_average": seed_average}
     finally:
@@ -275,3 +276,19 @@ def test_scripts_over_detection_runs_refuse_a_folder_without_them(bench_modules,
     (run / "images.csv").write_text("image_id,file_name,width,height\n")
     with pytest.raises(SystemExit, match=r"data/digits/train.json: not found"):
         main(["--runs", str(tmp_path)])
+
+
+def test_api_benchmark_noise_and_precision_at_recall(bench_modules):
+    m = bench_modules["api_vs_cleanlab"]
+    x, true, noisy = m.make_data(6, "missing:0.3", seed=0, n=400)
+    assert x.shape == (400, 20) and noisy.shape == true.shape == (400, 6)
+    changed = noisy != true
+    assert changed.any() and (true[changed] == 1).all()   # missing: positives turned negative only
+    x, true, noisy = m.make_data(6, "flip:0.2", seed=0, n=400)
+    assert {0, 1} == set(true[noisy != true].tolist())   # flips go both ways
+    assert abs((noisy != true).mean() - 0.2) < 0.03
+    # a ranking walked down until it holds half of the 4 wrong cells: the top 3, 2 wrong
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    wrong = np.array([True, False, True, True, False, True])
+    assert m.precision_at_recall(score, wrong, 0.5) == pytest.approx(2 / 3)
+    assert m.precision_at_recall(score, wrong, 1.0) == pytest.approx(4 / 6)

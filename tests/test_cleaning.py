@@ -445,3 +445,44 @@ def test_posterior_score_ranks_a_doubtful_cell_of_a_noisy_class_first():
     assert iss.score[0, 0] > iss.score[0, 1]
     plain = find_label_issues(given, probs, scorer="evidence")
     assert plain.score[0, 0] == pytest.approx(plain.score[0, 1])
+
+
+def test_features_give_the_neighbour_evidence_that_probabilities_lack():
+    # images whose embeddings cluster by their true labels; the model's probabilities say
+    # nothing (0.5 +- noise): only the neighbours' labels can tell the flipped cells
+    from sklearn.metrics import average_precision_score
+
+    from labelfix.cleaning.neighbours import neighbour_estimates
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, size=(300, 3)).astype(np.int8)
+    features = truth * 4.0 + rng.normal(0, 0.3, size=truth.shape) + 1.0
+    flipped = rng.random(truth.shape) < 0.1
+    given = np.where(flipped, 1 - truth, truth).astype(np.int8)
+    probs = 0.5 + rng.normal(0, 0.01, size=truth.shape)
+    without = find_label_issues(given, probs)
+    with_features = find_label_issues(given, probs, features=features)
+    ap = [average_precision_score(flipped.ravel(), np.asarray(r.score).ravel()) for r in (without, with_features)]
+    assert ap[0] < 0.3 and ap[1] > 0.7
+    # the same as passing the vote computed by the library function
+    vote = neighbour_estimates(features.astype(np.float32), given).estimate
+    np.testing.assert_array_equal(np.asarray(find_label_issues(given, probs, neighbours=vote).score),
+                                  np.asarray(with_features.score))
+    import torch
+
+    np.testing.assert_array_equal(np.asarray(find_label_issues(given, probs, features=torch.tensor(features)).score),
+                                  np.asarray(with_features.score))
+    with pytest.raises(LabelfixError, match="give the neighbour evidence once"):
+        find_label_issues(given, probs, features=features, neighbours=vote)
+    with pytest.raises(LabelfixError, match=r"features: shape \(299, 3\): expected \(N, D\) embeddings with N = 300"):
+        find_label_issues(given, probs, features=features[1:])
+    with pytest.raises(LabelfixError, match="features: the 'gmm' score reads no neighbour evidence"):
+        find_label_issues(given, probs, features=features, scorer="gmm")
+    single = np.full_like(given, -1)
+    single[np.arange(len(given)), 0] = 1
+    with pytest.raises(LabelfixError, match="features: the labels are positive-only"):
+        find_label_issues(single, probs, features=features)
+    bad = features.copy()
+    bad[7, 1] = np.inf
+    with pytest.raises(LabelfixError, match="features: row 7: an infinite value"):
+        find_label_issues(given, probs, features=bad)

@@ -20,8 +20,8 @@ from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, ST
                                       delta_for)
 from labelfix.errors import LabelfixError, describe_os_error
 from labelfix.io.atomic import atomic_memmap, staged
-from labelfix.validation import (as_cell_array, as_given, check_aligned, check_class_names, check_device, check_number,
-                                 check_probabilities)
+from labelfix.validation import (as_cell_array, as_features, as_given, check_aligned, check_class_names, check_device,
+                                 check_number, check_probabilities)
 from labelfix.labels import STATE_NAMES as GIVEN_NAMES
 from labelfix.labels import UNK, positive_only
 from labelfix.numeric import sigmoid
@@ -180,6 +180,28 @@ def _checked_options(k: int, classes, gmm_options, out_dir) -> tuple[list | None
     return classes, out_dir
 
 
+def _vote_from_features(features, given, neighbours, scorer: str, chunk_rows) -> np.ndarray:
+    """float32 (N, K) the neighbours' label vote from ``features`` (``find_label_issues``'s
+    argument), refused where it would be unused or misleading: beside ``neighbours``, with a
+    scorer that reads no neighbour evidence, or on positive-only labels (whose known
+    neighbour labels are positive by selection; ``labelfix clean`` skips the vote there too,
+    docs/cleaning.md)."""
+    from labelfix.cleaning.neighbours import neighbour_estimates
+
+    if neighbours is not None:
+        raise LabelfixError("give the neighbour evidence once: features (labelfix computes the vote) or "
+                            "neighbours (the vote), not both")
+    if not _scores.get_scorer(scorer).uses_neighbours:
+        users = [name for name in _scores.list_scorers() if _scores.get_scorer(name).uses_neighbours]
+        raise LabelfixError(f"features: the {scorer!r} score reads no neighbour evidence; leave features out, or "
+                            f"use a score that does ({', '.join(users)})")
+    if positive_only(given, chunk_rows=chunk_rows or _gmm.default_chunk_rows(given.shape[1])):
+        raise LabelfixError("features: the labels are positive-only (most cells unknown, fewer known negatives "
+                            "than positives): the neighbours' known labels would be positive by selection, a vote "
+                            "on the labelling rather than the image; leave features out")
+    return neighbour_estimates(as_features(features, "features", len(given)), given).estimate
+
+
 def _suggest_block(given, state, target, probs, two_view, estimates, est_thr):
     g = np.asarray(given)
     c = _scores._finite_or(two_view, probs)
@@ -205,6 +227,7 @@ def find_label_issues(
     verified=None,
     *,
     dynamics=None,
+    features=None,
     clean_threshold: float = 0.5,
     relabel_threshold: float | None = None,
     estimate_threshold: float | None = None,
@@ -251,6 +274,11 @@ def find_label_issues(
             labels that are positive, NaN where none; ``labelfix.cleaning.neighbours``),
             used by the ``evidence``, ``evidence_gmm`` and ``posterior`` scorers; None ->
             no neighbour evidence.
+        features: float (N, D) image embeddings (any model's, e.g. its penultimate
+            layer), paired with ``given`` by row; labelfix computes the neighbours' label
+            vote from them (``neighbour_estimates``, the k = 10 nearest by cosine, an image
+            never its own neighbour): the alternative to passing ``neighbours``. Refused
+            with a score that reads no neighbour evidence and on positive-only labels.
         verified: bool (N, K) cells a person verified in an earlier review: clean
             (p_clean 1), score 0, never suggested.
         single_positive_removals: in the single-positive setting (positive-only labels,
@@ -307,6 +335,8 @@ def find_label_issues(
     shape = tuple(given.shape)
     N, K = shape
     classes, out_dir = _checked_options(K, classes, gmm_options, out_dir)
+    if features is not None:
+        neighbours = _vote_from_features(features, given, neighbours, scorer, chunk_rows)
     check_number(clean_threshold, "clean_threshold", low=0.0, high=1.0, high_open=True)
     if relabel_threshold is not None:
         check_number(relabel_threshold, "relabel_threshold", low=0.5, high=1.0, high_open=True)
