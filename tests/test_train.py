@@ -484,8 +484,18 @@ def test_ctrl_c_while_saving_names_the_checkpoint_on_disk(tiny, tmp_path, monkey
     assert _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
 
 
-def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):
+def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path, monkeypatch):
     import shutil
+
+    from labelfix.data import image as image_mod
+
+    looked_up, real_problem = [], image_mod.image_problem
+
+    def problem(path, root):
+        looked_up.append(str(path))
+        return real_problem(path, root)
+
+    monkeypatch.setattr(image_mod, "image_problem", problem)
 
     data = tmp_path / "data"
     shutil.copytree(Path(tiny["images"]), data / "images")
@@ -508,6 +518,8 @@ def test_undecodable_images_are_skipped_and_listed(tiny, tmp_path):
     # said right after the epoch that found them, not only when training ends
     early = [i for i, line in enumerate(lines) if line.startswith("epoch 1: 2 image(s) could not be read")]
     assert early and early[0] < len(lines) - 1, lines
+    # why a file could not be read is looked up once per file (the epoch's line, the csv, the summary)
+    assert sorted(looked_up) == sorted(str(data / f) for f in (bad, gone))
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -74,6 +74,7 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.skipped: dict[int, int] = {}   # dataset index -> epoch first seen
+        self.skip_reason_cache: dict[int, str] = {}   # dataset index -> why (evaluate.skip_reasons)
         self.metrics_rows: list[dict] = []
         self.last_train_info = {"train_loss": float("nan"), "images": 0, "train_seconds": 0.0}
         self.progress: Progress | None = None
@@ -284,7 +285,8 @@ class Trainer:
 
                 embed_run(self, self.out / "stats", names=("embeddings",))
             if self.skipped and not self.fold_model:   # the driver counts the run's
-                self.log(f"{evaluate.skipped_summary(evaluate.skip_reasons(self.labelset, self.skipped).values())}; "
+                reasons = evaluate.skip_reasons(self.labelset, self.skipped, self.skip_reason_cache).values()
+                self.log(f"{evaluate.skipped_summary(reasons)}; "
                          f"see {self.out / 'skipped_images.csv'}")
             return {"epochs": self.epoch, "metrics": self.metrics_rows, "skipped": len(self.skipped),
                     "out": str(self.out)}
@@ -299,7 +301,7 @@ class Trainer:
         the end."""
         new = [i for i, first in self.skipped.items() if first == epoch + 1]
         if new and self.say_weights and self.dist.is_main:
-            reasons = evaluate.skip_reasons(self.labelset, new).values()
+            reasons = evaluate.skip_reasons(self.labelset, new, self.skip_reason_cache).values()
             self.log(f"epoch {epoch + 1}: {evaluate.skipped_summary(reasons)}; training goes on without them")
 
     def _train_epoch(self, epoch: int) -> dict:

@@ -210,15 +210,19 @@ def metrics_rows_from_disk(t) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
-def skip_reasons(labelset, indices) -> dict[int, str]:
+def skip_reasons(labelset, indices, cache: dict[int, str] | None = None) -> dict[int, str]:
     """Why each skipped image could not be read (dataset index -> reason), for the dataset
     indices ``indices`` of ``labelset``: ``missing``, a file that is not an image file or
     leads outside the image folder (the refusal's words), else ``failed to decode`` (it
-    opens but does not decode). One file-system lookup per image."""
+    opens but does not decode). One file-system lookup per image, once per image when the
+    caller keeps a ``cache`` (a trainer's ``skip_reason_cache``, filled here)."""
     from labelfix.data.image import image_problem
 
-    return {int(i): image_problem(labelset.image_path(i), labelset.image_root) or "failed to decode"
-            for i in indices}
+    cache = {} if cache is None else cache
+    for i in map(int, indices):
+        if i not in cache:
+            cache[i] = image_problem(labelset.image_path(i), labelset.image_root) or "failed to decode"
+    return {int(i): cache[int(i)] for i in indices}
 
 
 def skipped_summary(reasons) -> str:
@@ -238,7 +242,7 @@ def write_skipped(t, epoch: int) -> None:
         return
     idx = sorted(t.skipped)
     images = t.labelset.images
-    reasons = skip_reasons(t.labelset, idx)
+    reasons = skip_reasons(t.labelset, idx, t.skip_reason_cache)
     atomic.write_csv(path, pd.DataFrame({
         "index": idx,
         "image_id": [int(images.at[i, "image_id"]) for i in idx],
