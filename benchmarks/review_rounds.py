@@ -11,7 +11,7 @@ decisions accepted is the errors fixed per decision, the inverse of the reviewer
 fixed error. Also reported: the label errors left after each flow.
 
 Run: ``python benchmarks/review_rounds.py [--seeds 0,1,2] [--budget 300] [--batch 100]
-[--work DIR] [--name review_rounds]``. Writes ``benchmarks/results/<name>.json`` and ``.md``.
+[--later-epochs N] [--work DIR] [--name review_rounds]``. Writes ``benchmarks/results/<name>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def review_more(run: Path, truth, total: int, batch: int) -> int:
     return decided()
 
 
-def one_seed(work: Path, seed: int, budget: int, batch: int) -> dict:
+def one_seed(work: Path, seed: int, budget: int, batch: int, later_epochs: int | None = None) -> dict:
     from labelfix.bench.metrics import error_cells
     from labelfix.demo import run_demo
     from labelfix.export.coco import export_cleaned_coco
@@ -60,6 +60,7 @@ def one_seed(work: Path, seed: int, budget: int, batch: int) -> dict:
     out = work / f"seed{seed}"
     t0 = time.perf_counter()
     res = run_demo(out, seed=seed, rounds=2, fiftyone=False, review_budget=budget, review_batch=batch,
+                   later_epochs=later_epochs,
                    log=lambda s: print(f"  seed {seed}: {s.strip()}", file=sys.stderr, flush=True))
     demo_seconds = time.perf_counter() - t0
     truth = read_labels(out / "data" / "train.json")
@@ -111,17 +112,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=100, help="decisions between two re-rankings")
     ap.add_argument("--work", default=None, help="folder for the demo runs (default: a temporary one)")
     ap.add_argument("--name", default="review_rounds")
+    ap.add_argument("--later-epochs", type=int, default=None,
+                    help="round 2's epochs per fold model (default: the demo's, labelfix.demo.DEMO_LATER_EPOCHS)")
     args = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"--seeds: {args.seeds!r}: expected comma-separated integers") from None
-    if not seeds or args.budget < 1 or args.batch < 1:
-        raise SystemExit("--seeds needs at least one seed; --budget and --batch must be at least 1")
+    if not seeds or args.budget < 1 or args.batch < 1 or (args.later_epochs is not None and args.later_epochs < 1):
+        raise SystemExit("--seeds needs at least one seed; --budget, --batch and --later-epochs must be at least 1")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="review_rounds_") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        rows = [one_seed(work, s, args.budget, args.batch) for s in seeds]
+        rows = [one_seed(work, s, args.budget, args.batch, args.later_epochs) for s in seeds]
     frame = pd.DataFrame(rows)
     command = f"python benchmarks/review_rounds.py {' '.join(sys.argv[1:] if argv is None else argv)}"
     write_results(args.name, frame, summarise(frame, args.budget, args.batch, command, time.perf_counter() - t0))

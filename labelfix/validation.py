@@ -276,12 +276,13 @@ def _as_array(value: Any, name: str) -> Any:
     return value
 
 
-def check_aligned(given: Any, others: dict[str, Any]) -> None:
+def check_aligned(given: Any, others: dict[str, Any], axes: tuple[str, ...] = ("index", "columns")) -> None:
     """pandas tables are matched by label, not position: each DataFrame of ``others``
     (name -> value) must have ``given``'s row index and columns when ``given`` is a
     DataFrame too and both name them (the same rows in another order would be paired
     with the wrong labels); an axis left at pandas' default 0..n-1 on either side is
-    positional. One line naming the argument; arrays are paired by position as always."""
+    positional. One line naming the argument; arrays are paired by position as always.
+    ``axes``: the axes to match (``("index",)`` for per-image inputs such as embeddings)."""
     if not (hasattr(given, "columns") and hasattr(given, "index")):
         return
     import pandas as pd
@@ -292,7 +293,7 @@ def check_aligned(given: Any, others: dict[str, Any]) -> None:
     for name, value in others.items():
         if not (hasattr(value, "columns") and hasattr(value, "index")):
             continue
-        for what in ("index", "columns"):
+        for what in axes:
             mine, theirs = getattr(value, what), getattr(given, what)
             if not (positional(mine) or positional(theirs) or mine.equals(theirs)):
                 where = "row index is" if what == "index" else "columns are"

@@ -482,6 +482,12 @@ def test_features_give_the_neighbour_evidence_that_probabilities_lack():
     single[np.arange(len(given)), 0] = 1
     with pytest.raises(LabelfixError, match="features: the labels are positive-only"):
         find_label_issues(single, probs, features=features)
+    # DataFrames are paired by row labels, as every other input; bad options before the search
+    frame = pd.DataFrame(given, index=np.arange(100, 400))
+    with pytest.raises(LabelfixError, match=r"features: its row index is not given's"):
+        find_label_issues(frame, probs, features=pd.DataFrame(features, index=np.arange(399, 99, -1)))
+    with pytest.raises(LabelfixError, match="chunk_rows"):
+        find_label_issues(given, probs, features=features, chunk_rows=2.5)
     bad = features.copy()
     bad[7, 1] = np.inf
     with pytest.raises(LabelfixError, match="features: row 7: an infinite value"):

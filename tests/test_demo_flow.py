@@ -62,6 +62,9 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(LabelfixError, match="not a labelfix demo folder"):
         run_demo(tmp_path, epochs=1, n_train=8, n_test=4, log=lambda m: None)
+    with pytest.raises(LabelfixError, match="later_epochs: one review round trains `epochs` only"):
+        run_demo(tmp_path / "new", rounds=1, later_epochs=3, log=lambda m: None)
+    assert not (tmp_path / "new").exists()
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 

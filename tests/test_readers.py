@@ -155,6 +155,14 @@ def test_wide_csv_skips_the_columns_named_to_ignore_and_refuses_names_it_lacks(t
         read_labels(wide, ignore_columns=["file_name", "Sex", "AP/PA"])
     with pytest.raises(LabelfixError, match=r"no class columns"):
         read_labels(wide, ignore_columns=["Sex", "AP/PA", "cat", "dog"])
+    with pytest.raises(LabelfixError, match=r"ignore_columns 'Sex': expected a list of column names, got one"):
+        read_labels(wide, ignore_columns="Sex")
+    # an ignored column is never read, whatever its name: a metadata 'width' of words
+    wide.write_text("file_name,width,cat\na.png,n/a,1\nb.png,wide,0\n")
+    with pytest.raises(LabelfixError, match=r"width 'n/a' must be empty or a non-negative number"):
+        read_labels(wide)
+    ls = read_labels(wide, ignore_columns=["width"])
+    assert ls.class_names == ["cat"] and ls.images["width"].tolist() == [0, 0]
     long = tmp_path / "l.csv"
     long.write_text("file_name,label,value\na.png,cat,1\n")
     with pytest.raises(LabelfixError, match=r"l.csv: --ignore-column applies to wide CSV files only \(format is "
@@ -182,6 +190,13 @@ def test_csv_image_column_of_another_name_is_read_with_file_column(tmp_path):
     long.write_text("image,file_name,label,value\na.png,x.png,cat,1\n")
     with pytest.raises(LabelfixError, match=r"--file-column 'image': the file has a 'file_name' column too"):
         read_labels(long, file_column="image")
+    # a wide file with both: the other one skipped; a header's trailing space does not hide the name
+    wide.write_text("Path ,file_name,cat\nimgs/a.png,old/a.png,1\nimgs/a.png,old/b.png,0\n")
+    with pytest.raises(LabelfixError, match=r"row 3: duplicate Path 'imgs/a.png'"):
+        read_labels(wide, file_column="Path", ignore_columns=["file_name"])
+    wide.write_text("Path ,file_name,cat\nimgs/a.png,old/a.png,1\nimgs/b.png,old/b.png,0\n")
+    ls = read_labels(wide, file_column="Path", ignore_columns=["file_name"])
+    assert ls.images["file_name"].tolist() == ["imgs/a.png", "imgs/b.png"] and ls.class_names == ["cat"]
     coco = tmp_path / "c.json"
     coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "cat"}],
                                 "annotations": []}))

@@ -280,7 +280,15 @@ def test_a_wide_csv_trains_and_resumes_with_its_ignored_columns(tiny, tmp_path):
     res = CliRunner().invoke(main, ["info", str(wide), "--no-files", "--ignore-column", "view", "--file-column",
                                     "Path", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["num_classes"] == ls.num_classes
+    # resumed with other reading options: refused, naming the options as the command line has them
+    res = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "3", "--ignore-column", "view",
+                                    "--ignore-column", ls.class_names[0]])
+    assert res.exit_code == 2 and "--resume with different option(s) --ignore-column;" in res.output, res.output
     conf = tmp_path / "c.yaml"
+    conf.write_text("ignore-column: [view]\nfile_column: Path\n")   # the option's own name is a key too
+    from labelfix.train.config import load_config_file
+
+    assert load_config_file(conf) == {"ignore_columns": ["view"], "file_column": "Path"}
     conf.write_text("ignore_columns: view\n")   # a name, not a list of names
     res = CliRunner().invoke(main, ["train", str(wide), "--out", str(tmp_path / "r2"), "--config", str(conf)])
     assert res.exit_code == 2 and "ignore_columns: 'view' is not a list of names" in res.output

@@ -180,7 +180,7 @@ def _checked_options(k: int, classes, gmm_options, out_dir) -> tuple[list | None
     return classes, out_dir
 
 
-def _vote_from_features(features, given, neighbours, scorer: str, chunk_rows) -> np.ndarray:
+def _vote_from_features(features, given, neighbours, scorer: str, chunk_rows: int) -> np.ndarray:
     """float32 (N, K) the neighbours' label vote from ``features`` (``find_label_issues``'s
     argument), refused where it would be unused or misleading: beside ``neighbours``, with a
     scorer that reads no neighbour evidence, or on positive-only labels (whose known
@@ -195,7 +195,7 @@ def _vote_from_features(features, given, neighbours, scorer: str, chunk_rows) ->
         users = [name for name in _scores.list_scorers() if _scores.get_scorer(name).uses_neighbours]
         raise LabelfixError(f"features: the {scorer!r} score reads no neighbour evidence; leave features out, or "
                             f"use a score that does ({', '.join(users)})")
-    if positive_only(given, chunk_rows=chunk_rows or _gmm.default_chunk_rows(given.shape[1])):
+    if positive_only(given, chunk_rows=chunk_rows):
         raise LabelfixError("features: the labels are positive-only (most cells unknown, fewer known negatives "
                             "than positives): the neighbours' known labels would be positive by selection, a vote "
                             "on the labelling rather than the image; leave features out")
@@ -277,8 +277,11 @@ def find_label_issues(
         features: float (N, D) image embeddings (any model's, e.g. its penultimate
             layer), paired with ``given`` by row; labelfix computes the neighbours' label
             vote from them (``neighbour_estimates``, the k = 10 nearest by cosine, an image
-            never its own neighbour): the alternative to passing ``neighbours``. Refused
-            with a score that reads no neighbour evidence and on positive-only labels.
+            never its own neighbour, every row voting for every other: unlike ``labelfix
+            clean``, which searches a held-out image's neighbours among its fold model's
+            training images): the alternative to passing ``neighbours``. Refused with a
+            score that reads no neighbour evidence and on positive-only labels; a
+            DataFrame is paired with a DataFrame ``given`` by its row index.
         verified: bool (N, K) cells a person verified in an earlier review: clean
             (p_clean 1), score 0, never suggested.
         single_positive_removals: in the single-positive setting (positive-only labels,
@@ -329,14 +332,14 @@ def find_label_issues(
         >>> issues = find_label_issues(labels, probs)                    # doctest: +SKIP
         >>> issues.corrections.head()                                    # doctest: +SKIP
     """
+    if features is not None:   # (N, D): paired with a DataFrame given by its row index only
+        check_aligned(given if labels is None else labels, {"features": features}, axes=("index",))
     given, probs, losses, dynamics, two_view, estimates, neighbours, verified = _checked_inputs(
         given, probs, losses, dynamics, two_view, estimates, neighbours, verified, labels, pred_probs,
         probs_are_logits)
     shape = tuple(given.shape)
     N, K = shape
     classes, out_dir = _checked_options(K, classes, gmm_options, out_dir)
-    if features is not None:
-        neighbours = _vote_from_features(features, given, neighbours, scorer, chunk_rows)
     check_number(clean_threshold, "clean_threshold", low=0.0, high=1.0, high_open=True)
     if relabel_threshold is not None:
         check_number(relabel_threshold, "relabel_threshold", low=0.5, high=1.0, high_open=True)
@@ -349,6 +352,8 @@ def find_label_issues(
     device = check_device(device, "device")
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
+    if features is not None:   # after every cheap check: the neighbour search is the slow part
+        neighbours = _vote_from_features(features, given, neighbours, scorer, rows)
     # positive-only (single-positive) labels: every given positive is trusted, like a verified
     # cell, and delta defaults to the setting's 0.55 (one pass over the labels for both)
     single = positive_only(given, chunk_rows=rows)

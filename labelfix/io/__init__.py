@@ -56,6 +56,9 @@ def read_labels(
     """
     from labelfix.labels import LabelSet
 
+    if isinstance(ignore_columns, str):   # "Sex" would be read as the names S, e and x
+        raise LabelfixError(f"{path}: ignore_columns {ignore_columns!r}: expected a list of column names, got one "
+                            f"string")
     ignore_columns = tuple(ignore_columns or ())
     if str(path).startswith("fiftyone://") or format == "fiftyone":
         # a FiftyOne dataset, fiftyone://DATASET[/FIELD] (labelfix.io.fiftyone)

@@ -125,18 +125,19 @@ def _columns(table: pd.DataFrame) -> str:
 
 
 def _with_file_column(table: pd.DataFrame, path: Path, file_column: str) -> pd.DataFrame:
-    """``table`` with its image column (``--file-column``) called ``file_name``; the
-    column must exist, and a second column called ``file_name`` is refused (which one
-    holds the images would be a guess)."""
+    """``table`` with its image column (``--file-column``, matched with surrounding spaces
+    ignored) called ``file_name``; the column must exist, and a second column called
+    ``file_name`` is refused (which one holds the images would be a guess)."""
     if file_column == "file_name":
         return table
-    if file_column not in table.columns:
+    named = [c for c in table.columns if str(c).strip() == file_column]
+    if not named:
         raise LabelfixError(f"{path}: --file-column {file_column!r}: the header has no such column "
                             f"(columns: {_columns(table)})")
-    if "file_name" in table.columns:
+    if any(str(c).strip() == "file_name" for c in table.columns):
         raise LabelfixError(f"{path}: --file-column {file_column!r}: the file has a 'file_name' column too; "
-                            f"rename one of them")
-    out = table.rename(columns={file_column: "file_name"})
+                            f"rename one of them, or skip it with --ignore-column file_name")
+    out = table.rename(columns={named[0]: "file_name"})
     out.attrs = dict(table.attrs)
     return out
 
@@ -147,8 +148,12 @@ def _missing_file_column(path: Path) -> LabelfixError:
 
 
 def _ignored_columns(table: pd.DataFrame, path: Path, ignore_columns: Sequence[str], file_column: str) -> set[str]:
-    """The names of ``ignore_columns`` (``--ignore-column``), each a column of the header
-    other than the image column: a name that matches nothing is refused, not ignored."""
+    """The names of ``ignore_columns`` (``--ignore-column``, surrounding spaces ignored),
+    each a column of the header other than the image column: a name that matches nothing
+    is refused, not ignored."""
+    if isinstance(ignore_columns, str):   # "Sex" would be three names, S, e and x
+        raise LabelfixError(f"{path}: ignore_columns {ignore_columns!r}: expected a list of column names, got "
+                            f"one string")
     ignored = {str(c).strip() for c in ignore_columns}
     missing = sorted(ignored - {str(c).strip() for c in table.columns})
     if missing:
@@ -157,6 +162,16 @@ def _ignored_columns(table: pd.DataFrame, path: Path, ignore_columns: Sequence[s
     if file_column in ignored:
         raise LabelfixError(f"{path}: --ignore-column {file_column!r}: the image column cannot be ignored")
     return ignored
+
+
+def _without(table: pd.DataFrame, ignored: set[str]) -> pd.DataFrame:
+    """``table`` without the columns named in ``ignored`` (their values are never read:
+    an ignored ``width`` may hold anything)."""
+    if not ignored:
+        return table
+    out = table.drop(columns=[c for c in table.columns if str(c).strip() in ignored])
+    out.attrs = {k: v for k, v in table.attrs.items() if k != "raw_header"}   # no longer column for column
+    return out
 
 
 def _source(path: Path, fmt: str, file_column: str, ignored: set[str] = frozenset()) -> dict:
@@ -176,25 +191,26 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_col
     ``file_column``: the image column (default ``file_name``). Both are recorded in
     ``source``."""
     path = Path(path)
-    file_column = file_column or "file_name"
+    file_column = (file_column or "file_name").strip()
     table = read_table(path)
     ignored = _ignored_columns(table, path, ignore_columns, file_column)
-    table = _with_file_column(table, path, file_column)
-    if "file_name" not in table:
-        raise _missing_file_column(path)
     header = table.attrs.get("raw_header", [])
     if len(header) == len(table.columns):
         for raw, col in zip(header, table.columns):
-            if col not in IMAGE_META and not raw.strip():
+            if col not in IMAGE_META and str(col).strip() not in ignored and not raw.strip():
                 raise LabelfixError(f"{path}: header: a class column has an empty name")
-    class_cols = [c for c in table.columns if c not in IMAGE_META and str(c).strip() not in ignored]
+    table = _with_file_column(_without(table, ignored), path, file_column)
+    if "file_name" not in table:
+        raise _missing_file_column(path)
+    meta = ", ".join((file_column, *IMAGE_META[1:]))   # the image columns as the file names them
+    class_cols = [c for c in table.columns if c not in IMAGE_META]
     if not class_cols:
-        raise LabelfixError(f"{path}: no class columns (every column besides {', '.join(IMAGE_META)} and those "
-                            f"of --ignore-column is a class)")
+        raise LabelfixError(f"{path}: no class columns (every column besides {meta} and those of --ignore-column "
+                            f"is a class)")
     dup = table["file_name"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise LabelfixError(f"{path}: row {i + 2}: duplicate file_name {table['file_name'].iat[i]!r}")
+        raise LabelfixError(f"{path}: row {i + 2}: duplicate {file_column} {table['file_name'].iat[i]!r}")
     frame = _image_frame(table, path)
     values = table[class_cols].apply(lambda s: s.str.strip())
     coded = values.apply(lambda s: s.str.lower().map(_VALUES))
@@ -203,8 +219,7 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_col
         r, c = np.argwhere(bad)[0]
         raise LabelfixError(
             f"{path}: row {r + 2}, column {class_cols[c]!r}: value {values.iat[r, c]!r} is not 1, 0 or unknown "
-            f"(empty or -1); every column besides {', '.join(IMAGE_META)} is a class (--ignore-column NAME skips "
-            f"one that is not)"
+            f"(empty or -1); every column besides {meta} is a class (--ignore-column NAME skips one that is not)"
         )
     labels = coded.to_numpy(np.int8)
     from labelfix.validation import check_class_names
@@ -237,7 +252,7 @@ def read_csv_long(path: str | Path, images: str | Path | None = None, file_colum
     """A long CSV (module docstring); ``file_column``: the image column (default
     ``file_name``), recorded in ``source``."""
     path = Path(path)
-    file_column = file_column or "file_name"
+    file_column = (file_column or "file_name").strip()
     table = _with_file_column(read_table(path), path, file_column)
     if "file_name" not in table:
         raise _missing_file_column(path)

@@ -221,12 +221,14 @@ def check_resume_compatible(saved, given, out: Path):
     saved, given = with_recorded_mixing(saved, recorded), with_recorded_mixing(given, recorded)
     if given.loss == "auto":   # the losses the run resolved when it started (or was given then)
         given = dataclasses.replace(given, loss=saved.loss, refit_loss=given.refit_loss or saved.refit_loss)
+    from labelfix.train.config import option_of
+
     old = saved.to_dict()
     diff = [name for name, value in given.to_dict().items()
             if name not in RESUME_MUTABLE and not _same(name, old.get(name), value)]
     if diff:
         raise LabelfixError(f"{out / 'config.yaml'}: --resume with different option(s) "
-                            f"{', '.join('--' + d.replace('_', '-') for d in diff)}; "
+                            f"{', '.join(option_of(d) for d in diff)}; "
                             f"resume with the run's options or start a new --out")
     return given
 

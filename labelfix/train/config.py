@@ -161,10 +161,9 @@ class TrainConfig:
         from labelfix.validation import check_device, check_train_values
 
         def bad(name: str, what: str) -> None:
-            raise LabelfixError(f"train: --{name.replace('_', '-')}: {what}")
+            raise LabelfixError(f"train: {option_of(name)}: {what}")
 
-        checked = check_train_values(self.to_shallow_dict(), lambda n: f"train: --{n.replace('_', '-')}",
-                                     field_types())
+        checked = check_train_values(self.to_shallow_dict(), lambda n: f"train: {option_of(n)}", field_types())
         for name, value in checked.items():
             setattr(self, name, value)
         self.absolute_paths()
@@ -297,7 +296,7 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise LabelfixError(f"{source}: unknown option(s): {', '.join(unknown)}")
-        where = (lambda n: f"train: --{n.replace('_', '-')}") if source == "options" else (lambda n: f"{source}: {n}")
+        where = (lambda n: f"train: {option_of(n)}") if source == "options" else (lambda n: f"{source}: {n}")
         return cls(**check_train_values(values, where, field_types()))
 
 
@@ -307,7 +306,14 @@ def field_types() -> dict[str, str]:
 
 
 #: a ``--config`` key named after its command-line option where the field has another name
-OPTION_ALIASES = {"classes": "class_descriptions"}
+OPTION_ALIASES = {"classes": "class_descriptions", "ignore_column": "ignore_columns"}
+
+
+def option_of(name: str) -> str:
+    """The command-line option of TrainConfig field ``name`` (``--classes`` for
+    ``class_descriptions``, ``--ignore-column`` for ``ignore_columns``), for messages."""
+    option = {field: key for key, field in OPTION_ALIASES.items()}.get(name, name)
+    return "--" + option.replace("_", "-")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -334,7 +340,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     for option, name in OPTION_ALIASES.items():   # `classes:` as `--classes` is written
         if option in out:
             if name in out:
-                raise LabelfixError(f"{path}: {option} and {name} are the same option (--classes); give one")
+                raise LabelfixError(f"{path}: {option} and {name} are the same option ({option_of(name)}); give one")
             out[name] = out.pop(option)
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(out) - names)
