@@ -356,18 +356,32 @@ def as_cell_array(value: Any, name: str, shape: tuple[int, int]) -> Any:
 
 def as_features(value: Any, name: str, n: int) -> np.ndarray:
     """Image embeddings: float32 (N, D), converted like :func:`as_given` (paired with the
-    labels by row position), ``n`` rows, numbers; NaN rows (images without an embedding)
-    are allowed, infinite values are not."""
+    labels by row position), ``n`` rows, numbers; rows that are NaN throughout (images
+    without an embedding) are allowed, but not every row; a row NaN in some values only,
+    and infinite values or values beyond float32's range, are refused naming the row."""
     value = _as_array(value, name)
     shape = tuple(getattr(value, "shape", ()))
     if len(shape) != 2 or shape[0] != n or shape[1] < 1:
         raise LabelfixError(f"{name}: shape {shape}: expected (N, D) embeddings with N = {n}, the rows of given")
     if np.dtype(value.dtype).kind not in "biuf":
         raise LabelfixError(f"{name}: dtype {np.dtype(value.dtype)}: must be numbers")
-    x = np.asarray(value, dtype=np.float32)
-    if np.isinf(x).any():
-        row = int(np.flatnonzero(np.isinf(x).any(1))[0])
-        raise LabelfixError(f"{name}: row {row}: an infinite value (NaN rows are images without an embedding)")
+    raw = np.asarray(value)
+    with np.errstate(over="ignore"):
+        x = raw.astype(np.float32)
+    bad = np.isinf(x).any(1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        what = "an infinite value" if np.isinf(raw[row]).any() else "a value beyond float32's range"
+        raise LabelfixError(f"{name}: row {row}: {what} (NaN rows are images without an embedding)")
+    nan = np.isnan(x)
+    partial = nan.any(1) & ~nan.all(1)
+    if partial.any():
+        row = int(np.flatnonzero(partial)[0])
+        raise LabelfixError(f"{name}: row {row}: NaN in {int(nan[row].sum())} of {x.shape[1]} values; an image "
+                            f"without an embedding is NaN throughout")
+    if nan.all():
+        raise LabelfixError(f"{name}: every row is NaN: no image has an embedding, so there is no neighbour "
+                            f"evidence; leave features out")
     return x
 
 

@@ -488,6 +488,17 @@ def test_features_give_the_neighbour_evidence_that_probabilities_lack():
         find_label_issues(frame, probs, features=pd.DataFrame(features, index=np.arange(399, 99, -1)))
     with pytest.raises(LabelfixError, match="chunk_rows"):
         find_label_issues(given, probs, features=features, chunk_rows=2.5)
+    for row, value, message in ((3, np.nan, "features: row 3: NaN in 1 of 3 values"),
+                                (5, 1e300, "features: row 5: a value beyond float32's range")):
+        bad = features.copy()
+        bad[row, 0] = value
+        with pytest.raises(LabelfixError, match=message):
+            find_label_issues(given, probs, features=bad)
+    with pytest.raises(LabelfixError, match="features: every row is NaN"):
+        find_label_issues(given, probs, features=np.full_like(features, np.nan))
+    no_embedding = features.copy()
+    no_embedding[[4, 9]] = np.nan   # images without an embedding: no vote of their own, none for others
+    find_label_issues(given, probs, features=no_embedding)
     bad = features.copy()
     bad[7, 1] = np.inf
     with pytest.raises(LabelfixError, match="features: row 7: an infinite value"):

@@ -281,7 +281,8 @@ def find_label_issues(
             clean``, which searches a held-out image's neighbours among its fold model's
             training images): the alternative to passing ``neighbours``. Refused with a
             score that reads no neighbour evidence and on positive-only labels; a
-            DataFrame is paired with a DataFrame ``given`` by its row index.
+            DataFrame is paired with a DataFrame ``given`` by its row index. A row NaN
+            throughout is an image without an embedding (no vote from or for it).
         verified: bool (N, K) cells a person verified in an earlier review: clean
             (p_clean 1), score 0, never suggested.
         single_positive_removals: in the single-positive setting (positive-only labels,
