@@ -75,59 +75,35 @@ def held_out_probs(x: np.ndarray, noisy: np.ndarray, seed: int) -> np.ndarray:
     return cross_val_predict(model, x, noisy, cv=KFold(5, shuffle=True, random_state=seed), method="predict_proba")
 
 
-def cleanlab_cells(noisy: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(issue score float (N, K), higher = more likely wrong; flagged bool (N, K)) from cleanlab."""
-    from cleanlab.multilabel_classification.filter import find_multilabel_issues_per_class
-    from cleanlab.multilabel_classification.rank import get_label_quality_scores_per_class
-
-    labels = [list(np.flatnonzero(row)) for row in noisy]
-    quality = np.asarray(get_label_quality_scores_per_class(labels=labels, pred_probs=probs))   # (N, K)
-    flagged = np.asarray(find_multilabel_issues_per_class(labels=labels, pred_probs=probs))      # (N, K)
-    if quality.shape != noisy.shape or flagged.shape != noisy.shape:
-        raise SystemExit(f"cleanlab returned {quality.shape} / {flagged.shape}, expected {noisy.shape}")
-    return 1.0 - quality, flagged.astype(bool)
-
-
-def precision_at_recall(score: np.ndarray, wrong: np.ndarray, recall: float) -> float:
-    """Precision of the top of ``score``'s ranking that reaches ``recall`` of the wrong cells."""
-    order = np.argsort(-score.ravel(), kind="stable")
-    hits = np.cumsum(wrong.ravel()[order])
-    need = int(np.ceil(recall * wrong.sum()))
-    if need == 0:
-        return float("nan")
-    top = int(np.searchsorted(hits, need)) + 1
-    return float(hits[top - 1] / top)
-
-
 def one_run(dataset: str, noise: str, seed: int) -> list[dict]:
-    from sklearn.metrics import average_precision_score
-
+    """One row per method: its AP, its flagged set's precision / recall / F1
+    (``labelfix.bench.metrics.detection_metrics``) and its ranking's precision at the
+    recall of cleanlab's flagged set (``precision_at_recall``); cleanlab's cells from
+    ``labelfix.bench.baselines.cleanlab_issues``, as the detection benchmark takes them."""
     from labelfix import find_label_issues
+    from labelfix.bench.baselines import cleanlab_issues
+    from labelfix.bench.metrics import detection_metrics, precision_at_recall
 
     x, true, noisy = make_data(DATASETS[dataset], noise, seed)
     probs = held_out_probs(x, noisy, seed)
-    wrong = noisy != true
     t = time.perf_counter()
-    cl_score, cl_flag = cleanlab_cells(noisy, probs)
+    cl = cleanlab_issues(noisy, probs)   # its image-level issues too (in its time)
     seconds = {"cleanlab": time.perf_counter() - t}
-    results = {"cleanlab": (cl_score, cl_flag)}
+    results = {"cleanlab": (cl.score, cl.suggested)}
     for method, extra in (("labelfix", {}), ("labelfix+features", {"features": x}),
                           *((f"labelfix:{name}", {"scorer": name}) for name in OTHER_SCORERS)):
         t = time.perf_counter()
         issues = find_label_issues(noisy, probs, **extra)
         seconds[method] = time.perf_counter() - t
-        results[method] = (np.asarray(issues.score, dtype=np.float64), np.asarray(issues.suggested) != noisy)
-    cl_recall = int((cl_flag & wrong).sum()) / max(int(wrong.sum()), 1)
+        results[method] = (np.asarray(issues.score), np.asarray(issues.suggested))
+    cl_recall = detection_metrics(noisy, true, *results["cleanlab"])["recall"]
     rows = []
-    for method in results:
-        score, flag = results[method]
-        tp = int((flag & wrong).sum())
-        p, r = tp / max(int(flag.sum()), 1), tp / max(int(wrong.sum()), 1)
-        rows.append({"dataset": dataset, "noise": noise, "seed": seed, "method": method, "wrong_cells": int(wrong.sum()),
-                     "ap": float(average_precision_score(wrong.ravel(), score.ravel())),
-                     "flagged": int(flag.sum()), "precision": p, "recall": r,
-                     "f1": 2 * p * r / (p + r) if p + r else 0.0,
-                     "precision_at_cleanlab_recall": precision_at_recall(score, wrong, cl_recall),
+    for method, (score, suggested) in results.items():
+        m = detection_metrics(noisy, true, score, suggested)
+        rows.append({"dataset": dataset, "noise": noise, "seed": seed, "method": method,
+                     "wrong_cells": int(m["errors"]), "ap": m["ap"], "flagged": int(m["suggestions"]),
+                     "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+                     "precision_at_cleanlab_recall": precision_at_recall(noisy, true, score, cl_recall),
                      "seconds": seconds[method]})
     return rows
 
@@ -170,7 +146,8 @@ def summary(frame: pd.DataFrame, seconds: float, command: str) -> str:
               f"{int((prec >= 0).sum())} of {len(prec)} runs. Without features labelfix's ranking is cleanlab's (AP "
               f"equal to {(ap['labelfix'] - ap['cleanlab']).abs().max():.0e}); its own flagged set has an F1 "
               f"{f1.mean():+.3f} from cleanlab's on average (range {f1.min():+.3f} to {f1.max():+.3f}).",
-              "", f"Time per run (mean): cleanlab {frame[frame.method == 'cleanlab'].seconds.mean():.2f} s, labelfix "
+              "", f"Time per run (mean): cleanlab {frame[frame.method == 'cleanlab'].seconds.mean():.2f} s (with its "
+              f"image-level issues), labelfix "
               f"{frame[frame.method == 'labelfix'].seconds.mean():.2f} s, with features "
               f"{frame[frame.method == 'labelfix+features'].seconds.mean():.2f} s (the neighbour search included).",
               "", f"Command: `{command}` ({seconds:.0f} s on this machine)."]

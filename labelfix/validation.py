@@ -367,7 +367,7 @@ def as_features(value: Any, name: str, n: int) -> np.ndarray:
         raise LabelfixError(f"{name}: dtype {np.dtype(value.dtype)}: must be numbers")
     raw = np.asarray(value)
     with np.errstate(over="ignore"):
-        x = raw.astype(np.float32)
+        x = raw.astype(np.float32, copy=False)
     bad = np.isinf(x).any(1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

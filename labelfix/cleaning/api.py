@@ -180,12 +180,12 @@ def _checked_options(k: int, classes, gmm_options, out_dir) -> tuple[list | None
     return classes, out_dir
 
 
-def _vote_from_features(features, given, neighbours, scorer: str, chunk_rows: int) -> np.ndarray:
+def _vote_from_features(features, given, neighbours, scorer: str, single: bool) -> np.ndarray:
     """float32 (N, K) the neighbours' label vote from ``features`` (``find_label_issues``'s
     argument), refused where it would be unused or misleading: beside ``neighbours``, with a
     scorer that reads no neighbour evidence, or on positive-only labels (whose known
-    neighbour labels are positive by selection; ``labelfix clean`` skips the vote there too,
-    docs/cleaning.md)."""
+    neighbour labels are positive by selection; ``single``: ``positive_only(given)``;
+    ``labelfix clean`` skips the vote there too, docs/cleaning.md)."""
     from labelfix.cleaning.neighbours import neighbour_estimates
 
     if neighbours is not None:
@@ -195,7 +195,7 @@ def _vote_from_features(features, given, neighbours, scorer: str, chunk_rows: in
         users = [name for name in _scores.list_scorers() if _scores.get_scorer(name).uses_neighbours]
         raise LabelfixError(f"features: the {scorer!r} score reads no neighbour evidence; leave features out, or "
                             f"use a score that does ({', '.join(users)})")
-    if positive_only(given, chunk_rows=chunk_rows):
+    if single:
         raise LabelfixError("features: the labels are positive-only (most cells unknown, fewer known negatives "
                             "than positives): the neighbours' known labels would be positive by selection, a vote "
                             "on the labelling rather than the image; leave features out")
@@ -353,11 +353,11 @@ def find_label_issues(
     device = check_device(device, "device")
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
-    if features is not None:   # after every cheap check: the neighbour search is the slow part
-        neighbours = _vote_from_features(features, given, neighbours, scorer, rows)
     # positive-only (single-positive) labels: every given positive is trusted, like a verified
     # cell, and delta defaults to the setting's 0.55 (one pass over the labels for both)
     single = positive_only(given, chunk_rows=rows)
+    if features is not None:   # after every cheap check: the neighbour search is the slow part
+        neighbours = _vote_from_features(features, given, neighbours, scorer, single)
     delta = float(relabel_threshold) if relabel_threshold is not None else delta_for(single)
     if not 0.5 <= delta < 1.0:
         raise LabelfixError(f"relabel_threshold: {delta}: must be in [0.5, 1)")

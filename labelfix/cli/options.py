@@ -55,6 +55,11 @@ def refuse_unused(ctx: click.Context, names, why: str) -> None:
         raise LabelfixError(f"{ctx.info_name}: {', '.join(unused)}: {why}")
 
 
+#: help of the CSV reading options, shared by data_options and ``labelfix train``
+IGNORE_COLUMN_HELP = "Wide CSV: a column that is not a class (metadata such as age or view); repeatable."
+FILE_COLUMN_HELP = "CSV: the column of image file names [default: file_name]."
+
+
 def data_options(fn):
     """``--format``, ``--images``, ``--unlabeled``, ``--classes``, ``--ignore-column``,
     ``--file-column`` for commands that read labels."""
@@ -68,10 +73,8 @@ def data_options(fn):
                        "unknown for LVIS-style files).")
     @click.option("--classes", "class_descriptions", type=click.Path(dir_okay=False), default=None,
                   help="Open Images class-description CSV (LabelName,DisplayName).")
-    @click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME",
-                  help="Wide CSV: a column that is not a class (metadata such as age or view); repeatable.")
-    @click.option("--file-column", default=None, metavar="NAME",
-                  help="CSV: the column of image file names [default: file_name].")
+    @click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME", help=IGNORE_COLUMN_HELP)
+    @click.option("--file-column", default=None, metavar="NAME", help=FILE_COLUMN_HELP)
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs)

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from labelfix.cli.options import FILE_COLUMN_HELP, IGNORE_COLUMN_HELP
 from labelfix.train.config import (CLASS_GROUPS, DEFAULT_WORKERS, MIX_CHOICES, OPTIMIZERS, SCHEDULES, TrainConfig,
                                    load_config_file)
 
@@ -29,9 +30,8 @@ def _opt(*decls, **kw):
            "[default: negative].")
 @_opt("--classes", "class_descriptions", type=click.Path(dir_okay=False),
       help="Open Images class-description CSV (LabelName,DisplayName).")
-@click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME",
-              help="Wide CSV: a column that is not a class (metadata such as age or view); repeatable.")
-@_opt("--file-column", metavar="NAME", help="CSV: the column of image file names [default: file_name].")
+@click.option("--ignore-column", "ignore_columns", multiple=True, metavar="NAME", help=IGNORE_COLUMN_HELP)
+@_opt("--file-column", metavar="NAME", help=FILE_COLUMN_HELP)
 @_opt("--val", type=click.Path(), help="Validation label file (same classes, same format).")
 @_opt("--val-split", type=float, help=f"Hold out this fraction of DATA for validation [default: {_D.val_split}].")
 @_opt("--backbone", help=f"timm model name [default: {_D.backbone}].")

@@ -33,6 +33,23 @@ def detect_format(path: Path) -> str:
     raise LabelfixError(f"{path}: cannot tell the label format from the extension '{suffix}'; pass --format")
 
 
+#: reading options that apply to some formats only: option -> (formats, what the message calls them)
+OPTION_FORMATS = {
+    "--unlabeled": (("coco", "fiftyone"), "COCO files"),
+    "--classes": (("openimages",), "Open Images labels"),
+    "--ignore-column": (("csv-wide",), "wide CSV files"),
+    "--file-column": (("csv-wide", "csv-long"), "CSV files"),
+}
+
+
+def _refuse_options_of_other_formats(path, fmt: str, given: dict[str, bool]) -> None:
+    """One line for a reading option given (``given``: option -> given) that format
+    ``fmt`` does not use (:data:`OPTION_FORMATS`): never accepted and ignored."""
+    for option, (formats, what) in OPTION_FORMATS.items():
+        if given[option] and fmt not in formats:
+            raise LabelfixError(f"{path}: {option} applies to {what} only (format is {fmt})")
+
+
 def read_labels(
     path: str | Path,
     format: str | None = None,
@@ -56,31 +73,18 @@ def read_labels(
     """
     from labelfix.labels import LabelSet
 
-    if isinstance(ignore_columns, str):   # "Sex" would be read as the names S, e and x
-        raise LabelfixError(f"{path}: ignore_columns {ignore_columns!r}: expected a list of column names, got one "
-                            f"string")
-    ignore_columns = tuple(ignore_columns or ())
+    given = {"--unlabeled": unlabeled is not None, "--classes": class_descriptions is not None,
+             "--ignore-column": bool(ignore_columns), "--file-column": bool(file_column)}
     if str(path).startswith("fiftyone://") or format == "fiftyone":
         # a FiftyOne dataset, fiftyone://DATASET[/FIELD] (labelfix.io.fiftyone)
         from labelfix.io.fiftyone import read_fiftyone
 
-        if class_descriptions is not None:
-            raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is fiftyone)")
-        if ignore_columns or file_column:
-            option = "--ignore-column" if ignore_columns else "--file-column"
-            raise LabelfixError(f"{path}: {option} applies to CSV files only (format is fiftyone)")
+        _refuse_options_of_other_formats(path, "fiftyone", given)
         uri = str(path) if str(path).startswith("fiftyone://") else f"fiftyone://{path}"
         return read_fiftyone(uri, images=images, unlabeled=unlabeled)
     path = Path(path)
     fmt = format or detect_format(path)
-    if unlabeled is not None and fmt != "coco":
-        raise LabelfixError(f"{path}: --unlabeled applies to COCO files only (format is {fmt})")
-    if class_descriptions is not None and fmt != "openimages":
-        raise LabelfixError(f"{path}: --classes applies to Open Images labels only (format is {fmt})")
-    if ignore_columns and fmt != "csv-wide":
-        raise LabelfixError(f"{path}: --ignore-column applies to wide CSV files only (format is {fmt})")
-    if file_column and fmt not in ("csv-wide", "csv-long"):
-        raise LabelfixError(f"{path}: --file-column applies to CSV files only (format is {fmt})")
+    _refuse_options_of_other_formats(path, fmt, given)
     if format in ("csv-wide", "csv-long", "openimages") and path.is_file():
         with open(path, "rb") as fh:
             head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -94,7 +98,7 @@ def read_labels(
     if fmt == "csv-wide":
         from labelfix.io.csv import read_csv_wide
 
-        return read_csv_wide(path, images=images, ignore_columns=ignore_columns, file_column=file_column)
+        return read_csv_wide(path, images=images, ignore_columns=ignore_columns or (), file_column=file_column)
     if fmt == "csv-long":
         from labelfix.io.csv import read_csv_long
 

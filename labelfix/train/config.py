@@ -309,11 +309,13 @@ def field_types() -> dict[str, str]:
 OPTION_ALIASES = {"classes": "class_descriptions", "ignore_column": "ignore_columns"}
 
 
+_OPTION_OF_FIELD = {field: option for option, field in OPTION_ALIASES.items()}
+
+
 def option_of(name: str) -> str:
     """The command-line option of TrainConfig field ``name`` (``--classes`` for
     ``class_descriptions``, ``--ignore-column`` for ``ignore_columns``), for messages."""
-    option = {field: key for key, field in OPTION_ALIASES.items()}.get(name, name)
-    return "--" + option.replace("_", "-")
+    return "--" + _OPTION_OF_FIELD.get(name, name).replace("_", "-")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
