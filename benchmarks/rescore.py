@@ -11,7 +11,13 @@ cleanlab's recall (``labelfix.bench.metrics.precision_at_recall``). cleanlab's a
 loss ranking's AP, and cleanlab's recall and precision, come from the benchmark's
 ``results.csv`` of the same runs.
 
-Run: ``python benchmarks/rescore.py DIR [DIR ...] [--name rescore]``. Writes
+``--neighbours 0,10,50,all`` adds the default rule (``evidence``) with the neighbours' vote
+computed again at each k (``labelfix.cleaning.evidence.neighbour_votes``, the search
+``labelfix clean --neighbours K`` makes; ``all``: every training image of the other folds,
+so the vote is the class's share of positive known labels; 0: no vote). On positive-only
+labels ``clean`` takes no vote, so neither do these columns.
+
+Run: ``python benchmarks/rescore.py DIR [DIR ...] [--name rescore] [--neighbours K,K,...]``. Writes
 ``benchmarks/results/<name>.json`` (one row per run) and ``.md`` (means over seeds).
 """
 
@@ -47,11 +53,13 @@ AT_RECALL = " @cl-recall"
 
 
 def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: Path,
-            cleanlab_recall: float = float("nan")) -> dict:
+            cleanlab_recall: float = float("nan"), ks: tuple = ()) -> dict:
     from labelfix.bench.metrics import detection_metrics, precision_at_recall
     from labelfix.cleaning import find_label_issues, list_scorers
     from labelfix.cleaning.clean_run import run_evidence
+    from labelfix.cleaning.evidence import neighbour_votes
     from labelfix.io import read_labels
+    from labelfix.labels import positive_only
     from labelfix.run import Run
 
     run = Run(run_dir)
@@ -68,7 +76,21 @@ def rescore(root: Path, dataset: str, mode: str, tag: str, seed: int, run_dir: P
         score = np.asarray(find_label_issues(**evidence, neighbours=neighbours, scorer=name).score)
         row[name] = detection_metrics(given, true, score)[metric]
         row[name + AT_RECALL] = precision_at_recall(given, true, score, cleanlab_recall)
+    for k in ks:
+        votes = None if k == 0 or positive_only(given) else neighbour_votes(run, k or len(given))[0]
+        score = np.asarray(find_label_issues(**evidence, neighbours=votes).score)
+        name = f"evidence k={'all' if k is None else k}"
+        row[name] = detection_metrics(given, true, score)[metric]
+        row[name + AT_RECALL] = precision_at_recall(given, true, score, cleanlab_recall)
     return row
+
+
+def neighbour_counts(text: str) -> tuple:
+    """``--neighbours``: "0,10,all" -> (0, 10, None)."""
+    try:
+        return tuple(None if t.strip() == "all" else int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise SystemExit(f"--neighbours: {text!r}: expected comma-separated integers or 'all'") from None
 
 
 def baselines(root: Path) -> pd.DataFrame:
@@ -101,7 +123,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", help="output folders of benchmarks/detection.py")
     ap.add_argument("--name", default="rescore", help="results file name in benchmarks/results/")
+    ap.add_argument("--neighbours", default="", help="also the evidence rule with the vote of k neighbours, "
+                    "for each k of a comma-separated list ('all': every image; 0: no vote)")
     args = ap.parse_args(argv)
+    ks = neighbour_counts(args.neighbours)
     t0 = time.perf_counter()
     rows = []
     for d in args.dirs:
@@ -109,7 +134,7 @@ def main(argv=None) -> int:
         base = baselines(root)
         recall = ({} if not len(base) else
                   base.set_index(["dataset", "mode", "noise", "seed"])["cleanlab recall"].to_dict())
-        found = [rescore(root, *r, cleanlab_recall=recall.get(r[:4], float("nan"))) for r in runs_of(root)]
+        found = [rescore(root, *r, cleanlab_recall=recall.get(r[:4], float("nan")), ks=ks) for r in runs_of(root)]
         if not found:
             raise SystemExit(f"{root}: no finished detection run under <dataset>/<mode>/runs/")
         frame = pd.DataFrame(found)
@@ -129,7 +154,8 @@ def main(argv=None) -> int:
             f"(`find_multilabel_issues_per_class`) from results.csv; each rule flags the shortest top of its "
             f"ranking that finds as many errors. Goal: at least cleanlab's precision.\n\n"
             f"{table(frame, flag_cols)}\n\nCommand: `python "
-            f"benchmarks/rescore.py {' '.join(args.dirs)} --name {args.name}` ({time.perf_counter() - t0:.0f} s).\n")
+            f"benchmarks/rescore.py {' '.join(args.dirs)} --name {args.name}"
+            + (f" --neighbours {args.neighbours}" if args.neighbours else "") + f"` ({time.perf_counter() - t0:.0f} s).\n")
     write_results(args.name, frame, text)
     return 0
 

@@ -481,6 +481,54 @@ def test_near_duplicates_are_pairs_much_closer_than_the_embedding_s_neighbours()
     assert len(neighbour_estimates(collapsed, given, k=10).duplicates) == 0
 
 
+def test_neighbour_votes_in_blocks_equal_one_block():
+    """The search and the vote count run in blocks of queries (memory grows with k): any
+    block size gives the same votes, support, similarities and duplicate pairs."""
+    from labelfix.cleaning.neighbours import neighbour_estimates
+
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(60, 8)).astype(np.float32)
+    feats[7] = feats[8] + 1e-4                       # one near-duplicate pair
+    feats[20] = np.nan                               # an image that failed to decode
+    given = rng.integers(-1, 2, size=(60, 4)).astype(np.int8)
+    query, base = np.arange(0, 60, 2), np.arange(1, 60)
+    whole = neighbour_estimates(feats, given, query, base, k=12, chunk_rows=10_000)
+    for chunk in (1, 7):
+        part = neighbour_estimates(feats, given, query, base, k=12, chunk_rows=chunk)
+        np.testing.assert_array_equal(part.estimate, whole.estimate)
+        np.testing.assert_array_equal(part.support, whole.support)
+        np.testing.assert_array_equal(part.similarity, whole.similarity)
+        np.testing.assert_array_equal(part.duplicates, whole.duplicates)
+    assert np.isnan(whole.estimate[10]).all() and (whole.duplicates == [8, 7]).all(1).any()
+
+
+def test_near_duplicate_rule_does_not_move_with_k():
+    """The near-duplicate threshold is set by the distance to the 10th neighbour whatever
+    k is: more neighbours only add candidate pairs. In clusters of 12 similar images
+    (cosine distance about 0.06 to the 10th neighbour, 0.9 to the 50th) a pair at 0.0077
+    is not a near-duplicate (threshold 0.1 x 0.06) with k = 10 nor with k = 50, where
+    the 50th neighbour's scale would have let it in; true twins are found with both."""
+    from labelfix.cleaning.neighbours import DUPLICATE_REFERENCE_RANK, duplicate_distance, neighbour_estimates
+
+    rng = np.random.default_rng(5)
+    feats = (np.repeat(rng.normal(size=(10, 32)), 12, axis=0)
+             + rng.normal(scale=0.22, size=(120, 32))).astype(np.float32)
+    step = rng.normal(size=32)
+    feats[1] = feats[0] + 0.67 * step / np.linalg.norm(step)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    dist = np.sort(1.0 - (unit @ unit.T), axis=1)[:, 1:]     # self first, dropped
+    ranks = np.cumsum(np.ones_like(dist, dtype=bool), axis=1)
+    at_10 = duplicate_distance(dist, ranks <= DUPLICATE_REFERENCE_RANK)
+    assert at_10 < 1.0 - unit[0] @ unit[1] < duplicate_distance(dist, ranks <= 50)
+    given = np.zeros((120, 2), np.int8)
+    for k in (10, 50):
+        assert len(neighbour_estimates(feats, given, k=k).duplicates) == 0
+    twins = feats.copy()
+    twins[1::2] = twins[0::2] + rng.normal(scale=1e-3, size=(60, 32)).astype(np.float32)
+    pairs = [{tuple(sorted(p)) for p in neighbour_estimates(twins, given, k=k).duplicates.tolist()} for k in (10, 50)]
+    assert pairs[0] == pairs[1] == {(i, i + 1) for i in range(0, 120, 2)}
+
+
 def test_verified_cells_survive_export_read_train_clean(tiny, tmp_path):
     """A review's decisions are recorded in the cleaned COCO, read back as verified cells,
     trusted by training and never suggested again by clean."""

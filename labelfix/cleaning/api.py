@@ -276,7 +276,7 @@ def find_label_issues(
             no neighbour evidence.
         features: float (N, D) image embeddings (any model's, e.g. its penultimate
             layer), paired with ``given`` by row; labelfix computes the neighbours' label
-            vote from them (``neighbour_estimates``, the k = 10 nearest by cosine, an image
+            vote from them (``neighbour_estimates``, the k = 50 nearest by cosine, an image
             never its own neighbour, every row voting for every other: unlike ``labelfix
             clean``, which searches a held-out image's neighbours among its fold model's
             training images): the alternative to passing ``neighbours``. Refused with a

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from labelfix.cleaning.api import LabelIssues, LazyBCE, LazyProbs, find_label_issues, take_labels
+from labelfix.cleaning.neighbours import DEFAULT_K
 from labelfix.cleaning.scores import DEFAULT_SCORER, get_scorer
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
@@ -356,7 +357,7 @@ def clean_run(
     report: bool = True,
     device: str = "cpu",
     scorer: str | None = None,
-    neighbours: int = 10,
+    neighbours: int = DEFAULT_K,
     single_positive_removals: bool = False,
     learn_from_decisions: bool = True,
     with_runs: Sequence[str | Path] = (),

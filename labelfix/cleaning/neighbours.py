@@ -25,17 +25,24 @@ import pandas as pd
 from labelfix.errors import LabelfixError
 from labelfix.labels import NEG, POS
 
-#: neighbours per image (docs/cleaning.md)
-DEFAULT_K = 10
+#: neighbours per image (docs/cleaning.md "Neighbours": chosen on the demo data's seed 0
+#: among 10 / 20 / 50 / 100 / all, benchmarks/results/rescore_neighbours.md)
+DEFAULT_K = 50
+#: queries per block of the search and the vote count (memory, not the result)
+QUERY_CHUNK = 4096
 #: features are reduced to this many principal components first when wider (speed)
 PCA_DIMS = 128
 #: cosine similarity from which two images count as near-duplicates
 DUPLICATE_SIMILARITY = 0.99
 #: ... and only when their cosine distance is also below this share of the embedding's
-#: typical distance to the k-th neighbour (the median over the queries): an embedding
-#: that does not tell images apart (a model that trained little) puts most images within
-#: 0.01 of several others, and 51 different images of a user's test were one "group"
+#: typical distance to the DUPLICATE_REFERENCE_RANK-th neighbour (the median over the
+#: queries): an embedding that does not tell images apart (a model that trained little)
+#: puts most images within 0.01 of several others, and 51 different images of a user's
+#: test were one "group"
 DUPLICATE_RELATIVE = 0.1
+#: the neighbour whose typical distance sets that scale (10: the k with which the rule
+#: was set; it does not move with ``k``, which only adds candidate pairs)
+DUPLICATE_REFERENCE_RANK = 10
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
@@ -70,7 +77,7 @@ class NeighbourEstimates:
 
 
 def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None, base_rows=None,
-                        k: int = DEFAULT_K) -> NeighbourEstimates:
+                        k: int = DEFAULT_K, chunk_rows: int = QUERY_CHUNK) -> NeighbourEstimates:
     """k-NN label estimates (module docstring).
 
     Args:
@@ -79,7 +86,9 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
         given: int8 (N, K) labels 1 / 0 / -1.
         query_rows, base_rows: int arrays of rows (default: all); a row in both is not its
             own neighbour.
-        k: neighbours per query.
+        k: neighbours per query (all base rows when fewer).
+        chunk_rows: queries searched and counted per block (memory: a block holds
+            ``chunk_rows x (k + 1) x K`` label cells).
     """
     n = len(given)
     if features.shape[0] != n:
@@ -103,22 +112,30 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
     x = _reduce(_unit(x), base)
     m = min(k + 1, base.size)
     index = NearestNeighbors(n_neighbors=m, algorithm="brute").fit(x[base])
+    given = np.asarray(given)
     q_ok = np.flatnonzero(finite[query])
-    dist, pos = index.kneighbors(x[query[q_ok]])
-    nb = base[pos]                                      # (Q', m) neighbour rows
-    not_self = nb != query[q_ok][:, None]
-    # keep the first k neighbours that are not the query itself
-    keep = not_self & (np.cumsum(not_self, axis=1) <= k)
-    g = np.asarray(given)[nb]                           # (Q', m, K)
-    w = keep[..., None]
-    pos_votes = ((g == POS) & w).sum(1)
-    known_votes = (((g == POS) | (g == NEG)) & w).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        estimate[q_ok] = np.where(known_votes > 0, pos_votes / known_votes, np.nan)
-    support[q_ok] = known_votes
+    dist = np.empty((q_ok.size, m), dtype=np.float32)
+    nb = np.empty((q_ok.size, m), dtype=np.int64)       # neighbour rows
+    keep = np.empty((q_ok.size, m), dtype=bool)
+    for lo in range(0, q_ok.size, max(1, chunk_rows)):
+        at = q_ok[lo:lo + chunk_rows]
+        d, pos = index.kneighbors(x[query[at]])
+        rows = slice(lo, lo + at.size)
+        dist[rows], nb[rows] = d, base[pos]
+        not_self = nb[rows] != query[at][:, None]
+        # keep the first k neighbours that are not the query itself
+        keep[rows] = not_self & (np.cumsum(not_self, axis=1) <= k)
+        g = given[nb[rows]]                             # (chunk, m, K)
+        w = keep[rows][..., None]
+        pos_votes = ((g == POS) & w).sum(1)
+        known_votes = (((g == POS) | (g == NEG)) & w).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            estimate[at] = np.where(known_votes > 0, pos_votes / known_votes, np.nan)
+        support[at] = known_votes
     sim = 1.0 - dist ** 2 / 2.0
     similarity[q_ok] = (sim * keep).sum(1) / np.maximum(keep.sum(1), 1)
-    qi, ni = np.nonzero(keep & (1.0 - sim <= duplicate_distance(1.0 - sim, keep)))
+    near = keep & (np.cumsum(keep, axis=1) <= DUPLICATE_REFERENCE_RANK)
+    qi, ni = np.nonzero(keep & (1.0 - sim <= duplicate_distance(1.0 - sim, near)))
     pairs = np.stack([query[q_ok][qi], nb[qi, ni]], axis=1) if qi.size else no_pairs
     return NeighbourEstimates(estimate, support, query, similarity, pairs)
 
@@ -126,8 +143,9 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
 def duplicate_distance(dist: np.ndarray, keep: np.ndarray) -> float:
     """The cosine distance up to which a pair counts as a near-duplicate, from the
     queries' neighbour distances ``dist`` (Q, m) of which ``keep`` (bool (Q, m)) are
-    the k neighbours: ``1 - DUPLICATE_SIMILARITY``, or less where the median distance to
-    the k-th neighbour is small (:data:`DUPLICATE_RELATIVE` of it)."""
+    the reference neighbours (the first :data:`DUPLICATE_REFERENCE_RANK`):
+    ``1 - DUPLICATE_SIMILARITY``, or less where the median distance to the last of them
+    is small (:data:`DUPLICATE_RELATIVE` of it)."""
     kth = np.where(keep, dist, -np.inf).max(1)
     kth = kth[np.isfinite(kth)]
     typical = float(np.median(kth)) if kth.size else 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from labelfix.cleaning.neighbours import DEFAULT_K
 from labelfix.cleaning.scores import list_scorers
 from labelfix.cli.options import FiniteFloat
 
@@ -30,7 +31,7 @@ def _class_names(text: str | None) -> list[str] | None:
                                              'for a name with a comma: --classes \'"dog, cat",bird\').')
 @click.option("--score", "scorer", type=click.Choice(list_scorers()), default=None,
               help="Issue score rule (docs/cleaning.md) [default: evidence].")
-@click.option("--neighbours", type=click.IntRange(min=0), default=10, show_default=True,
+@click.option("--neighbours", type=click.IntRange(min=0), default=DEFAULT_K, show_default=True,
               help="Neighbours per image in the image embedding: their label votes enter the scores evidence, "
                    "evidence_gmm and posterior, and images that are near-duplicates are grouped "
                    "(cells/duplicates.csv). 0: neither.")
