@@ -1,5 +1,5 @@
 """The exception type that reaches users (a single clear line, no traceback), the
-warning type shown as one ``note:`` line, and the one-line text of an ``OSError``."""
+warning type shown as one ``note:`` line, and the one-line text of an exception."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def describe_os_error(err: OSError) -> str:
     if advice and advice.lower() != text.lower():
         text = f"{text} ({advice})"
     return f"{name}: {text}" if name else text
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of ``str(err)``, else the exception's type name (an
+    ``EOFError()`` from an empty file has no message): the part of a library's error
+    quoted in a one-line LabelfixError."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(err).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
 
 POS, NEG, UNK = 1, 0, -1
@@ -196,8 +196,9 @@ class LabelSet:
         except FileNotFoundError as e:
             raise LabelfixError(f"{d}: not a labelfix run directory (missing {Path(e.filename).name})") from None
         except (ValueError, TypeError, json.JSONDecodeError) as e:
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LabelfixError(f"{d / name}: corrupt run directory file: {text}") from None
+            raise LabelfixError(f"{d / name}: corrupt run directory file: {first_line(e)}") from None
+        except EOFError:   # np.load of an empty file (a copy that broke off, a full disk)
+            raise LabelfixError(f"{d / name}: corrupt run directory file: empty") from None
         from labelfix.validation import check_run_labelset
 
         return check_run_labelset(cls, d, labels, images, classes, source, verified)

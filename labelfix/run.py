@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, describe_os_error
 from labelfix.io.outputs import RUN_OWNED  # noqa: F401  (the names a run directory owns)
 from labelfix.labels import LabelSet
 
@@ -34,6 +34,8 @@ def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
         raise LabelfixError(f"{path}: unreadable array: {reason}") from None
     except OSError as e:
         raise LabelfixError(f"{path}: unreadable array: {e}") from None
+    except EOFError:   # an empty file (a copy that broke off, a full disk)
+        raise LabelfixError(f"{path}: unreadable array: the file is empty") from None
 
 
 def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -46,6 +48,34 @@ def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if arr.shape != tuple(shape):
         raise LabelfixError(f"{path}: shape {arr.shape} does not match the labels {tuple(shape)}")
     return arr
+
+
+#: the fields of ``stats/state.json`` (labelfix.train.stats.write_state) and their types
+STATE_FIELDS = {"epochs_recorded": int, "last_epoch": int, "complete": bool, "out_of_sample": bool, "rounds": int}
+
+
+def read_stats_state(path: Path) -> dict:
+    """``stats/state.json`` (how far the statistics got): a JSON object whose known fields
+    have their types (:data:`STATE_FIELDS`; ``rounds`` >= 1, ``epochs_recorded`` >= 0),
+    else one line naming the file and the field."""
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LabelfixError(f"{path}: corrupt JSON") from None
+    except OSError as e:
+        raise LabelfixError(describe_os_error(e)) from None
+    if not isinstance(state, dict):
+        raise LabelfixError(f"{path}: corrupt: expected a JSON object, found {type(state).__name__}")
+    for name, kind in STATE_FIELDS.items():
+        value = state.get(name)
+        if value is None:
+            continue
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        low = {"rounds": 1, "epochs_recorded": 0}.get(name)
+        if not ok or (low is not None and value < low):
+            want = "true or false" if kind is bool else "an integer" + (f" >= {low}" if low is not None else "")
+            raise LabelfixError(f"{path}: field {name!r}: {value!r}, expected {want}")
+    return state
 
 
 class Run:
@@ -68,15 +98,16 @@ class Run:
 
     @cached_property
     def config(self) -> dict:
-        import yaml
+        """``config.yaml`` (:func:`labelfix.io.yaml_file.read_yaml`); {} when absent."""
+        from labelfix.io.yaml_file import read_yaml
 
         p = self.path / "config.yaml"
         if not p.exists():
             return {}
-        try:
-            return yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise LabelfixError(f"{p}: corrupt config: {str(e).splitlines()[0]}") from None
+        doc = read_yaml(p) or {}
+        if not isinstance(doc, dict):
+            raise LabelfixError(f"{p}: corrupt config: the top level is not a mapping")
+        return doc
 
     @property
     def split(self) -> np.ndarray:
@@ -138,13 +169,9 @@ class Run:
 
     @property
     def stats_state(self) -> dict:
+        """``stats/state.json`` checked (:func:`read_stats_state`); {} when absent."""
         p = self.path / "stats" / "state.json"
-        if not p.exists():
-            return {}
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError:
-            raise LabelfixError(f"{p}: corrupt JSON") from None
+        return read_stats_state(p) if p.exists() else {}
 
     def checkpoint(self, which: str = "best") -> Path:
         p = self.path / "checkpoints" / f"{which}.pt"

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.labels import UNK, first_invalid_cell
 
 # =========================================================================== numbers
@@ -86,6 +86,11 @@ def check_number(value: Any, where: str, *, integer: bool = False, low: float | 
     return value
 
 
+#: the largest input size of train / export onnx (pixels per side): beyond it one image is
+#: hundreds of MB and a batch takes the machine down (4000000 asked numpy for 349 TiB)
+MAX_IMG_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class Rule:
     """The allowed values of one numeric option."""
@@ -110,7 +115,7 @@ class Rule:
 #: the numeric options of ``labelfix train`` / ``TrainConfig`` and their ranges
 TRAIN_RULES: dict[str, Rule] = {
     "val_split": Rule(low=0.0, high=1.0, high_open=True),
-    "img_size": Rule(integer=True, low=1),
+    "img_size": Rule(integer=True, low=1, high=MAX_IMG_SIZE),
     "epochs": Rule(integer=True, low=1),
     "batch_size": Rule(integer=True, low=2, why="BatchNorm layers need at least 2 images per batch in training"),
     "lr": Rule(low=0.0, low_open=True),
@@ -209,7 +214,7 @@ def check_device(device: Any, where: str = "--device", allow_auto: bool = False)
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as err:
-        raise LabelfixError(f"{where}: {device!r} is not a device ({str(err).splitlines()[0]}); "
+        raise LabelfixError(f"{where}: {device!r} is not a device ({first_line(err)}); "
                             f"use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -443,7 +448,7 @@ def read_run_csv(path, **kwargs):
     except UnicodeDecodeError as err:
         raise LabelfixError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except (pd.errors.ParserError, csv.Error, ValueError) as err:
-        raise LabelfixError(f"{path}: cannot parse CSV: {str(err).strip().splitlines()[0]}") from None
+        raise LabelfixError(f"{path}: cannot parse CSV: {first_line(err)}") from None
 
 
 def _first(mask) -> int | None:
@@ -550,13 +555,36 @@ def _check_ids_and_classes(frame, path, labelset, require: Iterable[str]) -> tup
     return rows, cols
 
 
+#: names a reviewer may give the decisions column by mistake (stripped, lower case)
+DECISION_COLUMN_LOOKALIKES = ("accept", "accepted", "decision", "decisions")
+
+
+def check_corrections_header(header: Sequence[str], path, required: Sequence[str]) -> None:
+    """The header of ``RUN/corrections.csv`` as people save it: the ``required`` columns
+    present (a file saved with ';' or tabs as the separator reads as one column: said so),
+    and the decisions column named ``accept`` exactly (``Accept``, ``accept `` or
+    ``decision`` would be read as no decision at all). One line naming the file."""
+    header = [str(c) for c in header]
+    if "accept" not in header:
+        near = [c for c in header if c.strip().lower() in DECISION_COLUMN_LOOKALIKES]
+        if near:
+            raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'")
+    missing = [c for c in required if c not in header]
+    if missing:
+        sep = next((name for ch, name in ((";", "';'"), ("\t", "tabs")) if len(header) == 1 and ch in header[0]), None)
+        hint = f" (the header is one column separated by {sep}: save the file as comma-separated CSV)" if sep else ""
+        raise LabelfixError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
+
+
 def check_corrections(frame, path, labelset, required: Sequence[str]) -> None:
     """Schema of ``RUN/corrections.csv`` (a file people edit by hand): ``required``
     columns present; image ids of the run; class and category_id agreeing with the run's
     classes; ``given`` one of 1 / 0 / unknown and equal to the run's label of that cell;
     ``suggested`` 1 or 0, different from ``given`` and agreeing with ``action``
     (add = 1, remove = 0); ``score`` a number; no cell twice. One line naming the file,
-    the row (as a spreadsheet counts: the header is row 1) and the problem."""
+    the row (as a spreadsheet counts: the header is row 1) and the problem; the header
+    first (:func:`check_corrections_header`)."""
+    check_corrections_header(frame.columns, path, required)
     rows, cols = _check_ids_and_classes(frame, path, labelset, required)
     if "given" in frame.columns:
         code = _mapped(frame["given"], path, "given", {"1": 1, "0": 0, "unknown": -1}, "must be 1, 0 or unknown")

@@ -278,6 +278,9 @@ def _alias_cases():
         "predict-out-inside-run": (
             lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--out", w["run"] / "p.csv"],
             ["inside the run directory"]),
+        "predict-out-exists": (   # a CSV may be a label file (it replaced one before 2026-12-07)
+            lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--out", w["wide"]],
+            ["already exists", "--overwrite"]),
         "predict-out-is-model": (
             lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--out",
                        symlink(w, "p.csv", w["root"] / "m.onnx")], ["refusing to overwrite the input"]),
@@ -707,6 +710,10 @@ CONFIG_CASES = {
     "loss_kwargs-list": ("loss_kwargs: [1, 2]\n", "loss_kwargs"),
     "workers-negative": ("workers: -2\n", "workers"),
     "not-a-mapping": ("- 1\n- 2\n", "expected a mapping"),
+    "key-twice": ("epochs: 1\nepochs: 2\n", "line 2: key 'epochs' appears twice"),   # the last one won
+    "dash-and-underscore": ("batch-size: 4\nbatch_size: 8\n", "--batch-size is given twice"),
+    "not-utf8": ("# r\udce9glages\nepochs: 1\n", "not UTF-8 text"),
+    "img_size-huge": ("img_size: 5000\n", "img_size"),
 }
 
 
@@ -714,7 +721,7 @@ CONFIG_CASES = {
 def test_config_file_types(train_data, tmp_path, case):
     text, fragment = CONFIG_CASES[case]
     conf = tmp_path / "opts.yaml"
-    conf.write_text(text)
+    conf.write_bytes(text.encode("utf-8", "surrogateescape"))   # \udce9: a Latin-1 byte
     res = invoke("train", train_data, "--out", tmp_path / "run", "--config", conf)
     assert_one_error(res, fragment, str(conf), code=2)
     assert not (tmp_path / "run").exists()
@@ -754,6 +761,8 @@ OTHER_OPTION_CASES = {
                          "--threshold"),
     "onnx-img-size-0": (lambda w: ["export", "onnx", w["run"], "--out", w["root"] / "m.onnx", "--img-size", "0"],
                         "--img-size"),
+    "onnx-img-size-huge": (lambda w: ["export", "onnx", w["run"], "--out", w["root"] / "m.onnx", "--img-size",
+                                      "4000000"], "--img-size"),   # a numpy MemoryError traceback before
     "onnx-opset-17": (lambda w: ["export", "onnx", w["run"], "--out", w["root"] / "m.onnx", "--opset", "17"],
                       "--opset"),
     "onnx-opset-99": (lambda w: ["export", "onnx", w["run"], "--out", w["root"] / "m.onnx", "--opset", "99"],
@@ -902,6 +911,13 @@ def _edit_corrections(fn):
     return apply
 
 
+def _edit_source(w, section: str, i: int, key: str, value):
+    """Edit the run's source COCO after training (export coco writes the decisions onto it)."""
+    data = json.loads(w["labels"].read_text())
+    data[section][i][key] = value
+    w["labels"].write_text(json.dumps(data))
+
+
 def _write(rel: str, data: bytes):
     def apply(w):
         (w["run"] / rel).write_bytes(data)
@@ -941,6 +957,16 @@ TAMPER_CASES = {
     "corrections-empty": (_write("corrections.csv", b""), ["corrections.csv", "empty file"]),
     "corrections-not-utf8": (_write("corrections.csv", b"image_id,class\n1,\xff\xfe\n"), ["corrections.csv",
                                                                                             "not UTF-8"]),
+    "corrections-semicolon-separated": (   # a spreadsheet in a ';' locale (clean dropped its decisions before)
+        lambda w: pd.read_csv(w["run"] / "corrections.csv").assign(accept="yes").to_csv(
+            w["run"] / "corrections.csv", index=False, sep=";"), ["missing column", "separated by ';'"]),
+    "corrections-accept-capitalised": (   # read as no decision (an export with 0 changes) before
+        _edit_corrections(lambda f: f.__setitem__("Accept", "yes")), ["column 'Accept'", "must be named 'accept'"]),
+    "labels-npy-empty": (_write("labels.npy", b""), ["labels.npy: corrupt run directory file: empty"]),
+    "source-category-renamed": (lambda w: _edit_source(w, "categories", 0, "name", "dog"),
+                                ["labels.json: category 1 is named 'dog', the run's class 'cat'"]),
+    "source-file-renamed": (lambda w: _edit_source(w, "images", 0, "file_name", "other.png"),
+                            ["labels.json: image", "'other.png'", "changed after training"]),
     "labels-npy-wrong-shape": (lambda w: np.save(w["run"] / "labels.npy", np.zeros((3, 2), np.int8)),
                                ["labels.npy", "shape (3, 2)"]),
     "labels-npy-wrong-dtype": (lambda w: np.save(w["run"] / "labels.npy", np.zeros((N_IMAGES, 3), np.float64)),
@@ -990,6 +1016,13 @@ CLEAN_TAMPER_CASES = {
     "split-npy-value-9": (lambda w: np.save(w["run"] / "split.npy", np.array([0, 0, 0, 9, 0, 0, 0, 0], np.int8)),
                           ["split.npy: row 3: 9", "0 (train), 1 (validation) or 2"]),
     "split-npy-truncated": (_truncated_split, ["split.npy: unreadable array"]),
+    "split-npy-empty": (_write("split.npy", b""), ["split.npy: unreadable array: the file is empty"]),   # "Aborted!"
+    "state-json-a-list": (_write("stats/state.json", b"[]"), ["state.json", "expected a JSON object"]),
+    "state-json-rounds-text": (_write("stats/state.json", b'{"complete": true, "rounds": "x"}'),
+                               ["state.json: field 'rounds': 'x'"]),
+    "corrections-tab-separated": (
+        lambda w: pd.read_csv(w["run"] / "corrections.csv").assign(accept="no").to_csv(
+            w["run"] / "corrections.csv", index=False, sep="\t"), ["missing column", "separated by tabs"]),
     "split-npy-text": (lambda w: np.save(w["run"] / "split.npy", np.array(["x"] * N_IMAGES)), ["split.npy", "<U1"]),
     "labels-npy-value-5": (lambda w: np.save(w["run"] / "labels.npy", np.full((N_IMAGES, 3), -3, np.int8)),
                            ["labels.npy: row 0, column 0", "value -3"]),
@@ -1163,6 +1196,23 @@ def test_tampered_decisions(world, case):
     assert "decisions.csv" in str(info.value) and "\n" not in str(info.value)
 
 
+RESUME_DAMAGE_CASES = {
+    "config-yaml-not-utf8": (lambda w: (w["run"] / "config.yaml").write_bytes(
+        b"# r\xe9glages\n" + (w["run"] / "config.yaml").read_bytes()), ["config.yaml", "not UTF-8 text"]),
+    "config-yaml-key-twice": (lambda w: (w["run"] / "config.yaml").write_text(
+        "train:\n  data: x.json\n  epochs: 1\n  epochs: 2\n"), ["config.yaml: line 4: key 'epochs' appears twice"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_DAMAGE_CASES))
+def test_resume_of_a_damaged_run(world, case):
+    damage, fragments = RESUME_DAMAGE_CASES[case]
+    damage(world)
+    before = digest(world["root"])
+    assert_one_error(invoke("train", "--out", world["run"], "--resume", "--epochs", "3"), *fragments, code=2)
+    assert digest(world["root"]) == before
+
+
 def test_config_yaml_types_on_resume(world):
     (world["run"] / "config.yaml").write_text("train:\n  data: x.json\n  img_size: true\n")
     res = invoke("train", "--out", world["run"], "--resume")
@@ -1195,6 +1245,24 @@ def test_tampered_onnx_metadata(world, case):
     res = invoke("predict", model, world["data"])
     line = assert_one_error(res, fragment, code=2)
     assert "m.onnx" in line
+
+
+def test_predict_writes_names_that_are_not_utf8(world, tmp_path):
+    """A Latin-1 file name (an old archive's) in a folder: predicted, written with \\xNN for
+    the byte that is not UTF-8 and counted in a note (one such name stopped the whole
+    prediction with a traceback before); --overwrite replaces the existing --out."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    first = sorted(world["data"].rglob("*.png"))[0]
+    shutil.copyfile(first, folder / "plain.png")
+    shutil.copyfile(first, os.fsdecode(bytes(folder) + b"/caf\xe9.png"))
+    out = tmp_path / "p.csv"
+    out.write_text("old\n")
+    res = invoke("predict", tiny_onnx(world["root"] / "m.onnx"), folder, "--out", out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert "note: 1 file name(s) are not UTF-8 text" in res.output
+    files = pd.read_csv(out)["file"].tolist()
+    assert sorted(Path(f).name for f in files) == ["caf\\xe9.png", "plain.png"]
 
 
 def test_predict_notes_class_names_with_the_labels_separator(world):
@@ -1487,7 +1555,8 @@ CLASS_OF = {
     "test_predict_notes_class_names_with_the_labels_separator": "E",
     "test_clean_skips_unscored_cells_with_a_count": "E", "test_clean_keeps_a_reviewers_own_columns": "E",
     "test_resume_refuses_a_changed_data_file": "E", "test_resume_data_check_reads_only_a_modified_file": "E",
-    "test_split_of_a_fold_model_is_read": "E",
+    "test_split_of_a_fold_model_is_read": "E", "test_resume_of_a_damaged_run": "E",
+    "test_predict_writes_names_that_are_not_utf8": "E",
     "test_wrong_label_files": "F", "test_lvis_negative_overlapping_positive_is_counted": "F",
     "test_find_label_issues_refuses": "F", "test_find_label_issues_converts_and_aliases": "F",
     "test_find_label_issues_does_not_import_torch": "F",

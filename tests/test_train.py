@@ -632,7 +632,8 @@ def test_class_groups_scaled_and_tertile():
 
 def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path):
     """A checkpoint copied in from another run (other data, split or seed) is refused
-    with a message that says why, and nothing in the run is changed."""
+    with a message that says why, and nothing in the run is changed; an empty one (a copy
+    that broke off) is one line too."""
     import shutil
 
     a, b = tmp_path / "a", tmp_path / "b"
@@ -643,6 +644,9 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny, tmp_path):
     with pytest.raises(LabelfixError, match="belongs to other data, split or seed"):
         train(cfg_for(tiny, b, epochs=2, seed=1, resume=True), log=quiet)
     assert (b / "checkpoints" / "last.pt").read_bytes() == before
+    (b / "checkpoints" / "last.pt").write_bytes(b"")   # a copy that broke off (an IndexError before)
+    with pytest.raises(LabelfixError, match=r"last.pt: cannot read the checkpoint: EOFError$"):
+        train(cfg_for(tiny, b, epochs=2, seed=1, resume=True), log=quiet)
 
 
 @pytest.mark.parametrize("asked", [None, True, False])

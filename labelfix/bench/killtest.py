@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from labelfix.errors import first_line
+
 # the CLI of this interpreter, whether or not the console script is installed
 LABELFIX = [sys.executable, "-c", "import sys; from labelfix.cli import main; sys.argv[0] = 'labelfix'; main()"]
 TEMP_RE = re.compile(r"^\..+\.tmp$")  # labelfix.io.atomic temporaries
@@ -146,7 +148,7 @@ def validate_file(path: Path, expected_shapes: dict[str, tuple] | None = None, r
         elif suffix in VALIDATORS:
             VALIDATORS[suffix](path)
     except Exception as e:  # noqa: BLE001 - any failure to load is the finding
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return f"{type(e).__name__}: {first_line(e)}"
     return None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from labelfix.cli.options import FiniteFloat, check_extension
+from labelfix.validation import MAX_IMG_SIZE
 
 
 @click.command("onnx")
@@ -18,7 +19,7 @@ from labelfix.cli.options import FiniteFloat, check_extension
 @click.option("--ema", is_flag=True, help="Export the EMA weights of the checkpoint.")
 @click.option("--opset", type=click.IntRange(min=18), default=18, show_default=True,
               help="ONNX opset version (18 up to the newest the installed onnx supports; never changed silently).")
-@click.option("--img-size", type=click.IntRange(min=1), default=None,
+@click.option("--img-size", type=click.IntRange(min=1, max=MAX_IMG_SIZE), default=None,
               help="Input size S of the graph [default: the training size].")
 @click.option("--fp16", is_flag=True,
               help="Float16 weights and arithmetic (float32 input/output; looser self-check).")

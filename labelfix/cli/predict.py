@@ -19,8 +19,10 @@ from labelfix.cli.options import FiniteFloat
 @click.option("--threshold", type=FiniteFloat(0, 1), default=None,
               help="Decision threshold on probabilities [default: the model's].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace --out when it exists (refused otherwise: a CSV may be "
+                                               "another run's label file).")
 def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: float | None,
-            batch_size: int) -> None:
+            batch_size: int, overwrite: bool) -> None:
     """Predict the labels of IMAGES (files or folders, searched recursively) with a
     MODEL exported by `labelfix export onnx`. In folders, files ending in an image
     extension (.jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp) are read; unreadable
@@ -32,7 +34,7 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
 
     if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         raise LabelfixError(f"{out}: --out must end in .csv or .parquet")
-    check_outputs({"--out": out}, [model, *images])
+    check_outputs({"--out": out}, [model, *images], overwrite=overwrite)
     left_out: list = []
     files = collect_images(images, skipped=left_out)
     if not files:
@@ -57,6 +59,10 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
                 df.to_parquet(tmp, index=False)
         except ImportError as err:
             raise LabelfixError(f"{out}: writing parquet needs pyarrow ({err})") from err
+    escaped = df.attrs.get("escaped", [])
+    if escaped:
+        click.echo(f"note: {len(escaped)} file name(s) are not UTF-8 text: written with \\xNN for the bytes that "
+                   f"are not (first: {escaped[0]})", err=True)
     with_separator = [n for n in df.columns[2:] if ";" in str(n)]
     if with_separator:   # the labels column joins names with ';'
         click.echo(f"note: class name(s) {', '.join(map(repr, with_separator[:3]))} contain ';', which also "

@@ -335,10 +335,20 @@ def export_cleaned_coco(
 
 
 def _check_same_records(data: dict, ls, where: str) -> None:
-    """The source file must still hold exactly the run's images and categories."""
-    img = {int(im["id"]) for im in data.get("images", [])}
-    cat = {int(c["id"]) for c in data.get("categories", [])}
-    if img != set(ls.images["image_id"].astype(np.int64).tolist()):
+    """The source file must still hold exactly the run's images (ids and file names) and
+    categories (ids and names): the decisions are about the run's (image, class) cells,
+    and a swapped name would write them onto another file or class."""
+    img = {int(im["id"]): str(im.get("file_name", "")) for im in data.get("images", [])}
+    cat = {int(c["id"]): str(c.get("name", "")) for c in data.get("categories", [])}
+    if set(img) != set(ls.images["image_id"].astype(np.int64).tolist()):
         raise LabelfixError(f"{where}: its images no longer match the run's images (the file changed after training)")
-    if cat != set(ls.classes["category_id"].astype(np.int64).tolist()):
+    if set(cat) != set(ls.classes["category_id"].astype(np.int64).tolist()):
         raise LabelfixError(f"{where}: its categories no longer match the run's classes (the file changed after training)")
+    for cid, name in zip(ls.classes["category_id"].astype(np.int64), ls.classes["name"].astype(str)):
+        if cat[int(cid)].strip() != name.strip():
+            raise LabelfixError(f"{where}: category {int(cid)} is named {cat[int(cid)]!r}, the run's class {name!r} (the "
+                                f"file changed after training)")
+    for iid, name in zip(ls.images["image_id"].astype(np.int64), ls.images["file_name"].astype(str)):
+        if img[int(iid)] != name:
+            raise LabelfixError(f"{where}: image {int(iid)} is {img[int(iid)]!r}, the run's {name!r} (the file changed "
+                                f"after training)")

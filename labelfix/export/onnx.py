@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io.atomic import atomic_path
 
 __all__ = ["export_onnx", "export_run", "read_class_names", "labelfix_version",
@@ -140,7 +140,7 @@ def _export_proto(module: nn.Module, example: torch.Tensor, opset: int):
     except Exception as err:  # exporter failures are many and version dependent
         _logger.warning(
             "ONNX: the dynamo exporter failed (%s: %s); using the TorchScript exporter",
-            type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "",
+            type(err).__name__, first_line(err),
         )
     proto = _export_torchscript(module, example, opset)
     if not _has_dynamic_batch(proto):

@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from labelfix.data.image import load_rgb, open_image_file
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.numeric import sigmoid
 
 __all__ = ["ModelInfo", "open_session", "load_image", "preprocess", "collect_images",
@@ -116,7 +116,7 @@ def open_session(model_path: str | os.PathLike, providers: Sequence[str] | None 
     try:
         session = ort.InferenceSession(str(path), providers=list(providers))
     except Exception as err:  # onnxruntime raises its own exception types for bad files
-        raise LabelfixError(f"{path}: not a readable ONNX model ({str(err).strip().splitlines()[0]})") from err
+        raise LabelfixError(f"{path}: not a readable ONNX model ({first_line(err)})") from err
     info = ModelInfo.from_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
     if info.interpolation not in _INTERPOLATION or info.crop_mode not in ("squash", "center"):
         raise LabelfixError(f"{path}: metadata: unknown resize {info.interpolation}/{info.crop_mode}")
@@ -235,6 +235,22 @@ def _load_one(path: Path, info: ModelInfo) -> np.ndarray | str:
         return f"{type(err).__name__}: {err}"
 
 
+def text_name(path) -> str:
+    """``str(path)``, or where the file name is not UTF-8 (an old archive's Latin-1 name,
+    kept by Python as surrogate escapes that no text file can hold) the same name with
+    ``\\xNN`` for each byte that is not UTF-8: a CSV, parquet or terminal line can hold it,
+    and it still tells the file apart."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        try:
+            return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:   # a lone surrogate that is no escaped byte
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def predict(
     model_path: str | os.PathLike,
     images: Sequence[str | os.PathLike],
@@ -260,7 +276,8 @@ def predict(
 
     Returns:
         DataFrame, one row per readable image, in input order: ``file`` (str, as
-        given), ``labels`` (names with probability >= threshold, joined with ``;``),
+        given; a name that is not UTF-8 with ``\\xNN`` escapes, :func:`text_name`, listed in
+        ``df.attrs["escaped"]``), ``labels`` (names with probability >= threshold, joined with ``;``),
         then one float32 probability column per class (sigmoid of the logit), named
         by the class. Unreadable images are skipped with a warning;
         ``df.attrs["skipped"]`` lists ``(file, reason)`` pairs.
@@ -280,6 +297,7 @@ def predict(
     files = [Path(p) for p in images]
     batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
     kept: list[str] = []
+    escaped: list[str] = []   # names that are not UTF-8, written with \xNN escapes (text_name)
     probs: list[np.ndarray] = []
     skipped: list[tuple[str, str]] = []
 
@@ -301,16 +319,18 @@ def predict(
             arrays = []
             for f, r in zip(batch, results):
                 if isinstance(r, str):
-                    skipped.append((str(f), r))
+                    skipped.append((text_name(f), r))
                 else:
-                    kept.append(str(f))
+                    kept.append(text_name(f))
+                    if kept[-1] != str(f):
+                        escaped.append(kept[-1])
                     arrays.append(r)
             if arrays:
                 try:
                     logits = session.run(None, {inp.name: np.stack(arrays).astype(dtype, copy=False)})[0]
                 except Exception as err:   # onnxruntime's own types: one line, not a traceback
                     raise LabelfixError(f"{model_path}: onnxruntime could not run the model "
-                                        f"({str(err).strip().splitlines()[0]})") from err
+                                        f"({first_line(err)})") from err
                 probs.append(sigmoid(logits.astype(np.float32)))
             bar.update(task, advance=len(batch))
 
@@ -325,6 +345,10 @@ def predict(
     )
     df.attrs["skipped"] = skipped
     df.attrs["threshold"] = thr
+    df.attrs["escaped"] = escaped
+    if escaped and warn:
+        _logger.warning("%d file name(s) are not UTF-8 text: written with \\xNN for the bytes that are not, "
+                        "first: %s", len(escaped), escaped[0])
     if skipped and warn:
         _logger.warning("skipped %d unreadable image(s), first: %s (%s)", len(skipped), *skipped[0])
     return df

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io.paths import check_file_name, default_image_root
 from labelfix.labels import NEG, POS, UNK, LabelSet
 
@@ -62,7 +62,7 @@ def read_table(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise LabelfixError(f"{path}: empty CSV file") from None
     except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as e:
-        raise LabelfixError(f"{path}: cannot parse CSV: {str(e).splitlines()[0]}") from None
+        raise LabelfixError(f"{path}: cannot parse CSV: {first_line(e)}") from None
     header = raw_header(path)
     seen: set[str] = set()
     for name in header:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io.csv import read_table
 from labelfix.io.paths import check_file_name, default_image_root
 from labelfix.labels import UNK, LabelSet
@@ -27,7 +27,7 @@ def read_class_descriptions(path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise LabelfixError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelfixError(f"{path}: cannot parse class descriptions: {str(e).splitlines()[0]}") from None
+        raise LabelfixError(f"{path}: cannot parse class descriptions: {first_line(e)}") from None
     if table.shape[1] < 2:
         raise LabelfixError(f"{path}: expected two columns LabelName,DisplayName")
     header = table.iat[0, 0] == "LabelName"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
 from labelfix.review.dataset import ACCEPTED, DECISION_TAGS, REJECTED, SUGGESTIONS, class_of
 
@@ -246,8 +246,7 @@ def refresh_decisions(run) -> str | None:
     except LabelfixError as e:
         return f"{kept} ({e})"
     except Exception as e:   # noqa: BLE001 - no database here (another machine, a broken install)
-        why = str(e).splitlines()[0] if str(e) else ""
-        return f"{kept} (FiftyOne dataset {name!r} not readable: {type(e).__name__}: {why})"
+        return f"{kept} (FiftyOne dataset {name!r} not readable: {type(e).__name__}: {first_line(e)})"
     return f"decisions synced from {found}" if found else None
 
 
@@ -360,8 +359,8 @@ def check_decision_file(run) -> pd.DataFrame | None:
     :func:`known_decisions` and :func:`carry_decisions` take them instead of reading the
     file again (it can hold millions of rows; only the decided ones are kept)."""
     from labelfix.review.dataset import suggestion_rows
-    from labelfix.run import Run, load_run
-    from labelfix.validation import read_run_csv
+    from labelfix.run import CORRECTIONS_REQUIRED, Run, load_run
+    from labelfix.validation import DECISION_COLUMN_LOOKALIKES, check_corrections_header, read_run_csv
 
     run = run if isinstance(run, Run) else load_run(run)
     path = run.path / "corrections.csv"
@@ -372,11 +371,17 @@ def check_decision_file(run) -> pd.DataFrame | None:
         header = [str(c) for c in read_run_csv(path, nrows=0).columns]
     except LabelfixError as e:
         raise LabelfixError(f"{e}{hint}") from None
-    near = [c for c in header if c != "accept" and c.strip().lower() == "accept"]
-    if near and "accept" not in header:
-        raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'{hint}")
+    # a file that may hold decisions is checked: an accept column, one named like it, or a
+    # header that is one column holding "accept" (saved with ';' or tabs as the separator)
+    lookalike = any(c.strip().lower() in DECISION_COLUMN_LOOKALIKES for c in header)
+    joined = len(header) == 1 and "accept" in header[0].lower() and any(ch in header[0] for ch in ";\t")
+    if "accept" in header or lookalike or joined:
+        try:
+            check_corrections_header(header, path, CORRECTIONS_REQUIRED)
+        except LabelfixError as e:
+            raise LabelfixError(f"{e}{hint}") from None
     if "accept" not in header:
-        return pd.DataFrame()   # no decision in it: clean replaces it
+        return pd.DataFrame()   # no decision in it: clean replaces it, whatever else is wrong with it
     try:
         suggestion_rows(run)
         return _decided_rows(path, read_run_csv(path, dtype=str))

@@ -43,6 +43,7 @@ from labelfix.io import atomic
 from labelfix.labels import POS, UNK, positive_only
 from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
 from labelfix.numeric import sigmoid
+from labelfix.run import load_npy
 from labelfix.train.data import cfg_augments
 from labelfix.train.mixers import Batch, MixedBatch, Mixer, _option, register_mixer
 from labelfix.train.sampler import derive_seed
@@ -259,7 +260,7 @@ class BalanceMixMixer(Mixer):
             if self.ctx.rank == 0:
                 atomic.write_npy(path, two_view)
         else:
-            two_view = np.load(path)
+            two_view = load_npy(path)
         self.two_view = two_view.astype(np.float32)   # a run written before 2026-12-07: float16
         return int(todo.size)
 

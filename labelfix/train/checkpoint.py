@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
 from labelfix.train.distributed import all_gather_object, barrier
 
@@ -136,7 +136,7 @@ def load_checkpoint(t) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise LabelfixError(f"{path}: cannot read the checkpoint: {str(err).splitlines()[0]}") from None
+        raise LabelfixError(f"{path}: cannot read the checkpoint: {first_line(err)}") from None
     if ckpt.get("run_fingerprint") != t.run_fingerprint:
         raise LabelfixError(f"{path}: run_fingerprint: the checkpoint belongs to other data, split or seed")
     t.model.load_state_dict(ckpt["model"])
@@ -179,11 +179,11 @@ def _same(name: str, a, b, base_a: Path | None = None, base_b: Path | None = Non
 def recorded_mixing(out: Path) -> dict:
     """The mixing options a run resolved when it started (``dataset.mixing`` in
     ``config.yaml``; empty for no mixing method or a run from before they were recorded)."""
-    import yaml
+    from labelfix.io.yaml_file import read_yaml
 
     try:
-        doc = yaml.safe_load((Path(out) / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        doc = read_yaml(Path(out) / "config.yaml") or {}
+    except LabelfixError:
         return {}   # read_run_config refuses an unreadable file with its own line
     recorded = (doc.get("dataset") or {}).get("mixing") if isinstance(doc, dict) else None
     if not isinstance(recorded, dict):

@@ -325,20 +325,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     without ``resume``: how that run was last started is not an option of a new one; runs
     before 2026-12-07 recorded ``resume: true`` after a resume).
     """
+    from labelfix.io.yaml_file import read_yaml
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise LabelfixError(f"{path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise LabelfixError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise LabelfixError(f"{path}: top level: expected a mapping of option names to values")
     if isinstance(data.get("train"), dict):
         data = {k: v for k, v in data["train"].items() if k != "resume"}
-    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in out:   # batch-size and batch_size: one option written twice
+            raise LabelfixError(f"{path}: {key}: the option {option_of(name)} is given twice (with - and _); give it once")
+        out[name] = value
     for option, name in OPTION_ALIASES.items():   # `classes:` as `--classes` is written
         if option in out:
             if name in out:
@@ -412,9 +414,11 @@ def source_commit(*also: str) -> str:
 
 def _recorded_commits(run_dir: Path) -> list[str]:
     """The labelfix commits ``RUN/config.yaml`` records, oldest first ([] if none)."""
+    from labelfix.io.yaml_file import read_yaml
+
     try:
-        doc = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        doc = read_yaml(Path(run_dir) / "config.yaml") or {}
+    except LabelfixError:
         return []
     versions = (doc.get("versions") if isinstance(doc, dict) else None) or {}
     history = versions.get("labelfix_commits") or [versions.get("labelfix_commit")]

@@ -55,6 +55,7 @@ import torch
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import NEG, POS, UNK, LabelSet
+from labelfix.run import load_npy
 
 from labelfix.train import evaluate
 from labelfix.train import stats as stats_mod
@@ -278,7 +279,7 @@ def _open_run(cfg: TrainConfig, dist, say: Callable[[str], None]):
         from labelfix.train.checkpoint import check_resume_compatible
 
         cfg = check_resume_compatible(read_run_config(out), cfg, out)
-        labelset, split, folds = LabelSet.load(out), np.load(out / "split.npy"), np.load(out / "folds.npy")
+        labelset, split, folds = LabelSet.load(out), load_npy(out / "split.npy"), load_npy(out / "folds.npy")
     else:
         if (out / "folds.npy").exists() or (out / "checkpoints" / "last.pt").exists():
             raise LabelfixError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
@@ -319,9 +320,9 @@ def _later_round(r: int, cfg: TrainConfig, labelset: LabelSet, train_rows: np.nd
     out, k, given = Path(cfg.out), cfg.folds, np.asarray(labelset.labels)
     mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
     if dist.is_main and not mask_path.exists():
-        logits = np.load(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
+        logits = load_npy(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
         atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted))
-    mask = broadcast_object(np.load(mask_path) if dist.is_main else None, dist)
+    mask = broadcast_object(load_npy(mask_path) if dist.is_main else None, dist)
     if not mask.any() and not cfg.refit_loss:
         say(f"cross-fitting round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
         return None
@@ -352,7 +353,7 @@ def refit_kappa(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: np.n
     resumed run computes the same value from the same file)."""
     from labelfix.losses import kappa_from_held_out, target_smoothing
 
-    logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
+    logits = load_npy(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
     return round(kappa_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss)), 4)
 
 
@@ -379,7 +380,7 @@ def refit_estimates(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows: 
 
     if cfg.refit_loss != "role":
         return None
-    logits = np.load(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
+    logits = load_npy(out / "stats" / "round1" / "logits.npy", mmap_mode="r")
     return estimates_from_held_out(logits, given, train_rows, target_smoothing(cfg.loss),
                                    assumed_negative=trains_unknown(cfg.loss)).astype(np.float16)
 
@@ -391,7 +392,7 @@ def _round_role_start(cfg: TrainConfig, out: Path, given: np.ndarray, train_rows
     2 that had not started then began from the new ones while its siblings had the old)."""
     path = out / "stats" / "round1" / "role_start.npy"
     if path.exists():
-        return np.load(path)
+        return load_npy(path)
     start = refit_estimates(cfg, out, given, train_rows)
     if start is not None:
         atomic.write_npy(path, start)
@@ -444,7 +445,7 @@ def merge_round(out: Path, r: int, shape: tuple[int, int], folds: np.ndarray, k:
     for name, dtype in (("logits", np.float16), ("loss_mean", np.float32)):
         with atomic.atomic_memmap(dst_dir / f"{name}.npy", shape, dtype, fill=np.nan) as dst:
             for f in range(k):
-                src = np.load(fold_dir(out, f, r) / "stats" / f"{name}.npy", mmap_mode="r")
+                src = load_npy(fold_dir(out, f, r) / "stats" / f"{name}.npy", mmap_mode="r")
                 rows = np.flatnonzero(folds == f) if f else np.flatnonzero((folds == f) | (folds < 0))
                 dst[rows] = src[rows]
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from labelfix.data.dataset import PartialLabelDataset
 from labelfix.errors import LabelfixError
 from labelfix.labels import LabelSet
+from labelfix.run import load_npy
 from labelfix.train.sampler import SampleKey
 
 
@@ -200,7 +201,7 @@ def run_labels(cfg, out, labelset: LabelSet | None = None, split=None) -> tuple[
     if cfg.resume:
         if not last.exists():
             raise LabelfixError(f"{last}: no checkpoint to resume from (run without --resume first)")
-        return LabelSet.load(out), np.load(out / "split.npy")
+        return LabelSet.load(out), load_npy(out / "split.npy")
     if last.exists():
         raise LabelfixError(f"{out}: already holds a run (checkpoints/last.pt); "
                             f"pass --resume to continue it or choose another --out")

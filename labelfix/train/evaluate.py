@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from labelfix.io import atomic
+from labelfix.run import load_npy
 from labelfix.train import stats as stats_mod
 from labelfix.train.checkpoint import native
 from labelfix.train.data import HELD_OUT, make_loader
@@ -108,7 +109,7 @@ def finalize_epoch(t, epoch: int, train_info: dict, record_mean: bool) -> dict:
             for i, ep in part.items():
                 merged[int(i)] = min(int(ep), merged.get(int(i), int(ep)))
         t.skipped = merged
-    logits = np.load(stats_dir / "logits.npy", mmap_mode="r") if t.dist.is_main else t._logits_mem
+    logits = load_npy(stats_dir / "logits.npy", mmap_mode="r") if t.dist.is_main else t._logits_mem
     record = record_mean and epoch > int(state["last_epoch"])
     recorded = int(state["epochs_recorded"]) + (1 if record else 0)
     if t.dist.is_main:
@@ -201,7 +202,7 @@ def resume_finalize(t) -> None:
         frame = pd.read_csv(t.out / "skipped_images.csv")
         t.skipped = {int(i): int(f) for i, f in zip(frame["index"], frame["first_epoch"])}
     t.skipped = broadcast_object(t.skipped, t.dist)
-    logits = broadcast_object(np.load(t.out / "stats" / "logits.npy") if t.dist.is_main else None, t.dist)
+    logits = broadcast_object(load_npy(t.out / "stats" / "logits.npy") if t.dist.is_main else None, t.dist)
     t.mixer.on_epoch_end(e, logits, fresh=False)
 
 

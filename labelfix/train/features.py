@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
 from labelfix.labels import LabelSet
 from labelfix.train.sampler import SampleKey
@@ -49,7 +49,7 @@ def feature_info(path: Path) -> dict:
     try:
         info = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LabelfixError(f"{p}: corrupt embedding record ({str(err).splitlines()[0]}); remove it and its "
+        raise LabelfixError(f"{p}: corrupt embedding record ({first_line(err)}); remove it and its "
                             f"{Path(path).name} to embed again") from None
     if not isinstance(info, dict):
         raise LabelfixError(f"{p}: corrupt embedding record (expected a JSON object); remove it and its "

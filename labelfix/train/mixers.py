@@ -29,6 +29,7 @@ from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import POS, UNK
 from labelfix.losses import split_labels
+from labelfix.run import load_npy
 from labelfix.train.sampler import derive_seed
 
 
@@ -301,7 +302,7 @@ class LogicMixMixer(Mixer):
             if self.ctx.rank == 0:
                 atomic.write_npy(path, labels)
         else:
-            labels = np.load(path)
+            labels = load_npy(path)
         self.labels = labels
         rows = self.ctx.train_rows
         added = (self.ctx.labels[rows] == UNK) & (labels[rows] != UNK)

@@ -18,7 +18,6 @@ previous file. Recording epoch ``e`` into the mean is idempotent: it only happen
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -27,6 +26,7 @@ import torch
 
 from labelfix.io import atomic
 from labelfix.numeric import bce_logits
+from labelfix.run import load_npy
 
 CHUNK_ROWS = 65536
 
@@ -36,10 +36,12 @@ cell_bce = bce_logits
 
 
 def read_state(stats_dir: str | Path) -> dict:
-    """``stats/state.json`` or the empty state."""
+    """``stats/state.json`` (checked: ``labelfix.run.read_stats_state``) or the empty state."""
+    from labelfix.run import read_stats_state
+
     path = Path(stats_dir) / "state.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_stats_state(path)
     return {"epochs_recorded": 0, "last_epoch": -1, "complete": False}
 
 
@@ -114,7 +116,7 @@ def update_loss_mean(stats_dir: Path, logits: np.ndarray, labels: np.ndarray, ep
     count *before* this epoch). Rows whose logits are NaN keep their previous mean."""
     path = Path(stats_dir) / "loss_mean.npy"
     n, k = logits.shape
-    old = np.load(path, mmap_mode="r") if (epochs_recorded > 0 and path.exists()) else None
+    old = load_npy(path, mmap_mode="r") if (epochs_recorded > 0 and path.exists()) else None
     with atomic.atomic_memmap(path, (n, k), np.float32) as new:
         for s in range(0, n, CHUNK_ROWS):
             loss = cell_bce(logits[s:s + CHUNK_ROWS], labels[s:s + CHUNK_ROWS])
