@@ -749,6 +749,8 @@ OTHER_OPTION_CASES = {
                      "--rate"),
     "noise-seed-string": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", "x"), "--seed"),
     "noise-seed-negative": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", "-1"), "--seed"),
+    "noise-seed-beyond-int64": (lambda w: _noise(w["labels"], w["root"] / "n.json", "--seed", str(2**64)),
+                                "--seed"),   # train's range: [0, 2**63)
     "demo-seed-negative": (lambda w: ["demo", "--out", w["root"] / "demo", "--seed", "-1", "--no-fiftyone"], "--seed"),
     "clean-classes-no-name": (lambda w: ["clean", w["run"], "--classes", " , "], "--classes ' , ': no class name"),
     "predict-threshold-nan": (lambda w: ["predict", tiny_onnx(w["root"] / "m.onnx"), w["data"], "--threshold", "nan"],
@@ -767,6 +769,8 @@ OTHER_OPTION_CASES = {
                       "--opset"),
     "onnx-opset-99": (lambda w: ["export", "onnx", w["run"], "--out", w["root"] / "m.onnx", "--opset", "99"],
                       "--opset: 99"),
+    "coco-min-score-5": (lambda w: ["export", "coco", w["run"], "--out", w["root"] / "c.json", "--decisions",
+                                    "min-score", "--min-score", "5"], "--min-score"),   # scores lie in [0, 1]
     "coco-min-score-nan": (lambda w: ["export", "coco", w["run"], "--out", w["root"] / "c.json", "--decisions",
                                       "min-score", "--min-score", "nan"], "--min-score"),
     "demo-rate-nan": (lambda w: ["demo", "--out", w["root"] / "demo", "--rate", "nan", "--no-review"], "--rate"),

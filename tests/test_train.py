@@ -328,6 +328,15 @@ def test_resume_refuses_changed_options_and_existing_run(tiny, tmp_path):
         train(cfg_for(tiny, out, epochs=3, resume=True, mix="auto"), log=quiet)
     train(cfg_for(tiny, out, epochs=3, resume=True, mix=run_mix), log=quiet)
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["mix"] == run_mix
+    # an option edited in config.yaml (the optimizer state would win, the file would say
+    # otherwise): refused through the CLI, which takes the run's options from the file
+    doc = yaml.safe_load((out / "config.yaml").read_text())
+    doc["train"]["lr"] = 0.5
+    (out / "config.yaml").write_text(yaml.safe_dump(doc))
+    edited = (out / "config.yaml").read_bytes()
+    res = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "4", "--no-progress"])
+    assert res.exit_code == 2 and "--lr 0.5 (trained with" in res.output and "config.yaml" in res.output, res.output
+    assert (out / "config.yaml").read_bytes() == edited
 
 
 def test_loss_auto_follows_the_labels_and_resumes_as_resolved(tiny, tmp_path):

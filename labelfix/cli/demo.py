@@ -29,7 +29,7 @@ from labelfix.demo import DEMO_EPOCHS, DEMO_LATER_EPOCHS, DEMO_TRAIN
 @click.option("--review-batch", type=click.IntRange(min=1), default=100, show_default=True,
               help="Suggestions the simulated reviewer decides at a time; clean re-ranks the rest with its "
                    "decisions between batches (docs/review.md).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
 @click.option("--no-fiftyone", "--no-review", "no_fiftyone", is_flag=True,
               help="Skip the FiftyOne dataset (no MongoDB needed); the simulated reviewer still decides "
                    "(--no-review is the earlier name).")

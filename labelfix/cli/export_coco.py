@@ -14,7 +14,8 @@ from labelfix.cli.options import FiniteFloat, check_extension
               show_default=True,
               help="accepted: accepted suggestions only; all: every suggestion not rejected; "
                    "min-score: accepted ones plus undecided ones with score >= --min-score.")
-@click.option("--min-score", type=FiniteFloat(), default=None, help="Score threshold for --decisions min-score.")
+@click.option("--min-score", type=FiniteFloat(0, 1), default=None,
+              help="Score threshold for --decisions min-score (scores lie in [0, 1]).")
 @click.option("--from", "source", type=click.Choice(["fiftyone", "csv"]), default=None,
               help="Where decisions come from: the review dataset, or the 'accept' column of "
                    "RUN/corrections.csv (default: fiftyone when `labelfix review` ran on RUN, else csv).")

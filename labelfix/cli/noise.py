@@ -14,7 +14,7 @@ from labelfix.data.noise import KINDS
 @click.option("--kind", type=click.Choice(KINDS), required=True, help="Noise protocol (docs/user_guide.md, \"Noise injection\").")
 @click.option("--rate", type=FiniteFloat(0, 1), default=None,
               help="Noise rate (required except for single-positive).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Noisy COCO JSON to write (a .json name); <out stem>.changes.csv gets the true label of every "
                    "changed cell. Neither may be an input, nor inside a run directory.")

@@ -113,6 +113,7 @@ def build_checkpoint(t) -> dict:
         "classes": t.labelset.class_names,
         "run_fingerprint": t.run_fingerprint,
         # additions to the documented keys: state that exact resume needs
+        "options": recorded_options(t.cfg),
         "loss": t.loss_fn.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
         "train_state": {"best_map": float(t.best_map), "skipped": dict(t.skipped),
@@ -130,6 +131,35 @@ def save_checkpoint(t) -> None:
     barrier(t.dist)
 
 
+def recorded_options(cfg) -> dict:
+    """The options a checkpoint records (those a resume may not change: not
+    :data:`RESUME_MUTABLE`, not paths, which move with a run), as plain values."""
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else (
+            {str(k): plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
+
+    return {k: plain(v) for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE | PATH_OPTIONS}
+
+
+def _check_recorded_options(recorded, cfg, out: Path, path: Path) -> None:
+    """A resume takes its options from ``RUN/config.yaml``, the optimizer and scheduler
+    their state from the checkpoint: an option edited in config.yaml since (``lr: 0.5``)
+    would be recorded but not trained with. Refused, naming it (checkpoints before
+    2026-12-07 recorded no options: not checked)."""
+    if not isinstance(recorded, dict):
+        return
+    now = recorded_options(cfg)
+    diff = [k for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]
+            and not _same(k, recorded[k], now[k]) and "auto" not in (recorded[k], now[k])
+            and None not in (recorded[k], now[k])]
+    if diff:
+        from labelfix.train.config import option_of
+
+        said = ", ".join(f"{option_of(k)} {now[k]!r} (trained with {recorded[k]!r})" for k in diff)
+        raise LabelfixError(f"{out / 'config.yaml'}: {said}: the file differs from the run's checkpoint {path.name} "
+                            f"(edited after the run started?); restore the value, or start a new --out")
+
+
 def load_checkpoint(t) -> None:
     """Restore trainer ``t`` from ``checkpoints/last.pt`` (one clear line if it cannot)."""
     path = t.out / "checkpoints" / "last.pt"
@@ -139,6 +169,7 @@ def load_checkpoint(t) -> None:
         raise LabelfixError(f"{path}: cannot read the checkpoint: {first_line(err)}") from None
     if ckpt.get("run_fingerprint") != t.run_fingerprint:
         raise LabelfixError(f"{path}: run_fingerprint: the checkpoint belongs to other data, split or seed")
+    _check_recorded_options(ckpt.get("options"), t.cfg, t.out, path)
     t.model.load_state_dict(ckpt["model"])
     if t.ema is not None:
         if ckpt.get("ema") is None:
