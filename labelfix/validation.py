@@ -559,6 +559,22 @@ def _check_ids_and_classes(frame, path, labelset, require: Iterable[str]) -> tup
 DECISION_COLUMN_LOOKALIKES = ("accept", "accepted", "decision", "decisions")
 
 
+def _separator_in(header: Sequence[str]) -> str | None:
+    """``"';'"`` or ``"tabs"`` when the header is one column holding that separator."""
+    if len(header) != 1:
+        return None
+    return next((name for ch, name in ((";", "';'"), ("\t", "tabs")) if ch in str(header[0])), None)
+
+
+def may_hold_decisions(header: Sequence[str]) -> bool:
+    """Whether a corrections.csv with this header may hold a reviewer's decisions: an
+    ``accept`` column, one named like it (:data:`DECISION_COLUMN_LOOKALIKES`), or one column
+    holding "accept" and a separator (saved with ';' or tabs)."""
+    header = [str(c) for c in header]
+    return ("accept" in header or any(c.strip().lower() in DECISION_COLUMN_LOOKALIKES for c in header)
+            or (_separator_in(header) is not None and "accept" in header[0].lower()))
+
+
 def check_corrections_header(header: Sequence[str], path, required: Sequence[str]) -> None:
     """The header of ``RUN/corrections.csv`` as people save it: the ``required`` columns
     present (a file saved with ';' or tabs as the separator reads as one column: said so),
@@ -571,7 +587,7 @@ def check_corrections_header(header: Sequence[str], path, required: Sequence[str
             raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'")
     missing = [c for c in required if c not in header]
     if missing:
-        sep = next((name for ch, name in ((";", "';'"), ("\t", "tabs")) if len(header) == 1 and ch in header[0]), None)
+        sep = _separator_in(header)
         hint = f" (the header is one column separated by {sep}: save the file as comma-separated CSV)" if sep else ""
         raise LabelfixError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
 

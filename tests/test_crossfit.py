@@ -448,9 +448,12 @@ def test_neighbour_votes_count_known_labels_only():
     rng = np.random.default_rng(2)
     feats = rng.normal(size=(40, 6)).astype(np.float32)
     given = rng.integers(-1, 2, size=(40, 3)).astype(np.int8)
-    res = neighbour_estimates(feats, given, k=4)
+    res = neighbour_estimates(feats, given, k=4, chunk_rows=7)
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    idx = NearestNeighbors(n_neighbors=5).fit(unit).kneighbors(unit)[1][:, 1:]   # self first, dropped
+    dist, idx = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(unit).kneighbors(unit)
+    dist, idx = dist[:, 1:], idx[:, 1:]   # self first, dropped
+    # the mean cosine similarity in float64, as one block computed it before the blocks
+    np.testing.assert_array_equal(res.similarity, (1.0 - dist ** 2 / 2.0).mean(1).astype(np.float32))
     for i in range(40):
         g = given[idx[i]]
         known = (g >= 0).sum(0)
@@ -508,7 +511,8 @@ def test_near_duplicate_rule_does_not_move_with_k():
     (cosine distance about 0.06 to the 10th neighbour, 0.9 to the 50th) a pair at 0.0077
     is not a near-duplicate (threshold 0.1 x 0.06) with k = 10 nor with k = 50, where
     the 50th neighbour's scale would have let it in; true twins are found with both."""
-    from labelfix.cleaning.neighbours import DUPLICATE_REFERENCE_RANK, duplicate_distance, neighbour_estimates
+    from labelfix.cleaning.neighbours import (DUPLICATE_REFERENCE_RANK, duplicate_threshold, neighbour_estimates,
+                                              reference_distance)
 
     rng = np.random.default_rng(5)
     feats = (np.repeat(rng.normal(size=(10, 32)), 12, axis=0)
@@ -518,8 +522,8 @@ def test_near_duplicate_rule_does_not_move_with_k():
     unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     dist = np.sort(1.0 - (unit @ unit.T), axis=1)[:, 1:]     # self first, dropped
     ranks = np.cumsum(np.ones_like(dist, dtype=bool), axis=1)
-    at_10 = duplicate_distance(dist, ranks <= DUPLICATE_REFERENCE_RANK)
-    assert at_10 < 1.0 - unit[0] @ unit[1] < duplicate_distance(dist, ranks <= 50)
+    at_10 = duplicate_threshold(reference_distance(dist, ranks <= DUPLICATE_REFERENCE_RANK))
+    assert at_10 < 1.0 - unit[0] @ unit[1] < duplicate_threshold(reference_distance(dist, ranks <= 50))
     given = np.zeros((120, 2), np.int8)
     for k in (10, 50):
         assert len(neighbour_estimates(feats, given, k=k).duplicates) == 0

@@ -52,7 +52,7 @@ def voting_labels(run: Run) -> np.ndarray:
     if rounds > 1:
         mask = run.path / "stats" / f"round{rounds - 1}" / "suspicious.npy"
         if mask.exists():
-            given[np.load(mask)] = UNK
+            given[load_npy(mask)] = UNK
     return given
 
 

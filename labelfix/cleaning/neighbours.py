@@ -114,41 +114,49 @@ def neighbour_estimates(features: np.ndarray, given: np.ndarray, query_rows=None
     index = NearestNeighbors(n_neighbors=m, algorithm="brute").fit(x[base])
     given = np.asarray(given)
     q_ok = np.flatnonzero(finite[query])
-    dist = np.empty((q_ok.size, m), dtype=np.float32)
-    nb = np.empty((q_ok.size, m), dtype=np.int64)       # neighbour rows
-    keep = np.empty((q_ok.size, m), dtype=bool)
-    for lo in range(0, q_ok.size, max(1, chunk_rows)):
-        at = q_ok[lo:lo + chunk_rows]
-        d, pos = index.kneighbors(x[query[at]])
-        rows = slice(lo, lo + at.size)
-        dist[rows], nb[rows] = d, base[pos]
-        not_self = nb[rows] != query[at][:, None]
+    step = max(1, int(chunk_rows))
+    ref = np.empty(q_ok.size, dtype=np.float64)   # each query's distance to its reference neighbour
+    candidates = []                               # (query row, neighbour row, cosine distance) within the cap
+    for lo in range(0, q_ok.size, step):
+        at = q_ok[lo:lo + step]
+        d, pos = index.kneighbors(x[query[at]])   # float64 distances between unit vectors
+        nb = base[pos]                            # (chunk, m) neighbour rows
+        not_self = nb != query[at][:, None]
         # keep the first k neighbours that are not the query itself
-        keep[rows] = not_self & (np.cumsum(not_self, axis=1) <= k)
-        g = given[nb[rows]]                             # (chunk, m, K)
-        w = keep[rows][..., None]
+        keep = not_self & (np.cumsum(not_self, axis=1) <= k)
+        g = given[nb]                             # (chunk, m, K)
+        w = keep[..., None]
         pos_votes = ((g == POS) & w).sum(1)
         known_votes = (((g == POS) | (g == NEG)) & w).sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             estimate[at] = np.where(known_votes > 0, pos_votes / known_votes, np.nan)
         support[at] = known_votes
-    sim = 1.0 - dist ** 2 / 2.0
-    similarity[q_ok] = (sim * keep).sum(1) / np.maximum(keep.sum(1), 1)
-    near = keep & (np.cumsum(keep, axis=1) <= DUPLICATE_REFERENCE_RANK)
-    qi, ni = np.nonzero(keep & (1.0 - sim <= duplicate_distance(1.0 - sim, near)))
-    pairs = np.stack([query[q_ok][qi], nb[qi, ni]], axis=1) if qi.size else no_pairs
+        sim = 1.0 - d ** 2 / 2.0
+        similarity[at] = (sim * keep).sum(1) / np.maximum(keep.sum(1), 1)
+        cos_dist = 1.0 - sim
+        ref[lo:lo + at.size] = reference_distance(cos_dist, keep & (np.cumsum(keep, axis=1) <= DUPLICATE_REFERENCE_RANK))
+        qi, ni = np.nonzero(keep & (cos_dist <= 1.0 - DUPLICATE_SIMILARITY))
+        candidates.append((query[at][qi], nb[qi, ni], cos_dist[qi, ni]))
+    q_rows, n_rows, cos_dist = (np.concatenate(c) for c in zip(*candidates)) if candidates else ((), (), ())
+    within = np.asarray(cos_dist) <= duplicate_threshold(ref)
+    pairs = np.stack([np.asarray(q_rows)[within], np.asarray(n_rows)[within]], axis=1).astype(np.int64) \
+        if within.any() else no_pairs
     return NeighbourEstimates(estimate, support, query, similarity, pairs)
 
 
-def duplicate_distance(dist: np.ndarray, keep: np.ndarray) -> float:
+def reference_distance(dist: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """float64 (Q,): each query's distance to the last of its reference neighbours
+    (``keep``, bool (Q, m)); -inf for a query without one."""
+    return np.where(keep, dist, -np.inf).max(1)
+
+
+def duplicate_threshold(reference: np.ndarray) -> float:
     """The cosine distance up to which a pair counts as a near-duplicate, from the
-    queries' neighbour distances ``dist`` (Q, m) of which ``keep`` (bool (Q, m)) are
-    the reference neighbours (the first :data:`DUPLICATE_REFERENCE_RANK`):
-    ``1 - DUPLICATE_SIMILARITY``, or less where the median distance to the last of them
-    is small (:data:`DUPLICATE_RELATIVE` of it)."""
-    kth = np.where(keep, dist, -np.inf).max(1)
-    kth = kth[np.isfinite(kth)]
-    typical = float(np.median(kth)) if kth.size else 0.0
+    queries' :func:`reference_distance` values: ``1 - DUPLICATE_SIMILARITY``, or less
+    where their median is small (:data:`DUPLICATE_RELATIVE` of it)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    ref = ref[np.isfinite(ref)]
+    typical = float(np.median(ref)) if ref.size else 0.0
     return min(1.0 - DUPLICATE_SIMILARITY, DUPLICATE_RELATIVE * typical)
 
 

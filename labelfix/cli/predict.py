@@ -28,7 +28,8 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
     extension (.jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp) are read; unreadable
     images are skipped and counted."""
     from labelfix.errors import LabelfixError
-    from labelfix.export.predict import LISTED_TWICE, OTHER_EXTENSION, collect_images, predict as run_predict
+    from labelfix.export.predict import LISTED_TWICE, OTHER_EXTENSION, collect_images, escaped_note
+    from labelfix.export.predict import predict as run_predict
     from labelfix.io.atomic import atomic_path, write_csv
     from labelfix.io.outputs import check_outputs
 
@@ -59,10 +60,8 @@ def predict(model: Path, images: tuple[Path, ...], out: Path | None, threshold: 
                 df.to_parquet(tmp, index=False)
         except ImportError as err:
             raise LabelfixError(f"{out}: writing parquet needs pyarrow ({err})") from err
-    escaped = df.attrs.get("escaped", [])
-    if escaped:
-        click.echo(f"note: {len(escaped)} file name(s) are not UTF-8 text: written with \\xNN for the bytes that "
-                   f"are not (first: {escaped[0]})", err=True)
+    if df.attrs.get("escaped"):
+        click.echo(f"note: {escaped_note(df.attrs['escaped'])}", err=True)
     with_separator = [n for n in df.columns[2:] if ";" in str(n)]
     if with_separator:   # the labels column joins names with ';'
         click.echo(f"note: class name(s) {', '.join(map(repr, with_separator[:3]))} contain ';', which also "

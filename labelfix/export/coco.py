@@ -37,6 +37,7 @@ import pandas as pd
 
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
+from labelfix.io.paths import check_file_name
 from labelfix.labels import STATE_NAMES
 from labelfix.run import Run, load_run
 
@@ -349,6 +350,7 @@ def _check_same_records(data: dict, ls, where: str) -> None:
             raise LabelfixError(f"{where}: category {int(cid)} is named {cat[int(cid)]!r}, the run's class {name!r} (the "
                                 f"file changed after training)")
     for iid, name in zip(ls.images["image_id"].astype(np.int64), ls.images["file_name"].astype(str)):
-        if img[int(iid)] != name:
+        # as the reader stored it: images\x.jpg and ./x.jpg are spellings of images/x.jpg, x.jpg
+        if img[int(iid)] != name and check_file_name(img[int(iid)], f"{where}: image {int(iid)}") != name:
             raise LabelfixError(f"{where}: image {int(iid)} is {img[int(iid)]!r}, the run's {name!r} (the file changed "
                                 f"after training)")

@@ -251,6 +251,12 @@ def text_name(path) -> str:
             return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def escaped_note(escaped: list[str]) -> str:
+    """The line that counts the file names written with escapes (:func:`text_name`)."""
+    return (f"{len(escaped)} file name(s) are not UTF-8 text: written with \\xNN for the bytes that are not "
+            f"(first: {escaped[0]})")
+
+
 def predict(
     model_path: str | os.PathLike,
     images: Sequence[str | os.PathLike],
@@ -347,8 +353,7 @@ def predict(
     df.attrs["threshold"] = thr
     df.attrs["escaped"] = escaped
     if escaped and warn:
-        _logger.warning("%d file name(s) are not UTF-8 text: written with \\xNN for the bytes that are not, "
-                        "first: %s", len(escaped), escaped[0])
+        _logger.warning(escaped_note(escaped))
     if skipped and warn:
         _logger.warning("skipped %d unreadable image(s), first: %s (%s)", len(skipped), *skipped[0])
     return df

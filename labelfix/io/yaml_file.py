@@ -19,6 +19,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *defaults`: merged by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 twice = key in seen

@@ -360,7 +360,7 @@ def check_decision_file(run) -> pd.DataFrame | None:
     file again (it can hold millions of rows; only the decided ones are kept)."""
     from labelfix.review.dataset import suggestion_rows
     from labelfix.run import CORRECTIONS_REQUIRED, Run, load_run
-    from labelfix.validation import DECISION_COLUMN_LOOKALIKES, check_corrections_header, read_run_csv
+    from labelfix.validation import check_corrections_header, may_hold_decisions, read_run_csv
 
     run = run if isinstance(run, Run) else load_run(run)
     path = run.path / "corrections.csv"
@@ -371,11 +371,7 @@ def check_decision_file(run) -> pd.DataFrame | None:
         header = [str(c) for c in read_run_csv(path, nrows=0).columns]
     except LabelfixError as e:
         raise LabelfixError(f"{e}{hint}") from None
-    # a file that may hold decisions is checked: an accept column, one named like it, or a
-    # header that is one column holding "accept" (saved with ';' or tabs as the separator)
-    lookalike = any(c.strip().lower() in DECISION_COLUMN_LOOKALIKES for c in header)
-    joined = len(header) == 1 and "accept" in header[0].lower() and any(ch in header[0] for ch in ";\t")
-    if "accept" in header or lookalike or joined:
+    if may_hold_decisions(header):   # accept, a column named like it, or a ';'-separated header
         try:
             check_corrections_header(header, path, CORRECTIONS_REQUIRED)
         except LabelfixError as e:

@@ -166,7 +166,8 @@ def load_checkpoint(t) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise LabelfixError(f"{path}: cannot read the checkpoint: {first_line(err)}") from None
+        why = "the file is empty" if path.exists() and path.stat().st_size == 0 else first_line(err)
+        raise LabelfixError(f"{path}: cannot read the checkpoint: {why}") from None
     if ckpt.get("run_fingerprint") != t.run_fingerprint:
         raise LabelfixError(f"{path}: run_fingerprint: the checkpoint belongs to other data, split or seed")
     _check_recorded_options(ckpt.get("options"), t.cfg, t.out, path)

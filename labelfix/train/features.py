@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
 from labelfix.labels import LabelSet
+from labelfix.run import load_npy
 from labelfix.train.sampler import SampleKey
 
 #: images per chunk between two progress records
@@ -80,7 +81,7 @@ def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np
         if info.get("meta") != meta:
             raise LabelfixError(f"{path}: embeddings of another model or image size ({info.get('meta')}); "
                                 f"remove the folder or use another --out")
-        return np.load(path, mmap_mode="r")
+        return load_npy(path, mmap_mode="r")
     if announce is not None:
         announce()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np
     if done == 0:
         arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n, dim))
     else:
-        arr = np.load(partial, mmap_mode="r+")
+        arr = load_npy(partial, mmap_mode="r+")
         if arr.shape != (n, dim):
             raise LabelfixError(f"{partial}: shape {arr.shape}, expected {(n, dim)}; remove it and start again")
     with torch.no_grad():
@@ -106,7 +107,7 @@ def embed(forward: Callable[[torch.Tensor], torch.Tensor], batches: Callable[[np
     del arr
     os.replace(partial, path)
     atomic.write_json(info_path, {"rows_done": n, "complete": True, "meta": meta})
-    return np.load(path, mmap_mode="r")
+    return load_npy(path, mmap_mode="r")
 
 
 class FeatureDataset(Dataset):
@@ -212,5 +213,5 @@ def embed_run(t, folder: Path, names: tuple[str, ...] = ("train", "val")) -> dic
             embed(forward, batches, labelset.num_images, int(model.backbone.num_features), path, meta=info,
                   progress=report, replace_stale=name == "embeddings", announce=announce)
         barrier(t.dist)
-        out[name] = np.load(path, mmap_mode="r")
+        out[name] = load_npy(path, mmap_mode="r")
     return out
