@@ -431,6 +431,16 @@ def check_probabilities(probs: Any, name: str = "probs", *, logits: bool = False
 GIVEN_VALUES = ("1", "0", "unknown")
 
 
+def _without_trailing_empty_rows(frame):
+    """``frame`` less the rows at its end whose every field is empty (a spreadsheet saves
+    the empty rows below a table as ``,,,,``; blank lines are skipped by pandas already).
+    Only trailing rows go, so a row number in a message is the file's."""
+    end = len(frame)
+    while end and all(str(v).strip() in ("", "nan") for v in frame.iloc[end - 1].tolist()):
+        end -= 1
+    return frame if end == len(frame) else frame.iloc[:end]
+
+
 def read_run_csv(path, **kwargs):
     """``pd.read_csv`` of a table labelfix wrote into a run directory, with one-line
     errors for an empty, non-UTF-8 or unparsable file (it may have been edited by hand)."""
@@ -440,7 +450,7 @@ def read_run_csv(path, **kwargs):
 
     try:
         # utf-8-sig: a spreadsheet that saves "CSV UTF-8" writes a byte-order mark
-        return pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig", **kwargs)
+        return _without_trailing_empty_rows(pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig", **kwargs))
     except FileNotFoundError:
         raise LabelfixError(f"{path}: missing") from None
     except pd.errors.EmptyDataError:

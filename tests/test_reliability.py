@@ -1167,12 +1167,14 @@ def test_split_of_a_fold_model_is_read(world):
 
 
 def test_corrections_edited_in_a_spreadsheet_are_accepted(world):
-    """The positive control of the schema check: a byte-order mark, CRLF line ends and an
-    accept column added by hand are fine."""
+    """The positive control of the schema check: a byte-order mark, CRLF line ends, an
+    accept column added by hand and the empty rows a spreadsheet saves below the table
+    (`,,,,`; refused as "image_id '' is not an integer" before) are fine."""
     p = world["run"] / "corrections.csv"
     frame = pd.read_csv(p, dtype=str, keep_default_na=False)
     frame["accept"] = ["yes"] + [""] * (len(frame) - 1)
-    p.write_bytes(b"\xef\xbb\xbf" + frame.to_csv(index=False, lineterminator="\r\n").encode())
+    empty_rows = ("," * (len(frame.columns) - 1) + "\r\n") * 3
+    p.write_bytes(b"\xef\xbb\xbf" + (frame.to_csv(index=False, lineterminator="\r\n") + empty_rows).encode())
     res = invoke("export", "coco", world["run"], "--out", world["root"] / "clean.json", "--from", "csv")
     assert res.exit_code == 0, res.output
     assert "1 changes applied" in res.output
