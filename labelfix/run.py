@@ -50,14 +50,15 @@ def read_cell_array(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-#: the fields of ``stats/state.json`` (labelfix.train.stats.write_state) and their types
-STATE_FIELDS = {"epochs_recorded": int, "last_epoch": int, "complete": bool, "out_of_sample": bool, "rounds": int}
+#: the fields of ``stats/state.json`` (labelfix.train.stats.write_state): type, least value
+STATE_FIELDS = {"epochs_recorded": (int, 0), "last_epoch": (int, None), "complete": (bool, None),
+                "out_of_sample": (bool, None), "rounds": (int, 1)}
 
 
 def read_stats_state(path: Path) -> dict:
     """``stats/state.json`` (how far the statistics got): a JSON object whose known fields
-    have their types (:data:`STATE_FIELDS`; ``rounds`` >= 1, ``epochs_recorded`` >= 0),
-    else one line naming the file and the field."""
+    have their types and least values (:data:`STATE_FIELDS`), else one line naming the
+    file and the field."""
     try:
         state = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -66,12 +67,11 @@ def read_stats_state(path: Path) -> dict:
         raise LabelfixError(describe_os_error(e)) from None
     if not isinstance(state, dict):
         raise LabelfixError(f"{path}: corrupt: expected a JSON object, found {type(state).__name__}")
-    for name, kind in STATE_FIELDS.items():
+    for name, (kind, low) in STATE_FIELDS.items():
         value = state.get(name)
         if value is None:
             continue
         ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        low = {"rounds": 1, "epochs_recorded": 0}.get(name)
         if not ok or (low is not None and value < low):
             want = "true or false" if kind is bool else "an integer" + (f" >= {low}" if low is not None else "")
             raise LabelfixError(f"{path}: field {name!r}: {value!r}, expected {want}")

@@ -351,6 +351,6 @@ def _check_same_records(data: dict, ls, where: str) -> None:
                                 f"file changed after training)")
     for iid, name in zip(ls.images["image_id"].astype(np.int64), ls.images["file_name"].astype(str)):
         # as the reader stored it: images\x.jpg and ./x.jpg are spellings of images/x.jpg, x.jpg
-        if img[int(iid)] != name and check_file_name(img[int(iid)], f"{where}: image {int(iid)}") != name:
+        if check_file_name(img[int(iid)], f"{where}: image {int(iid)}") != name:
             raise LabelfixError(f"{where}: image {int(iid)} is {img[int(iid)]!r}, the run's {name!r} (the file changed "
                                 f"after training)")

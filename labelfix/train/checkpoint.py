@@ -149,9 +149,9 @@ def _check_recorded_options(recorded, cfg, out: Path, path: Path) -> None:
     if not isinstance(recorded, dict):
         return
     now = recorded_options(cfg)
-    diff = [k for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]
-            and not _same(k, recorded[k], now[k]) and "auto" not in (recorded[k], now[k])
-            and None not in (recorded[k], now[k])]
+    unset = (None, "auto")   # filled on resume from what the run recorded (with_recorded_mixing)
+    diff = [k for k in sorted(set(recorded) & set(now)) if not _same(k, recorded[k], now[k])
+            and recorded[k] not in unset and now[k] not in unset]
     if diff:
         from labelfix.train.config import option_of
 
