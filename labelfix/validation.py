@@ -705,6 +705,23 @@ def require_readable_images(labelset, rows, where: str) -> None:
                         f"{reason}); image folder {labelset.image_root}: check --images")
 
 
+def require_image_folder(labelset, option: str = "--images") -> None:
+    """Refuse an image folder that holds none of the label file's images (a wrong
+    ``--images`` given to a command that records the folder without reading the images,
+    such as ``labelfix noise``): checks the images in order until one is there (in a
+    normal dataset, the first). Images missing from a folder that has others are left to
+    the readers, which skip them with a count."""
+    from labelfix.data.image import image_problem
+
+    for i in range(labelset.num_images):
+        if image_problem(labelset.image_path(i), labelset.image_root) != "missing":
+            return
+    if labelset.num_images:
+        raise LabelfixError(f"{option} {labelset.image_root}: none of the {labelset.num_images} image files of the "
+                            f"labels is there (first: {labelset.images.at[0, 'file_name']}); give the folder their "
+                            f"file names are relative to")
+
+
 # =========================================================================== run directory
 
 

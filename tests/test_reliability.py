@@ -438,6 +438,19 @@ def test_predict_skips_hostile_files(hostile):
     assert_one_error(res, "fifo.png", "not a regular file")
 
 
+def test_predict_names_a_broken_link_given_by_name(world, tmp_path):
+    """An image given by name that is a symbolic link loop, or a link to a missing file:
+    one line saying which (both were "no such file or directory", while a folder walk
+    named the loop)."""
+    model = tiny_onnx(tmp_path / "m.onnx")
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+    assert_one_error(invoke("predict", model, tmp_path / "a.png"), "a.png", "a symbolic link loop", code=2)
+    assert_one_error(invoke("predict", model, tmp_path / "gone.png"), "gone.png",
+                     f"a symbolic link to {tmp_path / 'deleted.png'}, which does not exist", code=2)
+
+
 def _decode_both(path: Path):
     from labelfix.data.image import load_rgb
     from labelfix.export.predict import load_image
@@ -714,6 +727,8 @@ CONFIG_CASES = {
     "dash-and-underscore": ("batch-size: 4\nbatch_size: 8\n", "--batch-size is given twice"),
     "not-utf8": ("# r\udce9glages\nepochs: 1\n", "not UTF-8 text"),
     "img_size-huge": ("img_size: 5000\n", "img_size"),
+    "backbone-unknown": ("backbone: nosuch\n", "backbone 'nosuch': unknown timm model"),   # named no file
+    "train-not-a-section": ("train: 5\n", "train: expected a run's train: section"),   # "unknown option train"
 }
 
 
@@ -860,6 +875,10 @@ UNUSED_OPTION_CASES = {
     "noise-images-not-there": (lambda w: ["noise", w["labels"], "--images", w["root"] / "nowhere", "--kind", "flip",
                                           "--rate", "0.2", "--out", w["root"] / "n.json"],
                                "'--images': Directory"),
+    # a folder that exists but holds none of the images was recorded as the image folder
+    "noise-images-wrong-folder": (lambda w: ["noise", w["labels"], "--images", w["root"], "--kind", "flip", "--rate",
+                                             "0.2", "--out", w["root"] / "n.json"],
+                                  "image files of the labels is there (first: img0.png); give the folder"),
     "info-images-no-files": (lambda w: ["info", w["labels"], "--images", w["root"], "--no-files"],
                              "--images says where the image files are"),
     "bench-test-without-data": (lambda w: ["bench", "--test", w["labels"], "--out", w["root"] / "b"],
@@ -922,6 +941,17 @@ def _edit_source(w, section: str, i: int, key: str, value):
     w["labels"].write_text(json.dumps(data))
 
 
+def _annotate_source(w):
+    """A positive added to the source COCO by hand after training (the first image and
+    category it does not annotate)."""
+    data = json.loads(w["labels"].read_text())
+    have = {(a["image_id"], a["category_id"]) for a in data["annotations"]}
+    image, cat = next((im["id"], c["id"]) for im in data["images"] for c in data["categories"]
+                      if (im["id"], c["id"]) not in have)
+    data["annotations"].append({"id": 10_000, "image_id": image, "category_id": cat, "area": 0.0, "iscrowd": 0})
+    w["labels"].write_text(json.dumps(data))
+
+
 def _write(rel: str, data: bytes):
     def apply(w):
         (w["run"] / rel).write_bytes(data)
@@ -971,6 +1001,9 @@ TAMPER_CASES = {
                                 ["labels.json: category 1 is named 'dog', the run's class 'cat'"]),
     "source-file-renamed": (lambda w: _edit_source(w, "images", 0, "file_name", "other.png"),
                             ["labels.json: image", "'other.png'", "changed after training"]),
+    # the export dropped the annotation without a word (the run's label is negative, no decision)
+    "source-annotation-added": (_annotate_source, ["labels.json: 1 label(s) changed after training",
+                                                   "positive in the file, negative in the run's labels"]),
     "labels-npy-wrong-shape": (lambda w: np.save(w["run"] / "labels.npy", np.zeros((3, 2), np.int8)),
                                ["labels.npy", "shape (3, 2)"]),
     "labels-npy-wrong-dtype": (lambda w: np.save(w["run"] / "labels.npy", np.zeros((N_IMAGES, 3), np.float64)),
@@ -1567,7 +1600,7 @@ CLASS_OF = {
     "test_outputs_never_replace_inputs": "A", "test_derived_output_names_and_success_path": "A",
     "test_info_counts_hostile_files_without_hanging": "B", "test_loader_refuses_hostile_file": "B",
     "test_dataset_skips_hostile_files": "B", "test_predict_skips_hostile_files": "B",
-    "test_one_decoder_for_training_and_predict": "B",
+    "test_one_decoder_for_training_and_predict": "B", "test_predict_names_a_broken_link_given_by_name": "B",
     "test_write_failure_is_one_line": "C", "test_real_full_disk": "C", "test_file_size_limit_subprocess": "C",
     "test_output_set_is_all_or_nothing": "C", "test_output_set_reads_back_and_removes_with_the_set": "C",
     "test_output_set_nested_and_spellings": "C", "test_failed_clean_keeps_the_previous_clean": "C",

@@ -34,6 +34,10 @@ def noise(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file
     inputs = [data, class_descriptions]
     check_outputs({"--out": out, "change log": change_log_for(out)}, inputs, overwrite=overwrite)
     ls = read_from_options(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file_column)
+    if images is not None:   # recorded in the noisy file as its image folder, so it must be the right one
+        from labelfix.validation import require_image_folder
+
+        require_image_folder(ls)
     out, changes_path, changes = write_noisy_coco(ls, kind, rate, seed, out, overwrite=overwrite)
     known = int((ls.labels != -1).sum())
     click.echo(f"{kind} noise: {len(changes)} of {ls.num_images * ls.num_classes} cells changed "

@@ -306,6 +306,8 @@ def export_cleaned_coco(
     converted = not (ls.source.get("format") == "coco" and src_path)
     data = source_coco(ls)
     _check_same_records(data, ls, src_path or str(run.path))
+    if not converted:
+        _check_same_labels(ls, src_path)
     new = np.array(ls.labels, dtype=np.int8)  # dense copy, N x K bytes
     new[log["row"].to_numpy(np.int64), log["col"].to_numpy(np.int64)] = np.where(log["new"] == "1", 1, 0)
     # a person's decisions are trusted from now on: accepted (the new label) and rejected
@@ -333,6 +335,44 @@ def export_cleaned_coco(
         suggestions=int(suggestions),
         notes=notes,
     )
+
+
+#: rows compared at a time by :func:`_check_same_labels`
+LABEL_CHUNK_ROWS = 65_536
+_STATE_WORDS = {1: "positive", 0: "negative", -1: "unknown"}
+
+
+def _check_same_labels(ls, path: str) -> None:
+    """The source COCO's labels (read as the run read it) must still be the run's: the
+    decisions are applied to the run's labels, and :func:`rewrite_coco` keeps a file's
+    annotation only where the exported label is positive, so a positive added to the file
+    after training would be dropped without a word (and a removed one kept removed where a
+    decision restores it). Cells a person verified count too."""
+    from labelfix.io.coco import read_coco
+
+    now = read_coco(path, images=ls.image_root, unlabeled=ls.source.get("unlabeled"))
+    rows = pd.Index(now.images["image_id"].astype(np.int64)).get_indexer(ls.images["image_id"].astype(np.int64))
+    cols = pd.Index(now.classes["category_id"].astype(np.int64)).get_indexer(
+        ls.classes["category_id"].astype(np.int64))
+    their_labels, our_verified, their_verified = np.asarray(now.labels), ls.trusted(), now.trusted()
+    count, first = 0, None
+    for s in range(0, ls.num_images, LABEL_CHUNK_ROWS):
+        part = slice(s, s + LABEL_CHUNK_ROWS)
+        ours, theirs = np.asarray(ls.labels[part]), their_labels[rows[part]][:, cols]
+        differ = (ours != theirs) | (our_verified[part] != their_verified[rows[part]][:, cols])
+        count += int(differ.sum())
+        if first is None and differ.any():
+            r, k = np.argwhere(differ)[0]
+            first = (s + int(r), int(k), int(theirs[r, k]), int(ours[r, k]))
+    if first is None:
+        return
+    r, k, theirs, ours = first
+    what = (f"{_STATE_WORDS[theirs]} in the file, {_STATE_WORDS[ours]} in the run's labels" if theirs != ours
+            else "verified in one of them only")
+    raise LabelfixError(f"{path}: {count} label(s) changed after training (first: image "
+                        f"{int(ls.images.at[r, 'image_id'])} {str(ls.images.at[r, 'file_name'])!r}, class "
+                        f"{str(ls.classes.at[k, 'name'])!r}: {what}); the export would drop or undo those edits: "
+                        f"train on the file as it is now, or restore it")
 
 
 def _check_same_records(data: dict, ls, where: str) -> None:

@@ -11,6 +11,7 @@ transform does, runs batches and returns one row per image.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -220,9 +221,21 @@ def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = No
             add(p)
         elif p.exists():
             raise LabelfixError(f"{p}: not a regular file (a FIFO, socket or device); give image files or folders")
+        elif p.is_symlink():   # exists() follows the link: a loop or a dangling link
+            raise LabelfixError(f"{p}: {_broken_link(p)}")
         else:
             raise LabelfixError(f"{p}: no such file or directory")
     return out
+
+
+def _broken_link(path: Path) -> str:
+    """Why the symbolic link ``path`` leads to no file: a loop, or a missing target."""
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+    return f"a symbolic link to {os.readlink(path)}, which does not exist"
 
 
 def _load_one(path: Path, info: ModelInfo) -> np.ndarray | str:

@@ -105,12 +105,20 @@ class MultiLabelModel(nn.Module):
         return self.head(self.forward_features(x))
 
 
+def check_backbone_name(name: str, where: str = "backbone") -> None:
+    """Raise ``LabelfixError`` naming ``where`` (an option, or a config file and its key)
+    unless ``name`` is a model timm can create."""
+    import timm
+
+    if not timm.is_model(name):
+        raise LabelfixError(f"{where} '{name}': unknown timm model (see timm.list_models())")
+
+
 def _create_backbone(name: str, *, feature_map: bool, pretrained: bool, img_size: int) -> nn.Module:
     import timm
     from timm.models import get_pretrained_cfg_value
 
-    if not timm.is_model(name):
-        raise LabelfixError(f"backbone '{name}': unknown timm model (see timm.list_models())")
+    check_backbone_name(name)
     kwargs: dict[str, Any] = {"num_classes": 0}
     if feature_map:
         kwargs["global_pool"] = ""

@@ -333,7 +333,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise LabelfixError(f"{path}: top level: expected a mapping of option names to values")
-    if isinstance(data.get("train"), dict):
+    if "train" in data:   # a run's config.yaml: its options are under train:
+        if not isinstance(data["train"], dict):
+            raise LabelfixError(f"{path}: train: expected a run's train: section, a mapping of option names "
+                                f"to values, got {data['train']!r}")
         data = {k: v for k, v in data["train"].items() if k != "resume"}
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -352,7 +355,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise LabelfixError(f"{path}: unknown option(s): {', '.join(unknown)}")
     from labelfix.validation import check_train_values
 
-    return check_train_values(out, lambda n: f"{path}: {n}", field_types())
+    values = check_train_values(out, lambda n: f"{path}: {n}", field_types())
+    if values.get("backbone"):   # named here: training would only name the option
+        from labelfix.models import check_backbone_name
+
+        check_backbone_name(values["backbone"], f"{path}: backbone")
+    return values
 
 
 def package_versions() -> dict[str, str]:
