@@ -149,9 +149,11 @@ def test_decision_weights_hand_computed():
     is_add = np.array([True, True, False, False, False])
     accepted = np.array([True, True, True, False, False])
     classes = np.array([0, 1, 1, 1, 0])
-    # directions: r_d = (accepted + prior) / (score mass + prior), removals (1 + 2) / (2.5 + 2),
-    # additions (2 + 2) / (1.7 + 2); classes: r_kd = (accepted_kd + prior r_d) / (mass_kd + prior)
-    r_rm, r_add = 3 / 4.5, 4 / 3.7
+    # all: r = (accepted + prior) / (score mass + prior) = (3 + 2) / (4.2 + 2); directions:
+    # r_d = (accepted_d + prior r) / (mass_d + prior), removals (1 + 2 r) / (2.5 + 2), additions
+    # (2 + 2 r) / (1.7 + 2); classes: r_kd = (accepted_kd + prior r_d) / (mass_kd + prior)
+    r_all = 5 / 6.2
+    r_rm, r_add = (1 + 2 * r_all) / 4.5, (2 + 2 * r_all) / 3.7
     r = np.array([[(0 + 2 * r_rm) / (0.7 + 2), (1 + 2 * r_add) / (0.9 + 2)],
                   [(1 + 2 * r_rm) / (1.8 + 2), (1 + 2 * r_add) / (0.8 + 2)],
                   [r_rm, r_add]])   # class 2: no decision, its directions' ratios
@@ -164,9 +166,18 @@ def test_decision_weights_hand_computed():
     np.testing.assert_allclose(reweight_scores(np.full(3, 0.5), np.array([1, 0, 1]), w, classes=[2, 2, 0]),
                                0.5 * np.array([w[2, 0], w[2, 1], w[0, 0]]), rtol=1e-6)
     # the priors keep a handful of decisions from swinging the ranking: three rejected
-    # removals (two in class 0) cost that class's removals about a fifth of their score
+    # removals (two in class 0) cost that class's removals about a tenth of their score
     w = decision_weights([0.99] * 3, [False] * 3, [False] * 3, [0, 0, 1], 2)
-    assert 0.75 < w[0, 0] < w[1, 0] < w[0, 1] == w[1, 1] == 1.0
+    assert 0.85 < w[0, 0] < w[1, 0] < 0.95 and w[0, 1] == w[1, 1] == 1.0
+    # a direction with few decisions is shrunk towards the pooled ratio, not towards 1:
+    # a hundred removals right at 0.77 of their promise and six right additions keep the
+    # removals within a tenth of the additions (0.92; shrunk towards 1 it was 0.85, and on
+    # scores near 1 every addition jumped the removals)
+    score = np.full(106, 0.99)
+    is_add = np.arange(106) >= 100
+    accepted = np.r_[np.arange(100) < 77, np.ones(6, bool)]
+    w = decision_weights(score, is_add, accepted, np.zeros(106, int), 1, class_prior=np.inf)
+    assert 0.85 < w[0, 0] < w[0, 1] == 1.0 and w[0, 0] > 0.9
 
 
 def test_clean_learns_from_decisions_and_can_be_told_not_to(tmp_path):
