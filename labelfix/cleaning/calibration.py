@@ -129,11 +129,11 @@ def reweight_scores(score, given, weights, classes=None) -> np.ndarray:
 
 # --------------------------------------------------------------------------- precision from decisions
 # A logistic regression of the reviewer's decisions on the suggestions' scores (Platt scaling
-# again, now against the person's answers instead of the noisy given labels). Replayed over 81
-# batches of 100 on 27 runs (benchmarks/precision_estimate.py) it estimated the precision of
-# the next batch with a mean absolute error of 0.111, against 0.146 for the estimate from the
-# given labels and 0.139 for the share accepted so far (0.151 / 0.114 / 0.195 after 100
-# decisions, 0.086 / 0.179 / 0.107 after 300).
+# again, now against the person's answers instead of the noisy given labels). Replayed over 93
+# batches of 100 on 31 runs (benchmarks/precision_estimate.py, 2026-12-07) it estimated the
+# precision of the next batch with a mean absolute error of 0.062, against 0.128 for the
+# estimate from the given labels and 0.085 for the share accepted so far (0.070 / 0.130 /
+# 0.094 after 100 decisions, 0.057 / 0.123 / 0.077 after 300).
 
 #: fewer decided suggestions than this give no estimate
 MIN_DECISIONS = 20
