@@ -449,6 +449,9 @@ def test_predict_names_a_broken_link_given_by_name(world, tmp_path):
     assert_one_error(invoke("predict", model, tmp_path / "a.png"), "a.png", "a symbolic link loop", code=2)
     assert_one_error(invoke("predict", model, tmp_path / "gone.png"), "gone.png",
                      f"a symbolic link to {tmp_path / 'deleted.png'}, which does not exist", code=2)
+    (tmp_path / "chain.png").symlink_to(tmp_path / "gone.png")   # the end of the chain is named
+    assert_one_error(invoke("predict", model, tmp_path / "chain.png"), "chain.png",
+                     f"a symbolic link to {tmp_path / 'deleted.png'}, which does not exist", code=2)
 
 
 def _decode_both(path: Path):
@@ -1270,6 +1273,25 @@ def test_yaml_merge_keys_and_source_spellings_are_read(world, train_data, tmp_pa
     assert res.exit_code == 0, res.output
 
 
+def test_what_the_stricter_checks_leave_alone(world, train_data, tmp_path):
+    """Positive controls of the checks against a changed source or an unknown backbone: a
+    `labelfix bench` run (its labels are the source file's plus the injected noise, so they
+    differ from the file by design) still exports; a config file's backbone that the
+    command line replaces is not checked (the file's name was refused before training
+    started), while an unknown one from the command line is named as the option."""
+    source = json.loads((world["run"] / "source.json").read_text())
+    (world["run"] / "source.json").write_text(json.dumps({**source, "noise": {"kind": "flip", "rate": 0.2, "seed": 0}}))
+    _annotate_source(world)
+    res = invoke("export", "coco", world["run"], "--out", world["root"] / "clean.json", "--from", "csv",
+                 "--decisions", "all")
+    assert res.exit_code == 0, res.output
+    conf = tmp_path / "opts.yaml"
+    conf.write_text("backbone: nosuch_model\n")
+    res = invoke("train", train_data, "--out", tmp_path / "run", "--config", conf, "--backbone", "nosuch_either")
+    assert_one_error(res, "backbone 'nosuch_either': unknown timm model", code=2)
+    assert str(conf) not in res.output
+
+
 def test_config_yaml_types_on_resume(world):
     (world["run"] / "config.yaml").write_text("train:\n  data: x.json\n  img_size: true\n")
     res = invoke("train", "--out", world["run"], "--resume")
@@ -1604,6 +1626,7 @@ CLASS_OF = {
     "test_write_failure_is_one_line": "C", "test_real_full_disk": "C", "test_file_size_limit_subprocess": "C",
     "test_output_set_is_all_or_nothing": "C", "test_output_set_reads_back_and_removes_with_the_set": "C",
     "test_output_set_nested_and_spellings": "C", "test_failed_clean_keeps_the_previous_clean": "C",
+    "test_what_the_stricter_checks_leave_alone": "E",
     "test_train_numeric_options": "D", "test_config_file_types": "D", "test_train_config_python_api_refuses_nan": "D",
     "test_other_numeric_options": "D", "test_device_without_gpu": "D", "test_unused_options_are_refused": "D",
     "test_tampered_run_files": "E", "test_tampered_decisions": "E",

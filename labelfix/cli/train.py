@@ -139,6 +139,7 @@ def train(data, config_file, **flags):
     from labelfix.train import train as run_training
 
     values = load_config_file(config_file) if config_file else {}
+    from_file = set(values)
     flags["ignore_columns"] = list(flags["ignore_columns"]) or None   # not given: the config file's, or none
     given = {k: v for k, v in flags.items() if v is not None}
     if "loss_kwargs" in given:
@@ -168,6 +169,10 @@ def train(data, config_file, **flags):
     if not values.get("out"):
         raise click.UsageError("missing --out RUN")
     cfg = TrainConfig.from_dict(values, source=config_file or "options").validate()
+    if "backbone" in from_file and "backbone" not in given:   # training would name only the option
+        from labelfix.models import check_backbone_name
+
+        check_backbone_name(cfg.backbone, f"{config_file}: backbone")
     from labelfix.io.outputs import check_run_output
 
     check_run_output(cfg.out, [cfg.data, cfg.val, cfg.class_descriptions, cfg.weights, config_file],

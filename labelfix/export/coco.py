@@ -29,14 +29,16 @@ Label sources that are not COCO are converted with
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from labelfix.errors import LabelfixError
+from labelfix.errors import LabelfixError, LabelfixWarning
 from labelfix.io import atomic
+from labelfix.io.coco import coco_labelset
 from labelfix.io.paths import check_file_name
 from labelfix.labels import STATE_NAMES
 from labelfix.run import Run, load_run
@@ -306,8 +308,8 @@ def export_cleaned_coco(
     converted = not (ls.source.get("format") == "coco" and src_path)
     data = source_coco(ls)
     _check_same_records(data, ls, src_path or str(run.path))
-    if not converted:
-        _check_same_labels(ls, src_path)
+    if not converted and "noise" not in ls.source:   # a bench run's labels are the file's plus its noise
+        _check_same_labels(ls, data, src_path)
     new = np.array(ls.labels, dtype=np.int8)  # dense copy, N x K bytes
     new[log["row"].to_numpy(np.int64), log["col"].to_numpy(np.int64)] = np.where(log["new"] == "1", 1, 0)
     # a person's decisions are trusted from now on: accepted (the new label) and rejected
@@ -342,24 +344,28 @@ LABEL_CHUNK_ROWS = 65_536
 _STATE_WORDS = {1: "positive", 0: "negative", -1: "unknown"}
 
 
-def _check_same_labels(ls, path: str) -> None:
-    """The source COCO's labels (read as the run read it) must still be the run's: the
-    decisions are applied to the run's labels, and :func:`rewrite_coco` keeps a file's
-    annotation only where the exported label is positive, so a positive added to the file
-    after training would be dropped without a word (and a removed one kept removed where a
-    decision restores it). Cells a person verified count too."""
-    from labelfix.io.coco import read_coco
-
-    now = read_coco(path, images=ls.image_root, unlabeled=ls.source.get("unlabeled"))
+def _check_same_labels(ls, data: dict, path: str) -> None:
+    """The source COCO's labels (``data``, read as the run read it) must still be the
+    run's: the decisions are applied to the run's labels, and :func:`rewrite_coco` keeps a
+    file's annotation only where the exported label is positive, so a positive added to
+    the file after training would be dropped without a word (and a removed one kept
+    removed where a decision restores it). Cells a person verified count too."""
+    with warnings.catch_warnings():   # the reader's notes were given when the run read the file
+        warnings.simplefilter("ignore", LabelfixWarning)
+        now = coco_labelset(data, path, images=ls.image_root, unlabeled=ls.source.get("unlabeled"))
     rows = pd.Index(now.images["image_id"].astype(np.int64)).get_indexer(ls.images["image_id"].astype(np.int64))
     cols = pd.Index(now.classes["category_id"].astype(np.int64)).get_indexer(
         ls.classes["category_id"].astype(np.int64))
-    their_labels, our_verified, their_verified = np.asarray(now.labels), ls.trusted(), now.trusted()
+    their_labels = np.asarray(now.labels)
+    verified = ls.verified is not None or now.verified is not None
+    our_verified, their_verified = (ls.trusted(), now.trusted()) if verified else (None, None)
     count, first = 0, None
     for s in range(0, ls.num_images, LABEL_CHUNK_ROWS):
         part = slice(s, s + LABEL_CHUNK_ROWS)
         ours, theirs = np.asarray(ls.labels[part]), their_labels[rows[part]][:, cols]
-        differ = (ours != theirs) | (our_verified[part] != their_verified[rows[part]][:, cols])
+        differ = ours != theirs
+        if verified:
+            differ |= our_verified[part] != their_verified[rows[part]][:, cols]
         count += int(differ.sum())
         if first is None and differ.any():
             r, k = np.argwhere(differ)[0]

@@ -229,13 +229,14 @@ def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = No
 
 
 def _broken_link(path: Path) -> str:
-    """Why the symbolic link ``path`` leads to no file: a loop, or a missing target."""
+    """Why the symbolic link ``path`` leads to no file: a loop, or a missing target (the
+    end of the chain of links)."""
     try:
         path.stat()
     except OSError as err:
         if err.errno == errno.ELOOP:
             return "a symbolic link loop"
-    return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return f"a symbolic link to {os.path.realpath(path)}, which does not exist"
 
 
 def _load_one(path: Path, info: ModelInfo) -> np.ndarray | str:

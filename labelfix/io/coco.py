@@ -379,7 +379,16 @@ def read_coco(
             files and ``"negative"`` for plain COCO.
     """
     path = Path(path)
-    data = load_coco_records(path)
+    return coco_labelset(load_coco_records(path), path, images, unlabeled)
+
+
+def coco_labelset(data: dict, path: str | Path, images: str | Path | None = None,
+                  unlabeled: str | None = None) -> LabelSet:
+    """:func:`read_coco` of a COCO dict already loaded from ``path`` (by :func:`load_json`
+    or :func:`load_coco_records`; ``path`` names the file in messages and is where a
+    relative image folder starts). The caller's reference keeps ``data`` in memory; pass it
+    as an expression to let it go before the label matrix is built."""
+    path = Path(path)
     parsed = _validate(data, path)
     lvis = parsed.lvis
     meta = data.get("labelfix", {})

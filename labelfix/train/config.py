@@ -355,12 +355,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise LabelfixError(f"{path}: unknown option(s): {', '.join(unknown)}")
     from labelfix.validation import check_train_values
 
-    values = check_train_values(out, lambda n: f"{path}: {n}", field_types())
-    if values.get("backbone"):   # named here: training would only name the option
-        from labelfix.models import check_backbone_name
-
-        check_backbone_name(values["backbone"], f"{path}: backbone")
-    return values
+    return check_train_values(out, lambda n: f"{path}: {n}", field_types())
 
 
 def package_versions() -> dict[str, str]:
