@@ -39,7 +39,6 @@ import pandas as pd
 from labelfix.errors import LabelfixError, LabelfixWarning
 from labelfix.io import atomic
 from labelfix.io.coco import coco_labelset
-from labelfix.io.paths import check_file_name
 from labelfix.labels import STATE_NAMES
 from labelfix.run import Run, load_run
 
@@ -307,9 +306,9 @@ def export_cleaned_coco(
 
     converted = not (ls.source.get("format") == "coco" and src_path)
     data = source_coco(ls)
-    _check_same_records(data, ls, src_path or str(run.path))
-    if not converted and "noise" not in ls.source:   # a bench run's labels are the file's plus its noise
-        _check_same_labels(ls, data, src_path)
+    if not converted:   # (a conversion is made from the run's own labels)
+        # a bench run's labels are the file's plus the benchmark's noise: its records only
+        _check_source_unchanged(ls, data, src_path, labels="noise" not in ls.source)
     new = np.array(ls.labels, dtype=np.int8)  # dense copy, N x K bytes
     new[log["row"].to_numpy(np.int64), log["col"].to_numpy(np.int64)] = np.where(log["new"] == "1", 1, 0)
     # a person's decisions are trusted from now on: accepted (the new label) and rejected
@@ -339,23 +338,51 @@ def export_cleaned_coco(
     )
 
 
-#: rows compared at a time by :func:`_check_same_labels`
+#: rows compared at a time by :func:`_check_source_unchanged`
 LABEL_CHUNK_ROWS = 65_536
 _STATE_WORDS = {1: "positive", 0: "negative", -1: "unknown"}
 
 
-def _check_same_labels(ls, data: dict, path: str) -> None:
-    """The source COCO's labels (``data``, read as the run read it) must still be the
-    run's: the decisions are applied to the run's labels, and :func:`rewrite_coco` keeps a
-    file's annotation only where the exported label is positive, so a positive added to
-    the file after training would be dropped without a word (and a removed one kept
-    removed where a decision restores it). Cells a person verified count too."""
+def _check_source_unchanged(ls, data: dict, path: str, labels: bool = True) -> None:
+    """The source COCO (``data``, read as the run read it) must still be the run's: the
+    same images (ids, and file names as the reader spells them: images\\x.jpg and ./x.jpg
+    are images/x.jpg and x.jpg) and categories (ids and names), since the decisions are
+    about the run's (image, class) cells and a swapped name would write them onto another
+    file or class; and, with ``labels``, the same labels and verified cells, since
+    :func:`rewrite_coco` keeps a file's annotation only where the exported label is
+    positive (a positive added to the file after training would be dropped without a
+    word, and a removed one kept removed where a decision restores it)."""
+    ids = {int(im["id"]) for im in data.get("images", [])}
+    if ids != set(ls.images["image_id"].astype(np.int64).tolist()):
+        raise LabelfixError(f"{path}: its images no longer match the run's images (the file changed after training)")
+    cat = {int(c["id"]): str(c.get("name", "")) for c in data.get("categories", [])}
+    if set(cat) != set(ls.classes["category_id"].astype(np.int64).tolist()):
+        raise LabelfixError(f"{path}: its categories no longer match the run's classes (the file changed after training)")
+    for cid, name in zip(ls.classes["category_id"].astype(np.int64), ls.classes["name"].astype(str)):
+        # before the reader, which would only see a name taken twice
+        if cat[int(cid)].strip() != name.strip():
+            raise LabelfixError(f"{path}: category {int(cid)} is named {cat[int(cid)]!r}, the run's class {name!r} (the "
+                                f"file changed after training)")
     with warnings.catch_warnings():   # the reader's notes were given when the run read the file
         warnings.simplefilter("ignore", LabelfixWarning)
         now = coco_labelset(data, path, images=ls.image_root, unlabeled=ls.source.get("unlabeled"))
-    rows = pd.Index(now.images["image_id"].astype(np.int64)).get_indexer(ls.images["image_id"].astype(np.int64))
     cols = pd.Index(now.classes["category_id"].astype(np.int64)).get_indexer(
         ls.classes["category_id"].astype(np.int64))
+    rows = pd.Index(now.images["image_id"].astype(np.int64)).get_indexer(ls.images["image_id"].astype(np.int64))
+    theirs_names = now.images["file_name"].astype(str).to_numpy()[rows]
+    renamed = np.flatnonzero(theirs_names != ls.images["file_name"].astype(str).to_numpy())
+    if renamed.size:
+        r = int(renamed[0])
+        raise LabelfixError(f"{path}: image {int(ls.images.at[r, 'image_id'])} is {theirs_names[r]!r}, the run's "
+                            f"{str(ls.images.at[r, 'file_name'])!r} (the file changed after training)")
+    if labels:
+        _check_same_labels(ls, now, rows, cols, path)
+
+
+def _check_same_labels(ls, now, rows: np.ndarray, cols: np.ndarray, path: str) -> None:
+    """Refuse when the file's labels or verified cells (``now``, its rows / columns
+    ``rows`` / ``cols`` aligned to the run's) differ from the run's: one line with the
+    count and the first cell."""
     their_labels = np.asarray(now.labels)
     verified = ls.verified is not None or now.verified is not None
     our_verified, their_verified = (ls.trusted(), now.trusted()) if verified else (None, None)
@@ -379,24 +406,3 @@ def _check_same_labels(ls, data: dict, path: str) -> None:
                         f"{int(ls.images.at[r, 'image_id'])} {str(ls.images.at[r, 'file_name'])!r}, class "
                         f"{str(ls.classes.at[k, 'name'])!r}: {what}); the export would drop or undo those edits: "
                         f"train on the file as it is now, or restore it")
-
-
-def _check_same_records(data: dict, ls, where: str) -> None:
-    """The source file must still hold exactly the run's images (ids and file names) and
-    categories (ids and names): the decisions are about the run's (image, class) cells,
-    and a swapped name would write them onto another file or class."""
-    img = {int(im["id"]): str(im.get("file_name", "")) for im in data.get("images", [])}
-    cat = {int(c["id"]): str(c.get("name", "")) for c in data.get("categories", [])}
-    if set(img) != set(ls.images["image_id"].astype(np.int64).tolist()):
-        raise LabelfixError(f"{where}: its images no longer match the run's images (the file changed after training)")
-    if set(cat) != set(ls.classes["category_id"].astype(np.int64).tolist()):
-        raise LabelfixError(f"{where}: its categories no longer match the run's classes (the file changed after training)")
-    for cid, name in zip(ls.classes["category_id"].astype(np.int64), ls.classes["name"].astype(str)):
-        if cat[int(cid)].strip() != name.strip():
-            raise LabelfixError(f"{where}: category {int(cid)} is named {cat[int(cid)]!r}, the run's class {name!r} (the "
-                                f"file changed after training)")
-    for iid, name in zip(ls.images["image_id"].astype(np.int64), ls.images["file_name"].astype(str)):
-        # as the reader stored it: images\x.jpg and ./x.jpg are spellings of images/x.jpg, x.jpg
-        if check_file_name(img[int(iid)], f"{where}: image {int(iid)}") != name:
-            raise LabelfixError(f"{where}: image {int(iid)} is {img[int(iid)]!r}, the run's {name!r} (the file changed "
-                                f"after training)")

@@ -11,7 +11,6 @@ transform does, runs batches and returns one row per image.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from labelfix.data.image import load_rgb, open_image_file
+from labelfix.data.image import image_problem, load_rgb, open_image_file
 from labelfix.errors import LabelfixError, first_line
 from labelfix.numeric import sigmoid
 
@@ -221,22 +220,13 @@ def collect_images(paths: Iterable[str | os.PathLike], skipped: list | None = No
             add(p)
         elif p.exists():
             raise LabelfixError(f"{p}: not a regular file (a FIFO, socket or device); give image files or folders")
-        elif p.is_symlink():   # exists() follows the link: a loop or a dangling link
-            raise LabelfixError(f"{p}: {_broken_link(p)}")
+        elif p.is_symlink():   # exists() follows the link: a loop (the decoder's check says so) or a dangling link
+            why = image_problem(p)
+            raise LabelfixError(f"{p}: " + (f"a symbolic link to {os.path.realpath(p)}, which does not exist"
+                                             if why == "missing" else why))
         else:
             raise LabelfixError(f"{p}: no such file or directory")
     return out
-
-
-def _broken_link(path: Path) -> str:
-    """Why the symbolic link ``path`` leads to no file: a loop, or a missing target (the
-    end of the chain of links)."""
-    try:
-        path.stat()
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return "a symbolic link loop"
-    return f"a symbolic link to {os.path.realpath(path)}, which does not exist"
 
 
 def _load_one(path: Path, info: ModelInfo) -> np.ndarray | str:
