@@ -17,6 +17,7 @@ import pandas as pd
 
 from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
+from labelfix.io.arrays import load_npy
 
 POS, NEG, UNK = 1, 0, -1
 STATE_NAMES = {POS: "1", NEG: "0", UNK: "unknown"}
@@ -182,23 +183,20 @@ class LabelSet:
     def load(cls, directory: str | Path, mmap: bool = True) -> "LabelSet":
         """Read a LabelSet written by :meth:`save` (labels memory-mapped read-only)."""
         d = Path(directory)
+        for name in ("classes.json", "images.csv", "labels.npy", "source.json"):
+            if not (d / name).exists():
+                raise LabelfixError(f"{d}: not a labelfix run directory (missing {name})")
         name = "classes.json"
         try:
             classes = pd.DataFrame(json.loads((d / name).read_text(encoding="utf-8")), columns=CLASS_COLUMNS)
             name = "images.csv"
             images = pd.read_csv(d / name, dtype={"file_name": str}, keep_default_na=False)
-            name = "labels.npy"
-            labels = np.load(d / name, mmap_mode="r" if mmap else None, allow_pickle=False)
             name = "source.json"
             source = json.loads((d / name).read_text(encoding="utf-8"))
-            name = "verified.npy"
-            verified = np.load(d / name, allow_pickle=False) if (d / name).exists() else None
-        except FileNotFoundError as e:
-            raise LabelfixError(f"{d}: not a labelfix run directory (missing {Path(e.filename).name})") from None
         except (ValueError, TypeError, json.JSONDecodeError) as e:
             raise LabelfixError(f"{d / name}: corrupt run directory file: {first_line(e)}") from None
-        except EOFError:   # np.load of an empty file (a copy that broke off, a full disk)
-            raise LabelfixError(f"{d / name}: corrupt run directory file: empty") from None
+        labels = load_npy(d / "labels.npy", mmap_mode="r" if mmap else None)
+        verified = load_npy(d / "verified.npy") if (d / "verified.npy").exists() else None
         from labelfix.validation import check_run_labelset
 
         return check_run_labelset(cls, d, labels, images, classes, source, verified)

@@ -999,7 +999,7 @@ TAMPER_CASES = {
             w["run"] / "corrections.csv", index=False, sep=";"), ["missing column", "separated by ';'"]),
     "corrections-accept-capitalised": (   # read as no decision (an export with 0 changes) before
         _edit_corrections(lambda f: f.__setitem__("Accept", "yes")), ["column 'Accept'", "must be named 'accept'"]),
-    "labels-npy-empty": (_write("labels.npy", b""), ["labels.npy: corrupt run directory file: empty"]),
+    "labels-npy-empty": (_write("labels.npy", b""), ["labels.npy: unreadable array: the file is empty"]),
     "source-category-renamed": (lambda w: _edit_source(w, "categories", 0, "name", "dog"),
                                 ["labels.json: category 1 is named 'dog', the run's class 'cat'"]),
     "source-file-renamed": (lambda w: _edit_source(w, "images", 0, "file_name", "other.png"),
@@ -1011,7 +1011,8 @@ TAMPER_CASES = {
                                ["labels.npy", "shape (3, 2)"]),
     "labels-npy-wrong-dtype": (lambda w: np.save(w["run"] / "labels.npy", np.zeros((N_IMAGES, 3), np.float64)),
                                ["labels.npy", "dtype float64"]),
-    "labels-npy-garbage": (_write("labels.npy", b"\x93NUMPY garbage"), ["labels.npy: corrupt run directory file"]),
+    "labels-npy-garbage": (_write("labels.npy", b"\x93NUMPY garbage"), ["labels.npy: unreadable array"]),
+    "verified-npy-garbage": (_write("verified.npy", b"\x93NUMPY garbage"), ["verified.npy: unreadable array"]),
     "labels-npy-value-5": (lambda w: np.save(w["run"] / "labels.npy", np.full((N_IMAGES, 3), 5, np.int8)),
                            ["labels.npy: row 0, column 0", "value 5"]),
     "classes-json-duplicate-name": (

@@ -32,6 +32,7 @@ import pandas as pd
 
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
+from labelfix.io.arrays import load_npy
 from labelfix.labels import LabelSet
 
 #: method name -> (loss, mix) of ``labelfix train``
@@ -179,8 +180,8 @@ def train_once(cfg, log) -> tuple[dict, bool]:
             # what they resolve to now (a run of an older rule is not reused)
             from labelfix.train.optim import resolve_auto
 
-            split = np.load(run_dir / "split.npy")
-            wanted_cfg = resolve_auto(cfg, np.load(run_dir / "labels.npy"), np.flatnonzero(split == 0))
+            split = load_npy(run_dir / "split.npy")
+            wanted_cfg = resolve_auto(cfg, load_npy(run_dir / "labels.npy"), np.flatnonzero(split == 0))
         saved, wanted = read_run_config(run_dir).to_dict(), wanted_cfg.to_dict()
         for k in ("data", "out"):   # the run records absolute paths; --out may be relative
             saved[k], wanted[k] = (str(Path(d[k]).resolve()) if d.get(k) else d.get(k) for d in (saved, wanted))
@@ -220,7 +221,7 @@ def train_reference(clean: LabelSet, run_dir, *, seed: int, folds: int, fold_wor
     cfg = TrainConfig(data=str(data), out=str(run_dir), loss="bce", mix="none", seed=seed, folds=folds, rounds=1,
                       fold_workers=fold_workers, **{**BENCH_TRAIN, **train_options})
     secs = train_once(cfg, lambda s: None)[0]["train_seconds"]
-    return sigmoid(np.load(run_dir / "stats" / "logits.npy").astype(np.float32)), float(secs)
+    return sigmoid(load_npy(run_dir / "stats" / "logits.npy").astype(np.float32)), float(secs)
 
 
 def reference_metrics(noisy: np.ndarray, true: np.ndarray, probs: np.ndarray) -> dict:
@@ -449,7 +450,7 @@ def run_bench(
             log(f"[{tag} seed {seed}] labelfix ({loss}, {folds} folds x {rounds} rounds): {_ap_text(det, kind)} "
                 f"F1 {det['f1']:.3f} ({secs['train_seconds']:.0f}s{', reused' if reused else ''})")
             if "loss" in baselines and "bce" in logits_of:
-                logits = np.load(base / "bce" / "stats" / "logits.npy").astype(np.float32)
+                logits = load_npy(base / "bce" / "stats" / "logits.npy").astype(np.float32)
                 iss = loss_ranking(noisy, logits)
                 det = detection_metrics(noisy, true, iss.score, iss.suggested)
                 add(tag, kind, rate, seed, "detection", "loss", "bce", det, base / "bce")
@@ -461,7 +462,7 @@ def run_bench(
                 cv_time = {}
                 if ran.loss == "bce" and ran.mix == "none":   # the same fold models: labelfix's round 1
                     source, cl_run = f"bce cv{folds} (labelfix round 1)", base / "labelfix"   # (its time is labelfix's)
-                    probs_logits = np.load(base / "labelfix" / "stats" / "round1" / "logits.npy")
+                    probs_logits = load_npy(base / "labelfix" / "stats" / "round1" / "logits.npy")
                 else:
                     cl_loss = "bce" if ran.loss == "bce" else CLEANLAB_LOSS
                     cv_cfg = TrainConfig(data=str(base / "data"), out=str(base / "cleanlab_cv"), loss=cl_loss,
@@ -469,7 +470,7 @@ def run_bench(
                                          **train_cfg)
                     cv_time = {"cv_seconds": train_once(cv_cfg, quiet)[0]["train_seconds"]}
                     source, cl_run = f"{cl_loss} cv{folds}", base / "cleanlab_cv"
-                    probs_logits = np.load(base / "cleanlab_cv" / "stats" / "logits.npy")
+                    probs_logits = load_npy(base / "cleanlab_cv" / "stats" / "logits.npy")
                 t1 = time.perf_counter()
                 iss = cleanlab_issues(noisy, sigmoid(np.asarray(probs_logits, dtype=np.float32)))
                 cl_secs = time.perf_counter() - t1

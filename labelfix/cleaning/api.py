@@ -19,6 +19,7 @@ from labelfix.cleaning.noise_rates import confident_joint, given_counts, known_e
 from labelfix.cleaning.states import (AMBIGUOUS, CLEAN, ESTIMATED, RELABELED, STATE_NAMES, assign_states_block,
                                       delta_for)
 from labelfix.errors import LabelfixError, describe_os_error
+from labelfix.io.arrays import load_npy
 from labelfix.io.atomic import atomic_memmap, staged
 from labelfix.validation import (as_cell_array, as_features, as_given, check_aligned, check_class_names, check_device,
                                  check_number, check_probabilities)
@@ -441,7 +442,7 @@ def find_label_issues(
         arrays = outs
     if out_dir is not None:
         # inside an output set (labelfix clean) the files are still their temporaries
-        arrays = {n: np.load(staged(out_dir / f"{n}.npy"), mmap_mode="r") for n in CELL_ARRAYS}
+        arrays = {n: load_npy(staged(out_dir / f"{n}.npy"), mmap_mode="r") for n in CELL_ARRAYS}
 
     corrections = _corrections_frame(cand, max_suggestions, classes)
     return LabelIssues(

@@ -27,6 +27,7 @@ from labelfix.cleaning.neighbours import DEFAULT_K
 from labelfix.cleaning.scores import DEFAULT_SCORER, get_scorer
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
+from labelfix.io.arrays import load_npy, read_cell_array
 from labelfix.run import CORRECTIONS_COLUMNS, Run
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ def fold_ensemble_logits(run: Run):
     clean. On the demo digits (seed 0, missing 50 %) the unknown-positive AP of the
     round-1 ensemble was 0.905 / 0.601 (random init / frozen) against 0.870 / 0.575 for
     round 2's (docs/benchmarks.md)."""
-    from labelfix.run import read_cell_array
     from labelfix.train.config import read_run_config
     from labelfix.train.crossfit import fold_dir, unknown_judge
 
@@ -229,13 +229,13 @@ def _learn_from_decisions(run: Run, issues, table: pd.DataFrame, known: dict, fi
                                labelset.num_classes)
     path = run.path / "cells" / "score.npy"
     given = labelset.labels
-    old = np.load(atomic.staged(path), mmap_mode="r")
+    old = load_npy(atomic.staged(path), mmap_mode="r")
     rows = default_chunk_rows(old.shape[1])
     with atomic.atomic_memmap(path, old.shape, np.float32) as out:
         for a in range(0, old.shape[0], rows):
             out[a:a + rows] = reweight_scores(old[a:a + rows], given[a:a + rows], weights)
     del old
-    issues = dataclasses.replace(issues, score=np.load(atomic.staged(path), mmap_mode="r"))
+    issues = dataclasses.replace(issues, score=load_npy(atomic.staged(path), mmap_mode="r"))
     table = table.copy()
     table["score"] = reweight_scores(table["score"].to_numpy(), np.where(is_add, 0, 1), weights, cls).astype(
         np.float64).round(6)

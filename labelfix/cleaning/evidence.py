@@ -23,8 +23,9 @@ import pandas as pd
 
 from labelfix.cleaning.neighbours import DEFAULT_K, duplicate_groups, neighbour_estimates
 from labelfix.errors import LabelfixError
+from labelfix.io.arrays import load_npy
 from labelfix.labels import UNK
-from labelfix.run import Run, load_npy
+from labelfix.run import Run
 
 NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
 

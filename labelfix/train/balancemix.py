@@ -43,7 +43,7 @@ from labelfix.io import atomic
 from labelfix.labels import POS, UNK, positive_only
 from labelfix.mixing.balancemix import balancemix_lambda, minority_sampling_weights, mix_pair
 from labelfix.numeric import sigmoid
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 from labelfix.train.data import cfg_augments
 from labelfix.train.mixers import Batch, MixedBatch, Mixer, _option, register_mixer
 from labelfix.train.sampler import derive_seed

@@ -55,7 +55,7 @@ import torch
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import NEG, POS, UNK, LabelSet
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 from labelfix.train import evaluate
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import MIXER_OPTIONS, TrainConfig, read_run_config, write_run_config

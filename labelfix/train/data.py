@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from labelfix.data.dataset import PartialLabelDataset
 from labelfix.errors import LabelfixError
 from labelfix.labels import LabelSet
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 from labelfix.train.sampler import SampleKey
 
 

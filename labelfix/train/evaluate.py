@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from labelfix.io import atomic
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 from labelfix.train import stats as stats_mod
 from labelfix.train.checkpoint import native
 from labelfix.train.data import HELD_OUT, make_loader

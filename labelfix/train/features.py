@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from labelfix.errors import LabelfixError, first_line
 from labelfix.io import atomic
 from labelfix.labels import LabelSet
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 from labelfix.train.sampler import SampleKey
 
 #: images per chunk between two progress records

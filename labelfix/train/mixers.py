@@ -29,7 +29,7 @@ from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import POS, UNK
 from labelfix.losses import split_labels
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 from labelfix.train.sampler import derive_seed
 
 

@@ -26,7 +26,7 @@ import torch
 
 from labelfix.io import atomic
 from labelfix.numeric import bce_logits
-from labelfix.run import load_npy
+from labelfix.io.arrays import load_npy
 
 CHUNK_ROWS = 65536
 
