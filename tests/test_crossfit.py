@@ -68,6 +68,55 @@ def test_suspicious_cells_follow_the_held_out_gmms_and_spare_trusted_cells():
     assert not suspicious_cells(logits, given, np.arange(400), trusted)[:10, 0].any()
 
 
+def test_count_dispersion_tells_count_keeping_noise_from_independent_labels():
+    from labelfix.cleaning.noise_rates import COUNT_KEEPING_MAX, count_dispersion
+
+    rng = np.random.default_rng(3)
+    q = rng.dirichlet(np.ones(6), size=4000)            # each row sums to 1: one positive expected per image
+    independent = (rng.random(q.shape) < q).astype(np.int8)
+    assert abs(count_dispersion(independent, q, chunk_rows=1000) - 1.0) < 0.1
+    # one positive per image, its class drawn from q: the count never scatters (R = 0)
+    one_hot = np.zeros(q.shape, np.int8)
+    one_hot[np.arange(len(q)), [rng.choice(6, p=row) for row in q]] = 1
+    assert count_dispersion(one_hot, q) < 1e-12 < COUNT_KEEPING_MAX
+    # hand computation; unknown and NaN cells are not counted, an image without a known cell is left out
+    given = np.array([[1, 0, -1], [0, 0, 1], [-1, -1, -1]], np.int8)
+    q2 = np.array([[0.5, 0.5, 0.9], [0.2, np.nan, 0.6], [0.3, 0.3, 0.3]])
+    sq = (1 - 1.0) ** 2 + (1 - 0.8) ** 2
+    var = 0.25 + 0.25 + 0.16 + 0.24
+    assert count_dispersion(given, q2, chunk_rows=2) == pytest.approx(sq / var)
+    assert np.isnan(count_dispersion(np.full((2, 2), -1, np.int8), np.full((2, 2), 0.5)))
+
+
+def test_suspicious_rule_follows_the_kind_of_noise_and_the_loss_rule_keeps_the_count():
+    from labelfix.train.crossfit import suspicious_rule
+
+    rng = np.random.default_rng(4)
+    n, k = 600, 5
+    true = np.zeros((n, k), np.int8)
+    true[np.arange(n), rng.integers(0, k, n)] = 1        # one object per image
+    logits = np.where(true == 1, 3.0, -3.0).astype(np.float32) + rng.normal(0, 0.5, true.shape).astype(np.float32)
+    moved = true.copy()                                 # mislabel: the positive of 20 % of the images moves
+    for i in rng.choice(n, n // 5, replace=False):
+        j = int(np.flatnonzero(moved[i])[0])
+        moved[i, j], moved[i, (j + 1) % k] = 0, 1
+    flipped = np.where(rng.random(true.shape) < 0.1, 1 - true, true).astype(np.int8)   # independent flips
+    rows = np.arange(n)
+    assert suspicious_rule(logits, moved, rows)[0] == "class"
+    assert suspicious_rule(logits, flipped, rows)[0] == "loss"
+    by_class = suspicious_cells(logits, flipped, rows)
+    by_loss = suspicious_cells(logits, flipped, rows, rule="loss")
+    assert by_loss.sum() == by_class.sum() > 0           # the GMMs say how many, the loss which
+    from labelfix.numeric import bce_logits
+
+    loss = bce_logits(logits, flipped)
+    assert loss[by_loss].min() >= loss[~by_loss].max()  # the largest held-out losses over all classes
+    trusted = by_loss.copy()
+    assert not (suspicious_cells(logits, flipped, rows, trusted, rule="loss") & trusted).any()
+    with pytest.raises(ValueError, match="rule 'gmm'"):
+        suspicious_cells(logits, flipped, rows, rule="gmm")
+
+
 def test_cross_fitted_run_writes_held_out_statistics_and_an_ensemble(tiny, tmp_path):
     from labelfix.models import load_checkpoint, model_from_checkpoint
 

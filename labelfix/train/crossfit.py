@@ -54,8 +54,8 @@ import torch
 
 from labelfix.errors import LabelfixError
 from labelfix.io import atomic
-from labelfix.labels import NEG, POS, UNK, LabelSet
 from labelfix.io.arrays import load_npy
+from labelfix.labels import NEG, POS, UNK, LabelSet
 from labelfix.train import evaluate
 from labelfix.train import stats as stats_mod
 from labelfix.train.config import MIXER_OPTIONS, TrainConfig, read_run_config, write_run_config
@@ -104,26 +104,65 @@ def _complete(run: Path, epochs: int) -> bool:
         and (Path(run) / "checkpoints" / "last.pt").exists()
 
 
+#: how round r - 1's suspicious cells are chosen (:func:`suspicious_cells`)
+SUSPICIOUS_RULES = ("class", "loss")
+
+
+def suspicious_rule(logits: np.ndarray, given: np.ndarray, rows: np.ndarray) -> tuple[str, float]:
+    """``(rule, R)``: which cells the next round hides, from the kind of noise the
+    held-out model sees in ``rows``. R is the count dispersion of the given labels
+    against the held-out probabilities (:func:`labelfix.cleaning.noise_rates.count_dispersion`).
+    Below :data:`~labelfix.cleaning.noise_rates.COUNT_KEEPING_MAX` the noise keeps each
+    image's count of positives (class confusion): ``"class"``, each (class, given label)
+    GMM picks its own cells; else (independent flips, missing labels, NaN): ``"loss"``,
+    the same number of cells with the highest held-out loss over all classes."""
+    from labelfix.cleaning.noise_rates import COUNT_KEEPING_MAX, count_dispersion
+    from labelfix.numeric import sigmoid
+
+    r = count_dispersion(np.asarray(given)[rows], sigmoid(np.asarray(logits[rows], dtype=np.float32)))
+    return ("class" if r < COUNT_KEEPING_MAX else "loss"), r
+
+
 def suspicious_cells(logits: np.ndarray, given: np.ndarray, rows: np.ndarray, trusted: np.ndarray | None = None,
-                     clean_threshold: float = 0.5) -> np.ndarray:
-    """BalanceMix's label-wise management on held-out losses: per class and given label
-    (1 / 0) a 2-component GMM on the held-out BCE of the known cells of ``rows``; a cell
-    is suspicious when its clean posterior p_G <= ``clean_threshold`` *and* the held-out
-    model puts its label below probability 0.5 (loss > log 2). A 2-component GMM always
-    splits a group, even one without a wrong label; the second condition keeps such
-    groups' cells (on the demo data, mislabel 40 % seed 0, it masked 1,546 cells instead
-    of 1,861 for the same gain). bool (N, K); trusted cells never are."""
+                     clean_threshold: float = 0.5, rule: str = "class") -> np.ndarray:
+    """The cells the next round trains as unknown: bool (N, K); trusted cells never are.
+
+    *How many*: BalanceMix's label-wise management on held-out losses. Per class and
+    given label (1 / 0) a 2-component GMM on the held-out BCE of the known cells of
+    ``rows``; a cell counts when its clean posterior p_G <= ``clean_threshold`` *and* the
+    held-out model puts its label below probability 0.5 (loss > log 2). A 2-component GMM
+    always splits a group, even one without a wrong label; the second condition keeps
+    such groups' cells (on the demo data, mislabel 40 % seed 0, it masked 1,546 cells
+    instead of 1,861 for the same gain).
+
+    *Which* (``rule``, :func:`suspicious_rule` chooses it): ``"class"``, those cells, each
+    group its own split; ``"loss"``, that many known cells with the highest held-out loss
+    over all classes and labels, one scale for every group (under symmetric flips of rare
+    classes most wrong labels are given positives, which the per-group split under-counts;
+    under class confusion each hidden positive of a rare class is much of what the next
+    models learn it from; docs/training.md "Rounds").
+    """
     from labelfix.cleaning.gmm import clean_posterior, fit_label_gmms
     from labelfix.numeric import bce_logits
 
+    if rule not in SUSPICIOUS_RULES:
+        raise ValueError(f"rule {rule!r}: expected one of {SUSPICIOUS_RULES}")
     given = np.asarray(given)
     sub = np.where(np.isnan(np.asarray(logits[rows], dtype=np.float32)), np.int8(UNK), given[rows]).astype(np.int8)
     losses = bce_logits(np.nan_to_num(np.asarray(logits[rows], dtype=np.float32)), sub)
     p_clean = clean_posterior(losses, sub, fit_label_gmms(losses, sub))
-    out = np.zeros(given.shape, dtype=bool)
-    out[rows] = (sub != UNK) & (np.nan_to_num(p_clean, nan=1.0) <= clean_threshold) & (losses > np.log(2.0))
+    eligible = sub != UNK
     if trusted is not None:
-        out &= ~np.asarray(trusted, dtype=bool)
+        eligible &= ~np.asarray(trusted, dtype=bool)[rows]
+    picked = eligible & (np.nan_to_num(p_clean, nan=1.0) <= clean_threshold) & (losses > np.log(2.0))
+    if rule == "loss":
+        count = int(picked.sum())
+        ranked = np.where(eligible, losses, -np.inf).ravel()
+        picked = np.zeros(ranked.shape, dtype=bool)
+        picked[np.argsort(-ranked, kind="stable")[:count]] = True
+        picked = picked.reshape(sub.shape)
+    out = np.zeros(given.shape, dtype=bool)
+    out[rows] = picked
     return out
 
 
@@ -320,7 +359,13 @@ def _later_round(r: int, cfg: TrainConfig, labelset: LabelSet, train_rows: np.nd
     mask_path = out / "stats" / f"round{r - 1}" / "suspicious.npy"
     if dist.is_main and not mask_path.exists():
         logits = load_npy(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
-        atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted))
+        rule, dispersion = suspicious_rule(logits, given, train_rows)
+        say(f"cross-fitting round {r}/{cfg.rounds}: count dispersion {dispersion:.2f} of round {r - 1}'s held-out "
+            f"model: " + ("the noise keeps each image's count of positives (class confusion); each class and label "
+                          "hides its own suspicious cells" if rule == "class" else
+                          "the noise changes counts (flips); the suspicious cells are chosen by the held-out loss "
+                          "over all classes"))
+        atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted, rule=rule))
     mask = broadcast_object(load_npy(mask_path) if dist.is_main else None, dist)
     if not mask.any() and not cfg.refit_loss:
         say(f"cross-fitting round {r}/{cfg.rounds}: no suspicious cell in round {r - 1}; nothing to refit")
