@@ -169,7 +169,9 @@ class Run:
         p = self.path / "corrections.csv"
         if not p.exists():
             raise LabelfixError(f"{p}: missing; run `labelfix clean {self.path}` first")
-        frame = read_run_csv(p, dtype={"given": str, "file_name": str, "class": str})
+        # text as written where a column may be empty (p_clean, probability of unscored cells; accept)
+        frame = read_run_csv(p, dtype={c: str for c in ("given", "file_name", "class", "action", "state", "p_clean",
+                                                       "probability", "accept")})
         check_corrections(frame, p, self.labelset, required=CORRECTIONS_REQUIRED)
         return frame
 

@@ -443,14 +443,24 @@ def _without_trailing_empty_rows(frame):
 
 def read_run_csv(path, **kwargs):
     """``pd.read_csv`` of a table labelfix wrote into a run directory, with one-line
-    errors for an empty, non-UTF-8 or unparsable file (it may have been edited by hand)."""
+    errors for an empty, non-UTF-8 or unparsable file (it may have been edited by hand).
+
+    pandas' DtypeWarning is not shown: on a large file (a few 100,000 rows) the parser
+    guesses each column's type per block of rows, and a column that is empty in one block
+    and numeric in another (``p_clean`` of unknown cells) "has mixed types". The callers
+    convert and check every value they use, so the warning is noise to the user (it came
+    out of ``labelfix export coco`` at 1,000,000 images x 1,000 classes)."""
     import csv
+    import warnings
 
     import pandas as pd
 
     try:
-        # utf-8-sig: a spreadsheet that saves "CSV UTF-8" writes a byte-order mark
-        return _without_trailing_empty_rows(pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig", **kwargs))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            # utf-8-sig: a spreadsheet that saves "CSV UTF-8" writes a byte-order mark
+            frame = pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig", **kwargs)
+        return _without_trailing_empty_rows(frame)
     except FileNotFoundError:
         raise LabelfixError(f"{path}: missing") from None
     except pd.errors.EmptyDataError:

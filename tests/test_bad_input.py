@@ -191,3 +191,22 @@ def test_info_names_the_missing_files_not_only_the_first(tmp_path):
     assert "m09.png, and 2 more (--json lists all)" in res.output
     assert "m10.png" not in res.output
     assert len(json.loads(run("info", str(p), "--json").output)["missing_files"]) == 12
+
+
+def test_run_tables_read_without_pandas_type_warnings(tmp_path):
+    """A large run table whose optional column is empty in some blocks of rows (p_clean of
+    unscored cells) printed pandas' "mixed types" warning out of export coco; the values
+    come through as written."""
+    import warnings
+
+    import pandas as pd
+
+    from labelfix.validation import read_run_csv
+
+    n = 300_000   # more rows than one block of pandas' type guessing
+    path = tmp_path / "table.csv"
+    pd.DataFrame({"image_id": range(n), "p_clean": ["0.5"] * (n - 10) + [""] * 10}).to_csv(path, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = read_run_csv(path)
+    assert len(frame) == n and frame["p_clean"].iloc[0] == 0.5 and frame["p_clean"].iloc[-1] == ""

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from labelfix.cli import main
+from labelfix.errors import LabelfixError
 from labelfix.io import atomic
 from labelfix.labels import LabelSet
 from labelfix.run import CORRECTIONS_COLUMNS, load_run
@@ -106,11 +107,38 @@ def test_degenerate_classes_and_nan(tmp_path):
     run = make_run(tmp_path / "run", given, logits, loss_mean=loss)
     res = CliRunner().invoke(main, ["clean", str(run)])
     assert res.exit_code == 0, res.output
-    assert "note: GMM group" in res.output  # the fallback is reported with counts
+    assert ("note: 3 label GMM group(s) not fitted, no known cell: c0 (positives), c1 (negatives), c1 (positives)"
+            in res.output)   # named by class and label
     p = np.asarray(load_run(run).cell("p_clean"))
     assert np.isnan(p[:, 1]).all()  # unknown cells are not fitted
     assert np.isfinite(p[:, 0]).all()
     assert np.isfinite(np.asarray(load_run(run).cell("score"))).all()
+
+
+def test_a_class_without_a_known_label_is_not_suggested(tmp_path):
+    """An empty column (every cell unknown): a model trained on these labels outputs about
+    0.5 there, and its additions filled the list (a user's journey: 24 of 24 suggestions
+    'add zebra' at p 0.505)."""
+    truth, given, logits, _ = noisy_problem(seed=3, k=4)
+    given[:, 3] = -1
+    logits[:, 3] = np.random.default_rng(1).normal(0.02, 0.01, len(given))   # the untrained output
+    run = make_run(tmp_path / "run", given, logits, names=["cat", "dog", "bird", "zebra"])
+    res = CliRunner().invoke(main, ["clean", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "1 class(es) without a known label ('zebra'): the model had nothing to learn them from" in res.output
+    corr = load_run(run).corrections()
+    assert len(corr) and "zebra" not in set(corr["class"])
+    assert (np.asarray(load_run(run).cell("score"))[:, 3] == 0).all()
+    assert (np.asarray(load_run(run).cell("suggested"))[:, 3] == -1).all()
+    # the API scores such a class when asked to: its probabilities may come from another model
+    from labelfix.cleaning import find_label_issues
+
+    probs = 1 / (1 + np.exp(-logits))
+    probs[:5, 3] = 0.99
+    assert (find_label_issues(given, probs).corrections["class_index"] == 3).sum() >= 5
+    assert (find_label_issues(given, probs, unscored_classes=[3]).corrections["class_index"] != 3).all()
+    with pytest.raises(LabelfixError, match=r"unscored_classes: \[4\]: expected class indices in \[0, 4\)"):
+        find_label_issues(given, probs, unscored_classes=[4])
 
 
 def test_interrupted_training_run(tmp_path):

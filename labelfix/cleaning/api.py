@@ -60,7 +60,8 @@ class LabelIssues:
             given label, score 0 and p_clean NaN; known ones get state clean, unknown ones
             stay estimated with suggested -1) and ``unranked_cells`` (scored
             cells whose score rule got no value, e.g. a NaN ``dynamics`` for ``loss``:
-            score 0, so they rank last).
+            score 0, so they rank last); ``unscored_classes``, the class indices given
+            as ``unscored_classes``.
     """
 
     p_clean: np.ndarray
@@ -242,6 +243,7 @@ def find_label_issues(
     chunk_rows: int | None = None,
     device: str = "cpu",
     single_positive_removals: bool = False,
+    unscored_classes: Sequence[int] | None = None,
     labels=None,
     pred_probs=None,
 ) -> LabelIssues:
@@ -290,6 +292,11 @@ def find_label_issues(
             :func:`labelfix.labels.positive_only`, also after a review added positives)
             the given positives are the only labels and are taken as verified: none is
             suggested for removal unless this is True.
+        unscored_classes: class indices whose cells get no score (0), no p_clean and no
+            suggestion, as cells the model did not score: classes the model never learned.
+            ``labelfix clean`` passes the classes without a known label (every cell
+            unknown), whose probabilities from a model trained on these labels are its
+            untrained output (about 0.5) and would fill the top of the list.
         clean_threshold: p_clean above which a known cell is clean (0.5).
         relabel_threshold: delta; None -> :func:`default_delta` (0.55 single-positive,
             else 0.975).
@@ -352,6 +359,7 @@ def find_label_issues(
     if chunk_rows is not None:
         check_number(chunk_rows, "chunk_rows", integer=True, low=1)
     device = check_device(device, "device")
+    skip = _class_mask(unscored_classes, K)
     score_fn = _scores.get_scorer(scorer)
     rows = chunk_rows or _gmm.default_chunk_rows(K)
     # positive-only (single-positive) labels: every given positive is trusted, like a verified
@@ -414,11 +422,13 @@ def find_label_issues(
             unscored = np.isnan(pr)
             unscored_images += int(unscored.any(1).sum())
             unranked += int((np.isnan(sc) & ~unscored).sum())
+            if skip is not None:
+                unscored = unscored | skip
             if unscored.any():
                 pc = np.where(unscored, np.float32(np.nan), pc)
                 st = np.where(unscored & (g != UNK), np.int8(CLEAN), st).astype(np.int8)
                 sg = np.where(unscored, g, sg).astype(np.int8)
-            sc = np.nan_to_num(sc, nan=0.0)
+            sc = np.where(unscored, np.float32(0.0), np.nan_to_num(sc, nan=0.0)).astype(np.float32)
             if verified is not None or trust_positives:   # a person's decision stands
                 vf = (g == 1) if trust_positives else np.zeros(g.shape, bool)
                 if verified is not None:
@@ -453,8 +463,24 @@ def find_label_issues(
                       gmm=dict(fit.settings),
                       noise_rates=None if rates is None else rates.round(6).tolist(),
                       known_error_rate=None if err_rate is None else round(err_rate, 6),
-                      unscored_images=unscored_images, unranked_cells=unranked),
+                      unscored_images=unscored_images, unranked_cells=unranked,
+                      unscored_classes=[] if skip is None else np.flatnonzero(skip).tolist()),
     )
+
+
+def _class_mask(indices, n_classes: int) -> np.ndarray | None:
+    """bool (K,) of ``unscored_classes`` (None when none); one line for an index that is
+    not a class."""
+    if indices is None:
+        return None
+    idx = np.asarray(list(indices))
+    if idx.size == 0:
+        return None
+    if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= n_classes:
+        raise LabelfixError(f"unscored_classes: {idx.tolist()}: expected class indices in [0, {n_classes})")
+    mask = np.zeros(n_classes, dtype=bool)
+    mask[idx] = True
+    return mask
 
 
 def _corrections_frame(cand: dict, max_suggestions: int | None, classes) -> pd.DataFrame:

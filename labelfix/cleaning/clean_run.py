@@ -181,6 +181,27 @@ def check_with_run(run: Run, other: Run, *, chunk_rows: int = 65_536) -> None:
                             "average runs of the same kind")
 
 
+#: what a (class, given label) GMM that was not fitted means for its cells (docs/cleaning.md)
+_GROUP_REASONS = {"empty": "no known cell", "too_few": "too few cells (min_cells {}): their cells count as clean",
+                  "constant": "every loss equal: their cells count as clean"}
+
+
+def degenerate_group_notes(fit, class_names, shown: int = 5) -> list[str]:
+    """One note per reason a label-wise GMM was not fitted, naming the first ``shown``
+    groups as ``class (positives)`` / ``class (negatives)``. ``fit``: group shape (K, 2),
+    indexed [class, given label]."""
+    reason = np.asarray(fit.reason).reshape(-1, 2)
+    notes = []
+    for why, meaning in _GROUP_REASONS.items():
+        k, z = np.nonzero(reason == why)
+        if k.size:
+            named = [f"{class_names[a]} ({'positives' if b == 1 else 'negatives'})" for a, b in zip(k[:shown], z)]
+            meaning = meaning.format(fit.settings.get("min_cells", "?"))
+            notes.append(f"{k.size} label GMM group(s) not fitted, {meaning}: {', '.join(named)}"
+                         + (", ..." if k.size > shown else ""))
+    return notes
+
+
 def run_evidence(run: Run, with_runs: Sequence[Run] = ()) -> dict:
     """The inputs of :func:`find_label_issues` that a run's training recorded, as keyword
     arguments (``given``, ``probs``, ``losses``, ``dynamics``, ``two_view``,
@@ -474,9 +495,21 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
                          f"({int((dups['conflicts'] != '').sum())} images in groups whose labels conflict, "
                          f"{int(dups['crosses_split'].sum())} in groups crossing the validation split); "
                          f"see cells/duplicates.csv")
+    # a class without a known label: the run's model had nothing to learn it from, so its
+    # probabilities are its untrained output (about 0.5) and would fill the top of the list
+    from labelfix.labels import count_known
+
+    pos, neg = count_known(ls.labels)
+    unlearned = np.flatnonzero((pos + neg) == 0)
+    if unlearned.size:
+        names = ls.classes["name"].to_numpy()[unlearned]
+        notes.append(f"{unlearned.size} class(es) without a known label ({', '.join(map(repr, names[:5]))}"
+                     + (", ..." if unlearned.size > 5 else "") + "): the model had nothing to learn them from, so "
+                     "their cells are not scored or suggested")
     issues = find_label_issues(
         **evidence,
         neighbours=neighbours,
+        unscored_classes=unlearned if unlearned.size else None,
         scorer=scorer or DEFAULT_SCORER,
         single_positive_removals=single_positive_removals,
         clean_threshold=clean_threshold,
@@ -484,7 +517,7 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
         out_dir=run.path / "cells",
         device=device,
     )
-    notes += [f"GMM group {r}: {n}" for r, n in issues.gmms.summary()["degenerate"].items()]
+    notes += degenerate_group_notes(issues.gmms, ls.classes["name"].to_numpy())
     unscored, unranked = issues.settings["unscored_images"], issues.settings["unranked_cells"]
     if unscored and unscored == ls.num_images:   # raised inside the output set: nothing is written
         raise LabelfixError(f"{run.path / 'stats'}: the model's logits are NaN for every image, so no image was "
