@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,23 @@ def test_a_wide_csv_trains_and_resumes_with_its_ignored_columns(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
     np.testing.assert_array_equal(np.load(out / "labels.npy"), ls.labels)
+    # export coco writes a conversion of the run's labels: an edit made to the CSV after
+    # training was lost without a word (a user's journey); refused now, read as the run read it
+    assert CliRunner().invoke(main, ["clean", str(out)]).exit_code == 0
+    original, stamp = wide.read_bytes(), wide.stat()
+    edited = table.astype(str)
+    edited.iloc[0, 2] = "0" if edited.iloc[0, 2] == "1" else "1"
+    edited.to_csv(wide, index=False)
+    later = (out / "labels.npy").stat().st_mtime + 10
+    os.utime(wide, (later, later))
+    res = CliRunner().invoke(main, ["export", "coco", str(out), "--out", str(tmp_path / "clean.json")])
+    assert res.exit_code == 2 and "labels.csv: 1 label(s) changed after training (first: image" in res.output, \
+        res.output
+    assert not (tmp_path / "clean.json").exists()
+    wide.write_bytes(original)   # restored: the same labels (read again, since the file is newer than the run's)
+    res = CliRunner().invoke(main, ["export", "coco", str(out), "--out", str(tmp_path / "clean.json")])
+    assert res.exit_code == 0, res.output
+    os.utime(wide, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     res = CliRunner().invoke(main, ["info", str(wide), "--no-files", "--ignore-column", "view", "--file-column",
                                     "Path", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["num_classes"] == ls.num_classes

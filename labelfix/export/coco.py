@@ -309,6 +309,8 @@ def export_cleaned_coco(
     if not converted:   # (a conversion is made from the run's own labels)
         # a bench run's labels are the file's plus the benchmark's noise: its records only
         _check_source_unchanged(ls, data, src_path, labels="noise" not in ls.source)
+    elif src_path and "noise" not in ls.source:
+        notes += _check_converted_source_unchanged(run, ls, Path(src_path))
     new = np.array(ls.labels, dtype=np.int8)  # dense copy, N x K bytes
     new[log["row"].to_numpy(np.int64), log["col"].to_numpy(np.int64)] = np.where(log["new"] == "1", 1, 0)
     # a person's decisions are trusted from now on: accepted (the new label) and rejected
@@ -377,6 +379,38 @@ def _check_source_unchanged(ls, data: dict, path: str, labels: bool = True) -> N
                             f"{str(ls.images.at[r, 'file_name'])!r} (the file changed after training)")
     if labels:
         _check_same_labels(ls, now, rows, cols, path)
+
+
+def _check_converted_source_unchanged(run: Run, ls, path: Path) -> list[str]:
+    """A source that is not COCO (a CSV, Open Images, a FiftyOne export) is written as a
+    conversion of the run's labels, so an edit made to the file after training would be
+    lost without a word: when the file was modified after the run saved its labels, read
+    it again with the run's reading options and refuse labels that differ (one line with
+    the count and the first cell, as for a COCO source). Returns a note when the file can
+    no longer be read as the run read it (the export goes on from the run's labels)."""
+    saved = run.path / "labels.npy"
+    if not path.is_file() or not saved.exists() or path.stat().st_mtime <= saved.stat().st_mtime:
+        return []
+    from labelfix.train.config import read_run_config
+    from labelfix.train.data import read_run_labels
+
+    try:
+        with warnings.catch_warnings():   # the reader's notes were given when the run read the file
+            warnings.simplefilter("ignore", LabelfixWarning)
+            now = read_run_labels(read_run_config(run.path), path)
+    except LabelfixError as err:
+        return [f"{path} could not be read again to check it is unchanged since training ({err}); exported from "
+                f"the run's labels"]
+    if now.fingerprint() == ls.fingerprint():
+        return []
+    same_images = now.images["file_name"].astype(str).tolist() == ls.images["file_name"].astype(str).tolist()
+    same_classes = now.classes["name"].astype(str).tolist() == ls.classes["name"].astype(str).tolist()
+    if not (same_images and same_classes):
+        raise LabelfixError(f"{path}: its images or classes are not the run's any more (the file changed after "
+                            f"training); the export would drop those edits: train on the file as it is now, or "
+                            f"restore it")
+    _check_same_labels(ls, now, np.arange(ls.num_images), np.arange(ls.num_classes), str(path))
+    return []
 
 
 def _check_same_labels(ls, now, rows: np.ndarray, cols: np.ndarray, path: str) -> None:
