@@ -579,7 +579,7 @@ def _check_ids_and_classes(frame, path, labelset, require: Iterable[str]) -> tup
 DECISION_COLUMN_LOOKALIKES = ("accept", "accepted", "decision", "decisions")
 
 
-def _separator_in(header: Sequence[str]) -> str | None:
+def separator_in(header: Sequence[str]) -> str | None:
     """``"';'"`` or ``"tabs"`` when the header is one column holding that separator."""
     if len(header) != 1:
         return None
@@ -592,7 +592,7 @@ def may_hold_decisions(header: Sequence[str]) -> bool:
     holding "accept" and a separator (saved with ';' or tabs)."""
     header = [str(c) for c in header]
     return ("accept" in header or any(c.strip().lower() in DECISION_COLUMN_LOOKALIKES for c in header)
-            or (_separator_in(header) is not None and "accept" in header[0].lower()))
+            or (separator_in(header) is not None and "accept" in header[0].lower()))
 
 
 def check_corrections_header(header: Sequence[str], path, required: Sequence[str]) -> None:
@@ -607,7 +607,7 @@ def check_corrections_header(header: Sequence[str], path, required: Sequence[str
             raise LabelfixError(f"{path}: column {near[0]!r}: the decisions column must be named 'accept'")
     missing = [c for c in required if c not in header]
     if missing:
-        sep = _separator_in(header)
+        sep = separator_in(header)
         hint = f" (the header is one column separated by {sep}: save the file as comma-separated CSV)" if sep else ""
         raise LabelfixError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
 

@@ -32,6 +32,9 @@ COCO_CASES = {
     "missing-categories": (mutate(lambda d: d.pop("categories")), "missing top-level key 'categories'"),
     "empty-categories": (mutate(lambda d: d.update(categories=[])), "'categories' is empty"),
     "duplicate-image-id": (mutate(lambda d: d["images"].append({"id": 1, "file_name": "c.png"})), "images[2]: duplicate image id 1"),
+    # one file under two ids: two label rows for one image (accepted without a word before)
+    "duplicate-file-name": (mutate(lambda d: d["images"][1].update(file_name="./a.png")),
+                            "images[1] (id 2): file_name 'a.png' is also images[0] (id 1)"),
     "duplicate-category-id": (mutate(lambda d: d["categories"].append({"id": 2, "name": "x"})), "categories[2]: duplicate category id 2"),
     "unknown-image-id": (mutate(lambda d: d["annotations"].append({"image_id": 9, "category_id": 1})), "annotations[2]: unknown image_id 9"),
     "unknown-category-id": (mutate(lambda d: d["annotations"].append({"image_id": 1, "category_id": 5})), "annotations[2]: unknown category_id 5"),

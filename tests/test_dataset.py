@@ -35,16 +35,22 @@ def test_exif_orientation(tmp_path):
         lambda: Image.new("RGBA", (6, 4), (10, 20, 30, 128)),
         lambda: Image.new("LA", (6, 4), (100, 255)),
         lambda: Image.fromarray(np.full((4, 6), 65535, np.uint16)),
+        lambda: Image.fromarray(np.full((4, 6), 1.0, np.float32)),         # float in [0, 1] (was nearly black)
+        lambda: Image.fromarray(np.full((4, 6), 2**20, np.int32)),         # 32-bit above 16 bits (was clipped)
     ],
-    ids=["gray", "palette", "rgba", "la", "16bit"],
+    ids=["gray", "palette", "rgba", "la", "16bit", "float", "32bit"],
 )
 def test_modes_become_rgb(tmp_path, make):
     im = make()
-    im.save(tmp_path / "x.png")
-    out = load_rgb(tmp_path / "x.png")
+    name = "x.tif" if im.mode in ("F", "I") else "x.png"   # PNG holds neither
+    im.save(tmp_path / name)
+    out = load_rgb(tmp_path / name)
     assert out.mode == "RGB" and out.size == (6, 4)
-    if im.mode == "I;16" or im.mode.startswith("I"):
-        assert np.asarray(out).max() == 255  # 16-bit full scale -> 8-bit full scale
+    if im.mode.startswith("I") or im.mode == "F":
+        assert np.asarray(out).max() == 255  # full scale -> 8-bit full scale
+    if im.mode == "I":   # beyond 16 bits: scaled by its own largest value, not clipped
+        Image.fromarray(np.array([[2**20, 2**21]], np.int32)).save(tmp_path / "y.tif")
+        assert np.asarray(load_rgb(tmp_path / "y.tif"))[0, :, 0].tolist() == [128, 255]
 
 
 def test_dataset_items_and_skip(tmp_path):

@@ -101,8 +101,9 @@ def coco_structs(draw) -> dict:
     img_ids = draw(st.lists(IDS, min_size=n, max_size=n, unique=True))
     lvis = draw(st.booleans())
     images = []
-    for i in img_ids:
-        im = {"id": i, "file_name": draw(FILE_NAME)}
+    names = draw(st.lists(FILE_NAME, min_size=n, max_size=n, unique=True))   # one file, one record
+    for i, name in zip(img_ids, names):
+        im = {"id": i, "file_name": name}
         for key in ("width", "height"):
             v = draw(st.one_of(st.none(), st.integers(0, 5000), st.just("absent")))
             if v != "absent":
@@ -153,7 +154,7 @@ def corrupt_coco(data: dict, draw) -> tuple[object, str]:
     """One random corruption: returns (new dict or raw text/bytes, expectation)."""
     d = copy.deepcopy(data)
     kind = draw(st.sampled_from([
-        "none", "drop-top", "drop-record-key", "bad-id", "dup-image", "dup-cat", "unknown-ref", "bad-file-name",
+        "none", "drop-top", "drop-record-key", "bad-id", "dup-image", "dup-file", "dup-cat", "unknown-ref", "bad-file-name",
         "bad-neg", "bad-size", "not-list", "not-object-record", "top-not-object", "truncate", "bad-utf8",
         "deep-nesting", "extra-keys", "nan-id", "empty-categories", "bad-meta", "bad-name", "dup-name",
     ]))
@@ -179,6 +180,9 @@ def corrupt_coco(data: dict, draw) -> tuple[object, str]:
         return d, "error"
     if kind == "dup-image" and imgs:
         imgs.append({**copy.deepcopy(draw(st.sampled_from(imgs))), "file_name": "dup.jpg"})
+        return d, "error"
+    if kind == "dup-file" and len(imgs) > 1:   # another record of the same file, spelled the same or with ./
+        imgs[1]["file_name"] = draw(st.sampled_from(["", "./"])) + imgs[0]["file_name"]
         return d, "error"
     if kind == "dup-cat":
         cats.append({"id": draw(st.sampled_from(cats))["id"], "name": "dup"})

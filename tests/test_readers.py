@@ -122,6 +122,34 @@ def test_csv_long_round_trip(tmp_path):
     p.write_text("file_name,label,value,width\nx.png,dog,1,48\nx.png,cat,0,64\n")
     with pytest.raises(LabelfixError, match=r"row 3: width '64' for x.png, whose row 2 has '48'"):
         read_labels(p)
+    # a long file's other columns are refused unless named (an annotator column was dropped
+    # without a word); a wide file with classes called label and value is not read as long
+    p.write_text("file_name,label,value,annotator\nx.png,dog,1,ann\n")
+    with pytest.raises(LabelfixError, match="l.csv: columns 'label' and 'value' as in a long CSV, and 'annotator' as in "
+                                            "a wide one: pass --format csv-long"):
+        read_labels(p)
+    with pytest.raises(LabelfixError, match=r"column\(s\) 'annotator' are not columns of a long CSV"):
+        read_labels(p, format="csv-long")
+    ls = read_labels(p, format="csv-long", ignore_columns=["annotator"])
+    assert ls.class_names == ["dog"] and ls.source["ignore_columns"] == ["annotator"]
+    p.write_text("file_name,label,value,cat\nx.png,1,0,1\n")
+    assert read_labels(p, format="csv-wide").class_names == ["label", "value", "cat"]
+    p.write_text("image,label,value,width\nx.png,dog,1,4\n")   # the image column named by --file-column
+    assert detect_format(p, "image") == "csv-long" and read_labels(p, file_column="image").class_names == ["dog"]
+    # a spreadsheet in a ';' locale: the separator is named (was "missing column 'file_name'" alone)
+    p.write_text("file_name;cat\nx.png;1\n")
+    with pytest.raises(LabelfixError, match="l.csv: missing column 'file_name': the header is one column separated by "
+                                            "';'; save the file as comma-separated CSV"):
+        read_labels(p)
+    # rows that spell one image two ways are one image (./x.png was a second image)
+    p.write_text("file_name,label,value\nx.png,dog,1\n./x.png,cat,0\n")
+    ls = read_labels(p)
+    assert ls.images["file_name"].tolist() == ["x.png"]
+    np.testing.assert_array_equal(ls.labels, np.array([[0, 1]], np.int8))
+    wide = tmp_path / "w.csv"   # and in a wide file the second spelling is a duplicate row (was a third image)
+    wide.write_text("file_name,cat\na.png,1\nb.png,0\n./a.png,0\n")
+    with pytest.raises(LabelfixError, match=r"w.csv: row 4: duplicate file_name './a.png' \(the image of row 2\)"):
+        read_labels(wide)
 
 
 def test_csv_cells_take_minus_one_for_unknown_and_spreadsheet_booleans(tmp_path):
@@ -165,8 +193,8 @@ def test_wide_csv_skips_the_columns_named_to_ignore_and_refuses_names_it_lacks(t
     assert ls.class_names == ["cat"] and ls.images["width"].tolist() == [0, 0]
     long = tmp_path / "l.csv"
     long.write_text("file_name,label,value\na.png,cat,1\n")
-    with pytest.raises(LabelfixError, match=r"l.csv: --ignore-column applies to wide CSV files only \(format is "
-                                            r"csv-long\)"):
+    with pytest.raises(LabelfixError, match=r"l.csv: --ignore-column 'label': a column of the long format cannot be "
+                                            r"ignored"):
         read_labels(long, ignore_columns=["label"])
 
 

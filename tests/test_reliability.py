@@ -870,7 +870,7 @@ UNUSED_OPTION_CASES = {
     "demo-later-epochs-one-round": (lambda w: ["demo", "--out", w["root"] / "demo", "--rounds", "1", "--later-epochs",
                                                "3"], "--later-epochs: one review round trains --epochs only"),
     "info-ignore-column-coco": (lambda w: ["info", w["labels"], "--ignore-column", "x"],
-                                "--ignore-column applies to wide CSV files only (format is coco)"),
+                                "--ignore-column applies to CSV files only (format is coco)"),
     "info-file-column-coco": (lambda w: ["info", w["labels"], "--file-column", "x"],
                               "--file-column applies to CSV files only (format is coco)"),
     "info-verify-no-files": (lambda w: ["info", w["labels"], "--verify", "--no-files"], "choose one"),

@@ -56,7 +56,8 @@ def refuse_unused(ctx: click.Context, names, why: str) -> None:
 
 
 #: help of the CSV reading options, shared by data_options and ``labelfix train``
-IGNORE_COLUMN_HELP = "Wide CSV: a column that is not a class (metadata such as age or view); repeatable."
+IGNORE_COLUMN_HELP = ("CSV: a column that is not a class (wide: metadata such as age or view) or not one of the "
+                      "long format's (an annotator); repeatable.")
 FILE_COLUMN_HELP = "CSV: the column of image file names [default: file_name]."
 
 

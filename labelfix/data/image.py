@@ -142,11 +142,23 @@ def header_size(path: str | os.PathLike, root: str | os.PathLike | None = None) 
         return None
 
 
+def _full_scale(arr: np.ndarray, floating: bool) -> float:
+    """The white of a 32-bit integer or float grayscale image: the smallest of 1 (float
+    only: the usual [0, 1] range), 255 and 65535 that holds its largest value, else that
+    value itself (a float image in [0, 1] was scaled by 255, nearly black; a 32-bit one
+    above 65535 was clipped white)."""
+    top = float(np.nanmax(arr, initial=0.0))
+    for scale in ((1.0,) if floating else ()) + (255.0, 65535.0):
+        if top <= scale:
+            return scale
+    return top
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """The mode conversions of :func:`load_rgb` on a loaded image."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        hi = 65535.0 if im.mode.startswith("I;16") else _full_scale(arr, floating=im.mode == "F")
         im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     elif im.mode == "P":
         # palette images with a transparent index (info["transparency"]) or an RGBA
@@ -164,7 +176,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def load_rgb(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Image.Image:
     """Decode an image fully as 8-bit RGB: EXIF orientation applied; grayscale converted;
-    16-bit / 32-bit / float scaled to 8 bits (full scale 65535 for 16-bit); transparency
+    16-bit / 32-bit / float scaled to 8 bits (full scale 65535 for 16-bit; for 32-bit and
+    float the smallest of 1 (float), 255, 65535 holding the largest value, else that
+    value); transparency
     (RGBA, LA, palette with a transparent index, tRNS colour keys) composited onto
     :data:`BACKGROUND` (black). Raises one of ``DECODE_ERRORS`` on a missing, truncated,
     corrupt, non-regular or (with ``root``) out-of-folder file."""

@@ -10,9 +10,12 @@ from labelfix.errors import LabelfixError
 FORMATS = ("coco", "csv-wide", "csv-long", "openimages", "run", "fiftyone")
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path, file_column: str | None = None) -> str:
     """Guess the label format from the file: ``.json`` is COCO, a folder with
-    ``labels.npy`` is a labelfix run, a CSV is Open Images / long / wide by its header."""
+    ``labels.npy`` is a labelfix run, a CSV is Open Images / long / wide by its header
+    (long: columns ``label`` and ``value`` and no column a long CSV does not have, the
+    image column being ``file_column``; with other columns too, one line asks for
+    ``--format``)."""
     if path.is_dir():
         if (path / "labels.npy").exists():
             return "run"
@@ -27,8 +30,18 @@ def detect_format(path: Path) -> str:
             header = {h.strip() for h in fh.readline().strip().split(",")}
         if {"ImageID", "LabelName", "Confidence"} <= header:
             return "openimages"
-        if {"label", "value"} <= header or header == {"file_name", "label"}:   # the latter: its reader names
-            return "csv-long"                                                  # the missing 'value' column
+        if header == {"file_name", "label"}:   # its reader names the missing 'value' column
+            return "csv-long"
+        if {"label", "value"} <= header:
+            from labelfix.io.csv import IMAGE_META, LONG_COLUMNS
+
+            other = sorted(header - set(LONG_COLUMNS) - set(IMAGE_META) - {file_column or "file_name"})
+            if not other:
+                return "csv-long"
+            # a wide file with classes called label and value, or a long one with more columns
+            raise LabelfixError(f"{path}: columns 'label' and 'value' as in a long CSV, and {', '.join(map(repr, other))} "
+                                f"as in a wide one: pass --format csv-long (--ignore-column NAME skips a column) or "
+                                f"--format csv-wide")
         return "csv-wide"
     raise LabelfixError(f"{path}: cannot tell the label format from the extension '{suffix}'; pass --format")
 
@@ -37,7 +50,7 @@ def detect_format(path: Path) -> str:
 OPTION_FORMATS = {
     "--unlabeled": (("coco", "fiftyone"), "COCO files"),
     "--classes": (("openimages",), "Open Images labels"),
-    "--ignore-column": (("csv-wide",), "wide CSV files"),
+    "--ignore-column": (("csv-wide", "csv-long"), "CSV files"),
     "--file-column": (("csv-wide", "csv-long"), "CSV files"),
 }
 
@@ -68,7 +81,8 @@ def read_labels(
         images: image root folder (default: the label file's folder).
         unlabeled: COCO and FiftyOne only: ``"negative"`` or ``"unknown"`` for unmentioned classes.
         class_descriptions: Open Images class-description CSV.
-        ignore_columns: wide CSV only: header names of columns that are not classes.
+        ignore_columns: CSV only: header names of columns that are not classes (wide) or not
+            the long format's (long).
         file_column: CSV only (wide or long): the image column when it is not ``file_name``.
     """
     from labelfix.labels import LabelSet
@@ -83,7 +97,7 @@ def read_labels(
         uri = str(path) if str(path).startswith("fiftyone://") else f"fiftyone://{path}"
         return read_fiftyone(uri, images=images, unlabeled=unlabeled)
     path = Path(path)
-    fmt = format or detect_format(path)
+    fmt = format or detect_format(path, file_column)
     _refuse_options_of_other_formats(path, fmt, given)
     if format in ("csv-wide", "csv-long", "openimages") and path.is_file():
         with open(path, "rb") as fh:
@@ -102,7 +116,7 @@ def read_labels(
     if fmt == "csv-long":
         from labelfix.io.csv import read_csv_long
 
-        return read_csv_long(path, images=images, file_column=file_column)
+        return read_csv_long(path, images=images, file_column=file_column, ignore_columns=ignore_columns or ())
     if fmt == "openimages":
         from labelfix.io.openimages import read_openimages
 

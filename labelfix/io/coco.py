@@ -318,6 +318,13 @@ def _validate(data: dict, path: Path) -> _Parsed:
     dup = _first_dup(img_ids)
     if dup is not None:
         raise LabelfixError(f"{path}: images[{dup}]: duplicate image id {img_ids[dup]}")
+    twice = pd.Series(file_names).duplicated().to_numpy()   # as the reader spells them: ./a.png is a.png
+    if twice.any():
+        i = int(np.argmax(twice))
+        j = file_names.index(file_names[i])
+        raise LabelfixError(f"{path}: images[{i}] (id {img_ids[i]}): file_name {file_names[i]!r} is also images[{j}] "
+                            f"(id {img_ids[j]}): one image file listed twice (its labels would be two rows that "
+                            f"disagree or repeat); merge the two records")
     for key, (rows, vals) in lists.items():
         found = _lookup(sorted_cats, np.array(vals, np.int64))[1]
         if not found.all():

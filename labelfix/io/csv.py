@@ -142,7 +142,13 @@ def _with_file_column(table: pd.DataFrame, path: Path, file_column: str) -> pd.D
     return out
 
 
-def _missing_file_column(path: Path) -> LabelfixError:
+def _missing_file_column(path: Path, table: pd.DataFrame) -> LabelfixError:
+    from labelfix.validation import separator_in
+
+    sep = separator_in([str(c) for c in table.columns])
+    if sep:   # a spreadsheet in a ';' locale, or a TSV
+        return LabelfixError(f"{path}: missing column 'file_name': the header is one column separated by {sep}; save "
+                             f"the file as comma-separated CSV")
     return LabelfixError(f"{path}: missing column 'file_name' (the image files; --file-column NAME names "
                          f"another column)")
 
@@ -201,17 +207,19 @@ def read_csv_wide(path: str | Path, images: str | Path | None = None, ignore_col
                 raise LabelfixError(f"{path}: header: a class column has an empty name")
     table = _with_file_column(_without(table, ignored), path, file_column)
     if "file_name" not in table:
-        raise _missing_file_column(path)
+        raise _missing_file_column(path, table)
     meta = ", ".join((file_column, *IMAGE_META[1:]))   # the image columns as the file names them
     class_cols = [c for c in table.columns if c not in IMAGE_META]
     if not class_cols:
         raise LabelfixError(f"{path}: no class columns (every column besides {meta} and those of --ignore-column "
                             f"is a class)")
-    dup = table["file_name"].duplicated()
+    frame = _image_frame(table, path)
+    dup = frame["file_name"].duplicated()   # as the reader spells them: ./a.png is a.png
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise LabelfixError(f"{path}: row {i + 2}: duplicate {file_column} {table['file_name'].iat[i]!r}")
-    frame = _image_frame(table, path)
+        j = int(np.flatnonzero((frame["file_name"] == frame["file_name"].iat[i]).to_numpy())[0])
+        raise LabelfixError(f"{path}: row {i + 2}: duplicate {file_column} {table['file_name'].iat[i]!r} (the image of "
+                            f"row {j + 2})")
     values = table[class_cols].apply(lambda s: s.str.strip())
     coded = values.apply(lambda s: s.str.lower().map(_VALUES))
     bad = coded.isna().to_numpy()
@@ -248,17 +256,34 @@ def _check_image_rows_agree(table: pd.DataFrame, path: Path) -> None:
                                 f"whose row {j + 2} has {table[col].iat[j]!r}")
 
 
-def read_csv_long(path: str | Path, images: str | Path | None = None, file_column: str | None = None) -> LabelSet:
+#: the columns of a long CSV besides the image column (module docstring)
+LONG_COLUMNS = ("label", "value", "image_id", "width", "height")
+
+
+def read_csv_long(path: str | Path, images: str | Path | None = None, file_column: str | None = None,
+                  ignore_columns: Sequence[str] = ()) -> LabelSet:
     """A long CSV (module docstring); ``file_column``: the image column (default
-    ``file_name``), recorded in ``source``."""
+    ``file_name``); ``ignore_columns``: other columns (an annotator, a split), which are
+    refused unless named here. Both are recorded in ``source``."""
     path = Path(path)
     file_column = (file_column or "file_name").strip()
-    table = _with_file_column(read_table(path), path, file_column)
+    table = read_table(path)
+    ignored = _ignored_columns(table, path, ignore_columns, file_column)
+    own = sorted(ignored & {"label", "value"})
+    if own:
+        raise LabelfixError(f"{path}: --ignore-column {own[0]!r}: a column of the long format cannot be ignored")
+    table = _with_file_column(_without(table, ignored), path, file_column)
     if "file_name" not in table:
-        raise _missing_file_column(path)
+        raise _missing_file_column(path, table)
     for col in ("label", "value"):
         if col not in table:
             raise LabelfixError(f"{path}: missing column '{col}'")
+    other = [str(c) for c in table.columns if str(c).strip() not in ("file_name", *LONG_COLUMNS)]
+    if other:   # never read and never said: a long file's labels are in label / value only
+        raise LabelfixError(f"{path}: column(s) {', '.join(map(repr, other))} are not columns of a long CSV "
+                            f"({file_column}, {', '.join(LONG_COLUMNS)}); --ignore-column NAME skips one")
+    # one image, however its rows spell it (./a.png is a.png)
+    table = table.assign(file_name=[check_file_name(f, f"{path}: row {i + 2}") for i, f in enumerate(table["file_name"])])
     value = table["value"].str.strip().str.lower().map(_VALUES)
     bad = value.isna() | (table["value"].str.strip() == "")
     if bad.any():
@@ -281,4 +306,4 @@ def read_csv_long(path: str | Path, images: str | Path | None = None, file_colum
     labels[rows, cols] = value.to_numpy(np.int8)
     classes = pd.DataFrame({"name": names, "category_id": np.arange(1, len(names) + 1, dtype=np.int64)})
     return LabelSet(labels, frame, classes, default_image_root(path, images),
-                    _source(path, "csv-long", file_column))
+                    _source(path, "csv-long", file_column, ignored))
