@@ -213,3 +213,12 @@ def test_run_tables_read_without_pandas_type_warnings(tmp_path):
         warnings.simplefilter("error")
         frame = read_run_csv(path)
     assert len(frame) == n and frame["p_clean"].iloc[0] == 0.5 and frame["p_clean"].iloc[-1] == ""
+
+
+def test_info_of_a_long_csv_with_its_image_column_named(tmp_path):
+    """info asked the format detector again without --file-column, which then took the
+    named image column for a wide file's class and refused a file it had just read."""
+    p = tmp_path / "l.csv"
+    p.write_text("path,label,value\nx.png,dog,1\n")
+    res = run("info", str(p), "--file-column", "path", "--no-files")
+    assert res.exit_code == 0 and "(csv-long)" in res.output, res.output

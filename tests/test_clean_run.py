@@ -139,6 +139,8 @@ def test_a_class_without_a_known_label_is_not_suggested(tmp_path):
     assert (find_label_issues(given, probs, unscored_classes=[3]).corrections["class_index"] != 3).all()
     with pytest.raises(LabelfixError, match=r"unscored_classes: \[4\]: expected class indices in \[0, 4\)"):
         find_label_issues(given, probs, unscored_classes=[4])
+    with pytest.raises(LabelfixError, match=r"unscored_classes: 3: expected a list of class indices"):
+        find_label_issues(given, probs, unscored_classes=3)
 
 
 def test_interrupted_training_run(tmp_path):

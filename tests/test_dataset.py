@@ -48,6 +48,11 @@ def test_modes_become_rgb(tmp_path, make):
     assert out.mode == "RGB" and out.size == (6, 4)
     if im.mode.startswith("I") or im.mode == "F":
         assert np.asarray(out).max() == 255  # full scale -> 8-bit full scale
+    if im.mode == "F":   # an inf pixel is clipped, not the scale; a resampling overshoot above 1 is still [0, 1]
+        Image.fromarray(np.array([[0.0, np.inf, 1.0]], np.float32)).save(tmp_path / "f.tif")
+        assert np.asarray(load_rgb(tmp_path / "f.tif"))[0, :, 0].tolist() == [0, 255, 255]
+        Image.fromarray(np.array([[0.0, 0.5, 1.0005]], np.float32)).save(tmp_path / "g.tif")
+        assert np.asarray(load_rgb(tmp_path / "g.tif"))[0, :, 0].tolist() == [0, 128, 255]
     if im.mode == "I":   # beyond 16 bits: scaled by its own largest value, not clipped
         Image.fromarray(np.array([[2**20, 2**21]], np.int32)).save(tmp_path / "y.tif")
         assert np.asarray(load_rgb(tmp_path / "y.tif"))[0, :, 0].tolist() == [128, 255]

@@ -291,6 +291,17 @@ def test_a_wide_csv_trains_and_resumes_with_its_ignored_columns(tiny, tmp_path):
     assert res.exit_code == 2 and "labels.csv: 1 label(s) changed after training (first: image" in res.output, \
         res.output
     assert not (tmp_path / "clean.json").exists()
+    # rows sorted and columns moved are no edit: lined up by file name and class name
+    table.iloc[::-1, [0, 1, *range(table.shape[1] - 1, 1, -1)]].to_csv(wide, index=False)
+    os.utime(wide, (later, later))
+    res = CliRunner().invoke(main, ["export", "coco", str(out), "--out", str(tmp_path / "clean.json")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "clean.json").unlink()
+    (tmp_path / "clean.changes.csv").unlink()
+    table.iloc[1:].to_csv(wide, index=False)   # an image gone
+    os.utime(wide, (later, later))
+    res = CliRunner().invoke(main, ["export", "coco", str(out), "--out", str(tmp_path / "clean.json")])
+    assert res.exit_code == 2 and "the run's image" in res.output and "is not in it" in res.output, res.output
     wide.write_bytes(original)   # restored: the same labels (read again, since the file is newer than the run's)
     res = CliRunner().invoke(main, ["export", "coco", str(out), "--out", str(tmp_path / "clean.json")])
     assert res.exit_code == 0, res.output

@@ -473,6 +473,8 @@ def _class_mask(indices, n_classes: int) -> np.ndarray | None:
     not a class."""
     if indices is None:
         return None
+    if np.ndim(indices) != 1:
+        raise LabelfixError(f"unscored_classes: {indices!r}: expected a list of class indices")
     idx = np.asarray(list(indices))
     if idx.size == 0:
         return None

@@ -60,7 +60,7 @@ def info(data, fmt, images, unlabeled, class_descriptions, ignore_columns, file_
     con = Console()
     d = summary.to_dict()
     read_as = ls.source.get("format")
-    if (fmt or detect_format(Path(data))) == "run":   # a run directory holds the labels of its DATA file
+    if fmt == "run" or (fmt is None and Path(data).is_dir()):   # a run directory holds the labels of its DATA file
         read_as = f"labelfix run, labels from {read_as}" if read_as else "labelfix run"
     con.print(f"[bold]{data}[/bold] ({read_as}): {d['num_images']} images, {d['num_classes']} classes")
     con.print(

@@ -144,11 +144,14 @@ def header_size(path: str | os.PathLike, root: str | os.PathLike | None = None) 
 
 def _full_scale(arr: np.ndarray, floating: bool) -> float:
     """The white of a 32-bit integer or float grayscale image: the smallest of 1 (float
-    only: the usual [0, 1] range), 255 and 65535 that holds its largest value, else that
-    value itself (a float image in [0, 1] was scaled by 255, nearly black; a 32-bit one
-    above 65535 was clipped white)."""
-    top = float(np.nanmax(arr, initial=0.0))
-    for scale in ((1.0,) if floating else ()) + (255.0, 65535.0):
+    only: the usual [0, 1] range, up to 1.001), 255 and 65535 that holds its largest
+    finite value, else that value itself (a float image in [0, 1] was scaled by 255,
+    nearly black; a 32-bit one above 65535 was clipped white)."""
+    finite = arr[np.isfinite(arr)]   # an inf or NaN pixel does not set the scale (it is clipped)
+    top = float(finite.max(initial=0.0))
+    if floating and top <= 1.0 + 1e-3:   # [0, 1] and a resampling overshoot above it
+        return 1.0
+    for scale in (255.0, 65535.0):
         if top <= scale:
             return scale
     return top

@@ -403,13 +403,19 @@ def _check_converted_source_unchanged(run: Run, ls, path: Path) -> list[str]:
                 f"the run's labels"]
     if now.fingerprint() == ls.fingerprint():
         return []
-    same_images = now.images["file_name"].astype(str).tolist() == ls.images["file_name"].astype(str).tolist()
-    same_classes = now.classes["name"].astype(str).tolist() == ls.classes["name"].astype(str).tolist()
-    if not (same_images and same_classes):
-        raise LabelfixError(f"{path}: its images or classes are not the run's any more (the file changed after "
-                            f"training); the export would drop those edits: train on the file as it is now, or "
-                            f"restore it")
-    _check_same_labels(ls, now, np.arange(ls.num_images), np.arange(ls.num_classes), str(path))
+    # lined up by file name and class name: rows sorted or columns moved are no edit
+    ours = {"image": ls.images["file_name"].astype(str), "class": ls.classes["name"].astype(str)}
+    theirs = {"image": now.images["file_name"].astype(str), "class": now.classes["name"].astype(str)}
+    found = {}
+    for what in ("image", "class"):
+        found[what] = pd.Index(theirs[what]).get_indexer(ours[what])
+        gone = ours[what].to_numpy()[found[what] < 0]
+        added = sorted(set(theirs[what]) - set(ours[what]))
+        if gone.size or added:
+            change = f"the run's {what} {gone[0]!r} is not in it" if gone.size else f"it has a new {what} {added[0]!r}"
+            raise LabelfixError(f"{path}: {change} (the file changed after training); the export would drop that "
+                                f"edit: train on the file as it is now, or restore it")
+    _check_same_labels(ls, now, found["image"], found["class"], str(path))
     return []
 
 

@@ -360,11 +360,15 @@ def _later_round(r: int, cfg: TrainConfig, labelset: LabelSet, train_rows: np.nd
     if dist.is_main and not mask_path.exists():
         logits = load_npy(out / "stats" / f"round{r - 1}" / "logits.npy", mmap_mode="r")
         rule, dispersion = suspicious_rule(logits, given, train_rows)
-        say(f"cross-fitting round {r}/{cfg.rounds}: count dispersion {dispersion:.2f} of round {r - 1}'s held-out "
-            f"model: " + ("the noise keeps each image's count of positives (class confusion); each class and label "
-                          "hides its own suspicious cells" if rule == "class" else
-                          "the noise changes counts (flips); the suspicious cells are chosen by the held-out loss "
-                          "over all classes"))
+        if np.isnan(dispersion):
+            what = "undefined (no known cell with a probability strictly between 0 and 1)"
+        elif rule == "class":
+            what = (f"{dispersion:.2f}: the noise keeps each image's count of positives (class confusion); each class "
+                    f"and label hides its own suspicious cells")
+        else:
+            what = (f"{dispersion:.2f}: the noise changes counts (flips, missing labels); the suspicious cells are "
+                    f"chosen by the held-out loss over all classes")
+        say(f"cross-fitting round {r}/{cfg.rounds}: count dispersion of round {r - 1}'s held-out model {what}")
         atomic.write_npy(mask_path, suspicious_cells(logits, given, train_rows, trusted, rule=rule))
     mask = broadcast_object(load_npy(mask_path) if dist.is_main else None, dist)
     if not mask.any() and not cfg.refit_loss:
