@@ -130,6 +130,16 @@ def test_a_class_without_a_known_label_is_not_suggested(tmp_path):
     assert len(corr) and "zebra" not in set(corr["class"])
     assert (np.asarray(load_run(run).cell("score"))[:, 3] == 0).all()
     assert (np.asarray(load_run(run).cell("suggested"))[:, 3] == -1).all()
+    # known labels of the class only in validation rows: the model did not train on them either
+    given2 = given.copy()
+    given2[:20, 3] = 1
+    run2 = make_run(tmp_path / "run2", given2, logits, names=["cat", "dog", "bird", "zebra"])
+    split = np.zeros(len(given), np.int8)
+    split[:40] = 1
+    atomic.write_npy(run2 / "split.npy", split)
+    res = CliRunner().invoke(main, ["clean", str(run2)])
+    assert res.exit_code == 0 and "class(es) without a known label in the training rows ('zebra')" in res.output, \
+        res.output
     # the API scores such a class when asked to: its probabilities may come from another model
     from labelfix.cleaning import find_label_issues
 

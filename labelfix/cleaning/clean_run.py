@@ -495,15 +495,18 @@ def _score_and_write(run: Run, evidence: dict, notes: list[str], known: dict, ol
                          f"({int((dups['conflicts'] != '').sum())} images in groups whose labels conflict, "
                          f"{int(dups['crosses_split'].sum())} in groups crossing the validation split); "
                          f"see cells/duplicates.csv")
-    # a class without a known label: the run's model had nothing to learn it from, so its
-    # probabilities are its untrained output (about 0.5) and would fill the top of the list
+    # a class without a known label in the rows the model trained on (validation rows are
+    # not): its probabilities are the untrained output (about 0.5) and would fill the list
     from labelfix.labels import count_known
 
-    pos, neg = count_known(ls.labels)
+    split = run.split
+    trained = np.flatnonzero(split != 1) if (split == 1).any() else None   # rows 2: each a fold model's training
+    pos, neg = count_known(ls.labels, rows=trained)
     unlearned = np.flatnonzero((pos + neg) == 0)
     if unlearned.size:
         names = ls.classes["name"].to_numpy()[unlearned]
-        notes.append(f"{unlearned.size} class(es) without a known label ({', '.join(map(repr, names[:5]))}"
+        where = " in the training rows" if trained is not None else ""
+        notes.append(f"{unlearned.size} class(es) without a known label{where} ({', '.join(map(repr, names[:5]))}"
                      + (", ..." if unlearned.size > 5 else "") + "): the model had nothing to learn them from, so "
                      "their cells are not scored or suggested")
     issues = find_label_issues(
