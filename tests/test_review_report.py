@@ -193,6 +193,13 @@ def test_estimated_precision_uses_the_calibration_of_each_class():
     assert np.isnan(right_probability(corr, cal)[3])
     assert estimated_precision(corr, calibration=cal)["estimated_precision"].iloc[-1] == pytest.approx(
         (s2 + 1 - s2 + 0.5) / 3)
+    # clean's table holds the classes as a Categorical (with classes that have no row): the same
+    from labelfix.cleaning.report import per_class_table
+
+    cat = corr.assign(**{"class": pd.Categorical(corr["class"], categories=["bird", "cat", "dog", "eel"])})
+    np.testing.assert_array_equal(right_probability(cat, cal), right_probability(corr, cal))
+    pd.testing.assert_frame_equal(per_class_table(cat, cal), per_class_table(corr, cal))
+    assert per_class_table(cat, cal)["class"].tolist() == ["cat", "dog", "eel"]
 
 
 def test_report_without_readable_images(tmp_path):

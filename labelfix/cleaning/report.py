@@ -69,9 +69,11 @@ def right_probability(corrections: pd.DataFrame, calibration: dict | None = None
     if calibration:
         from labelfix.cleaning.calibration import apply_platt
 
-        names = corrections["class"].astype(str).to_numpy()
-        params = np.array([calibration.get(n, (1.0, 0.0)) for n in names], dtype=np.float64).reshape(-1, 2)
-        p = apply_platt(p, np.arange(len(p)), params)
+        # one (a, b) per distinct class, not a tuple per suggestion (4.6 M suggestions at
+        # 200,000 x 1,000: the report's peak memory and most of its minutes)
+        codes, names = pd.factorize(corrections["class"])   # a Categorical column: its codes, no strings
+        params = np.array([calibration.get(str(n), (1.0, 0.0)) for n in names], dtype=np.float64).reshape(-1, 2)
+        p = apply_platt(p, codes, params)
     return np.where(corrections["action"].to_numpy() == "add", p, 1.0 - p)
 
 
@@ -139,19 +141,21 @@ def per_class_table(corrections: pd.DataFrame, calibration: dict | None = None) 
     suggestions first (ties: class name)."""
     if not len(corrections):
         return pd.DataFrame(columns=["class", "suggestions", "additions", "removals", "estimated_precision"])
-    frame = pd.DataFrame({
-        "class": corrections["class"].astype(str).to_numpy(),
-        "add": (corrections["action"] == "add").to_numpy(),
-        "right": right_probability(corrections, calibration),
-    })
-    g = frame.groupby("class", sort=False)
+    codes, names = pd.factorize(corrections["class"])   # counted by code: no string per suggestion
+    right = right_probability(corrections, calibration)
+    ok = np.isfinite(right)
+    k = len(names)
+    with np.errstate(invalid="ignore"):   # a class without a probability: NaN, as a mean of nothing
+        precision = (np.bincount(codes[ok], weights=right[ok], minlength=k)
+                     / np.bincount(codes[ok], minlength=k))
     out = pd.DataFrame({
-        "suggestions": g.size(),
-        "additions": g["add"].sum().astype(int),
-        "estimated_precision": g["right"].mean(),
+        "class": [str(n) for n in names],
+        "suggestions": np.bincount(codes, minlength=k),
+        "additions": np.bincount(codes, weights=(corrections["action"] == "add").to_numpy(), minlength=k).astype(int),
+        "estimated_precision": precision,
     })
     out["removals"] = out["suggestions"] - out["additions"]
-    out = out.reset_index()[["class", "suggestions", "additions", "removals", "estimated_precision"]]
+    out = out[["class", "suggestions", "additions", "removals", "estimated_precision"]]
     return out.sort_values(["suggestions", "class"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
