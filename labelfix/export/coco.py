@@ -388,20 +388,17 @@ def _check_converted_source_unchanged(run: Run, ls, path: Path) -> list[str]:
     it again with the run's reading options and refuse labels that differ (one line with
     the count and the first cell, as for a COCO source). Returns a note when the file can
     no longer be read as the run read it (the export goes on from the run's labels)."""
-    saved = run.path / "labels.npy"
-    if not path.is_file() or not saved.exists() or path.stat().st_mtime <= saved.stat().st_mtime:
-        return []
     from labelfix.train.config import read_run_config
-    from labelfix.train.data import read_run_labels
+    from labelfix.train.data import labels_if_newer
 
     try:
         with warnings.catch_warnings():   # the reader's notes were given when the run read the file
             warnings.simplefilter("ignore", LabelfixWarning)
-            now = read_run_labels(read_run_config(run.path), path)
+            now = labels_if_newer(read_run_config(run.path), path, run.path)
     except LabelfixError as err:
         return [f"{path} could not be read again to check it is unchanged since training ({err}); exported from "
                 f"the run's labels"]
-    if now.fingerprint() == ls.fingerprint():
+    if now is None or now.fingerprint() == ls.fingerprint():
         return []
     # lined up by file name and class name: rows sorted or columns moved are no edit
     ours = {"image": ls.images["file_name"].astype(str), "class": ls.classes["name"].astype(str)}

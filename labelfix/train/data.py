@@ -159,33 +159,46 @@ def read_run_labels(cfg, path) -> LabelSet:
                        file_column=cfg.file_column)
 
 
+def labels_if_newer(cfg, path: Path, out: Path) -> LabelSet | None:
+    """The labels at ``path`` read again with the run's reading options
+    (:func:`read_run_labels`) when the file was modified after the run in ``out`` saved its
+    labels (its mtime is later than ``labels.npy``'s); None when it was not, or when there
+    is nothing to compare (no saved labels yet, no file). Raises LabelfixError when the file
+    can no longer be read as the run read it. ``--resume`` and ``export coco`` (a source
+    that is not COCO) ask it whether the labels changed since training."""
+    saved = Path(out) / "labels.npy"
+    if not saved.exists() or not path.is_file() or path.stat().st_mtime <= saved.stat().st_mtime:
+        return None
+    return read_run_labels(cfg, path)
+
+
 def check_resume_data(cfg, log=None) -> None:
     """Refuse ``--resume`` when the labels at ``cfg.data`` are no longer those the run in
     ``cfg.out`` started with (the file was edited or replaced since): a resumed run trains
     on the labels it saved (``RUN/labels.npy``), so it would otherwise ignore the change.
 
-    The file is read again only when it was modified after the run saved its labels (its
-    mtime is later than ``labels.npy``'s), and its labels' fingerprint is compared with
-    the one ``config.yaml`` recorded. Nothing to compare when the run has not saved labels
-    yet or the file is gone; a file that can no longer be read as the run read it (e.g. an
-    Open Images class-description file moved away) is logged and the run resumes on its
-    saved labels, as ``export coco`` reads them."""
+    The file is read again only when it was modified after the run saved its labels
+    (:func:`labels_if_newer`), and its labels' fingerprint is compared with the one
+    ``config.yaml`` recorded. A file that can no longer be read as the run read it (e.g.
+    an Open Images class-description file moved away) is logged and the run resumes on
+    its saved labels, as ``export coco`` reads them."""
     out = Path(cfg.out)
     data = Path(cfg.data) if cfg.data else None
-    saved = out / "labels.npy"
-    if data is None or not saved.exists() or not data.is_file() or data.stat().st_mtime <= saved.stat().st_mtime:
+    if data is None:
         return
-    from labelfix.run import Run
-
-    recorded = (Run(out).config.get("dataset") or {}).get("fingerprint")
     try:
-        now = read_run_labels(cfg, data).fingerprint()
+        now = labels_if_newer(cfg, data, out)
     except LabelfixError as err:
         if log:
             log(f"note: --resume could not read {data} again to check it is unchanged ({err}); resuming on the "
                 f"run's saved labels")
         return
-    if now != (recorded or LabelSet.load(out).fingerprint()):
+    if now is None:
+        return
+    from labelfix.run import Run
+
+    recorded = (Run(out).config.get("dataset") or {}).get("fingerprint")
+    if now.fingerprint() != (recorded or LabelSet.load(out).fingerprint()):
         raise LabelfixError(f"{data}: its labels, images or classes are not those the run in {out} started "
                             f"with (the file changed since); --resume trains on the run's saved labels: restore "
                             f"the file, or train the new labels into a new --out")
